@@ -1,0 +1,194 @@
+# csr_matmul: sparse x dense products, both orientations.
+#
+# Both reduce to one row-panel SpMM: for each CSR row i and each column tile t of a dense panel,
+#   out[i, t*tile + j] = sum_p data[p] * panel_t[indices[p], j]        (j < width of tile t),
+# with a tile of the output row held in vector registers while the row's nonzeros stream by.
+# The dense operand is packed into column panels of `tile` columns (K x tile, contiguous), so
+# one panel (K * tile * sizeof(T) bytes: 1 MiB at K=4096, float32, AVX2) stays in L2 while
+# every row of the thread's partition reuses it. Threads own contiguous row ranges balanced
+# by nonzeros (+ a per-row cost); each output element is one FMA chain in storage order.
+
+
+cdef void _spmm_panels(int64_t n_rows, int64_t k, int64_t width, const index_t *indptr,
+                       const index_t *indices, const real_t *data, const real_t *panels,
+                       int64_t tile, real_t *out, int64_t row_stride, int64_t col_stride,
+                       const int64_t *bounds, int n_parts) noexcept nogil:
+    """Row-panel SpMM over packed panels.
+
+    panels: panel t (columns [t*tile, t*tile + w_t)) at panels + t*tile*k, row stride w_t.
+    out element (i, col) is written at out[i * row_stride + col * col_stride].
+    Complexity O(nnz * width).
+    """
+    cdef int isa = sk_isa()
+    cdef int64_t n_tiles = (width + tile - 1) // tile
+    cdef Py_ssize_t c
+    cdef int64_t t, i, w, r0, r1, p0
+    for c in prange(n_parts, nogil=True, schedule='static', chunksize=1, num_threads=n_parts):
+        r0 = bounds[c]
+        r1 = bounds[c + 1]
+        for t in range(n_tiles):
+            w = width - t * tile
+            if w > tile:
+                w = tile
+            for i in range(r0, r1):
+                p0 = indptr[i]
+                _spmm_row(isa, indptr[i + 1] - p0, indices + p0, data + p0, panels + t * tile * k,
+                          w, w, out + i * row_stride + t * tile * col_stride, col_stride)
+
+
+cdef void _pack_columns(int64_t k, int64_t n, const real_t *b, int64_t tile, real_t *panels,
+                        int n_threads) noexcept nogil:
+    """Copy b (k x n, row-major) into column panels: panel t holds b[:, t*tile : t*tile + w_t]."""
+    cdef int64_t n_tiles = (n + tile - 1) // tile
+    cdef Py_ssize_t r
+    cdef int64_t t, w
+    for r in prange(k, nogil=True, schedule='static', num_threads=n_threads):
+        for t in range(n_tiles):
+            w = n - t * tile
+            if w > tile:
+                w = tile
+            memcpy(panels + t * tile * k + r * w, b + r * n + t * tile, w * sizeof(real_t))
+
+
+cdef void _pack_transposed(int64_t m, int64_t k, const real_t *x, int64_t tile, real_t *panels,
+                           int n_threads) noexcept nogil:
+    """Pack x^T (x is m x k, row-major) into panels: panel t holds x[t*tile : t*tile + w_t, :]^T
+    as a k x w_t row-major block. Blocked over k so reads and writes both stay in cache."""
+    cdef int64_t n_tiles = (m + tile - 1) // tile
+    cdef int64_t kb = 64
+    cdef int64_t n_kblocks = (k + kb - 1) // kb
+    cdef Py_ssize_t blk
+    cdef int64_t t, w, k0, k1, j, r
+    cdef real_t *dst
+    cdef const real_t *src
+    for blk in prange(n_tiles * n_kblocks, nogil=True, schedule='static', num_threads=n_threads):
+        t = blk // n_kblocks
+        k0 = (blk % n_kblocks) * kb
+        k1 = k0 + kb
+        if k1 > k:
+            k1 = k
+        w = m - t * tile
+        if w > tile:
+            w = tile
+        dst = panels + t * tile * k
+        for j in range(w):
+            src = x + (t * tile + j) * k
+            for r in range(k0, k1):
+                dst[r * w + j] = src[r]
+
+
+cdef int _csr_matmul(int64_t n_rows, int64_t n_cols, int64_t n_out, const index_t *indptr,
+                     const index_t *indices, const real_t *data, const real_t *b, real_t *out,
+                     int n_threads) noexcept nogil:
+    """out (n_rows x n_out) = A (n_rows x n_cols, CSR) @ b (n_cols x n_out, row-major)."""
+    cdef int64_t tile = _tile(out)
+    cdef int64_t i
+    cdef Py_ssize_t ii
+    cdef int64_t *bounds
+    cdef real_t *panels = NULL
+    cdef const real_t *src = b
+    if n_rows == 0 or n_out == 0:
+        return 0
+    if n_threads < 1:
+        n_threads = 1
+    if n_out == 1:
+        for ii in prange(n_rows, nogil=True, schedule='guided', num_threads=n_threads):
+            out[ii] = _dot_gather(indptr[ii + 1] - indptr[ii], indices + indptr[ii],
+                                  data + indptr[ii], b, 1)
+        return 0
+    bounds = <int64_t *>malloc((n_threads + 1) * sizeof(int64_t))
+    if bounds == NULL:
+        return -1
+    _balanced_bounds(n_rows, indptr, 1, 4, n_threads, bounds)
+    if n_out > tile:
+        panels = <real_t *>_aligned_alloc(n_cols * n_out * sizeof(real_t))
+        if panels == NULL:
+            free(bounds)
+            return -1
+        _pack_columns(n_cols, n_out, b, tile, panels, n_threads)
+        src = panels
+    _spmm_panels(n_rows, n_cols, n_out, indptr, indices, data, src, tile, out, n_out, 1,
+                 bounds, n_threads)
+    free(panels)
+    free(bounds)
+    return 0
+
+
+cdef int _dense_csc_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, const index_t *indptr,
+                           const index_t *indices, const real_t *data, const real_t *x,
+                           real_t *out, int n_threads) noexcept nogil:
+    """out (n_rows x n_cols) = x (n_rows x n_inner) @ W, W (n_inner x n_cols) in CSC form.
+
+    CSC of W is CSR of W^T, so out^T = W^T @ x^T: the row-panel SpMM over W^T's rows with x^T
+    packed in panels of `tile` batch rows; each output row n is scattered into column n of out.
+    """
+    cdef int64_t tile = _tile(out)
+    cdef Py_ssize_t nn
+    cdef int64_t *bounds
+    cdef real_t *panels
+    if n_rows == 0 or n_cols == 0:
+        return 0
+    if n_threads < 1:
+        n_threads = 1
+    if n_rows == 1:
+        for nn in prange(n_cols, nogil=True, schedule='guided', num_threads=n_threads):
+            out[nn] = _dot_gather(indptr[nn + 1] - indptr[nn], indices + indptr[nn],
+                                  data + indptr[nn], x, 1)
+        return 0
+    bounds = <int64_t *>malloc((n_threads + 1) * sizeof(int64_t))
+    if bounds == NULL:
+        return -1
+    panels = <real_t *>_aligned_alloc(n_inner * n_rows * sizeof(real_t))
+    if panels == NULL:
+        free(bounds)
+        return -1
+    _balanced_bounds(n_cols, indptr, 1, 4, n_threads, bounds)
+    _pack_transposed(n_rows, n_inner, x, tile, panels, n_threads)
+    _spmm_panels(n_cols, n_inner, n_rows, indptr, indices, data, panels, tile, out, 1, n_cols,
+                 bounds, n_threads)
+    free(panels)
+    free(bounds)
+    return 0
+
+
+# ---- C API (sparsekeras_kernels.h) --------------------------------------------------------
+
+cdef public int sk_csr_matmul_f32_i32(int64_t n_rows, int64_t n_cols, int64_t n_out,
+        const int32_t *indptr, const int32_t *indices, const float *data, const float *b,
+        float *out, int n_threads) noexcept nogil:
+    return _csr_matmul(n_rows, n_cols, n_out, indptr, indices, data, b, out, n_threads)
+
+cdef public int sk_csr_matmul_f32_i64(int64_t n_rows, int64_t n_cols, int64_t n_out,
+        const int64_t *indptr, const int64_t *indices, const float *data, const float *b,
+        float *out, int n_threads) noexcept nogil:
+    return _csr_matmul(n_rows, n_cols, n_out, indptr, indices, data, b, out, n_threads)
+
+cdef public int sk_csr_matmul_f64_i32(int64_t n_rows, int64_t n_cols, int64_t n_out,
+        const int32_t *indptr, const int32_t *indices, const double *data, const double *b,
+        double *out, int n_threads) noexcept nogil:
+    return _csr_matmul(n_rows, n_cols, n_out, indptr, indices, data, b, out, n_threads)
+
+cdef public int sk_csr_matmul_f64_i64(int64_t n_rows, int64_t n_cols, int64_t n_out,
+        const int64_t *indptr, const int64_t *indices, const double *data, const double *b,
+        double *out, int n_threads) noexcept nogil:
+    return _csr_matmul(n_rows, n_cols, n_out, indptr, indices, data, b, out, n_threads)
+
+cdef public int sk_dense_csc_matmul_f32_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols,
+        const int32_t *indptr, const int32_t *indices, const float *data, const float *x,
+        float *out, int n_threads) noexcept nogil:
+    return _dense_csc_matmul(n_rows, n_inner, n_cols, indptr, indices, data, x, out, n_threads)
+
+cdef public int sk_dense_csc_matmul_f32_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols,
+        const int64_t *indptr, const int64_t *indices, const float *data, const float *x,
+        float *out, int n_threads) noexcept nogil:
+    return _dense_csc_matmul(n_rows, n_inner, n_cols, indptr, indices, data, x, out, n_threads)
+
+cdef public int sk_dense_csc_matmul_f64_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols,
+        const int32_t *indptr, const int32_t *indices, const double *data, const double *x,
+        double *out, int n_threads) noexcept nogil:
+    return _dense_csc_matmul(n_rows, n_inner, n_cols, indptr, indices, data, x, out, n_threads)
+
+cdef public int sk_dense_csc_matmul_f64_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols,
+        const int64_t *indptr, const int64_t *indices, const double *data, const double *x,
+        double *out, int n_threads) noexcept nogil:
+    return _dense_csc_matmul(n_rows, n_inner, n_cols, indptr, indices, data, x, out, n_threads)

@@ -1,0 +1,312 @@
+/*
+ * sk_simd_impl.h -- template body, included by sk_simd.h once per (value, index) type with
+ *   SK_T (float/double), SK_TS (f32/f64), SK_F64 (0/1), SK_I (int32_t/int64_t), SK_IS, SK_I64.
+ * Do not include directly.
+ */
+#define SK_CAT4_(a, b, c, d) a##_##b##_##c##_##d
+#define SK_CAT4(a, b, c, d) SK_CAT4_(a, b, c, d)
+#define SK_CAT3_(a, b, c) a##_##b##_##c
+#define SK_CAT3(a, b, c) SK_CAT3_(a, b, c)
+#define SK_FN(base, isa) SK_CAT4(base, isa, SK_TS, SK_IS)   /* per (isa, T, I) */
+#define SK_FNT(base, isa) SK_CAT3(base, isa, SK_TS)         /* per (isa, T) */
+
+/* ================================ generic C ================================================ */
+#define SK_GT (64 / (int)sizeof(SK_T))
+
+/* Row-panel SpMM, one output row tile:
+ *   out[j * os] = sum_{p < nnz} val[p] * panel[idx[p] * ldp + j]      for 0 <= j < w.
+ * idx, val: nnz entries of one CSR row. panel: dense, row stride ldp. Complexity O(nnz * w). */
+static inline void SK_FN(sk_spmm_row, generic)(int64_t nnz, const SK_I *idx, const SK_T *val,
+                                        const SK_T *panel, int64_t ldp, int64_t w,
+                                        SK_T *out, int64_t os) {
+    for (int64_t j0 = 0; j0 < w; j0 += SK_GT) {
+        int64_t n = w - j0 < SK_GT ? w - j0 : SK_GT;
+        SK_T acc[SK_GT];
+        for (int64_t j = 0; j < SK_GT; j++) acc[j] = 0;
+        for (int64_t p = 0; p < nnz; p++) {
+            const SK_T *r = panel + (int64_t)idx[p] * ldp + j0;
+            SK_T a = val[p];
+            for (int64_t j = 0; j < n; j++) acc[j] += a * r[j];
+        }
+        for (int64_t j = 0; j < n; j++) out[(j0 + j) * os] = acc[j];
+    }
+}
+
+#if !SK_I64
+/* Dense dot product, fixed summation order (8 partial sums), for SDDMM. */
+static inline SK_T SK_FNT(sk_dot, generic)(int64_t n, const SK_T *a, const SK_T *b) {
+    SK_T s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8)
+        for (int q = 0; q < 8; q++) s[q] += a[k + q] * b[k + q];
+    for (int q = 0; k < n; k++, q++) s[q] += a[k] * b[k];
+    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+}
+#endif
+
+/* Sparse-dense dot (gather): sum_p val[p] * x[idx[p] * incx], 4 partial sums in fixed order.
+ * Used when the dense operand has a single column (matrix-vector). */
+static inline SK_T SK_CAT3(sk_dot_gather, SK_TS, SK_IS)(int64_t nnz, const SK_I *idx, const SK_T *val,
+                                                 const SK_T *x, int64_t incx) {
+    SK_T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    int64_t p = 0;
+    for (; p + 4 <= nnz; p += 4) {
+        s0 += val[p] * x[(int64_t)idx[p] * incx];
+        s1 += val[p + 1] * x[(int64_t)idx[p + 1] * incx];
+        s2 += val[p + 2] * x[(int64_t)idx[p + 2] * incx];
+        s3 += val[p + 3] * x[(int64_t)idx[p + 3] * incx];
+    }
+    for (; p < nnz; p++) s0 += val[p] * x[(int64_t)idx[p] * incx];
+    return (s0 + s1) + (s2 + s3);
+}
+
+#ifdef SK_X86
+/* ================================ AVX2 + FMA =============================================== */
+#if SK_F64
+#define SK_V2 __m256d
+#define SK_L2 4
+#define SK_V2_ZERO _mm256_setzero_pd
+#define SK_V2_SET1 _mm256_set1_pd
+#define SK_V2_LOAD _mm256_loadu_pd
+#define SK_V2_STORE _mm256_storeu_pd
+#define SK_V2_FMA _mm256_fmadd_pd
+#define SK_V2_MASK(rem) _mm256_cmpgt_epi64(_mm256_set1_epi64x(rem), _mm256_setr_epi64x(0, 1, 2, 3))
+#define SK_V2_MLOAD(p, m) _mm256_maskload_pd((p), (m))
+#define SK_V2_MSTORE(p, m, v) _mm256_maskstore_pd((p), (m), (v))
+#else
+#define SK_V2 __m256
+#define SK_L2 8
+#define SK_V2_ZERO _mm256_setzero_ps
+#define SK_V2_SET1 _mm256_set1_ps
+#define SK_V2_LOAD _mm256_loadu_ps
+#define SK_V2_STORE _mm256_storeu_ps
+#define SK_V2_FMA _mm256_fmadd_ps
+#define SK_V2_MASK(rem) _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(rem)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+#define SK_V2_MLOAD(p, m) _mm256_maskload_ps((p), (m))
+#define SK_V2_MSTORE(p, m, v) _mm256_maskstore_ps((p), (m), (v))
+#endif
+
+/* nv full vectors (nv <= 8) of one row tile; nv is a constant after inlining, so acc[] lives in
+ * registers. */
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+SK_FN(sk_spmm_nv, avx2)(const int nv, int64_t nnz, const SK_I *idx, const SK_T *val,
+                        const SK_T *panel, int64_t ldp, SK_T *out, int64_t os) {
+    SK_V2 acc[8];
+    for (int v = 0; v < nv; v++) acc[v] = SK_V2_ZERO();
+    for (int64_t p = 0; p < nnz; p++) {
+        const SK_T *r = panel + (int64_t)idx[p] * ldp;
+        SK_V2 a = SK_V2_SET1(val[p]);
+        for (int v = 0; v < nv; v++) acc[v] = SK_V2_FMA(a, SK_V2_LOAD(r + v * SK_L2), acc[v]);
+    }
+    if (os == 1) {
+        for (int v = 0; v < nv; v++) SK_V2_STORE(out + v * SK_L2, acc[v]);
+    } else {
+        SK_T tmp[8 * SK_L2];
+        for (int v = 0; v < nv; v++) SK_V2_STORE(tmp + v * SK_L2, acc[v]);
+        for (int j = 0; j < nv * SK_L2; j++) out[j * os] = tmp[j];
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void
+SK_FN(sk_spmm_row, avx2)(int64_t nnz, const SK_I *idx, const SK_T *val, const SK_T *panel,
+                         int64_t ldp, int64_t w, SK_T *out, int64_t os) {
+    int64_t j = 0;
+    for (; w - j >= 8 * SK_L2; j += 8 * SK_L2)
+        SK_FN(sk_spmm_nv, avx2)(8, nnz, idx, val, panel + j, ldp, out + j * os, os);
+    if (w - j >= 4 * SK_L2) {
+        SK_FN(sk_spmm_nv, avx2)(4, nnz, idx, val, panel + j, ldp, out + j * os, os);
+        j += 4 * SK_L2;
+    }
+    if (w - j >= 2 * SK_L2) {
+        SK_FN(sk_spmm_nv, avx2)(2, nnz, idx, val, panel + j, ldp, out + j * os, os);
+        j += 2 * SK_L2;
+    }
+    if (w - j >= SK_L2) {
+        SK_FN(sk_spmm_nv, avx2)(1, nnz, idx, val, panel + j, ldp, out + j * os, os);
+        j += SK_L2;
+    }
+    if (j < w) { /* masked tail: masked-off lanes are neither read nor written */
+        int64_t rem = w - j;
+        __m256i m = SK_V2_MASK(rem);
+        SK_V2 acc = SK_V2_ZERO();
+        for (int64_t p = 0; p < nnz; p++)
+            acc = SK_V2_FMA(SK_V2_SET1(val[p]), SK_V2_MLOAD(panel + (int64_t)idx[p] * ldp + j, m), acc);
+        SK_T tmp[SK_L2];
+        SK_V2_STORE(tmp, acc);
+        for (int64_t q = 0; q < rem; q++) out[(j + q) * os] = tmp[q];
+    }
+}
+
+#if !SK_I64
+__attribute__((target("avx2,fma"))) static SK_T
+SK_FNT(sk_dot, avx2)(int64_t n, const SK_T *a, const SK_T *b) {
+    SK_V2 s0 = SK_V2_ZERO(), s1 = SK_V2_ZERO(), s2 = SK_V2_ZERO(), s3 = SK_V2_ZERO();
+    int64_t k = 0;
+    for (; k + 4 * SK_L2 <= n; k += 4 * SK_L2) {
+        s0 = SK_V2_FMA(SK_V2_LOAD(a + k), SK_V2_LOAD(b + k), s0);
+        s1 = SK_V2_FMA(SK_V2_LOAD(a + k + SK_L2), SK_V2_LOAD(b + k + SK_L2), s1);
+        s2 = SK_V2_FMA(SK_V2_LOAD(a + k + 2 * SK_L2), SK_V2_LOAD(b + k + 2 * SK_L2), s2);
+        s3 = SK_V2_FMA(SK_V2_LOAD(a + k + 3 * SK_L2), SK_V2_LOAD(b + k + 3 * SK_L2), s3);
+    }
+    for (; k + SK_L2 <= n; k += SK_L2) s0 = SK_V2_FMA(SK_V2_LOAD(a + k), SK_V2_LOAD(b + k), s0);
+    if (k < n) {
+        __m256i m = SK_V2_MASK(n - k);
+        s1 = SK_V2_FMA(SK_V2_MLOAD(a + k, m), SK_V2_MLOAD(b + k, m), s1);
+    }
+    SK_T tmp[SK_L2];
+    SK_V2_STORE(tmp, (s0 + s1) + (s2 + s3));
+    SK_T r = 0;
+    for (int q = 0; q < SK_L2; q++) r += tmp[q];
+    return r;
+}
+#endif
+
+#undef SK_V2
+#undef SK_L2
+#undef SK_V2_ZERO
+#undef SK_V2_SET1
+#undef SK_V2_LOAD
+#undef SK_V2_STORE
+#undef SK_V2_FMA
+#undef SK_V2_MASK
+#undef SK_V2_MLOAD
+#undef SK_V2_MSTORE
+
+/* ================================ AVX-512F ================================================= */
+#if SK_F64
+#define SK_V5 __m512d
+#define SK_L5 8
+#define SK_M5 __mmask8
+#define SK_V5_ZERO _mm512_setzero_pd
+#define SK_V5_SET1 _mm512_set1_pd
+#define SK_V5_LOAD _mm512_loadu_pd
+#define SK_V5_STORE _mm512_storeu_pd
+#define SK_V5_FMA _mm512_fmadd_pd
+#define SK_V5_MLOAD(p, m) _mm512_maskz_loadu_pd((m), (p))
+#define SK_V5_MSTORE(p, m, v) _mm512_mask_storeu_pd((p), (m), (v))
+#define SK_V5_HSUM _mm512_reduce_add_pd
+#else
+#define SK_V5 __m512
+#define SK_L5 16
+#define SK_M5 __mmask16
+#define SK_V5_ZERO _mm512_setzero_ps
+#define SK_V5_SET1 _mm512_set1_ps
+#define SK_V5_LOAD _mm512_loadu_ps
+#define SK_V5_STORE _mm512_storeu_ps
+#define SK_V5_FMA _mm512_fmadd_ps
+#define SK_V5_MLOAD(p, m) _mm512_maskz_loadu_ps((m), (p))
+#define SK_V5_MSTORE(p, m, v) _mm512_mask_storeu_ps((p), (m), (v))
+#define SK_V5_HSUM _mm512_reduce_add_ps
+#endif
+
+__attribute__((target("avx512f"), always_inline)) static inline void
+SK_FN(sk_spmm_nv, avx512)(const int nv, int64_t nnz, const SK_I *idx, const SK_T *val,
+                          const SK_T *panel, int64_t ldp, SK_T *out, int64_t os) {
+    SK_V5 acc[8];
+    for (int v = 0; v < nv; v++) acc[v] = SK_V5_ZERO();
+    for (int64_t p = 0; p < nnz; p++) {
+        const SK_T *r = panel + (int64_t)idx[p] * ldp;
+        SK_V5 a = SK_V5_SET1(val[p]);
+        for (int v = 0; v < nv; v++) acc[v] = SK_V5_FMA(a, SK_V5_LOAD(r + v * SK_L5), acc[v]);
+    }
+    if (os == 1) {
+        for (int v = 0; v < nv; v++) SK_V5_STORE(out + v * SK_L5, acc[v]);
+    } else {
+        SK_T tmp[8 * SK_L5];
+        for (int v = 0; v < nv; v++) SK_V5_STORE(tmp + v * SK_L5, acc[v]);
+        for (int j = 0; j < nv * SK_L5; j++) out[j * os] = tmp[j];
+    }
+}
+
+__attribute__((target("avx512f"))) static void
+SK_FN(sk_spmm_row, avx512)(int64_t nnz, const SK_I *idx, const SK_T *val, const SK_T *panel,
+                           int64_t ldp, int64_t w, SK_T *out, int64_t os) {
+    int64_t j = 0;
+    for (; w - j >= 8 * SK_L5; j += 8 * SK_L5)
+        SK_FN(sk_spmm_nv, avx512)(8, nnz, idx, val, panel + j, ldp, out + j * os, os);
+    if (w - j >= 4 * SK_L5) {
+        SK_FN(sk_spmm_nv, avx512)(4, nnz, idx, val, panel + j, ldp, out + j * os, os);
+        j += 4 * SK_L5;
+    }
+    if (w - j >= 2 * SK_L5) {
+        SK_FN(sk_spmm_nv, avx512)(2, nnz, idx, val, panel + j, ldp, out + j * os, os);
+        j += 2 * SK_L5;
+    }
+    if (w - j >= SK_L5) {
+        SK_FN(sk_spmm_nv, avx512)(1, nnz, idx, val, panel + j, ldp, out + j * os, os);
+        j += SK_L5;
+    }
+    if (j < w) {
+        int64_t rem = w - j;
+        SK_M5 m = (SK_M5)((1u << rem) - 1u);
+        SK_V5 acc = SK_V5_ZERO();
+        for (int64_t p = 0; p < nnz; p++)
+            acc = SK_V5_FMA(SK_V5_SET1(val[p]), SK_V5_MLOAD(panel + (int64_t)idx[p] * ldp + j, m), acc);
+        if (os == 1) {
+            SK_V5_MSTORE(out + j, m, acc);
+        } else {
+            SK_T tmp[SK_L5];
+            SK_V5_STORE(tmp, acc);
+            for (int64_t q = 0; q < rem; q++) out[(j + q) * os] = tmp[q];
+        }
+    }
+}
+
+#if !SK_I64
+__attribute__((target("avx512f"))) static SK_T
+SK_FNT(sk_dot, avx512)(int64_t n, const SK_T *a, const SK_T *b) {
+    SK_V5 s0 = SK_V5_ZERO(), s1 = SK_V5_ZERO(), s2 = SK_V5_ZERO(), s3 = SK_V5_ZERO();
+    int64_t k = 0;
+    for (; k + 4 * SK_L5 <= n; k += 4 * SK_L5) {
+        s0 = SK_V5_FMA(SK_V5_LOAD(a + k), SK_V5_LOAD(b + k), s0);
+        s1 = SK_V5_FMA(SK_V5_LOAD(a + k + SK_L5), SK_V5_LOAD(b + k + SK_L5), s1);
+        s2 = SK_V5_FMA(SK_V5_LOAD(a + k + 2 * SK_L5), SK_V5_LOAD(b + k + 2 * SK_L5), s2);
+        s3 = SK_V5_FMA(SK_V5_LOAD(a + k + 3 * SK_L5), SK_V5_LOAD(b + k + 3 * SK_L5), s3);
+    }
+    for (; k + SK_L5 <= n; k += SK_L5) s0 = SK_V5_FMA(SK_V5_LOAD(a + k), SK_V5_LOAD(b + k), s0);
+    if (k < n) {
+        SK_M5 m = (SK_M5)((1u << (n - k)) - 1u);
+        s1 = SK_V5_FMA(SK_V5_MLOAD(a + k, m), SK_V5_MLOAD(b + k, m), s1);
+    }
+    return SK_V5_HSUM((s0 + s1) + (s2 + s3));
+}
+#endif
+
+#undef SK_V5
+#undef SK_L5
+#undef SK_M5
+#undef SK_V5_ZERO
+#undef SK_V5_SET1
+#undef SK_V5_LOAD
+#undef SK_V5_STORE
+#undef SK_V5_FMA
+#undef SK_V5_MLOAD
+#undef SK_V5_MSTORE
+#undef SK_V5_HSUM
+#endif /* SK_X86 */
+
+/* ================================ dispatch ================================================ */
+static inline void SK_CAT3(sk_spmm_row, SK_TS, SK_IS)(int isa, int64_t nnz, const SK_I *idx,
+                                                      const SK_T *val, const SK_T *panel,
+                                                      int64_t ldp, int64_t w, SK_T *out,
+                                                      int64_t os) {
+#ifdef SK_X86
+    if (isa == SK_ISA_AVX512) { SK_FN(sk_spmm_row, avx512)(nnz, idx, val, panel, ldp, w, out, os); return; }
+    if (isa == SK_ISA_AVX2) { SK_FN(sk_spmm_row, avx2)(nnz, idx, val, panel, ldp, w, out, os); return; }
+#endif
+    SK_FN(sk_spmm_row, generic)(nnz, idx, val, panel, ldp, w, out, os);
+}
+
+#if !SK_I64
+static inline SK_T SK_CAT3(sk_dot, SK_TS, any)(int isa, int64_t n, const SK_T *a, const SK_T *b) {
+#ifdef SK_X86
+    if (isa == SK_ISA_AVX512) return SK_FNT(sk_dot, avx512)(n, a, b);
+    if (isa == SK_ISA_AVX2) return SK_FNT(sk_dot, avx2)(n, a, b);
+#endif
+    return SK_FNT(sk_dot, generic)(n, a, b);
+}
+#endif
+
+#undef SK_GT
+#undef SK_FN
+#undef SK_FNT

@@ -1,0 +1,96 @@
+/*
+ * sparsekeras_kernels.h -- C API of the compiled sparse kernels (sparsekeras._kernels).
+ *
+ * These functions are defined in Cython (the .pxi files in _kernels, `cdef public ... noexcept nogil`); the
+ * generated C includes this header, so the compiler rejects any drift between the two. The
+ * TensorFlow op library links against the same extension module and calls these functions.
+ *
+ * Conventions (all functions):
+ *   - argument order: dimensions, CSR arrays (indptr, indices, data), dense inputs, outputs,
+ *     n_threads; outputs are the only non-const pointers and are preallocated by the caller;
+ *   - CSR: indptr has n_rows + 1 entries with indptr[0] == 0 and indptr[n_rows] == nnz,
+ *     non-decreasing; indices has nnz entries in [0, n_cols). Duplicates are summed; indices
+ *     need not be sorted. The caller validates (sk_csr_check); the kernels trust their input;
+ *   - dense arrays are C-contiguous (row-major);
+ *   - suffix _f32/_f64 is the value type, _i32/_i64 the index type;
+ *   - n_threads >= 1 is the number of OpenMP threads to use; kernels never choose it;
+ *   - return 0 on success, -1 if scratch memory could not be allocated (outputs undefined).
+ *
+ * Results are bitwise identical for every n_threads.
+ */
+#ifndef SPARSEKERAS_KERNELS_H
+#define SPARSEKERAS_KERNELS_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* sk_csr_matmul: out (n_rows x n_out) = A (n_rows x n_cols, CSR) @ b (n_cols x n_out).
+ *   Complexity O(nnz(A) * n_out + n_cols * n_out).
+ * sk_dense_csc_matmul: out (n_rows x n_cols) = x (n_rows x n_inner) @ W (n_inner x n_cols),
+ *   W in CSC form: indptr has n_cols + 1 entries, indices are row ids of W in [0, n_inner)
+ *   (equivalently W^T in CSR). The Dense-layer orientation. Complexity O(nnz(W) * n_rows).
+ * sk_csr_sddmm: out[p] = dot(u[i, :], v[indices[p], :]) for every stored p of row i;
+ *   u is n_rows x depth, v is n_cols x depth, out has nnz entries. Complexity O(nnz * depth).
+ * sk_csr_transpose: the CSR form of A^T (n_cols x n_rows): out_indptr n_cols + 1, out_indices
+ *   and out_data nnz; out_perm (may be NULL) receives, for each output entry, the position of
+ *   its source entry in A, so later values can be transposed with a gather. Entries of each
+ *   output row come in increasing source-row order. Complexity O(nnz + n_cols * n_threads).
+ */
+int sk_csr_matmul_f32_i32(int64_t n_rows, int64_t n_cols, int64_t n_out, const int32_t *indptr,
+    const int32_t *indices, const float *data, const float *b, float *out, int n_threads);
+int sk_dense_csc_matmul_f32_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols, const int32_t *indptr,
+    const int32_t *indices, const float *data, const float *x, float *out, int n_threads);
+int sk_csr_sddmm_f32_i32(int64_t n_rows, int64_t n_cols, int64_t depth, const int32_t *indptr,
+    const int32_t *indices, const float *u, const float *v, float *out, int n_threads);
+int sk_csr_transpose_f32_i32(int64_t n_rows, int64_t n_cols, const int32_t *indptr, const int32_t *indices,
+    const float *data, int32_t *out_indptr, int32_t *out_indices, float *out_data, int64_t *out_perm,
+    int n_threads);
+
+int sk_csr_matmul_f32_i64(int64_t n_rows, int64_t n_cols, int64_t n_out, const int64_t *indptr,
+    const int64_t *indices, const float *data, const float *b, float *out, int n_threads);
+int sk_dense_csc_matmul_f32_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols, const int64_t *indptr,
+    const int64_t *indices, const float *data, const float *x, float *out, int n_threads);
+int sk_csr_sddmm_f32_i64(int64_t n_rows, int64_t n_cols, int64_t depth, const int64_t *indptr,
+    const int64_t *indices, const float *u, const float *v, float *out, int n_threads);
+int sk_csr_transpose_f32_i64(int64_t n_rows, int64_t n_cols, const int64_t *indptr, const int64_t *indices,
+    const float *data, int64_t *out_indptr, int64_t *out_indices, float *out_data, int64_t *out_perm,
+    int n_threads);
+
+int sk_csr_matmul_f64_i32(int64_t n_rows, int64_t n_cols, int64_t n_out, const int32_t *indptr,
+    const int32_t *indices, const double *data, const double *b, double *out, int n_threads);
+int sk_dense_csc_matmul_f64_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols, const int32_t *indptr,
+    const int32_t *indices, const double *data, const double *x, double *out, int n_threads);
+int sk_csr_sddmm_f64_i32(int64_t n_rows, int64_t n_cols, int64_t depth, const int32_t *indptr,
+    const int32_t *indices, const double *u, const double *v, double *out, int n_threads);
+int sk_csr_transpose_f64_i32(int64_t n_rows, int64_t n_cols, const int32_t *indptr, const int32_t *indices,
+    const double *data, int32_t *out_indptr, int32_t *out_indices, double *out_data, int64_t *out_perm,
+    int n_threads);
+
+int sk_csr_matmul_f64_i64(int64_t n_rows, int64_t n_cols, int64_t n_out, const int64_t *indptr,
+    const int64_t *indices, const double *data, const double *b, double *out, int n_threads);
+int sk_dense_csc_matmul_f64_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols, const int64_t *indptr,
+    const int64_t *indices, const double *data, const double *x, double *out, int n_threads);
+int sk_csr_sddmm_f64_i64(int64_t n_rows, int64_t n_cols, int64_t depth, const int64_t *indptr,
+    const int64_t *indices, const double *u, const double *v, double *out, int n_threads);
+int sk_csr_transpose_f64_i64(int64_t n_rows, int64_t n_cols, const int64_t *indptr, const int64_t *indices,
+    const double *data, int64_t *out_indptr, int64_t *out_indices, double *out_data, int64_t *out_perm,
+    int n_threads);
+
+/* sk_csr_check: 0 if the CSR structure is valid, otherwise an error code (see _kernels.pyx)
+ * with *where set to the offending position. */
+int sk_csr_check_i32(int64_t n_rows, int64_t n_cols, int64_t nnz, const int32_t *indptr,
+    const int32_t *indices, int64_t *where);
+int sk_csr_check_i64(int64_t n_rows, int64_t n_cols, int64_t nnz, const int64_t *indptr,
+    const int64_t *indices, int64_t *where);
+
+/* The instruction set the kernels dispatch to: 0 generic, 1 AVX2+FMA, 2 AVX-512F. */
+int sk_kernels_isa(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SPARSEKERAS_KERNELS_H */

@@ -1,0 +1,163 @@
+"""NumPy-level sparse linear algebra over the compiled kernels.
+
+One operand is a `scipy.sparse` matrix or array (CSR, CSC, COO, or any format scipy can turn
+into CSR), the other a dense ndarray. Results are dense ndarrays (products) or scipy sparse
+arrays with the input's structure (`sddmm`).
+
+Values compute in float32 when both operands are float32 (or float16), otherwise in float64.
+Entries that are not stored are not multiplied: a NaN or inf in a dense row that the sparse
+operand never references does not reach the output (as in scipy); stored entries follow IEEE
+arithmetic.
+
+Example:
+    >>> import numpy as np, scipy.sparse as sp
+    >>> from sparsekeras import linalg
+    >>> w = sp.random_array((512, 256), density=0.1, format="csr", dtype=np.float32)
+    >>> x = np.ones((32, 512), np.float32)
+    >>> linalg.matmul(x, w).shape
+    (32, 256)
+"""
+import numpy as np
+import scipy.sparse as sp
+
+from sparsekeras import _kernels
+
+__all__ = ["matmul", "sddmm", "to_csr", "to_dense", "canonicalize", "transpose", "validate"]
+
+
+def _kind(x):
+    return "sparse array" if isinstance(x, sp.sparray) else "sparse matrix"
+
+
+def _csr_arrays(a, name):
+    """(indptr, indices, data, shape) of the CSR form of a scipy sparse operand."""
+    fmt = a.format
+    if fmt == "csr":
+        return a.indptr, a.indices, a.data, a.shape
+    if fmt == "csc":
+        # CSC arrays of a are the CSR arrays of a^T: transpose them back in the kernel.
+        ip, ix, d = _kernels.csr_transpose(a.indptr, a.indices, a.data, (a.shape[1], a.shape[0]))
+        return ip, ix, d, a.shape
+    try:
+        c = a.tocsr()
+    except Exception as e:  # scipy raises assorted errors for malformed COO/DOK input
+        raise ValueError(f"{name} could not be converted to CSR: {e}") from e
+    return c.indptr, c.indices, c.data, c.shape
+
+
+def _csc_arrays(a, name):
+    """(indptr, indices, data, shape) of the CSC form of a scipy sparse operand."""
+    if a.format == "csc":
+        return a.indptr, a.indices, a.data, a.shape
+    ip, ix, d, shape = _csr_arrays(a, name)
+    t_ip, t_ix, t_d = _kernels.csr_transpose(ip, ix, d, shape)
+    return t_ip, t_ix, t_d, shape
+
+
+def _check_sparse(a, name):
+    if not sp.issparse(a):
+        raise TypeError(f"{name} must be a scipy.sparse matrix or array; received {type(a).__name__}")
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D; received shape {a.shape}")
+
+
+def matmul(a, b, *, n_threads=None):
+    """Product of a sparse and a dense operand, in either order.
+
+    Args:
+        a: left operand, (M, K). Sparse (scipy) or dense (ndarray, 1-D or 2-D).
+        b: right operand, (K, N). Dense if `a` is sparse, sparse if `a` is dense.
+        n_threads: threads for this call; None uses `sparsekeras.get_num_threads()` (one
+            thread for small problems).
+
+    Returns:
+        ndarray of shape (M, N) (1-D if the dense operand was 1-D), float32 or float64.
+
+    Raises:
+        TypeError: both or neither operand sparse; non-real dtypes.
+        ValueError: shape mismatch, malformed sparse structure (names the argument and value).
+
+    `X @ W` with W sparse (the Dense-layer orientation) is fastest with W in CSC form; a CSR W
+    is transposed first (O(nnz)).
+    """
+    a_sp, b_sp = sp.issparse(a), sp.issparse(b)
+    if a_sp and b_sp:
+        raise TypeError("matmul needs one sparse and one dense operand; both a and b are sparse "
+                        "(use scipy's a @ b for sparse x sparse)")
+    if not a_sp and not b_sp:
+        raise TypeError("matmul needs one sparse (scipy.sparse) operand; received "
+                        f"a: {type(a).__name__}, b: {type(b).__name__}")
+    if a_sp:
+        _check_sparse(a, "a")
+        ip, ix, d, shape = _csr_arrays(a, "a")
+        return _kernels.csr_matmul(ip, ix, d, shape, b, n_threads=n_threads)
+    _check_sparse(b, "b")
+    ip, ix, d, shape = _csc_arrays(b, "b")
+    return _kernels.dense_csc_matmul(a, ip, ix, d, shape, n_threads=n_threads)
+
+
+def sddmm(pattern, u, v, *, n_threads=None):
+    """Sampled dense-dense product: `(u @ v.T)` evaluated only at `pattern`'s stored entries.
+
+    Args:
+        pattern: scipy sparse (M, N); only its structure is used.
+        u: dense (M, D). v: dense (N, D).
+
+    Returns:
+        A CSR sparse array (or matrix, following `pattern`) with pattern's structure in CSR form
+        and values out[i, j] = dot(u[i], v[j]).
+    """
+    _check_sparse(pattern, "pattern")
+    ip, ix, _, shape = _csr_arrays(pattern, "pattern")
+    values = _kernels.csr_sddmm(ip, ix, shape, u, v, n_threads=n_threads)
+    cls = sp.csr_array if isinstance(pattern, sp.sparray) else sp.csr_matrix
+    return cls((values, np.array(ix, copy=True), np.array(ip, copy=True)), shape=shape)
+
+
+def to_csr(x, *, threshold=None, mask=None, index_dtype=None, n_threads=None):
+    """CSR sparse array of a dense 2-D array.
+
+    Args:
+        x: dense (M, N).
+        threshold: keep entries with not |x| <= threshold (NaN kept). Default: nonzeros.
+        mask: same shape as x; keep entries where it is truthy (explicit zeros included).
+        index_dtype: int32 or int64 (default: int32 when it fits).
+    """
+    ip, ix, d = _kernels.dense_to_csr(x, threshold=threshold, mask=mask, index_dtype=index_dtype,
+                                      n_threads=n_threads)
+    x_shape = np.shape(x)
+    return sp.csr_array((d, ix, ip), shape=x_shape)
+
+
+def to_dense(a, *, n_threads=None):
+    """Dense ndarray of a scipy sparse operand (duplicates add up)."""
+    _check_sparse(a, "a")
+    ip, ix, d, shape = _csr_arrays(a, "a")
+    return _kernels.csr_to_dense(ip, ix, d, shape, n_threads=n_threads)
+
+
+def canonicalize(a, *, n_threads=None):
+    """CSR sparse array of `a` with sorted indices and duplicates summed (zeros kept)."""
+    _check_sparse(a, "a")
+    ip, ix, d, shape = _csr_arrays(a, "a")
+    o_ip, o_ix, o_d = _kernels.csr_canonicalize(ip, ix, d, shape, n_threads=n_threads)
+    return sp.csr_array((o_d, o_ix, o_ip), shape=shape)
+
+
+def transpose(a, *, n_threads=None):
+    """CSR sparse array of a.T, computed by a parallel counting sort (no dense intermediate)."""
+    _check_sparse(a, "a")
+    ip, ix, d, shape = _csr_arrays(a, "a")
+    t_ip, t_ix, t_d = _kernels.csr_transpose(ip, ix, d, shape, n_threads=n_threads)
+    return sp.csr_array((t_d, t_ix, t_ip), shape=(shape[1], shape[0]))
+
+
+def validate(a):
+    """Check a scipy sparse operand's structure; raise ValueError naming what is wrong."""
+    _check_sparse(a, "a")
+    if a.format == "csr":
+        _kernels.check_csr(a.indptr, a.indices, a.data, a.shape, "a")
+    elif a.format == "csc":
+        _kernels.check_csr(a.indptr, a.indices, a.data, (a.shape[1], a.shape[0]), "a")
+    else:
+        _csr_arrays(a, "a")
