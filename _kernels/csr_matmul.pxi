@@ -9,31 +9,57 @@
 # by nonzeros (+ a per-row cost); each output element is one FMA chain in storage order.
 
 
+cdef enum:
+    SK_ROW_GROUP = 16   # rows buffered before a transposed store (one cache line of float32)
+
+
 cdef void _spmm_panels(int64_t n_rows, int64_t k, int64_t width, const index_t *indptr,
                        const index_t *indices, const real_t *data, const real_t *panels,
                        int64_t tile, real_t *out, int64_t row_stride, int64_t col_stride,
-                       const int64_t *bounds, int n_parts) noexcept nogil:
+                       real_t *scratch, const int64_t *bounds, int n_parts) noexcept nogil:
     """Row-panel SpMM over packed panels.
 
     panels: panel t (columns [t*tile, t*tile + w_t)) at panels + t*tile*k, row stride w_t.
     out element (i, col) is written at out[i * row_stride + col * col_stride].
-    Complexity O(nnz * width).
+    When col_stride != 1 (a transposed output, row_stride == 1), each thread computes
+    SK_ROW_GROUP rows into its scratch block (n_parts * SK_ROW_GROUP * tile entries) and writes
+    them out column by column: SK_ROW_GROUP consecutive elements per store run instead of one
+    element per cache line. Complexity O(nnz * width).
     """
     cdef int isa = sk_isa()
     cdef int64_t n_tiles = (width + tile - 1) // tile
     cdef Py_ssize_t c
-    cdef int64_t t, i, w, r0, r1, p0
+    cdef int64_t t, i, w, r0, r1, p0, g0, g, j, r
+    cdef real_t *buf
+    cdef real_t *o
     for c in prange(n_parts, nogil=True, schedule='static', chunksize=1, num_threads=n_parts):
         r0 = bounds[c]
         r1 = bounds[c + 1]
+        buf = scratch + c * SK_ROW_GROUP * tile
         for t in range(n_tiles):
             w = width - t * tile
             if w > tile:
                 w = tile
-            for i in range(r0, r1):
-                p0 = indptr[i]
-                _spmm_row(isa, indptr[i + 1] - p0, indices + p0, data + p0, panels + t * tile * k,
-                          w, w, out + i * row_stride + t * tile * col_stride, col_stride)
+            if col_stride == 1:
+                for i in range(r0, r1):
+                    p0 = indptr[i]
+                    _spmm_row(isa, indptr[i + 1] - p0, indices + p0, data + p0,
+                              panels + t * tile * k, w, w, out + i * row_stride + t * tile, 1)
+            else:
+                g0 = r0
+                while g0 < r1:
+                    g = r1 - g0
+                    if g > SK_ROW_GROUP:
+                        g = SK_ROW_GROUP
+                    for r in range(g):
+                        p0 = indptr[g0 + r]
+                        _spmm_row(isa, indptr[g0 + r + 1] - p0, indices + p0, data + p0,
+                                  panels + t * tile * k, w, w, buf + r * w, 1)
+                    for j in range(w):
+                        o = out + (t * tile + j) * col_stride + g0
+                        for r in range(g):
+                            o[r] = buf[r * w + j]
+                    g0 = g0 + g
 
 
 cdef void _pack_columns(int64_t k, int64_t n, const real_t *b, int64_t tile, real_t *panels,
@@ -108,7 +134,7 @@ cdef int _csr_matmul(int64_t n_rows, int64_t n_cols, int64_t n_out, const index_
         _pack_columns(n_cols, n_out, b, tile, panels, n_threads)
         src = panels
     _spmm_panels(n_rows, n_cols, n_out, indptr, indices, data, src, tile, out, n_out, 1,
-                 bounds, n_threads)
+                 NULL, bounds, n_threads)
     free(panels)
     free(bounds)
     return 0
@@ -126,6 +152,7 @@ cdef int _dense_csc_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, cons
     cdef Py_ssize_t nn
     cdef int64_t *bounds
     cdef real_t *panels
+    cdef real_t *scratch
     if n_rows == 0 or n_cols == 0:
         return 0
     if n_threads < 1:
@@ -139,13 +166,17 @@ cdef int _dense_csc_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, cons
     if bounds == NULL:
         return -1
     panels = <real_t *>_aligned_alloc(n_inner * n_rows * sizeof(real_t))
-    if panels == NULL:
+    scratch = <real_t *>_aligned_alloc(n_threads * SK_ROW_GROUP * tile * sizeof(real_t))
+    if panels == NULL or scratch == NULL:
+        free(panels)
+        free(scratch)
         free(bounds)
         return -1
     _balanced_bounds(n_cols, indptr, 1, 4, n_threads, bounds)
     _pack_transposed(n_rows, n_inner, x, tile, panels, n_threads)
     _spmm_panels(n_cols, n_inner, n_rows, indptr, indices, data, panels, tile, out, 1, n_cols,
-                 bounds, n_threads)
+                 scratch, bounds, n_threads)
+    free(scratch)
     free(panels)
     free(bounds)
     return 0

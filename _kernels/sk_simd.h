@@ -59,14 +59,17 @@ static inline int sk_isa_force(int level) {
     return 0;
 }
 
-/* Tile width (elements of the dense panel a row-panel SpMM keeps in registers). */
+/* Tile width: elements of a dense panel row that a row-panel SpMM keeps in registers (256 bytes).
+ * The kernel streams one panel row per nonzero from L2, so it is bound by L2 bandwidth
+ * (~256 B per nonzero); a 256-byte tile keeps a 4096-row panel at 1 MiB, the L2 size of the
+ * machines we measured, where a 512-byte tile (8 zmm) spilled to L3 and ran 20% slower. */
 static inline int64_t sk_tile_f32(void) {
     int isa = sk_isa();
-    return isa == SK_ISA_AVX512 ? 128 : (isa == SK_ISA_AVX2 ? 64 : 16);
+    return isa == SK_ISA_GENERIC ? 16 : 64;
 }
 static inline int64_t sk_tile_f64(void) {
     int isa = sk_isa();
-    return isa == SK_ISA_AVX512 ? 64 : (isa == SK_ISA_AVX2 ? 32 : 8);
+    return isa == SK_ISA_GENERIC ? 8 : 32;
 }
 
 /* ------------------------------------------------------------------------------------------ */
