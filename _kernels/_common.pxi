@@ -36,11 +36,17 @@ cdef extern from "stdlib.h" nogil:
 # 10 us here, the time of ~1e5 multiply-adds on one core.
 cdef int64_t SK_PARALLEL_MIN_WORK = 200000
 cdef int _sk_num_threads = 1
+cdef int _sk_num_threads_set = 0
 
 
 cdef public int sk_get_num_threads() noexcept nogil:
     """The thread count set by sparsekeras.set_num_threads (or its default)."""
     return _sk_num_threads
+
+
+cdef public int sk_num_threads_is_set() noexcept nogil:
+    """1 if the user chose the thread count (set_num_threads), 0 for the default."""
+    return _sk_num_threads_set
 
 
 cdef public int sk_threads_for_work(int64_t work) noexcept nogil:

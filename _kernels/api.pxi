@@ -25,15 +25,20 @@ def available_isas():
     return [_ISA_NAMES[i] for i in range(sk_isa_detect() + 1)]
 
 
-def _set_num_threads(int n):
-    global _sk_num_threads
+def _set_num_threads(int n, bint explicit=True):
+    global _sk_num_threads, _sk_num_threads_set
     if n < 1:
         raise ValueError(f"n_threads must be >= 1; received: {n}")
     _sk_num_threads = n
+    _sk_num_threads_set = explicit
 
 
 def _get_num_threads():
     return _sk_num_threads
+
+
+def _num_threads_is_set():
+    return bool(_sk_num_threads_set)
 
 
 def threads_for_work(work):
@@ -73,7 +78,7 @@ def _index_arrays(indptr, indices, name):
     return np.ascontiguousarray(ip, dtype=dt), np.ascontiguousarray(ix, dtype=dt)
 
 
-def result_dtype(*dtypes):
+def result_dtype(*dtypes, name="values"):
     """Compute dtype for values of these dtypes: float32 or float64.
 
     float16/bfloat16-like and float32 inputs compute in float32; float64, integers and booleans
@@ -84,7 +89,7 @@ def result_dtype(*dtypes):
         return np.dtype(np.float64) if res.itemsize >= 8 else np.dtype(np.float32)
     if res.kind in "iub":
         return np.dtype(np.float64)
-    raise TypeError(f"values must be real numbers; received dtype {res}")
+    raise TypeError(f"{name} must be real numbers; received dtype {res}")
 
 
 def _values(arr, dtype, name, ndim=None):
@@ -140,6 +145,8 @@ def check_csr(indptr, indices, data, shape, name="a"):
 def _threads(n_threads, work):
     if n_threads is None:
         return sk_threads_for_work(<int64_t>min(work, 2**62))
+    if isinstance(n_threads, (bool, np.bool_)) or not isinstance(n_threads, (int, np.integer)):
+        raise ValueError(f"n_threads must be a positive integer or None; received: {n_threads!r}")
     n = int(n_threads)
     if n < 1:
         raise ValueError(f"n_threads must be >= 1 or None; received: {n_threads!r}")
@@ -165,9 +172,9 @@ def csr_matmul(indptr, indices, data, shape, b, *, n_threads=None):
     if b_arr.shape[0] != n_cols:
         raise ValueError(f"b must have {n_cols} rows to match a.shape={(n_rows, n_cols)}; "
                          f"received b.shape={b_arr.shape}")
-    dt = result_dtype(np.asarray(data).dtype, b_arr.dtype)
+    dt = result_dtype(np.asarray(data).dtype, b_arr.dtype, name="a.data and b")
     cdef cnp.ndarray d = _values(data, dt, "a.data")
-    cdef cnp.ndarray bb = _values(b_arr.reshape(n_cols, -1), dt, "b")
+    cdef cnp.ndarray bb = _values(b_arr.reshape(n_cols, b_arr.shape[1] if b_arr.ndim == 2 else 1), dt, "b")
     cdef int64_t m = n_rows, k = n_cols, n = bb.shape[1]
     cdef cnp.ndarray out = np.empty((n_rows, n), dtype=dt)
     cdef cnp.ndarray ip = indptr, ix = indices
@@ -208,9 +215,9 @@ def dense_csc_matmul(x, indptr, indices, data, shape, *, n_threads=None):
     if x_arr.shape[x_arr.ndim - 1] != n_inner:
         raise ValueError(f"x must have {n_inner} columns to match w.shape={(n_inner, n_cols)}; "
                          f"received x.shape={x_arr.shape}")
-    dt = result_dtype(np.asarray(data).dtype, x_arr.dtype)
+    dt = result_dtype(np.asarray(data).dtype, x_arr.dtype, name="w.data and x")
     cdef cnp.ndarray d = _values(data, dt, "w.data")
-    cdef cnp.ndarray xx = _values(x_arr.reshape(-1, n_inner), dt, "x")
+    cdef cnp.ndarray xx = _values(x_arr.reshape(x_arr.shape[0] if x_arr.ndim == 2 else 1, n_inner), dt, "x")
     cdef int64_t m = xx.shape[0], k = n_inner, n = n_cols
     cdef cnp.ndarray out = np.empty((m, n), dtype=dt)
     cdef cnp.ndarray ip = indptr, ix = indices
@@ -253,7 +260,7 @@ def csr_sddmm(indptr, indices, shape, u, v, *, n_threads=None):
     if u_arr.shape[1] != v_arr.shape[1]:
         raise ValueError(f"u and v must have the same number of columns; received "
                          f"u.shape={u_arr.shape}, v.shape={v_arr.shape}")
-    dt = result_dtype(u_arr.dtype, v_arr.dtype)
+    dt = result_dtype(u_arr.dtype, v_arr.dtype, name="u and v")
     cdef cnp.ndarray uu = _values(u_arr, dt, "u")
     cdef cnp.ndarray vv = _values(v_arr, dt, "v")
     cdef int64_t m = n_rows, n = n_cols, depth = uu.shape[1]
@@ -290,7 +297,7 @@ def csr_transpose(indptr, indices, data, shape, *, n_threads=None, return_perm=F
     """
     indptr, indices, n_rows, n_cols = check_csr(indptr, indices, data, shape, "a")
     d_arr = np.asarray(data)
-    dt = result_dtype(d_arr.dtype)
+    dt = result_dtype(d_arr.dtype, name="a.data")
     cdef cnp.ndarray d = _values(d_arr, dt, "a.data")
     cdef int64_t m = n_rows, n = n_cols, nnz = indices.shape[0]
     cdef cnp.ndarray ip = indptr, ix = indices
@@ -333,7 +340,7 @@ def dense_to_csr(x, *, threshold=None, mask=None, index_dtype=None, n_threads=No
     x_arr = np.asarray(x)
     if x_arr.ndim != 2:
         raise ValueError(f"x must be 2-D; received shape {x_arr.shape}")
-    dt = result_dtype(x_arr.dtype)
+    dt = result_dtype(x_arr.dtype, name="x")
     cdef cnp.ndarray xx = _values(x_arr, dt, "x")
     cdef cnp.ndarray mm
     cdef uint8_t *mp = NULL
@@ -348,7 +355,10 @@ def dense_to_csr(x, *, threshold=None, mask=None, index_dtype=None, n_threads=No
     cdef bint use_thr = threshold is not None
     cdef double thr = 0.0
     if use_thr:
-        thr = float(threshold)
+        try:
+            thr = float(threshold)
+        except (TypeError, ValueError):
+            raise ValueError(f"threshold must be a finite number >= 0; received: {threshold!r}") from None
         if not np.isfinite(thr) or thr < 0:
             raise ValueError(f"threshold must be a finite number >= 0; received: {threshold!r}")
     cdef int64_t m = xx.shape[0], n = xx.shape[1]
@@ -388,7 +398,7 @@ def dense_to_csr(x, *, threshold=None, mask=None, index_dtype=None, n_threads=No
 def csr_to_dense(indptr, indices, data, shape, *, n_threads=None):
     """Dense (M, N) array of a CSR matrix; duplicate entries add up."""
     indptr, indices, n_rows, n_cols = check_csr(indptr, indices, data, shape, "a")
-    dt = result_dtype(np.asarray(data).dtype)
+    dt = result_dtype(np.asarray(data).dtype, name="a.data")
     cdef cnp.ndarray d = _values(data, dt, "a.data")
     cdef cnp.ndarray out = np.zeros((n_rows, n_cols), dtype=dt)
     cdef cnp.ndarray ip = indptr, ix = indices
@@ -414,7 +424,7 @@ def csr_canonicalize(indptr, indices, data, shape, *, n_threads=None):
     Complexity O(nnz log(max row length)).
     """
     indptr, indices, n_rows, n_cols = check_csr(indptr, indices, data, shape, "a")
-    dt = result_dtype(np.asarray(data).dtype)
+    dt = result_dtype(np.asarray(data).dtype, name="a.data")
     cdef cnp.ndarray ip = indptr
     cdef cnp.ndarray ix = indices.copy()
     cdef cnp.ndarray d = np.array(data, dtype=dt, copy=True, order="C")

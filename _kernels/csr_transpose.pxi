@@ -8,7 +8,8 @@ cdef int _csr_transpose(int64_t n_rows, int64_t n_cols, const index_t *indptr,
     """CSR of A^T. Each thread counts the columns of its row range, an exclusive scan over
     (column, thread) gives every thread its own write cursor per column, then each thread
     scatters its rows in order: output rows list source rows in increasing order, for any
-    thread count. out_perm (nullable) gets the source position of every output entry.
+    thread count. out_perm (nullable) gets the source position of every output entry;
+    out_data may be NULL (data is then not read) to transpose the structure only.
     Scratch: n_threads * n_cols int64. Complexity O(nnz + n_cols * n_threads).
     """
     cdef int64_t nnz = indptr[n_rows]
@@ -48,7 +49,8 @@ cdef int _csr_transpose(int64_t n_rows, int64_t n_cols, const index_t *indptr,
                 q = cursor[c * n_cols + j]
                 cursor[c * n_cols + j] = q + 1
                 out_indices[q] = <index_t>i
-                out_data[q] = data[p]
+                if out_data != NULL:
+                    out_data[q] = data[p]
                 if out_perm != NULL:
                     out_perm[q] = p
     free(cursor)

@@ -36,7 +36,8 @@ extern "C" {
  *   u is n_rows x depth, v is n_cols x depth, out has nnz entries. Complexity O(nnz * depth).
  * sk_csr_transpose: the CSR form of A^T (n_cols x n_rows): out_indptr n_cols + 1, out_indices
  *   and out_data nnz; out_perm (may be NULL) receives, for each output entry, the position of
- *   its source entry in A, so later values can be transposed with a gather. Entries of each
+ *   its source entry in A, so later values can be transposed with a gather; out_data may be
+ *   NULL (data is then not read) to transpose the structure only. Entries of each
  *   output row come in increasing source-row order. Complexity O(nnz + n_cols * n_threads).
  */
 int sk_csr_matmul_f32_i32(int64_t n_rows, int64_t n_cols, int64_t n_out, const int32_t *indptr,
@@ -88,6 +89,12 @@ int sk_csr_check_i64(int64_t n_rows, int64_t n_cols, int64_t nnz, const int64_t 
 
 /* The instruction set the kernels dispatch to: 0 generic, 1 AVX2+FMA, 2 AVX-512F. */
 int sk_kernels_isa(void);
+
+/* Threads: the count set by sparsekeras.set_num_threads (or its default), whether the user set
+ * it explicitly, and the count a call doing `work` multiply-adds should use (1 when small). */
+int sk_get_num_threads(void);
+int sk_num_threads_is_set(void);
+int sk_threads_for_work(int64_t work);
 
 #ifdef __cplusplus
 }

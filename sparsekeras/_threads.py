@@ -65,7 +65,8 @@ def set_num_threads(n):
         ValueError: if n is not a positive integer.
     """
     if n is None:
-        n = default_num_threads()
+        _kernels._set_num_threads(default_num_threads(), False)
+        return
     if isinstance(n, bool) or not isinstance(n, (int,)) and not hasattr(n, "__index__"):
         raise ValueError(f"n must be a positive integer or None; received: {n!r}")
     n = int(n)
@@ -87,7 +88,7 @@ def num_threads(n):
         >>> with sparsekeras.num_threads(1):
         ...     y = sparsekeras.linalg.matmul(x, w)
     """
-    previous = get_num_threads()
+    previous = get_num_threads() if _kernels._num_threads_is_set() else None
     set_num_threads(n)
     try:
         yield

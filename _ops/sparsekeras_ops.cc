@@ -1,0 +1,436 @@
+// TensorFlow op library of sparsekeras: CSR x dense products, SDDMM and CSR transposition.
+//
+// Every op validates its inputs in Compute (graph mode included) and calls the compiled Cython
+// kernels through their C API (sparsekeras_kernels.h); this library links against the same
+// extension module that numpy callers use, so both run the very same machine code.
+//
+// Ops (namespace SparseKeras>):
+//   CsrMatMul(indptr, indices, values, dense_shape, b) -> A @ b               A: M x K (CSR)
+//   DenseCscMatMul(x, indptr, indices, values, dense_shape) -> x @ W         W: K x N (CSC)
+//   CsrSddmm(indptr, indices, dense_shape, u, v) -> values, out[p] = u[i] . v[j]
+//   CsrTransposeStructure(indptr, indices, dense_shape) -> (indptr_t, indices_t, perm)
+// Gradients are registered in Python (sparsekeras/ops/_gradients.py).
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "sparsekeras_kernels.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/framework/device_base.h"
+
+namespace sparsekeras {
+namespace {
+
+using ::tensorflow::DEVICE_CPU;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using ::tensorflow::shape_inference::DimensionHandle;
+using ::tensorflow::shape_inference::InferenceContext;
+using ::tensorflow::shape_inference::ShapeHandle;
+
+// ---- shape functions ----------------------------------------------------------------------
+
+absl::Status CsrMatMulShape(InferenceContext* c) {
+  ShapeHandle indptr, indices, values, dense_shape, b;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &indptr));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &indices));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &values));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &dense_shape));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 2, &b));
+  DimensionHandle m;
+  TF_RETURN_IF_ERROR(c->Subtract(c->Dim(indptr, 0), 1, &m));
+  c->set_output(0, c->Matrix(m, c->Dim(b, 1)));
+  return absl::OkStatus();
+}
+
+absl::Status DenseCscMatMulShape(InferenceContext* c) {
+  ShapeHandle x, indptr, indices, values, dense_shape;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &x));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &indptr));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &indices));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &values));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 1, &dense_shape));
+  DimensionHandle n;
+  TF_RETURN_IF_ERROR(c->Subtract(c->Dim(indptr, 0), 1, &n));
+  c->set_output(0, c->Matrix(c->Dim(x, 0), n));
+  return absl::OkStatus();
+}
+
+absl::Status CsrSddmmShape(InferenceContext* c) {
+  ShapeHandle indptr, indices, dense_shape, u, v;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &indptr));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &indices));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &dense_shape));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 2, &u));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 2, &v));
+  c->set_output(0, c->Vector(c->Dim(indices, 0)));
+  return absl::OkStatus();
+}
+
+absl::Status CsrTransposeShape(InferenceContext* c) {
+  ShapeHandle indptr, indices, dense_shape;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &indptr));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &indices));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &dense_shape));
+  c->set_output(0, c->Vector(InferenceContext::kUnknownDim));
+  c->set_output(1, c->Vector(c->Dim(indices, 0)));
+  c->set_output(2, c->Vector(c->Dim(indices, 0)));
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace sparsekeras
+
+REGISTER_OP("SparseKeras>CsrMatMul")
+    .Input("indptr: Tindex")
+    .Input("indices: Tindex")
+    .Input("values: T")
+    .Input("dense_shape: int64")
+    .Input("b: T")
+    .Output("out: T")
+    .Attr("T: {float, double}")
+    .Attr("Tindex: {int32, int64}")
+    .SetShapeFn(sparsekeras::CsrMatMulShape)
+    .Doc("out = A @ b, A sparse (M x K) given as CSR (indptr, indices, values, dense_shape).");
+
+REGISTER_OP("SparseKeras>DenseCscMatMul")
+    .Input("x: T")
+    .Input("indptr: Tindex")
+    .Input("indices: Tindex")
+    .Input("values: T")
+    .Input("dense_shape: int64")
+    .Output("out: T")
+    .Attr("T: {float, double}")
+    .Attr("Tindex: {int32, int64}")
+    .SetShapeFn(sparsekeras::DenseCscMatMulShape)
+    .Doc("out = x @ W, W sparse (K x N) given in CSC form: indptr over its N columns, indices "
+         "its row ids; dense_shape = [K, N].");
+
+REGISTER_OP("SparseKeras>CsrSddmm")
+    .Input("indptr: Tindex")
+    .Input("indices: Tindex")
+    .Input("dense_shape: int64")
+    .Input("u: T")
+    .Input("v: T")
+    .Output("values: T")
+    .Attr("T: {float, double}")
+    .Attr("Tindex: {int32, int64}")
+    .SetShapeFn(sparsekeras::CsrSddmmShape)
+    .Doc("values[p] = dot(u[i], v[j]) for each stored entry p = (i, j) of the CSR pattern.");
+
+REGISTER_OP("SparseKeras>CsrTransposeStructure")
+    .Input("indptr: Tindex")
+    .Input("indices: Tindex")
+    .Input("dense_shape: int64")
+    .Output("indptr_t: Tindex")
+    .Output("indices_t: Tindex")
+    .Output("perm: int64")
+    .Attr("Tindex: {int32, int64}")
+    .SetShapeFn(sparsekeras::CsrTransposeShape)
+    .Doc("CSR structure of A^T and perm such that values_t = gather(values, perm).");
+
+namespace sparsekeras {
+namespace {
+
+// ---- threads ------------------------------------------------------------------------------
+
+// Kernel threads in use by ops of this library right now, across all TensorFlow threads: an op
+// takes what is left of the budget (at least one), so concurrent ops never oversubscribe.
+std::atomic<int> g_active_threads{0};
+
+class ThreadLease {
+ public:
+  ThreadLease(OpKernelContext* ctx, int64_t work) {
+    int want = sk_threads_for_work(work);
+    int budget = sk_get_num_threads();
+    if (!sk_num_threads_is_set()) {
+      // Default: the intra-op parallelism TensorFlow was configured with.
+      const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+      if (workers != nullptr && workers->num_threads > 0) {
+        budget = std::min(budget, workers->num_threads);
+        want = std::min(want, budget);
+      }
+    }
+    int before = g_active_threads.fetch_add(want);
+    n_ = std::max(1, std::min(want, budget - before));
+    if (n_ != want) g_active_threads.fetch_sub(want - n_);
+  }
+  ~ThreadLease() { g_active_threads.fetch_sub(n_); }
+  int n() const { return n_; }
+
+ private:
+  int n_;
+};
+
+// ---- typed kernel entry points ------------------------------------------------------------
+
+#define SK_OVERLOADS(T, I, TS, IS)                                                                \
+  inline int CsrMatMul(int64_t m, int64_t k, int64_t n, const I* ip, const I* ix, const T* d,      \
+                       const T* b, T* out, int nt) {                                               \
+    return sk_csr_matmul_##TS##_##IS(m, k, n, ip, ix, d, b, out, nt);                              \
+  }                                                                                                \
+  inline int DenseCscMatMul(int64_t m, int64_t k, int64_t n, const I* ip, const I* ix, const T* d, \
+                            const T* x, T* out, int nt) {                                          \
+    return sk_dense_csc_matmul_##TS##_##IS(m, k, n, ip, ix, d, x, out, nt);                        \
+  }                                                                                                \
+  inline int CsrSddmm(int64_t m, int64_t n, int64_t depth, const I* ip, const I* ix, const T* u,   \
+                      const T* v, T* out, int nt) {                                                \
+    return sk_csr_sddmm_##TS##_##IS(m, n, depth, ip, ix, u, v, out, nt);                           \
+  }
+SK_OVERLOADS(float, int32_t, f32, i32)
+SK_OVERLOADS(float, int64_t, f32, i64)
+SK_OVERLOADS(double, int32_t, f64, i32)
+SK_OVERLOADS(double, int64_t, f64, i64)
+#undef SK_OVERLOADS
+
+inline int CsrCheck(int64_t m, int64_t n, int64_t nnz, const int32_t* ip, const int32_t* ix,
+                    int64_t* where) {
+  return sk_csr_check_i32(m, n, nnz, ip, ix, where);
+}
+inline int CsrCheck(int64_t m, int64_t n, int64_t nnz, const int64_t* ip, const int64_t* ix,
+                    int64_t* where) {
+  return sk_csr_check_i64(m, n, nnz, ip, ix, where);
+}
+// Structure-only transpose (no values: they are gathered with perm by the caller, which keeps
+// that step differentiable).
+inline int CsrTransposeStructure(int64_t m, int64_t n, const int32_t* ip, const int32_t* ix,
+                                 int32_t* t_ip, int32_t* t_ix, int64_t* perm, int nt) {
+  return sk_csr_transpose_f32_i32(m, n, ip, ix, nullptr, t_ip, t_ix, nullptr, perm, nt);
+}
+inline int CsrTransposeStructure(int64_t m, int64_t n, const int64_t* ip, const int64_t* ix,
+                                 int64_t* t_ip, int64_t* t_ix, int64_t* perm, int nt) {
+  return sk_csr_transpose_f32_i64(m, n, ip, ix, nullptr, t_ip, t_ix, nullptr, perm, nt);
+}
+
+// ---- validation ---------------------------------------------------------------------------
+
+struct CsrDims {
+  int64_t rows = 0;  // rows of the CSR structure (columns of W for a CSC operand)
+  int64_t cols = 0;
+  int64_t nnz = 0;
+};
+
+// Checks dense_shape, lengths and the CSR structure. `name` names the operand in messages;
+// `csc` means the structure is the CSC form of a dense_shape = [K, N] matrix.
+template <typename I>
+absl::Status ValidateCsr(const Tensor& indptr, const Tensor& indices, const Tensor* values,
+                         const Tensor& dense_shape, const char* name, bool csc, CsrDims* dims) {
+  if (dense_shape.dims() != 1 || dense_shape.NumElements() != 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        name, ".dense_shape must be a vector of 2 sizes; received shape ",
+        dense_shape.shape().DebugString()));
+  }
+  auto ds = dense_shape.flat<int64_t>();
+  if (ds(0) < 0 || ds(1) < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ".dense_shape must be non-negative; received [",
+                                                   ds(0), ", ", ds(1), "]"));
+  }
+  dims->rows = csc ? ds(1) : ds(0);
+  dims->cols = csc ? ds(0) : ds(1);
+  if (indptr.dims() != 1 || indptr.NumElements() != dims->rows + 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        name, ".indptr must be a vector of ", dims->rows + 1, " entries for dense_shape [", ds(0),
+        ", ", ds(1), "]", csc ? " (CSC: one per column, plus one)" : "", "; received shape ",
+        indptr.shape().DebugString()));
+  }
+  if (indices.dims() != 1) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ".indices must be a vector; received shape ",
+                                                   indices.shape().DebugString()));
+  }
+  dims->nnz = indices.NumElements();
+  if (values != nullptr && (values->dims() != 1 || values->NumElements() != dims->nnz)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        name, ".values must be a vector with one entry per index (", dims->nnz,
+        "); received shape ", values->shape().DebugString()));
+  }
+  const I* ip = indptr.flat<I>().data();
+  const I* ix = indices.flat<I>().data();
+  int64_t where = 0;
+  int rc = CsrCheck(dims->rows, dims->cols, dims->nnz, ip, ix, &where);
+  switch (rc) {
+    case 0:
+      return absl::OkStatus();
+    case 1:
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, ": malformed CSR: indptr[0] must be 0; received indptr[0]=", ip[0]));
+    case 2:
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, ": malformed CSR: indptr[-1] must equal the number of stored entries (", dims->nnz,
+          "); received indptr[-1]=", ip[where]));
+    case 3:
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, ": malformed CSR: indptr must be non-decreasing; received indptr[", where, "]=",
+          ip[where], " < indptr[", where - 1, "]=", ip[where - 1]));
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, ": malformed CSR: indices must lie in [0, ", dims->cols, "); received indices[",
+          where, "]=", ix[where]));
+  }
+}
+
+absl::Status Allocation(const char* op) {
+  return absl::ResourceExhaustedError(absl::StrCat(op, ": could not allocate kernel scratch memory"));
+}
+
+// ---- kernels ------------------------------------------------------------------------------
+
+template <typename T, typename I>
+class CsrMatMulOp : public OpKernel {
+ public:
+  explicit CsrMatMulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& indptr = ctx->input(0);
+    const Tensor& indices = ctx->input(1);
+    const Tensor& values = ctx->input(2);
+    const Tensor& dense_shape = ctx->input(3);
+    const Tensor& b = ctx->input(4);
+    CsrDims d;
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(indptr, indices, &values, dense_shape, "a", false, &d));
+    OP_REQUIRES(ctx, b.dims() == 2,
+                absl::InvalidArgumentError(absl::StrCat("b must be a matrix; received shape ",
+                                                        b.shape().DebugString())));
+    OP_REQUIRES(ctx, b.dim_size(0) == d.cols,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "b must have ", d.cols, " rows to match a.dense_shape [", d.rows, ", ", d.cols,
+                    "]; received b.shape ", b.shape().DebugString())));
+    const int64_t n = b.dim_size(1);
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({d.rows, n}), &out));
+    if (d.rows == 0 || n == 0) return;
+    ThreadLease lease(ctx, d.nnz * n + d.cols * n);
+    int rc = CsrMatMul(d.rows, d.cols, n, indptr.flat<I>().data(), indices.flat<I>().data(),
+                       values.flat<T>().data(), b.flat<T>().data(), out->flat<T>().data(),
+                       lease.n());
+    OP_REQUIRES(ctx, rc == 0, Allocation("CsrMatMul"));
+  }
+};
+
+template <typename T, typename I>
+class DenseCscMatMulOp : public OpKernel {
+ public:
+  explicit DenseCscMatMulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& indptr = ctx->input(1);
+    const Tensor& indices = ctx->input(2);
+    const Tensor& values = ctx->input(3);
+    const Tensor& dense_shape = ctx->input(4);
+    CsrDims d;  // rows = N (columns of W), cols = K
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(indptr, indices, &values, dense_shape, "w", true, &d));
+    OP_REQUIRES(ctx, x.dims() == 2,
+                absl::InvalidArgumentError(absl::StrCat("x must be a matrix; received shape ",
+                                                        x.shape().DebugString())));
+    OP_REQUIRES(ctx, x.dim_size(1) == d.cols,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "x must have ", d.cols, " columns to match w.dense_shape [", d.cols, ", ",
+                    d.rows, "]; received x.shape ", x.shape().DebugString())));
+    const int64_t m = x.dim_size(0);
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({m, d.rows}), &out));
+    if (m == 0 || d.rows == 0) return;
+    ThreadLease lease(ctx, d.nnz * m + m * d.cols);
+    int rc = DenseCscMatMul(m, d.cols, d.rows, indptr.flat<I>().data(), indices.flat<I>().data(),
+                            values.flat<T>().data(), x.flat<T>().data(), out->flat<T>().data(),
+                            lease.n());
+    OP_REQUIRES(ctx, rc == 0, Allocation("DenseCscMatMul"));
+  }
+};
+
+template <typename T, typename I>
+class CsrSddmmOp : public OpKernel {
+ public:
+  explicit CsrSddmmOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& indptr = ctx->input(0);
+    const Tensor& indices = ctx->input(1);
+    const Tensor& dense_shape = ctx->input(2);
+    const Tensor& u = ctx->input(3);
+    const Tensor& v = ctx->input(4);
+    CsrDims d;
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(indptr, indices, nullptr, dense_shape, "pattern", false, &d));
+    OP_REQUIRES(ctx, u.dims() == 2 && u.dim_size(0) == d.rows,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "u must be a matrix with ", d.rows, " rows (pattern.dense_shape [", d.rows,
+                    ", ", d.cols, "]); received u.shape ", u.shape().DebugString())));
+    OP_REQUIRES(ctx, v.dims() == 2 && v.dim_size(0) == d.cols,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "v must be a matrix with ", d.cols, " rows (pattern.dense_shape [", d.rows,
+                    ", ", d.cols, "]); received v.shape ", v.shape().DebugString())));
+    OP_REQUIRES(ctx, u.dim_size(1) == v.dim_size(1),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "u and v must have the same number of columns; received u.shape ",
+                    u.shape().DebugString(), ", v.shape ", v.shape().DebugString())));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({d.nnz}), &out));
+    if (d.nnz == 0) return;
+    const int64_t depth = u.dim_size(1);
+    ThreadLease lease(ctx, d.nnz * depth);
+    int rc = CsrSddmm(d.rows, d.cols, depth, indptr.flat<I>().data(), indices.flat<I>().data(),
+                      u.flat<T>().data(), v.flat<T>().data(), out->flat<T>().data(), lease.n());
+    OP_REQUIRES(ctx, rc == 0, Allocation("CsrSddmm"));
+  }
+};
+
+template <typename I>
+class CsrTransposeStructureOp : public OpKernel {
+ public:
+  explicit CsrTransposeStructureOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& indptr = ctx->input(0);
+    const Tensor& indices = ctx->input(1);
+    const Tensor& dense_shape = ctx->input(2);
+    CsrDims d;
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(indptr, indices, nullptr, dense_shape, "a", false, &d));
+    Tensor *t_ip = nullptr, *t_ix = nullptr, *perm = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({d.cols + 1}), &t_ip));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({d.nnz}), &t_ix));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({d.nnz}), &perm));
+    ThreadLease lease(ctx, d.nnz);
+    int rc = CsrTransposeStructure(d.rows, d.cols, indptr.flat<I>().data(), indices.flat<I>().data(),
+                                   t_ip->flat<I>().data(), t_ix->flat<I>().data(),
+                                   perm->flat<int64_t>().data(), lease.n());
+    OP_REQUIRES(ctx, rc == 0, Allocation("CsrTransposeStructure"));
+  }
+};
+
+#define SK_REGISTER(T, I)                                                               \
+  REGISTER_KERNEL_BUILDER(Name("SparseKeras>CsrMatMul")                                 \
+                              .Device(DEVICE_CPU)                                       \
+                              .TypeConstraint<T>("T")                                   \
+                              .TypeConstraint<I>("Tindex"),                             \
+                          CsrMatMulOp<T, I>);                                           \
+  REGISTER_KERNEL_BUILDER(Name("SparseKeras>DenseCscMatMul")                            \
+                              .Device(DEVICE_CPU)                                       \
+                              .TypeConstraint<T>("T")                                   \
+                              .TypeConstraint<I>("Tindex"),                             \
+                          DenseCscMatMulOp<T, I>);                                      \
+  REGISTER_KERNEL_BUILDER(Name("SparseKeras>CsrSddmm")                                  \
+                              .Device(DEVICE_CPU)                                       \
+                              .TypeConstraint<T>("T")                                   \
+                              .TypeConstraint<I>("Tindex"),                             \
+                          CsrSddmmOp<T, I>);
+SK_REGISTER(float, int32_t)
+SK_REGISTER(float, int64_t)
+SK_REGISTER(double, int32_t)
+SK_REGISTER(double, int64_t)
+#undef SK_REGISTER
+
+REGISTER_KERNEL_BUILDER(Name("SparseKeras>CsrTransposeStructure")
+                            .Device(DEVICE_CPU)
+                            .TypeConstraint<int32_t>("Tindex"),
+                        CsrTransposeStructureOp<int32_t>);
+REGISTER_KERNEL_BUILDER(Name("SparseKeras>CsrTransposeStructure")
+                            .Device(DEVICE_CPU)
+                            .TypeConstraint<int64_t>("Tindex"),
+                        CsrTransposeStructureOp<int64_t>);
+
+}  // namespace
+}  // namespace sparsekeras

@@ -1,0 +1,30 @@
+"""The public names are an explicit list; every one resolves."""
+import sparsekeras
+from sparsekeras import linalg
+
+EXPECTED_TOP = ["linalg", "set_num_threads", "get_num_threads", "num_threads", "__version__"]
+EXPECTED_LINALG = ["matmul", "sddmm", "to_csr", "to_dense", "canonicalize", "transpose", "validate"]
+
+
+def test_top_level_all():
+    assert sparsekeras.__all__ == EXPECTED_TOP
+    for name in EXPECTED_TOP:
+        assert getattr(sparsekeras, name) is not None
+    assert sparsekeras.linalg is linalg
+    assert isinstance(sparsekeras.__version__, str) and sparsekeras.__version__.count(".") == 2
+
+
+def test_linalg_all():
+    assert linalg.__all__ == EXPECTED_LINALG
+    for name in EXPECTED_LINALG:
+        obj = getattr(linalg, name)
+        assert callable(obj) and obj.__doc__, name
+
+
+def test_star_import_exposes_only_public_names():
+    ns = {}
+    exec("from sparsekeras import *", ns)
+    assert sorted(k for k in ns if k != "__builtins__") == sorted(EXPECTED_TOP)
+    ns = {}
+    exec("from sparsekeras.linalg import *", ns)
+    assert sorted(k for k in ns if k != "__builtins__") == sorted(EXPECTED_LINALG)
