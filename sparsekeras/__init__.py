@@ -6,7 +6,10 @@ ops and Keras layers built on them.
 """
 from sparsekeras import linalg
 from sparsekeras._threads import get_num_threads, num_threads, set_num_threads
+from sparsekeras import ops
+from sparsekeras.ops import CSRTensor
 
 __version__ = "0.1.0"
 
-__all__ = ["linalg", "set_num_threads", "get_num_threads", "num_threads", "__version__"]
+__all__ = ["linalg", "ops", "CSRTensor", "set_num_threads", "get_num_threads", "num_threads",
+           "__version__"]

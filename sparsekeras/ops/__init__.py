@@ -1,0 +1,163 @@
+"""TensorFlow ops over the compiled sparse kernels.
+
+The only place TensorFlow meets the kernels: importing it loads the op library (once) and
+registers the gradients. Every function works eagerly, inside `tf.function` and in SavedModels.
+
+Functions take a sparse operand as a `CSRTensor`, a `tf.SparseTensor` (converted to CSR on the
+fly) or a `scipy.sparse` matrix (eager), and dense operands as tensors. float32 and float64
+compute natively; float16 and bfloat16 (mixed precision) compute in float32 and are cast back.
+
+Not supported: XLA. `tf.function(jit_compile=True)` cannot compile these ops (TensorFlow raises
+an InvalidArgumentError naming the op); Keras only turns XLA on by itself on GPUs.
+"""
+import tensorflow as tf
+
+from sparsekeras.ops import _gradients
+from sparsekeras.ops._lib import load as _load
+from sparsekeras.ops.csr import CSRTensor
+
+__all__ = ["CSRTensor", "matmul", "dense_csc_matmul", "sddmm", "transpose", "to_csr"]
+
+_ops = _load()
+_NATIVE = (tf.float32, tf.float64)
+_HALF = (tf.float16, tf.bfloat16)
+
+
+def _is_sparse(x):
+    if isinstance(x, (CSRTensor, tf.SparseTensor, tf.compat.v1.SparseTensorValue)):
+        return True
+    try:
+        import scipy.sparse as sp
+    except ImportError:  # pragma: no cover - scipy is a dependency
+        return False
+    return sp.issparse(x)
+
+
+def to_csr(x, index_dtype=tf.int64):
+    """A `CSRTensor` from a CSRTensor, tf.SparseTensor, scipy.sparse matrix or dense 2-D tensor."""
+    if isinstance(x, CSRTensor):
+        return x
+    if isinstance(x, (tf.SparseTensor, tf.compat.v1.SparseTensorValue)):
+        return CSRTensor.from_sparse_tensor(tf.SparseTensor.from_value(x), index_dtype=index_dtype)
+    if _is_sparse(x):
+        return CSRTensor.from_scipy(x)
+    return CSRTensor.from_dense(x, index_dtype=index_dtype)
+
+
+def _compute_dtype(*dtypes):
+    """(compute dtype, output dtype) for operands of these dtypes."""
+    for dt in dtypes:
+        if not (dt.is_floating):
+            raise TypeError(f"sparsekeras ops need floating-point operands; received {dt.name}")
+    if tf.float64 in dtypes:
+        return tf.float64, tf.float64
+    out = tf.float32 if tf.float32 in dtypes else dtypes[0]
+    return tf.float32, out
+
+
+def _cast(x, dtype):
+    return x if x.dtype == dtype else tf.cast(x, dtype)
+
+
+def matmul(a, b, name=None):
+    """Product of a sparse and a dense operand, in either order.
+
+    Args:
+        a: `(M, K)`: sparse (CSRTensor, tf.SparseTensor, scipy) or dense.
+        b: `(K, N)`: dense if `a` is sparse, sparse if `a` is dense. A dense `a` may have any
+            rank >= 2, `(..., K)`, like `Dense`'s input; a dense `b` may be 1-D.
+
+    Returns:
+        A dense tensor `(M, N)` (`(..., N)`), in the operands' dtype.
+
+    Raises:
+        TypeError: both or neither operand sparse, or non-float dtypes.
+        tf.errors.InvalidArgumentError: shape mismatch or malformed CSR (at run time in graphs).
+
+    Gradients flow to the dense operand and to the sparse operand's values (on its pattern).
+    """
+    with tf.name_scope(name or "sparsekeras_matmul"):
+        a_sp, b_sp = _is_sparse(a), _is_sparse(b)
+        if a_sp and b_sp:
+            raise TypeError("sparsekeras.ops.matmul needs one dense operand; both a and b are sparse")
+        if not a_sp and not b_sp:
+            raise TypeError("sparsekeras.ops.matmul needs one sparse operand (CSRTensor, "
+                            f"tf.SparseTensor or scipy.sparse); received {type(a).__name__} and "
+                            f"{type(b).__name__}")
+        if a_sp:
+            csr = to_csr(a)
+            b = tf.convert_to_tensor(b)
+            vector = b.shape.rank == 1
+            if vector:
+                b = b[:, tf.newaxis]
+            compute, out_dtype = _compute_dtype(csr.dtype, b.dtype)
+            y = _ops.sparse_keras_csr_mat_mul(csr.indptr, csr.indices, _cast(csr.values, compute),
+                                              csr.dense_shape, _cast(b, compute))
+            y = _cast(y, out_dtype)
+            return y[:, 0] if vector else y
+        csr = to_csr(b)
+        t_indptr, t_indices, perm = _gradients.transpose_structure(csr.indptr, csr.indices,
+                                                                   csr.dense_shape)
+        return dense_csc_matmul(a, t_indptr, t_indices, tf.gather(csr.values, perm),
+                                csr.dense_shape)
+
+
+def dense_csc_matmul(x, indptr, indices, values, dense_shape, name=None):
+    """`x @ W` with W `(K, N)` given in CSC form: the Dense-layer product.
+
+    Args:
+        x: dense `(..., K)`.
+        indptr: `(N + 1,)` int32/int64, over W's columns. indices: `(nnz,)`, W's row ids.
+        values: `(nnz,)`. dense_shape: `[K, N]` int64.
+
+    Returns:
+        `(..., N)`. Differentiable w.r.t. x and values.
+    """
+    with tf.name_scope(name or "sparsekeras_dense_csc_matmul"):
+        x = tf.convert_to_tensor(x)
+        values = tf.convert_to_tensor(values)
+        dense_shape = tf.cast(dense_shape, tf.int64)
+        compute, out_dtype = _compute_dtype(x.dtype, values.dtype)
+        if x.shape.rank is not None and x.shape.rank < 1:
+            raise ValueError(f"x must have rank >= 1; received shape {x.shape}")
+        vector = x.shape.rank == 1
+        batch_shape = tf.shape(x)[:-1]
+        x2 = tf.reshape(x, [-1, tf.shape(x)[-1]])
+        y = _ops.sparse_keras_dense_csc_mat_mul(_cast(x2, compute), indptr, indices,
+                                                _cast(values, compute), dense_shape)
+        y = _cast(y, out_dtype)
+        if vector:
+            return y[0]
+        if x.shape.rank == 2:
+            return y
+        out = tf.reshape(y, tf.concat([batch_shape, tf.shape(y)[-1:]], axis=0))
+        if x.shape.rank is not None:
+            n = tf.get_static_value(dense_shape)
+            out.set_shape(x.shape[:-1].concatenate([None if n is None else int(n[1])]))
+        return out
+
+
+def sddmm(pattern, u, v, name=None):
+    """`(u @ v^T)` sampled at `pattern`'s stored entries, as a CSRTensor with its structure.
+
+    Args:
+        pattern: sparse `(M, N)` (its values are ignored). u: `(M, D)`. v: `(N, D)`.
+    """
+    with tf.name_scope(name or "sparsekeras_sddmm"):
+        csr = to_csr(pattern)
+        u = tf.convert_to_tensor(u)
+        v = tf.convert_to_tensor(v)
+        compute, out_dtype = _compute_dtype(u.dtype, v.dtype)
+        values = _ops.sparse_keras_csr_sddmm(csr.indptr, csr.indices, csr.dense_shape,
+                                             _cast(u, compute), _cast(v, compute))
+        return csr.with_values(_cast(values, out_dtype))
+
+
+def transpose(a, name=None):
+    """The transpose of a sparse matrix, as a CSRTensor (parallel counting sort, O(nnz))."""
+    with tf.name_scope(name or "sparsekeras_transpose"):
+        csr = to_csr(a)
+        t_indptr, t_indices, perm = _gradients.transpose_structure(csr.indptr, csr.indices,
+                                                                   csr.dense_shape)
+        return CSRTensor(t_indptr, t_indices, tf.gather(csr.values, perm),
+                         tf.reverse(csr.dense_shape, axis=[0]))

@@ -1,0 +1,62 @@
+"""Gradients of the sparsekeras ops, registered with TensorFlow at import.
+
+Built from the other kernels (as in sgk): the sparse operand's gradient is an SDDMM on its own
+pattern (never a dense K x N matrix), the dense operand's a product with the transpose, whose
+structure comes from the parallel CSR transpose and whose values are a gather by `perm`.
+"""
+import tensorflow as tf
+
+from sparsekeras.ops._lib import load
+
+_ops = load()
+
+
+def _reverse(dense_shape):
+    return tf.reverse(dense_shape, axis=[0])
+
+
+def transpose_structure(indptr, indices, dense_shape):
+    """(indptr_t, indices_t, perm) of the CSR transpose: values_t = gather(values, perm)."""
+    return _ops.sparse_keras_csr_transpose_structure(indptr, indices, dense_shape)
+
+
+@tf.RegisterGradient("SparseKeras>CsrMatMul")
+def _csr_matmul_grad(op, grad):
+    """Y = A @ B: dA = SDDMM(A's pattern; dY, B); dB = A^T @ dY."""
+    indptr, indices, values, dense_shape, b = op.inputs
+    d_values = _ops.sparse_keras_csr_sddmm(indptr, indices, dense_shape, grad, b)
+    t_indptr, t_indices, perm = transpose_structure(indptr, indices, dense_shape)
+    d_b = _ops.sparse_keras_csr_mat_mul(t_indptr, t_indices, tf.gather(values, perm),
+                                        _reverse(dense_shape), grad)
+    return [None, None, d_values, None, d_b]
+
+
+@tf.RegisterGradient("SparseKeras>DenseCscMatMul")
+def _dense_csc_matmul_grad(op, grad):
+    """Y = X @ W, W (K x N) in CSC = CSR of W^T (N x K).
+
+    dX = dY @ W^T, with W^T in CSC form = CSR of W = transpose of the CSR of W^T;
+    dW[k, n] = X[:, k] . dY[:, n] = SDDMM(CSR(W^T); dY^T, X^T).
+    """
+    x, indptr, indices, values, dense_shape = op.inputs
+    shape_t = _reverse(dense_shape)  # [N, K]: the CSR(W^T) view of the structure
+    t_indptr, t_indices, perm = transpose_structure(indptr, indices, shape_t)
+    d_x = _ops.sparse_keras_dense_csc_mat_mul(grad, t_indptr, t_indices, tf.gather(values, perm),
+                                              shape_t)
+    d_values = _ops.sparse_keras_csr_sddmm(indptr, indices, shape_t, tf.transpose(grad),
+                                           tf.transpose(x))
+    return [d_x, None, None, d_values, None]
+
+
+@tf.RegisterGradient("SparseKeras>CsrSddmm")
+def _csr_sddmm_grad(op, grad):
+    """out[p] = u[i] . v[j]: du = S @ v, dv = S^T @ u with S the pattern holding grad."""
+    indptr, indices, dense_shape, u, v = op.inputs
+    d_u = _ops.sparse_keras_csr_mat_mul(indptr, indices, grad, dense_shape, v)
+    t_indptr, t_indices, perm = transpose_structure(indptr, indices, dense_shape)
+    d_v = _ops.sparse_keras_csr_mat_mul(t_indptr, t_indices, tf.gather(grad, perm),
+                                        _reverse(dense_shape), u)
+    return [None, None, None, d_u, d_v]
+
+
+tf.no_gradient("SparseKeras>CsrTransposeStructure")
