@@ -52,8 +52,11 @@ absl::Status CsrMatMulShape(InferenceContext* c) {
 }
 
 absl::Status DenseCscMatMulShape(InferenceContext* c) {
-  ShapeHandle x, indptr, indices, values, dense_shape;
+  ShapeHandle x, indptr, indices, values, dense_shape, t_indptr, t_indices, t_perm;
   TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &x));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(5), 1, &t_indptr));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(6), 1, &t_indices));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(7), 1, &t_perm));
   TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &indptr));
   TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &indices));
   TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &values));
@@ -107,12 +110,17 @@ REGISTER_OP("SparseKeras>DenseCscMatMul")
     .Input("indices: Tindex")
     .Input("values: T")
     .Input("dense_shape: int64")
+    .Input("t_indptr: Tindex")
+    .Input("t_indices: Tindex")
+    .Input("t_perm: int64")
     .Output("out: T")
     .Attr("T: {float, double}")
     .Attr("Tindex: {int32, int64}")
     .SetShapeFn(sparsekeras::DenseCscMatMulShape)
     .Doc("out = x @ W, W sparse (K x N) given in CSC form: indptr over its N columns, indices "
-         "its row ids; dense_shape = [K, N].");
+         "its row ids; dense_shape = [K, N]. t_indptr, t_indices, t_perm: W's CSR structure and "
+         "the permutation CSC -> CSR (CsrTransposeStructure of the CSC arrays), read only by the "
+         "gradient; empty tensors make the gradient compute them.");
 
 REGISTER_OP("SparseKeras>CsrSddmm")
     .Input("indptr: Tindex")

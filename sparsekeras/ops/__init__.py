@@ -16,7 +16,8 @@ from sparsekeras.ops import _gradients
 from sparsekeras.ops._lib import load as _load
 from sparsekeras.ops.csr import CSRTensor
 
-__all__ = ["CSRTensor", "matmul", "dense_csc_matmul", "sddmm", "transpose", "to_csr"]
+__all__ = ["CSRTensor", "matmul", "dense_csc_matmul", "sddmm", "transpose",
+           "transpose_structure", "to_csr"]
 
 _ops = _load()
 _NATIVE = (tf.float32, tf.float64)
@@ -96,25 +97,36 @@ def matmul(a, b, name=None):
             y = _cast(y, out_dtype)
             return y[:, 0] if vector else y
         csr = to_csr(b)
+        # CSC of W = CSR transpose of W's CSR; W's own CSR then serves the gradient, with the
+        # inverse permutation (argsort of perm) mapping CSC positions back to CSR ones.
         t_indptr, t_indices, perm = _gradients.transpose_structure(csr.indptr, csr.indices,
                                                                    csr.dense_shape)
         return dense_csc_matmul(a, t_indptr, t_indices, tf.gather(csr.values, perm),
-                                csr.dense_shape)
+                                csr.dense_shape,
+                                transpose_structure=(csr.indptr, csr.indices,
+                                                     tf.math.invert_permutation(perm)))
 
 
-def dense_csc_matmul(x, indptr, indices, values, dense_shape, name=None):
+def dense_csc_matmul(x, indptr, indices, values, dense_shape, transpose_structure=None,
+                     name=None):
     """`x @ W` with W `(K, N)` given in CSC form: the Dense-layer product.
 
     Args:
         x: dense `(..., K)`.
         indptr: `(N + 1,)` int32/int64, over W's columns. indices: `(nnz,)`, W's row ids.
         values: `(nnz,)`. dense_shape: `[K, N]` int64.
+        transpose_structure: optional `(csr_indptr, csr_indices, perm)`: W's CSR structure and
+            the permutation with `csr_values = gather(values, perm)`, as returned by
+            `transpose_structure(indptr, indices, [N, K])`. Only the gradient uses it; a layer
+            whose pattern changes rarely caches it instead of recomputing it every step.
 
     Returns:
         `(..., N)`. Differentiable w.r.t. x and values.
     """
     with tf.name_scope(name or "sparsekeras_dense_csc_matmul"):
         x = tf.convert_to_tensor(x)
+        indptr = tf.convert_to_tensor(indptr)
+        indices = tf.convert_to_tensor(indices, dtype=indptr.dtype)
         values = tf.convert_to_tensor(values)
         dense_shape = tf.cast(dense_shape, tf.int64)
         compute, out_dtype = _compute_dtype(x.dtype, values.dtype)
@@ -123,8 +135,13 @@ def dense_csc_matmul(x, indptr, indices, values, dense_shape, name=None):
         vector = x.shape.rank == 1
         batch_shape = tf.shape(x)[:-1]
         x2 = tf.reshape(x, [-1, tf.shape(x)[-1]])
+        if transpose_structure is None:
+            empty = tf.zeros([0], indptr.dtype)
+            transpose_structure = (empty, empty, tf.zeros([0], tf.int64))
+        t_indptr, t_indices, t_perm = transpose_structure
         y = _ops.sparse_keras_dense_csc_mat_mul(_cast(x2, compute), indptr, indices,
-                                                _cast(values, compute), dense_shape)
+                                                _cast(values, compute), dense_shape,
+                                                t_indptr, t_indices, t_perm)
         y = _cast(y, out_dtype)
         if vector:
             return y[0]
@@ -151,6 +168,12 @@ def sddmm(pattern, u, v, name=None):
         values = _ops.sparse_keras_csr_sddmm(csr.indptr, csr.indices, csr.dense_shape,
                                              _cast(u, compute), _cast(v, compute))
         return csr.with_values(_cast(values, out_dtype))
+
+
+def transpose_structure(indptr, indices, dense_shape):
+    """CSR structure of a CSR matrix's transpose: `(indptr_t, indices_t, perm)` with
+    `values_t = tf.gather(values, perm)`. O(nnz) parallel counting sort; not differentiable."""
+    return _gradients.transpose_structure(indptr, indices, tf.cast(dense_shape, tf.int64))
 
 
 def transpose(a, name=None):

@@ -38,14 +38,16 @@ def _dense_csc_matmul_grad(op, grad):
     dX = dY @ W^T, with W^T in CSC form = CSR of W = transpose of the CSR of W^T;
     dW[k, n] = X[:, k] . dY[:, n] = SDDMM(CSR(W^T); dY^T, X^T).
     """
-    x, indptr, indices, values, dense_shape = op.inputs
+    x, indptr, indices, values, dense_shape, t_indptr, t_indices, perm = op.inputs
     shape_t = _reverse(dense_shape)  # [N, K]: the CSR(W^T) view of the structure
-    t_indptr, t_indices, perm = transpose_structure(indptr, indices, shape_t)
+    if t_indptr.shape.rank == 1 and t_indptr.shape[0] == 0:  # not cached by the caller
+        t_indptr, t_indices, perm = transpose_structure(indptr, indices, shape_t)
+    empty = tf.zeros([0], indptr.dtype)
     d_x = _ops.sparse_keras_dense_csc_mat_mul(grad, t_indptr, t_indices, tf.gather(values, perm),
-                                              shape_t)
+                                              shape_t, empty, empty, tf.zeros([0], tf.int64))
     d_values = _ops.sparse_keras_csr_sddmm(indptr, indices, shape_t, tf.transpose(grad),
                                            tf.transpose(x))
-    return [d_x, None, None, d_values, None]
+    return [d_x, None, None, d_values, None, None, None, None]
 
 
 @tf.RegisterGradient("SparseKeras>CsrSddmm")
