@@ -2,7 +2,10 @@
 import sparsekeras
 from sparsekeras import linalg
 
-EXPECTED_TOP = ["linalg", "set_num_threads", "get_num_threads", "num_threads", "__version__"]
+EXPECTED_TOP = ["linalg", "ops", "CSRTensor", "set_num_threads", "get_num_threads", "num_threads",
+                "__version__"]
+EXPECTED_OPS = ["CSRTensor", "matmul", "dense_csc_matmul", "sddmm", "transpose",
+                "transpose_structure", "to_csr"]
 EXPECTED_LINALG = ["matmul", "sddmm", "to_csr", "to_dense", "canonicalize", "transpose", "validate"]
 
 
@@ -28,3 +31,11 @@ def test_star_import_exposes_only_public_names():
     ns = {}
     exec("from sparsekeras.linalg import *", ns)
     assert sorted(k for k in ns if k != "__builtins__") == sorted(EXPECTED_LINALG)
+
+
+def test_ops_all():
+    from sparsekeras import ops
+
+    assert ops.__all__ == EXPECTED_OPS
+    for name in EXPECTED_OPS:
+        assert callable(getattr(ops, name)), name
