@@ -26,6 +26,14 @@ cdef extern from "sk_simd.h" nogil:
     float sk_dot_gather_f32_i64(int64_t nnz, const int64_t *idx, const float *val, const float *x, int64_t incx)
     double sk_dot_gather_f64_i32(int64_t nnz, const int32_t *idx, const double *val, const double *x, int64_t incx)
     double sk_dot_gather_f64_i64(int64_t nnz, const int64_t *idx, const double *val, const double *x, int64_t incx)
+    void sk_sddmm_row_f32_i32(int isa, int64_t nnz, const int32_t *idx, const float *u,
+                              const float *panel, int64_t w, float *out, int accumulate)
+    void sk_sddmm_row_f32_i64(int isa, int64_t nnz, const int64_t *idx, const float *u,
+                              const float *panel, int64_t w, float *out, int accumulate)
+    void sk_sddmm_row_f64_i32(int isa, int64_t nnz, const int32_t *idx, const double *u,
+                              const double *panel, int64_t w, double *out, int accumulate)
+    void sk_sddmm_row_f64_i64(int isa, int64_t nnz, const int64_t *idx, const double *u,
+                              const double *panel, int64_t w, double *out, int accumulate)
     float sk_dot_f32_any(int isa, int64_t n, const float *a, const float *b)
     double sk_dot_f64_any(int isa, int64_t n, const double *a, const double *b)
 
@@ -80,6 +88,21 @@ cdef inline void _spmm_row(int isa, int64_t nnz, const index_t *idx, const real_
             sk_spmm_row_f64_i32(isa, nnz, idx, val, panel, ldp, w, out, os)
         else:
             sk_spmm_row_f64_i64(isa, nnz, idx, val, panel, ldp, w, out, os)
+
+
+cdef inline void _sddmm_row(int isa, int64_t nnz, const index_t *idx, const real_t *u,
+                            const real_t *panel, int64_t w, real_t *out,
+                            int accumulate) noexcept nogil:
+    if real_t is float:
+        if index_t is int32_t:
+            sk_sddmm_row_f32_i32(isa, nnz, idx, u, panel, w, out, accumulate)
+        else:
+            sk_sddmm_row_f32_i64(isa, nnz, idx, u, panel, w, out, accumulate)
+    else:
+        if index_t is int32_t:
+            sk_sddmm_row_f64_i32(isa, nnz, idx, u, panel, w, out, accumulate)
+        else:
+            sk_sddmm_row_f64_i64(isa, nnz, idx, u, panel, w, out, accumulate)
 
 
 cdef inline real_t _dot_gather(int64_t nnz, const index_t *idx, const real_t *val,

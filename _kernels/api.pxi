@@ -288,6 +288,53 @@ def csr_sddmm(indptr, indices, shape, u, v, *, n_threads=None):
     return out
 
 
+def csr_sddmm_t(indptr, indices, shape, ut, vt, *, n_threads=None):
+    """SDDMM with transposed dense operands: out[p] = sum_d UT[d, i] * VT[d, j] for every stored
+    entry p = (i, j); UT is (D, M), VT is (D, N) for a pattern of shape (M, N).
+
+    Equal to csr_sddmm(indptr, indices, shape, UT.T, VT.T) up to summation order. This is the
+    gradient of a Dense layer's sparse kernel, dW = X^T dY on W's pattern, without transposes.
+    """
+    indptr, indices, n_rows, n_cols = check_csr(indptr, indices, None, shape, "pattern")
+    u_arr = np.asarray(ut)
+    v_arr = np.asarray(vt)
+    if u_arr.ndim != 2 or u_arr.shape[1] != n_rows:
+        raise ValueError(f"ut must be 2-D with {n_rows} columns (pattern.shape={(n_rows, n_cols)}); "
+                         f"received ut.shape={u_arr.shape}")
+    if v_arr.ndim != 2 or v_arr.shape[1] != n_cols:
+        raise ValueError(f"vt must be 2-D with {n_cols} columns (pattern.shape={(n_rows, n_cols)}); "
+                         f"received vt.shape={v_arr.shape}")
+    if u_arr.shape[0] != v_arr.shape[0]:
+        raise ValueError(f"ut and vt must have the same number of rows; received "
+                         f"ut.shape={u_arr.shape}, vt.shape={v_arr.shape}")
+    dt = result_dtype(u_arr.dtype, v_arr.dtype, name="ut and vt")
+    cdef cnp.ndarray uu = _values(u_arr, dt, "ut")
+    cdef cnp.ndarray vv = _values(v_arr, dt, "vt")
+    cdef int64_t m = n_rows, n = n_cols, depth = uu.shape[0]
+    cdef int64_t nnz = indices.shape[0]
+    cdef cnp.ndarray out = np.empty(nnz, dtype=dt)
+    cdef cnp.ndarray ip = indptr, ix = indices
+    cdef int nt = _threads(n_threads, nnz * depth)
+    cdef bint f32 = dt == np.float32, i32 = indptr.dtype == np.int32
+    cdef int rc
+    with nogil:
+        if f32 and i32:
+            rc = sk_csr_sddmm_t_f32_i32(m, n, depth, <int32_t *>_ptr(ip), <int32_t *>_ptr(ix),
+                                        <float *>_ptr(uu), <float *>_ptr(vv), <float *>_ptr(out), nt)
+        elif f32:
+            rc = sk_csr_sddmm_t_f32_i64(m, n, depth, <int64_t *>_ptr(ip), <int64_t *>_ptr(ix),
+                                        <float *>_ptr(uu), <float *>_ptr(vv), <float *>_ptr(out), nt)
+        elif i32:
+            rc = sk_csr_sddmm_t_f64_i32(m, n, depth, <int32_t *>_ptr(ip), <int32_t *>_ptr(ix),
+                                        <double *>_ptr(uu), <double *>_ptr(vv), <double *>_ptr(out), nt)
+        else:
+            rc = sk_csr_sddmm_t_f64_i64(m, n, depth, <int64_t *>_ptr(ip), <int64_t *>_ptr(ix),
+                                        <double *>_ptr(uu), <double *>_ptr(vv), <double *>_ptr(out), nt)
+    if rc:
+        raise MemoryError("csr_sddmm_t: could not allocate scratch memory")
+    return out
+
+
 def csr_transpose(indptr, indices, data, shape, *, n_threads=None, return_perm=False):
     """CSR arrays of A^T (equivalently, the CSC arrays of A).
 

@@ -44,6 +44,23 @@ static inline SK_T SK_FNT(sk_dot, generic)(int64_t n, const SK_T *a, const SK_T 
 }
 #endif
 
+/* SDDMM row over one depth tile: out[p] (+)= dot(u[0:w], panel[idx[p] * w : +w]) for p < nnz;
+ * accumulate = 0 overwrites. u: w entries; panel rows: w entries each (a packed tile, w <= 64). */
+static inline void SK_FN(sk_sddmm_row, generic)(int64_t nnz, const SK_I *idx, const SK_T *u,
+                                               const SK_T *panel, int64_t w, SK_T *out,
+                                               int accumulate) {
+    for (int64_t p = 0; p < nnz; p++) {
+        const SK_T *v = panel + (int64_t)idx[p] * w;
+        SK_T s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int64_t k = 0;
+        for (; k + 8 <= w; k += 8)
+            for (int q = 0; q < 8; q++) s[q] += u[k + q] * v[k + q];
+        for (int q = 0; k < w; k++, q++) s[q] += u[k] * v[k];
+        SK_T d = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+        out[p] = accumulate ? out[p] + d : d;
+    }
+}
+
 /* Sparse-dense dot (gather): sum_p val[p] * x[idx[p] * incx], 4 partial sums in fixed order.
  * Used when the dense operand has a single column (matrix-vector). */
 static inline SK_T SK_CAT3(sk_dot_gather, SK_TS, SK_IS)(int64_t nnz, const SK_I *idx, const SK_T *val,
@@ -134,6 +151,34 @@ SK_FN(sk_spmm_row, avx2)(int64_t nnz, const SK_I *idx, const SK_T *val, const SK
         SK_T tmp[SK_L2];
         SK_V2_STORE(tmp, acc);
         for (int64_t q = 0; q < rem; q++) out[(j + q) * os] = tmp[q];
+    }
+}
+
+/* SDDMM row, u tile held in registers (w <= 8 vectors); masked tail lanes are zero. */
+__attribute__((target("avx2,fma"))) static void
+SK_FN(sk_sddmm_row, avx2)(int64_t nnz, const SK_I *idx, const SK_T *u, const SK_T *panel, int64_t w,
+                          SK_T *out, int accumulate) {
+    SK_V2 uu[8];
+    int nv = (int)((w + SK_L2 - 1) / SK_L2);
+    int64_t rem = w - (int64_t)(nv - 1) * SK_L2;
+    __m256i m = SK_V2_MASK(rem);
+    for (int v = 0; v < nv - 1; v++) uu[v] = SK_V2_LOAD(u + v * SK_L2);
+    uu[nv - 1] = SK_V2_MLOAD(u + (nv - 1) * SK_L2, m);
+    for (int64_t p = 0; p < nnz; p++) {
+        const SK_T *r = panel + (int64_t)idx[p] * w;
+        SK_V2 a0 = SK_V2_ZERO(), a1 = SK_V2_ZERO();
+        int v = 0;
+        for (; v + 2 <= nv - 1; v += 2) {
+            a0 = SK_V2_FMA(uu[v], SK_V2_LOAD(r + v * SK_L2), a0);
+            a1 = SK_V2_FMA(uu[v + 1], SK_V2_LOAD(r + (v + 1) * SK_L2), a1);
+        }
+        for (; v < nv - 1; v++) a0 = SK_V2_FMA(uu[v], SK_V2_LOAD(r + v * SK_L2), a0);
+        a1 = SK_V2_FMA(uu[nv - 1], SK_V2_MLOAD(r + (nv - 1) * SK_L2, m), a1);
+        SK_T tmp[SK_L2];
+        SK_V2_STORE(tmp, a0 + a1);
+        SK_T d = 0;
+        for (int q = 0; q < SK_L2; q++) d += tmp[q];
+        out[p] = accumulate ? out[p] + d : d;
     }
 }
 
@@ -252,6 +297,30 @@ SK_FN(sk_spmm_row, avx512)(int64_t nnz, const SK_I *idx, const SK_T *val, const 
     }
 }
 
+__attribute__((target("avx512f"))) static void
+SK_FN(sk_sddmm_row, avx512)(int64_t nnz, const SK_I *idx, const SK_T *u, const SK_T *panel,
+                            int64_t w, SK_T *out, int accumulate) {
+    SK_V5 uu[8];
+    int nv = (int)((w + SK_L5 - 1) / SK_L5);
+    int64_t rem = w - (int64_t)(nv - 1) * SK_L5;
+    SK_M5 m = (SK_M5)((1u << rem) - 1u);
+    for (int v = 0; v < nv - 1; v++) uu[v] = SK_V5_LOAD(u + v * SK_L5);
+    uu[nv - 1] = SK_V5_MLOAD(u + (nv - 1) * SK_L5, m);
+    for (int64_t p = 0; p < nnz; p++) {
+        const SK_T *r = panel + (int64_t)idx[p] * w;
+        SK_V5 a0 = SK_V5_ZERO(), a1 = SK_V5_ZERO();
+        int v = 0;
+        for (; v + 2 <= nv - 1; v += 2) {
+            a0 = SK_V5_FMA(uu[v], SK_V5_LOAD(r + v * SK_L5), a0);
+            a1 = SK_V5_FMA(uu[v + 1], SK_V5_LOAD(r + (v + 1) * SK_L5), a1);
+        }
+        for (; v < nv - 1; v++) a0 = SK_V5_FMA(uu[v], SK_V5_LOAD(r + v * SK_L5), a0);
+        a1 = SK_V5_FMA(uu[nv - 1], SK_V5_MLOAD(r + (nv - 1) * SK_L5, m), a1);
+        SK_T d = SK_V5_HSUM(a0 + a1);
+        out[p] = accumulate ? out[p] + d : d;
+    }
+}
+
 #if !SK_I64
 __attribute__((target("avx512f"))) static SK_T
 SK_FNT(sk_dot, avx512)(int64_t n, const SK_T *a, const SK_T *b) {
@@ -295,6 +364,16 @@ static inline void SK_CAT3(sk_spmm_row, SK_TS, SK_IS)(int isa, int64_t nnz, cons
     if (isa == SK_ISA_AVX2) { SK_FN(sk_spmm_row, avx2)(nnz, idx, val, panel, ldp, w, out, os); return; }
 #endif
     SK_FN(sk_spmm_row, generic)(nnz, idx, val, panel, ldp, w, out, os);
+}
+
+static inline void SK_CAT3(sk_sddmm_row, SK_TS, SK_IS)(int isa, int64_t nnz, const SK_I *idx,
+                                                       const SK_T *u, const SK_T *panel, int64_t w,
+                                                       SK_T *out, int accumulate) {
+#ifdef SK_X86
+    if (isa == SK_ISA_AVX512) { SK_FN(sk_sddmm_row, avx512)(nnz, idx, u, panel, w, out, accumulate); return; }
+    if (isa == SK_ISA_AVX2) { SK_FN(sk_sddmm_row, avx2)(nnz, idx, u, panel, w, out, accumulate); return; }
+#endif
+    SK_FN(sk_sddmm_row, generic)(nnz, idx, u, panel, w, out, accumulate);
 }
 
 #if !SK_I64

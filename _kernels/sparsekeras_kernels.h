@@ -34,6 +34,8 @@ extern "C" {
  *   (equivalently W^T in CSR). The Dense-layer orientation. Complexity O(nnz(W) * n_rows).
  * sk_csr_sddmm: out[p] = dot(u[i, :], v[indices[p], :]) for every stored p of row i;
  *   u is n_rows x depth, v is n_cols x depth, out has nnz entries. Complexity O(nnz * depth).
+ * sk_csr_sddmm_t: the same with u and v given transposed: out[p] = sum_d ut[d, i] * vt[d, j],
+ *   ut is depth x n_rows, vt is depth x n_cols (a Dense layer's X and dY, batch-major).
  * sk_csr_transpose: the CSR form of A^T (n_cols x n_rows): out_indptr n_cols + 1, out_indices
  *   and out_data nnz; out_perm (may be NULL) receives, for each output entry, the position of
  *   its source entry in A, so later values can be transposed with a gather; out_data may be
@@ -46,6 +48,8 @@ int sk_dense_csc_matmul_f32_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols,
     const int32_t *indices, const float *data, const float *x, float *out, int n_threads);
 int sk_csr_sddmm_f32_i32(int64_t n_rows, int64_t n_cols, int64_t depth, const int32_t *indptr,
     const int32_t *indices, const float *u, const float *v, float *out, int n_threads);
+int sk_csr_sddmm_t_f32_i32(int64_t n_rows, int64_t n_cols, int64_t depth, const int32_t *indptr,
+    const int32_t *indices, const float *ut, const float *vt, float *out, int n_threads);
 int sk_csr_transpose_f32_i32(int64_t n_rows, int64_t n_cols, const int32_t *indptr, const int32_t *indices,
     const float *data, int32_t *out_indptr, int32_t *out_indices, float *out_data, int64_t *out_perm,
     int n_threads);
@@ -56,6 +60,8 @@ int sk_dense_csc_matmul_f32_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols,
     const int64_t *indices, const float *data, const float *x, float *out, int n_threads);
 int sk_csr_sddmm_f32_i64(int64_t n_rows, int64_t n_cols, int64_t depth, const int64_t *indptr,
     const int64_t *indices, const float *u, const float *v, float *out, int n_threads);
+int sk_csr_sddmm_t_f32_i64(int64_t n_rows, int64_t n_cols, int64_t depth, const int64_t *indptr,
+    const int64_t *indices, const float *ut, const float *vt, float *out, int n_threads);
 int sk_csr_transpose_f32_i64(int64_t n_rows, int64_t n_cols, const int64_t *indptr, const int64_t *indices,
     const float *data, int64_t *out_indptr, int64_t *out_indices, float *out_data, int64_t *out_perm,
     int n_threads);
@@ -66,6 +72,8 @@ int sk_dense_csc_matmul_f64_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols,
     const int32_t *indices, const double *data, const double *x, double *out, int n_threads);
 int sk_csr_sddmm_f64_i32(int64_t n_rows, int64_t n_cols, int64_t depth, const int32_t *indptr,
     const int32_t *indices, const double *u, const double *v, double *out, int n_threads);
+int sk_csr_sddmm_t_f64_i32(int64_t n_rows, int64_t n_cols, int64_t depth, const int32_t *indptr,
+    const int32_t *indices, const double *ut, const double *vt, double *out, int n_threads);
 int sk_csr_transpose_f64_i32(int64_t n_rows, int64_t n_cols, const int32_t *indptr, const int32_t *indices,
     const double *data, int32_t *out_indptr, int32_t *out_indices, double *out_data, int64_t *out_perm,
     int n_threads);
@@ -76,6 +84,8 @@ int sk_dense_csc_matmul_f64_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols,
     const int64_t *indices, const double *data, const double *x, double *out, int n_threads);
 int sk_csr_sddmm_f64_i64(int64_t n_rows, int64_t n_cols, int64_t depth, const int64_t *indptr,
     const int64_t *indices, const double *u, const double *v, double *out, int n_threads);
+int sk_csr_sddmm_t_f64_i64(int64_t n_rows, int64_t n_cols, int64_t depth, const int64_t *indptr,
+    const int64_t *indices, const double *ut, const double *vt, double *out, int n_threads);
 int sk_csr_transpose_f64_i64(int64_t n_rows, int64_t n_cols, const int64_t *indptr, const int64_t *indices,
     const double *data, int64_t *out_indptr, int64_t *out_indices, double *out_data, int64_t *out_perm,
     int n_threads);

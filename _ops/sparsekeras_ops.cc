@@ -8,6 +8,7 @@
 //   CsrMatMul(indptr, indices, values, dense_shape, b) -> A @ b               A: M x K (CSR)
 //   DenseCscMatMul(x, indptr, indices, values, dense_shape) -> x @ W         W: K x N (CSC)
 //   CsrSddmm(indptr, indices, dense_shape, u, v) -> values, out[p] = u[i] . v[j]
+//   CsrSddmmT(indptr, indices, dense_shape, ut, vt) -> values, out[p] = ut[:, i] . vt[:, j]
 //   CsrTransposeStructure(indptr, indices, dense_shape) -> (indptr_t, indices_t, perm)
 // Gradients are registered in Python (sparsekeras/ops/_gradients.py).
 #include <algorithm>
@@ -78,6 +79,17 @@ absl::Status CsrSddmmShape(InferenceContext* c) {
   return absl::OkStatus();
 }
 
+absl::Status CsrSddmmTShape(InferenceContext* c) {
+  ShapeHandle indptr, indices, dense_shape, ut, vt;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &indptr));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &indices));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &dense_shape));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 2, &ut));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 2, &vt));
+  c->set_output(0, c->Vector(c->Dim(indices, 0)));
+  return absl::OkStatus();
+}
+
 absl::Status CsrTransposeShape(InferenceContext* c) {
   ShapeHandle indptr, indices, dense_shape;
   TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &indptr));
@@ -133,6 +145,19 @@ REGISTER_OP("SparseKeras>CsrSddmm")
     .Attr("Tindex: {int32, int64}")
     .SetShapeFn(sparsekeras::CsrSddmmShape)
     .Doc("values[p] = dot(u[i], v[j]) for each stored entry p = (i, j) of the CSR pattern.");
+
+REGISTER_OP("SparseKeras>CsrSddmmT")
+    .Input("indptr: Tindex")
+    .Input("indices: Tindex")
+    .Input("dense_shape: int64")
+    .Input("ut: T")
+    .Input("vt: T")
+    .Output("values: T")
+    .Attr("T: {float, double}")
+    .Attr("Tindex: {int32, int64}")
+    .SetShapeFn(sparsekeras::CsrSddmmTShape)
+    .Doc("values[p] = sum_d ut[d, i] * vt[d, j] for each stored entry p = (i, j): SDDMM with "
+         "transposed operands (a Dense layer's X and dY as they are, batch-major).");
 
 REGISTER_OP("SparseKeras>CsrTransposeStructure")
     .Input("indptr: Tindex")
@@ -192,6 +217,10 @@ class ThreadLease {
   inline int CsrSddmm(int64_t m, int64_t n, int64_t depth, const I* ip, const I* ix, const T* u,   \
                       const T* v, T* out, int nt) {                                                \
     return sk_csr_sddmm_##TS##_##IS(m, n, depth, ip, ix, u, v, out, nt);                           \
+  }                                                                                                \
+  inline int CsrSddmmT(int64_t m, int64_t n, int64_t depth, const I* ip, const I* ix, const T* ut, \
+                       const T* vt, T* out, int nt) {                                              \
+    return sk_csr_sddmm_t_##TS##_##IS(m, n, depth, ip, ix, ut, vt, out, nt);                       \
   }
 SK_OVERLOADS(float, int32_t, f32, i32)
 SK_OVERLOADS(float, int64_t, f32, i64)
@@ -387,6 +416,41 @@ class CsrSddmmOp : public OpKernel {
   }
 };
 
+template <typename T, typename I>
+class CsrSddmmTOp : public OpKernel {
+ public:
+  explicit CsrSddmmTOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& indptr = ctx->input(0);
+    const Tensor& indices = ctx->input(1);
+    const Tensor& dense_shape = ctx->input(2);
+    const Tensor& ut = ctx->input(3);
+    const Tensor& vt = ctx->input(4);
+    CsrDims d;
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(indptr, indices, nullptr, dense_shape, "pattern", false, &d));
+    OP_REQUIRES(ctx, ut.dims() == 2 && ut.dim_size(1) == d.rows,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "ut must be a matrix with ", d.rows, " columns (pattern.dense_shape [", d.rows,
+                    ", ", d.cols, "]); received ut.shape ", ut.shape().DebugString())));
+    OP_REQUIRES(ctx, vt.dims() == 2 && vt.dim_size(1) == d.cols,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "vt must be a matrix with ", d.cols, " columns (pattern.dense_shape [", d.rows,
+                    ", ", d.cols, "]); received vt.shape ", vt.shape().DebugString())));
+    OP_REQUIRES(ctx, ut.dim_size(0) == vt.dim_size(0),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "ut and vt must have the same number of rows; received ut.shape ",
+                    ut.shape().DebugString(), ", vt.shape ", vt.shape().DebugString())));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({d.nnz}), &out));
+    if (d.nnz == 0) return;
+    const int64_t depth = ut.dim_size(0);
+    ThreadLease lease(ctx, d.nnz * depth);
+    int rc = CsrSddmmT(d.rows, d.cols, depth, indptr.flat<I>().data(), indices.flat<I>().data(),
+                       ut.flat<T>().data(), vt.flat<T>().data(), out->flat<T>().data(), lease.n());
+    OP_REQUIRES(ctx, rc == 0, Allocation("CsrSddmmT"));
+  }
+};
+
 template <typename I>
 class CsrTransposeStructureOp : public OpKernel {
  public:
@@ -424,7 +488,12 @@ class CsrTransposeStructureOp : public OpKernel {
                               .Device(DEVICE_CPU)                                       \
                               .TypeConstraint<T>("T")                                   \
                               .TypeConstraint<I>("Tindex"),                             \
-                          CsrSddmmOp<T, I>);
+                          CsrSddmmOp<T, I>);                                            \
+  REGISTER_KERNEL_BUILDER(Name("SparseKeras>CsrSddmmT")                                 \
+                              .Device(DEVICE_CPU)                                       \
+                              .TypeConstraint<T>("T")                                   \
+                              .TypeConstraint<I>("Tindex"),                             \
+                          CsrSddmmTOp<T, I>);
 SK_REGISTER(float, int32_t)
 SK_REGISTER(float, int64_t)
 SK_REGISTER(double, int32_t)

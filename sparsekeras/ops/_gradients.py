@@ -36,7 +36,7 @@ def _dense_csc_matmul_grad(op, grad):
     """Y = X @ W, W (K x N) in CSC = CSR of W^T (N x K).
 
     dX = dY @ W^T, with W^T in CSC form = CSR of W = transpose of the CSR of W^T;
-    dW[k, n] = X[:, k] . dY[:, n] = SDDMM(CSR(W^T); dY^T, X^T).
+    dW[k, n] = X[:, k] . dY[:, n] = SDDMM_T(CSR(W^T); dY, X): no transposes.
     """
     x, indptr, indices, values, dense_shape, t_indptr, t_indices, perm = op.inputs
     shape_t = _reverse(dense_shape)  # [N, K]: the CSR(W^T) view of the structure
@@ -45,8 +45,7 @@ def _dense_csc_matmul_grad(op, grad):
     empty = tf.zeros([0], indptr.dtype)
     d_x = _ops.sparse_keras_dense_csc_mat_mul(grad, t_indptr, t_indices, tf.gather(values, perm),
                                               shape_t, empty, empty, tf.zeros([0], tf.int64))
-    d_values = _ops.sparse_keras_csr_sddmm(indptr, indices, shape_t, tf.transpose(grad),
-                                           tf.transpose(x))
+    d_values = _ops.sparse_keras_csr_sddmm_t(indptr, indices, shape_t, grad, x)
     return [d_x, None, None, d_values, None, None, None, None]
 
 
@@ -59,6 +58,23 @@ def _csr_sddmm_grad(op, grad):
     d_v = _ops.sparse_keras_csr_mat_mul(t_indptr, t_indices, tf.gather(grad, perm),
                                         _reverse(dense_shape), u)
     return [None, None, None, d_u, d_v]
+
+
+@tf.RegisterGradient("SparseKeras>CsrSddmmT")
+def _csr_sddmm_t_grad(op, grad):
+    """out[p] = ut[:, i] . vt[:, j]: dut = vt @ S^T, dvt = ut @ S (S: the pattern holding grad).
+
+    S^T in CSC form is S's own CSR; S in CSC form is the CSR of S^T.
+    """
+    indptr, indices, dense_shape, ut, vt = op.inputs
+    empty = tf.zeros([0], indptr.dtype)
+    no_perm = tf.zeros([0], tf.int64)
+    d_ut = _ops.sparse_keras_dense_csc_mat_mul(vt, indptr, indices, grad, _reverse(dense_shape),
+                                               empty, empty, no_perm)
+    t_indptr, t_indices, perm = transpose_structure(indptr, indices, dense_shape)
+    d_vt = _ops.sparse_keras_dense_csc_mat_mul(ut, t_indptr, t_indices, tf.gather(grad, perm),
+                                               dense_shape, empty, empty, no_perm)
+    return [None, None, None, d_ut, d_vt]
 
 
 tf.no_gradient("SparseKeras>CsrTransposeStructure")
