@@ -95,7 +95,13 @@ absl::Status CsrTransposeShape(InferenceContext* c) {
   TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &indptr));
   TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &indices));
   TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &dense_shape));
-  c->set_output(0, c->Vector(InferenceContext::kUnknownDim));
+  // The transpose has dense_shape[1] rows: known when dense_shape is a constant.
+  const Tensor* ds = c->input_tensor(2);
+  if (ds != nullptr && ds->NumElements() == 2) {
+    c->set_output(0, c->Vector(ds->flat<int64_t>()(1) + 1));
+  } else {
+    c->set_output(0, c->Vector(InferenceContext::kUnknownDim));
+  }
   c->set_output(1, c->Vector(c->Dim(indices, 0)));
   c->set_output(2, c->Vector(c->Dim(indices, 0)));
   return absl::OkStatus();

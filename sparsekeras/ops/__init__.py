@@ -45,6 +45,21 @@ def to_csr(x, index_dtype=tf.int64):
     return CSRTensor.from_dense(x, index_dtype=index_dtype)
 
 
+def _checked_values(csr, name):
+    """csr.values, asserted (at run time too) to hold one entry per index before any gather."""
+    if csr.values.shape[0] is not None and csr.indices.shape[0] is not None:
+        if csr.values.shape[0] != csr.indices.shape[0]:
+            raise tf.errors.InvalidArgumentError(
+                None, None, f"{name}.values must be a vector with one entry per index "
+                f"({csr.indices.shape[0]}); received shape {csr.values.shape}")
+        return csr.values
+    check = tf.debugging.assert_equal(
+        tf.size(csr.values, out_type=tf.int64), tf.size(csr.indices, out_type=tf.int64),
+        message=f"{name}.values must be a vector with one entry per index")
+    with tf.control_dependencies([check]):
+        return tf.identity(csr.values)
+
+
 def _compute_dtype(*dtypes):
     """(compute dtype, output dtype) for operands of these dtypes."""
     for dt in dtypes:
@@ -101,7 +116,7 @@ def matmul(a, b, name=None):
         # inverse permutation (argsort of perm) mapping CSC positions back to CSR ones.
         t_indptr, t_indices, perm = _gradients.transpose_structure(csr.indptr, csr.indices,
                                                                    csr.dense_shape)
-        return dense_csc_matmul(a, t_indptr, t_indices, tf.gather(csr.values, perm),
+        return dense_csc_matmul(a, t_indptr, t_indices, tf.gather(_checked_values(csr, "b"), perm),
                                 csr.dense_shape,
                                 transpose_structure=(csr.indptr, csr.indices,
                                                      tf.math.invert_permutation(perm)))
@@ -143,14 +158,20 @@ def dense_csc_matmul(x, indptr, indices, values, dense_shape, transpose_structur
                                                 _cast(values, compute), dense_shape,
                                                 t_indptr, t_indices, t_perm)
         y = _cast(y, out_dtype)
+        static = tf.get_static_value(dense_shape)
+        n = None if static is None or len(static) != 2 else int(static[1])
+        if y.shape[-1] is not None and n is not None and y.shape[-1] != n:
+            n = None  # inconsistent structure: the kernel reports it at run time
         if vector:
-            return y[0]
+            y = y[0]
+            y.set_shape([n])
+            return y
         if x.shape.rank == 2:
+            y.set_shape([x.shape[0], n])
             return y
         out = tf.reshape(y, tf.concat([batch_shape, tf.shape(y)[-1:]], axis=0))
         if x.shape.rank is not None:
-            n = tf.get_static_value(dense_shape)
-            out.set_shape(x.shape[:-1].concatenate([None if n is None else int(n[1])]))
+            out.set_shape(x.shape[:-1].concatenate([n]))
         return out
 
 
@@ -182,5 +203,5 @@ def transpose(a, name=None):
         csr = to_csr(a)
         t_indptr, t_indices, perm = _gradients.transpose_structure(csr.indptr, csr.indices,
                                                                    csr.dense_shape)
-        return CSRTensor(t_indptr, t_indices, tf.gather(csr.values, perm),
+        return CSRTensor(t_indptr, t_indices, tf.gather(_checked_values(csr, "a"), perm),
                          tf.reverse(csr.dense_shape, axis=[0]))
