@@ -1,0 +1,91 @@
+"""Model-level conversions: `sparsify` (Dense -> SparseDense) and `strip` (-> CompactDense)."""
+import keras
+
+from sparsekeras.layers import CompactDense, SparseDense
+
+__all__ = ["sparsify", "strip"]
+
+
+def _clone_with(model, replace):
+    """Clone a Sequential/Functional model, replacing layers by `replace(layer)` (or None to keep
+    a fresh copy of the layer), then copy weights of the unreplaced layers."""
+    if not isinstance(model, (keras.Sequential, keras.Model)) or (
+            not isinstance(model, keras.Sequential) and not getattr(model, "_is_graph_network",
+                                                                    hasattr(model, "_operations"))):
+        raise ValueError("sparsify/strip work on Sequential and Functional models; for a subclassed "
+                         f"model, use sparsekeras.layers in its definition. Received: {type(model).__name__}")
+    replaced = {}
+
+    def clone_fn(layer):
+        new = replace(layer)
+        if new is None:
+            new = layer.__class__.from_config(layer.get_config())
+        else:
+            replaced[layer.name] = new
+        return new
+
+    clone = keras.models.clone_model(model, clone_function=clone_fn)
+    for old, new in zip(model.layers, clone.layers):
+        if old.name in replaced:
+            continue
+        if old.weights:
+            new.set_weights(old.get_weights())
+    return clone, replaced
+
+
+def sparsify(model, layer_names=None, switch_sparsity=None, compute="auto"):
+    """A copy of a Sequential/Functional model with its `keras.layers.Dense` layers replaced by
+    `SparseDense` layers holding the same weights (mask all ones), ready for `GradualPruning`.
+
+    Args:
+        model: a built Keras model.
+        layer_names: names of the Dense layers to convert (default: all). Keeping a small output
+            layer dense usually costs nothing and protects accuracy.
+        switch_sparsity, compute: passed to each SparseDense.
+
+    Example:
+        >>> sparse_model = sparsekeras.sparsify(model, layer_names=["hidden1", "hidden2"])
+    """
+    weights = {}
+    if layer_names is not None:
+        layer_names = set(layer_names)
+        missing = layer_names - {layer.name for layer in model.layers}
+        if missing:
+            raise ValueError(f"sparsify: no layer named {sorted(missing)} in the model. "
+                             f"Received: layer_names={sorted(layer_names)}")
+
+    def replace(layer):
+        if type(layer) is keras.layers.Dense and (layer_names is None or layer.name in layer_names):
+            kwargs = {"compute": compute}
+            if switch_sparsity is not None:
+                kwargs["switch_sparsity"] = switch_sparsity
+            weights[layer.name] = layer.get_weights()
+            return SparseDense.from_dense(layer, **kwargs)
+        return None
+
+    clone, replaced = _clone_with(model, replace)
+    for name, layer in replaced.items():
+        kernel_and_bias = weights[name]
+        layer._kernel.assign(kernel_and_bias[0])
+        if layer.bias is not None:
+            layer.bias.assign(kernel_and_bias[1])
+        layer.refresh_structure()
+    return clone
+
+
+def strip(model):
+    """A compact inference copy of a Sequential/Functional model: every `SparseDense` becomes a
+    `CompactDense` holding only its nonzeros (CSC arrays), so memory and the saved `.keras` file
+    scale with the number of nonzeros. Other layers are copied unchanged.
+    """
+    def replace(layer):
+        if isinstance(layer, SparseDense):
+            kernel = keras.ops.convert_to_numpy(layer.kernel) * keras.ops.convert_to_numpy(layer.mask)
+            bias = keras.ops.convert_to_numpy(layer.bias) if layer.bias is not None else None
+            return CompactDense.from_kernel(kernel, bias, name=layer.name,
+                                            activation=keras.activations.serialize(layer.activation),
+                                            dtype=layer.dtype_policy)
+        return None
+
+    clone, _ = _clone_with(model, replace)
+    return clone

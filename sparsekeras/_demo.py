@@ -1,0 +1,180 @@
+"""The main job: prune a network to 90% during `model.fit` and compare it with the dense one.
+
+Data: scikit-learn's handwritten digits (1,797 8x8 images, shipped with scikit-learn; nothing is
+downloaded). A 64-2048-2048-10 MLP is trained dense, then converted with `sparsekeras.sparsify`
+and pruned gradually (PolynomialDecay to 90%) by the `GradualPruning` callback during `fit`;
+`sparsekeras.strip` then gives a compact model whose sparse layers hold CSC arrays only.
+"""
+import os
+import tempfile
+import time
+
+import numpy as np
+
+
+def _load_digits(seed):
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(x))
+    x, y = x[order], y[order].astype(np.int32)
+    n_test = len(x) // 5
+    return (x[n_test:], y[n_test:]), (x[:n_test], y[:n_test])
+
+
+def _median_ms(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e3
+
+
+class _History:
+    """Records (step, sparsity, test accuracy) at every epoch end of the pruning run."""
+
+    def __init__(self, x_test, y_test):
+        import keras
+
+        outer = self
+
+        class Recorder(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                step = int(self.model.optimizer.iterations.numpy())
+                _, acc = self.model.evaluate(x_test, y_test, verbose=0)
+                outer.rows.append((step, float(logs.get("sparsity", 0.0)), float(acc)))
+
+        self.rows = []
+        self.callback = Recorder()
+
+
+def run(hidden=2048, epochs_dense=15, epochs_prune=25, target=0.9, batch_size=64, repeats=20,
+        out_dir=".", seed=0, verbose=1):
+    """Train dense, prune to `target` during fit, strip; print the comparison; return a dict."""
+    import keras
+    import tensorflow as tf
+
+    import sparsekeras
+    from sparsekeras import callbacks, schedules
+
+    keras.utils.set_random_seed(seed)
+    (x_train, y_train), (x_test, y_test) = _load_digits(seed)
+    steps_per_epoch = int(np.ceil(len(x_train) / batch_size))
+
+    dense = keras.Sequential([
+        keras.Input((64,)),
+        keras.layers.Dense(hidden, activation="relu", name="hidden1"),
+        keras.layers.Dense(hidden, activation="relu", name="hidden2"),
+        keras.layers.Dense(10, name="logits"),
+    ])
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    dense.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, metrics=["accuracy"])
+    print(f"1/3  training the dense {64}-{hidden}-{hidden}-10 network on digits "
+          f"({len(x_train)} train / {len(x_test)} test images), {epochs_dense} epochs")
+    dense.fit(x_train, y_train, batch_size=batch_size, epochs=epochs_dense, verbose=verbose)
+    _, acc_dense = dense.evaluate(x_test, y_test, verbose=0)
+
+    sparse = sparsekeras.sparsify(dense, layer_names=["hidden1", "hidden2"])
+    sparse.compile(optimizer=keras.optimizers.Adam(5e-4), loss=loss, metrics=["accuracy"])
+    end_step = int(0.7 * epochs_prune * steps_per_epoch)
+    schedule = schedules.PolynomialDecay(initial_sparsity=0.0, final_sparsity=target,
+                                         begin_step=0, end_step=end_step,
+                                         frequency=max(1, steps_per_epoch // 2))
+    history = _History(x_test, y_test)
+    print(f"\n2/3  pruning to {target:.0%} during fit: PolynomialDecay over {end_step} steps, "
+          f"then fine-tuning; {epochs_prune} epochs")
+    sparse.fit(x_train, y_train, batch_size=batch_size, epochs=epochs_prune, verbose=verbose,
+               callbacks=[callbacks.GradualPruning(schedule, log_layers=False), history.callback])
+    _, acc_sparse = sparse.evaluate(x_test, y_test, verbose=0)
+    # Fair baseline: the dense network trained for the same total number of epochs.
+    dense.compile(optimizer=keras.optimizers.Adam(5e-4), loss=loss, metrics=["accuracy"])
+    print(f"\n     baseline: the dense network trained {epochs_prune} more epochs too")
+    dense.fit(x_train, y_train, batch_size=batch_size, epochs=epochs_prune, verbose=0)
+    _, acc_dense = dense.evaluate(x_test, y_test, verbose=0)
+    compact = sparsekeras.strip(sparse)
+    compact_logits = compact.predict(x_test, verbose=0, batch_size=256)
+    acc_compact = float(np.mean(np.argmax(compact_logits, axis=1) == y_test))
+
+    print("\n3/3  measuring size and latency")
+    with tempfile.TemporaryDirectory() as tmp:
+        dense_path = os.path.join(tmp, "dense.keras")
+        compact_path = os.path.join(tmp, "stripped.keras")
+        # Weights only on both sides (no optimizer state): an uncompiled copy of the dense model.
+        dense_copy = keras.models.clone_model(dense)
+        dense_copy.set_weights(dense.get_weights())
+        dense_copy.save(dense_path)
+        compact.save(compact_path)
+        size_dense = os.path.getsize(dense_path)
+        size_compact = os.path.getsize(compact_path)
+        reloaded = keras.models.load_model(compact_path)
+        reload_ok = np.allclose(reloaded.predict(x_test[:64], verbose=0), compact_logits[:64],
+                                rtol=1e-5, atol=1e-5)
+
+    def latency(model, batch):
+        x = tf.constant(np.resize(x_test, (batch, 64)))
+        fn = tf.function(lambda t: model(t, training=False))
+        return _median_ms(lambda: fn(x).numpy(), repeats)
+
+    lat = {(name, b): latency(m, b) for name, m in (("dense", dense), ("sparse", compact))
+           for b in (1, 256)}
+    params_dense = dense.count_params()
+    params_compact = int(sum(np.prod(w.shape) for w in compact.trainable_weights))
+    layer_rows = [(layer.name, layer.sparsity) for layer in sparse.layers
+                  if isinstance(layer, sparsekeras.layers.SparseDense)]
+
+    print("\n" + "=" * 64)
+    print(f"{'':28}{'dense':>14}{'pruned + stripped':>22}")
+    print(f"{'test accuracy':28}{acc_dense:>14.4f}{acc_compact:>22.4f}")
+    print(f"{'parameters (stored values)':28}{params_dense:>14,d}{params_compact:>22,d}")
+    print(f"{'.keras file size':28}{size_dense / 1e6:>12.2f}MB{size_compact / 1e6:>20.2f}MB")
+    for b in (1, 256):
+        print(f"{f'latency, batch {b}':28}{lat[('dense', b)]:>12.3f}ms"
+              f"{lat[('sparse', b)]:>20.3f}ms  ({lat[('dense', b)] / lat[('sparse', b)]:.1f}x)")
+    print("-" * 64)
+    for name, s in layer_rows:
+        print(f"sparsity of {name:16}{s:>14.3f}")
+    print(f"stripped model reloads from .keras with the same outputs: {reload_ok}")
+    print("=" * 64)
+
+    plot_path = _plot(history.rows, acc_dense, target, out_dir)
+    if plot_path:
+        print(f"plot of sparsity and accuracy over the steps: {plot_path}")
+    return dict(acc_dense=float(acc_dense), acc_pruned=float(acc_sparse),
+                acc_stripped=acc_compact, sparsity=layer_rows, size_dense=size_dense,
+                size_stripped=size_compact, latency_ms={f"{k[0]}_b{k[1]}": v for k, v in lat.items()},
+                reload_ok=bool(reload_ok), history=history.rows, plot=plot_path)
+
+
+def _plot(rows, acc_dense, target, out_dir):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib is not installed: no plot)")
+        return None
+    steps = [r[0] for r in rows]
+    fig, ax1 = plt.subplots(figsize=(7, 4))
+    ax1.plot(steps, [r[1] for r in rows], "o-", color="tab:blue", label="sparsity")
+    ax1.axhline(target, color="tab:blue", ls=":", lw=1)
+    ax1.set_xlabel("optimizer step")
+    ax1.set_ylabel("sparsity", color="tab:blue")
+    ax1.set_ylim(0, 1)
+    ax2 = ax1.twinx()
+    ax2.plot(steps, [r[2] for r in rows], "s-", color="tab:red", label="test accuracy (pruned)")
+    ax2.axhline(acc_dense, color="tab:red", ls="--", lw=1, label="test accuracy (dense)")
+    ax2.set_ylabel("test accuracy", color="tab:red")
+    ax2.set_ylim(min([r[2] for r in rows] + [acc_dense]) - 0.02, 1.0)
+    ax2.legend(loc="lower right")
+    ax1.set_title("Gradual pruning of a 64-2048-2048-10 MLP on digits")
+    fig.tight_layout()
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.abspath(os.path.join(out_dir, "sparsekeras_demo.png"))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

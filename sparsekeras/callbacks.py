@@ -1,0 +1,135 @@
+"""Keras callbacks: gradual magnitude pruning during `model.fit`.
+
+The callback only orchestrates: the schedule (`sparsekeras.schedules`) says when and how much,
+the mask maths (`sparsekeras._masks`) say which weights, and the layers apply their masks inside
+the training step (as a kernel constraint), so every checkpoint is sparse.
+"""
+import numpy as np
+import keras
+import tensorflow as tf
+
+from sparsekeras import _masks
+from sparsekeras.layers import SparseDense
+
+__all__ = ["GradualPruning", "prunable_layers"]
+
+_GRANULARITIES = ("unstructured", "block", "n:m", "channel")
+
+
+def prunable_layers(model):
+    """Every prunable sparse layer of `model`, nested layers included, in a stable order."""
+    found, seen = [], set()
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if isinstance(layer, SparseDense) and layer.prunable and id(layer) not in seen:
+            seen.add(id(layer))
+            found.append(layer)
+    return found
+
+
+class GradualPruning(keras.callbacks.Callback):
+    """Prunes the model's `SparseDense` layers by weight magnitude while it trains.
+
+    Args:
+        schedule: a `sparsekeras.schedules.PruningSchedule` (ConstantSparsity, PolynomialDecay),
+            evaluated at the optimizer's iteration count, so a fit resumed from a checkpoint
+            continues the schedule where it stopped.
+        granularity: "unstructured", "block" (blocks of `block_shape` over (input, output)),
+            "n:m" (N of every M consecutive inputs kept, `n_m=(2, 4)`), or "channel" (whole
+            output units).
+        block_shape: (rows, cols) of a block, for granularity="block".
+        n_m: (n, m), for granularity="n:m" (its sparsity is 1 - n/m, whatever the schedule).
+        scope: "layer" (each layer pruned to the target) or "global" (one magnitude threshold
+            across layers, the total reaching the target).
+        log_dir: if given, per-layer and overall sparsity go to TensorBoard scalars there.
+        log_layers: also put each layer's sparsity into `logs` (progress bar, History).
+
+    Logs: `sparsity` (overall, weighted by size) and `sparsity/<layer name>` per layer.
+    """
+
+    def __init__(self, schedule, granularity="unstructured", block_shape=(1, 1), n_m=(2, 4),
+                 scope="layer", log_dir=None, log_layers=True):
+        super().__init__()
+        if granularity not in _GRANULARITIES:
+            raise ValueError(f"Expected `granularity` in {_GRANULARITIES}. "
+                             f"Received: granularity={granularity!r}")
+        if scope not in ("layer", "global"):
+            raise ValueError(f"Expected `scope` in ('layer', 'global'). Received: scope={scope!r}")
+        if not callable(schedule):
+            raise ValueError(f"`schedule` must be a PruningSchedule. Received: schedule={schedule!r}")
+        self.schedule = schedule
+        self.granularity = granularity
+        self.block_shape = tuple(block_shape)
+        self.n_m = tuple(n_m)
+        self.scope = scope
+        self.log_dir = log_dir
+        self.log_layers = log_layers
+        self._layers = []
+        self._writer = None
+        self._last_step = -1
+
+    # ---- Keras hooks --------------------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        self._layers = prunable_layers(self.model)
+        if not self._layers:
+            raise ValueError("GradualPruning found no prunable layer in the model: use "
+                             "sparsekeras.layers.SparseDense (or sparsekeras.sparsify(model)).")
+        if self.log_dir is not None and self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if step == self._last_step:
+            return
+        self._last_step = step
+        should_prune, sparsity = self.schedule(step)
+        if should_prune:
+            self.prune(sparsity)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs is not None:
+            logs.update(self.sparsity_logs())
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = self.sparsity_logs()
+        if logs is not None:
+            logs.update(values)
+        if self._writer is not None:
+            step = int(self.model.optimizer.iterations.numpy())
+            with self._writer.as_default(step=step):
+                for name, value in values.items():
+                    tf.summary.scalar(name, value)
+            self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.flush()
+
+    # ---- pruning ------------------------------------------------------------------------
+
+    def _mask_kwargs(self):
+        return dict(granularity=self.granularity, block_shape=self.block_shape, n_m=self.n_m)
+
+    def prune(self, sparsity):
+        """Prune every layer to `sparsity` now (masks only shrink: pruned weights stay pruned)."""
+        layers = self._layers or prunable_layers(self.model)
+        kernels = [keras.ops.convert_to_numpy(layer.kernel) for layer in layers]
+        previous = [keras.ops.convert_to_numpy(layer.mask) != 0 for layer in layers]
+        if self.scope == "global":
+            masks = _masks.global_magnitude_masks(kernels, sparsity, previous_mask=previous,
+                                                  **self._mask_kwargs())
+        else:
+            masks = [_masks.magnitude_mask(k, sparsity, previous_mask=p, **self._mask_kwargs())
+                     for k, p in zip(kernels, previous)]
+        for layer, mask in zip(layers, masks):
+            layer.set_mask(mask)
+
+    def sparsity_logs(self):
+        layers = self._layers or prunable_layers(self.model)
+        total = sum(int(np.prod(layer.mask.shape)) for layer in layers)
+        pruned = sum(layer.sparsity * int(np.prod(layer.mask.shape)) for layer in layers)
+        logs = {"sparsity": pruned / total if total else 0.0}
+        if self.log_layers:
+            for layer in layers:
+                logs[f"sparsity/{layer.name}"] = layer.sparsity
+        return logs

@@ -1,0 +1,385 @@
+"""Keras 3 sparse layers.
+
+- `SparseDense`: a drop-in for `keras.layers.Dense` that owns a pruning mask. Pruned weights are
+  exactly zero after every optimizer step (the mask is applied as a kernel constraint, inside the
+  training step, so momentum cannot revive them and any checkpoint is sparse). Once the mask is
+  sparse enough, the layer computes through the compiled sparse kernels (forward and backward).
+- `CompactDense`: the inference (and static-sparse training) form: the kernel lives only as CSC
+  arrays (indptr, indices, values); memory, file size and compute scale with the nonzeros, and the
+  optimizer updates the nonzero values only. `sparsekeras.strip` turns SparseDense into it.
+
+Both are registered Keras serializables: a saved `.keras` file loads after `import sparsekeras`.
+"""
+import numpy as np
+import keras
+import tensorflow as tf
+
+from sparsekeras import _kernels
+from sparsekeras import ops as sk_ops
+
+__all__ = ["SparseDense", "CompactDense", "DEFAULT_SWITCH_SPARSITY"]
+
+# Sparsity from which the sparse kernels beat dense tf.matmul for a Dense layer: measured by
+# benchmarks/bench_matmul.py (4096 x 4096, batch 32 and 256, 2 threads), where dense and
+# sparse times cross between 0.5 and 0.8 sparsity. Override per layer with `switch_sparsity`.
+DEFAULT_SWITCH_SPARSITY = 0.7
+_COMPUTE_MODES = ("auto", "dense", "sparse")
+
+
+def _dynamic_variable(value, dtype, name):
+    """A non-trainable tf.Variable whose length may change (pattern caches); not saved by Keras."""
+    return tf.Variable(np.asarray(value, dtype=dtype), shape=tf.TensorShape([None]),
+                       trainable=False, name=name)
+
+
+def _structure_from_mask(mask):
+    """CSC structure of a (K, N) boolean mask and the caches the gradient needs.
+
+    Returns dict: csc_indptr (N+1), csc_indices (nnz, row ids), positions (nnz, flat k*N + n of
+    each CSC entry into the row-major kernel), csr_indptr (K+1), csr_indices (nnz), perm (nnz:
+    csr_values = csc_values[perm]).
+    """
+    k, n = mask.shape
+    csc_indptr, csc_indices, _ = _kernels.dense_to_csr(np.ascontiguousarray(mask.T),
+                                                       mask=np.ascontiguousarray(mask.T),
+                                                       index_dtype=np.int32)
+    rows = csc_indices.astype(np.int64)
+    cols = np.repeat(np.arange(n, dtype=np.int64), np.diff(csc_indptr))
+    positions = rows * n + cols
+    csr_indptr, csr_indices, _, perm = _kernels.csr_transpose(
+        csc_indptr, csc_indices, np.zeros(len(csc_indices), np.float32), (n, k), return_perm=True)
+    return dict(csc_indptr=csc_indptr, csc_indices=csc_indices, positions=positions,
+                csr_indptr=csr_indptr, csr_indices=csr_indices, perm=perm)
+
+
+class _MaskConstraint(keras.constraints.Constraint):
+    """Kernel constraint that zeroes pruned weights after each optimizer step (then applies the
+    user's own constraint, if any). Internal: not serialized (the layer recreates it)."""
+
+    def __init__(self, layer, inner=None):
+        self.layer = layer
+        self.inner = inner
+
+    def __call__(self, w):
+        w = w * keras.ops.cast(self.layer.mask, w.dtype)
+        return self.inner(w) if self.inner is not None else w
+
+    def get_config(self):
+        return {}
+
+
+@keras.saving.register_keras_serializable(package="sparsekeras")
+class SparseDense(keras.layers.Dense):
+    """`keras.layers.Dense` with a pruning mask and compiled sparse compute.
+
+    Same arguments and behaviour as `Dense`, plus:
+
+    Args:
+        switch_sparsity: mask sparsity from which the layer computes through the sparse kernels
+            (forward and backward); below it, through dense `matmul`. Default
+            `DEFAULT_SWITCH_SPARSITY` (measured, see benchmarks/).
+        compute: "auto" (switch at `switch_sparsity`), "dense" or "sparse" (always).
+        prunable: whether `GradualPruning` prunes this layer.
+
+    The mask is a non-trainable weight of the kernel's shape (1 = kept). Use
+    `set_mask(mask)` to change it (the pruning callback does). Input: `(..., input_dim)`;
+    output: `(..., units)`.
+
+    Example:
+        >>> layer = sparsekeras.layers.SparseDense(256, activation="relu")
+        >>> y = layer(tf.ones((8, 64)))
+        >>> layer.set_mask(np.random.rand(64, 256) > 0.9)   # 90% sparse
+        >>> layer.sparsity
+        0.9...
+    """
+
+    def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
+                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
+                 activity_regularizer=None, kernel_constraint=None, bias_constraint=None,
+                 switch_sparsity=None, compute="auto", prunable=True, **kwargs):
+        for unsupported in ("lora_rank", "lora_alpha", "quantization_config"):
+            if kwargs.get(unsupported) is not None:
+                raise ValueError(f"SparseDense does not support `{unsupported}`. "
+                                 f"Received: {unsupported}={kwargs[unsupported]!r}")
+            kwargs.pop(unsupported, None)
+        super().__init__(units, activation=activation, use_bias=use_bias,
+                         kernel_initializer=kernel_initializer, bias_initializer=bias_initializer,
+                         kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer,
+                         activity_regularizer=activity_regularizer,
+                         kernel_constraint=kernel_constraint, bias_constraint=bias_constraint,
+                         **kwargs)
+        if switch_sparsity is None:
+            switch_sparsity = DEFAULT_SWITCH_SPARSITY
+        if not 0.0 <= float(switch_sparsity) <= 1.0:
+            raise ValueError("Expected `switch_sparsity` in [0, 1]. "
+                             f"Received: switch_sparsity={switch_sparsity}")
+        if compute not in _COMPUTE_MODES:
+            raise ValueError(f"Expected `compute` in {_COMPUTE_MODES}. Received: compute={compute!r}")
+        self.switch_sparsity = float(switch_sparsity)
+        self.compute = compute
+        self.prunable = bool(prunable)
+        self._user_kernel_constraint = self.kernel_constraint
+
+    # ---- weights ------------------------------------------------------------------------
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        k, n = int(input_shape[-1]), self.units
+        self.mask = self.add_weight(name="mask", shape=(k, n), initializer="ones",
+                                    trainable=False, dtype=self.variable_dtype)
+        self._kernel.constraint = _MaskConstraint(self, self._user_kernel_constraint)
+        empty = _structure_from_mask(np.ones((0, 0), bool))
+        self._sparse_on = tf.Variable(False, trainable=False, name="sparse_on")
+        self._csc_indptr = _dynamic_variable(np.zeros(n + 1), np.int32, "csc_indptr")
+        self._csr_indptr = _dynamic_variable(np.zeros(k + 1), np.int32, "csr_indptr")
+        self._csc_indices = _dynamic_variable(empty["csc_indices"], np.int32, "csc_indices")
+        self._csr_indices = _dynamic_variable(empty["csr_indices"], np.int32, "csr_indices")
+        self._positions = _dynamic_variable(empty["positions"], np.int64, "positions")
+        self._perm = _dynamic_variable(empty["perm"], np.int64, "perm")
+        self._mask_sparsity = 0.0
+        self.refresh_structure()
+
+    def save_own_variables(self, store):
+        keras.layers.Layer.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        keras.layers.Layer.load_own_variables(self, store)
+        self.refresh_structure()
+
+    # ---- mask ---------------------------------------------------------------------------
+
+    @property
+    def sparsity(self):
+        """Fraction of the kernel that is pruned (mask == 0)."""
+        return self._mask_sparsity
+
+    def set_mask(self, mask):
+        """Set the pruning mask (bool or 0/1, kernel shape), zero the pruned weights, and update
+        the sparse structure and compute path. Eager only (the callback calls it between steps)."""
+        mask = np.asarray(mask)
+        if mask.shape != tuple(self.mask.shape):
+            raise ValueError(f"mask must have the kernel's shape {tuple(self.mask.shape)}. "
+                             f"Received: mask.shape={mask.shape}")
+        m = (mask != 0)
+        self.mask.assign(m.astype(self.mask.dtype))
+        self._kernel.assign(self._kernel * keras.ops.cast(self.mask, self._kernel.dtype))
+        self.refresh_structure()
+
+    def refresh_structure(self):
+        """Recompute the cached sparse structure from the mask (after loading weights, say)."""
+        m = np.asarray(keras.ops.convert_to_numpy(self.mask)) != 0
+        self._mask_sparsity = 1.0 - (float(m.sum()) / m.size if m.size else 1.0)
+        s = _structure_from_mask(m)
+        self._csc_indptr.assign(s["csc_indptr"])
+        self._csc_indices.assign(s["csc_indices"])
+        self._positions.assign(s["positions"])
+        self._csr_indptr.assign(s["csr_indptr"])
+        self._csr_indices.assign(s["csr_indices"])
+        self._perm.assign(s["perm"])
+        self._sparse_on.assign(self._mask_sparsity >= self.switch_sparsity)
+
+    @property
+    def uses_sparse_kernels(self):
+        """Whether the next call computes through the sparse kernels."""
+        if self.compute != "auto":
+            return self.compute == "sparse"
+        return bool(self._sparse_on.numpy())
+
+    # ---- compute ------------------------------------------------------------------------
+
+    def _sparse_matmul(self, x):
+        kernel = self.kernel
+        values = tf.gather(tf.reshape(kernel, [-1]), self._positions)
+        k, n = self.mask.shape
+        values = tf.cast(values, x.dtype)
+        return sk_ops.dense_csc_matmul(
+            x, self._csc_indptr, self._csc_indices, values, tf.constant([k, n], tf.int64),
+            transpose_structure=(self._csr_indptr, self._csr_indices, self._perm))
+
+    def _dense_matmul(self, x):
+        return tf.matmul(x, tf.cast(self.kernel, x.dtype)) if x.shape.rank == 2 else \
+            keras.ops.matmul(x, tf.cast(self.kernel, x.dtype))
+
+    def call(self, inputs, training=None):
+        x = tf.convert_to_tensor(inputs)
+        if self.compute == "sparse":
+            y = self._sparse_matmul(x)
+        elif self.compute == "dense":
+            y = self._dense_matmul(x)
+        else:
+            y = tf.cond(self._sparse_on, lambda: self._sparse_matmul(x),
+                        lambda: self._dense_matmul(x))
+        if self.bias is not None:
+            y = y + tf.cast(self.bias, y.dtype)
+        if self.activation is not None:
+            y = self.activation(y)
+        return y
+
+    def get_config(self):
+        config = super().get_config()
+        config["kernel_constraint"] = keras.constraints.serialize(self._user_kernel_constraint)
+        for key in ("quantization_config", "lora_rank", "lora_alpha"):
+            config.pop(key, None)
+        config.update(switch_sparsity=self.switch_sparsity, compute=self.compute,
+                      prunable=self.prunable)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config.pop("quantization_config", None)
+        return cls(**config)
+
+    @classmethod
+    def from_dense(cls, layer, **kwargs):
+        """A SparseDense with the configuration of a `keras.layers.Dense` (weights not copied;
+        `sparsekeras.sparsify` copies them)."""
+        config = layer.get_config()
+        for key in ("quantization_config", "lora_rank", "lora_alpha"):
+            config.pop(key, None)
+        config.update(kwargs)
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="sparsekeras")
+class CompactDense(keras.layers.Layer):
+    """A Dense layer whose kernel is stored only as CSC arrays: memory, file size and compute are
+    proportional to the number of nonzeros. Trainable on its nonzero values (the structure is
+    fixed), so the optimizer touches only `nnz` weights.
+
+    Build it with `CompactDense.from_kernel(kernel, bias, ...)` (what `sparsekeras.strip` does),
+    or let it draw a random pattern of the given `sparsity` when built (static sparse training).
+
+    Args:
+        units: output size.
+        nnz: number of stored weights (set by from_kernel; None: from `sparsity` at build time).
+        sparsity: fraction of zeros of a random pattern drawn at build time, when nnz is None.
+        activation, use_bias, kernel_initializer (for the values of a random pattern),
+        bias_initializer, kernel_regularizer (on the values), bias_regularizer: as in Dense.
+        seed: seed of the random pattern.
+    """
+
+    def __init__(self, units, nnz=None, sparsity=None, activation=None, use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 kernel_regularizer=None, bias_regularizer=None, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(units, int) or units <= 0:
+            raise ValueError(f"Expected a positive integer `units`. Received: units={units}")
+        if nnz is None and sparsity is None:
+            raise ValueError("CompactDense needs `nnz` (use CompactDense.from_kernel) or "
+                             "`sparsity` (random pattern). Received: nnz=None, sparsity=None")
+        if sparsity is not None and not 0.0 <= float(sparsity) < 1.0:
+            raise ValueError(f"Expected `sparsity` in [0, 1). Received: sparsity={sparsity}")
+        self.units = units
+        self.nnz = None if nnz is None else int(nnz)
+        self.target_sparsity = None if sparsity is None else float(sparsity)
+        self.activation = keras.activations.get(activation)
+        self.use_bias = use_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.seed = seed
+        self.input_spec = keras.layers.InputSpec(min_ndim=2)
+        self._pending = None
+
+    def build(self, input_shape):
+        k, n = int(input_shape[-1]), self.units
+        pattern = None
+        if self.nnz is None:
+            rng = np.random.default_rng(self.seed)
+            self.nnz = int(round((1.0 - self.target_sparsity) * k * n))
+            flat = np.sort(rng.choice(k * n, size=self.nnz, replace=False))
+            mask = np.zeros(k * n, bool)
+            mask[flat] = True
+            pattern = _structure_from_mask(mask.reshape(k, n))
+        self.input_dim = k
+        self.indptr = self.add_weight(name="indptr", shape=(n + 1,), dtype="int32",
+                                      initializer="zeros", trainable=False)
+        self.indices = self.add_weight(name="indices", shape=(self.nnz,), dtype="int32",
+                                       initializer="zeros", trainable=False)
+        self.values = self.add_weight(name="values", shape=(self.nnz,), initializer="zeros",
+                                      regularizer=self.kernel_regularizer, trainable=True)
+        self.bias = (self.add_weight(name="bias", shape=(n,), initializer=self.bias_initializer,
+                                     regularizer=self.bias_regularizer)
+                     if self.use_bias else None)
+        self._csr_indptr = _dynamic_variable(np.zeros(k + 1), np.int32, "csr_indptr")
+        self._csr_indices = _dynamic_variable(np.zeros(0), np.int32, "csr_indices")
+        self._perm = _dynamic_variable(np.zeros(0), np.int64, "perm")
+        self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: k})
+        if pattern is not None:
+            self.indptr.assign(pattern["csc_indptr"])
+            self.indices.assign(pattern["csc_indices"])
+            dense_init = keras.ops.convert_to_numpy(self.kernel_initializer((k, n)))
+            self.values.assign(dense_init.reshape(-1)[pattern["positions"]])
+            self._refresh_transpose()
+
+    def _refresh_transpose(self):
+        indptr = keras.ops.convert_to_numpy(self.indptr)
+        indices = keras.ops.convert_to_numpy(self.indices)
+        t_ip, t_ix, _, perm = _kernels.csr_transpose(
+            indptr, indices, np.zeros(len(indices), np.float32), (self.units, self.input_dim),
+            return_perm=True)
+        self._csr_indptr.assign(t_ip)
+        self._csr_indices.assign(t_ix)
+        self._perm.assign(perm)
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        self._refresh_transpose()
+
+    @classmethod
+    def from_kernel(cls, kernel, bias=None, name=None, **kwargs):
+        """A built CompactDense holding the nonzeros of `kernel` (input_dim, units) exactly."""
+        kernel = np.asarray(kernel)
+        k, n = kernel.shape
+        csc_indptr, csc_indices, csc_values = _kernels.dense_to_csr(
+            np.ascontiguousarray(kernel.T), index_dtype=np.int32)
+        layer = cls(units=n, nnz=len(csc_values), use_bias=bias is not None, name=name, **kwargs)
+        layer.build((None, k))
+        layer.indptr.assign(csc_indptr)
+        layer.indices.assign(csc_indices)
+        layer.values.assign(csc_values.astype(layer.values.dtype))
+        if bias is not None:
+            layer.bias.assign(np.asarray(bias))
+        layer._refresh_transpose()
+        return layer
+
+    @property
+    def sparsity(self):
+        return 1.0 - self.nnz / float(self.input_dim * self.units)
+
+    def to_dense_kernel(self):
+        """The kernel as a dense (input_dim, units) array (for inspection)."""
+        return _kernels.csr_to_dense(keras.ops.convert_to_numpy(self.indptr),
+                                     keras.ops.convert_to_numpy(self.indices),
+                                     keras.ops.convert_to_numpy(self.values),
+                                     (self.units, self.input_dim)).T
+
+    def call(self, inputs):
+        x = tf.convert_to_tensor(inputs)
+        values = tf.cast(self.values, x.dtype)
+        y = sk_ops.dense_csc_matmul(
+            x, self.indptr, self.indices, values,
+            tf.constant([self.input_dim, self.units], tf.int64),
+            transpose_structure=(self._csr_indptr, self._csr_indices, self._perm))
+        if self.bias is not None:
+            y = y + tf.cast(self.bias, y.dtype)
+        if self.activation is not None:
+            y = self.activation(y)
+        return y
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            units=self.units, nnz=self.nnz, sparsity=self.target_sparsity,
+            activation=keras.activations.serialize(self.activation), use_bias=self.use_bias,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            bias_initializer=keras.initializers.serialize(self.bias_initializer),
+            kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
+            bias_regularizer=keras.regularizers.serialize(self.bias_regularizer),
+            seed=self.seed)
+        return config
