@@ -34,6 +34,8 @@ cdef extern from "sk_simd.h" nogil:
                               const double *panel, int64_t w, double *out, int accumulate)
     void sk_sddmm_row_f64_i64(int isa, int64_t nnz, const int64_t *idx, const double *u,
                               const double *panel, int64_t w, double *out, int accumulate)
+    void sk_minmax_i32(const int32_t *a, int64_t n, int64_t *lo, int64_t *hi)
+    void sk_minmax_i64(const int64_t *a, int64_t n, int64_t *lo, int64_t *hi)
     float sk_dot_f32_any(int isa, int64_t n, const float *a, const float *b)
     double sk_dot_f64_any(int isa, int64_t n, const double *a, const double *b)
 

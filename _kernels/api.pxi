@@ -48,6 +48,10 @@ def threads_for_work(work):
 
 # ---- argument checking -------------------------------------------------------------------
 
+cdef inline void *_ptr(cnp.ndarray a) noexcept nogil:
+    return cnp.PyArray_DATA(a)
+
+
 def _shape2(shape, name="shape"):
     try:
         n_rows, n_cols = (int(s) for s in shape)
@@ -127,12 +131,16 @@ def check_csr(indptr, indices, data, shape, name="a"):
     cdef int64_t where = 0
     cdef int rc
     cdef cnp.ndarray ip = indptr, ix = indices
-    if indptr.dtype == np.int32:
-        rc = sk_csr_check_i32(n_rows, n_cols, nnz, <int32_t *>cnp.PyArray_DATA(ip),
-                              <int32_t *>cnp.PyArray_DATA(ix), &where)
-    else:
-        rc = sk_csr_check_i64(n_rows, n_cols, nnz, <int64_t *>cnp.PyArray_DATA(ip),
-                              <int64_t *>cnp.PyArray_DATA(ix), &where)
+    cdef int64_t c_rows = n_rows, c_cols = n_cols, c_nnz = nnz
+    cdef int nt = sk_threads_for_work(c_nnz // 8)
+    cdef bint i32 = indptr.dtype == np.int32
+    with nogil:
+        if i32:
+            rc = sk_csr_check_i32(c_rows, c_cols, c_nnz, <int32_t *>_ptr(ip), <int32_t *>_ptr(ix),
+                                  &where, nt)
+        else:
+            rc = sk_csr_check_i64(c_rows, c_cols, c_nnz, <int64_t *>_ptr(ip), <int64_t *>_ptr(ix),
+                                  &where, nt)
     if rc:
         w = int(where)
         msg = _CHECK_MESSAGES[rc].format(
@@ -151,10 +159,6 @@ def _threads(n_threads, work):
     if n < 1:
         raise ValueError(f"n_threads must be >= 1 or None; received: {n_threads!r}")
     return n
-
-
-cdef inline void *_ptr(cnp.ndarray a) noexcept nogil:
-    return cnp.PyArray_DATA(a)
 
 
 # ---- kernels -----------------------------------------------------------------------------

@@ -6,6 +6,8 @@
 #define SK_CAT4_(a, b, c, d) a##_##b##_##c##_##d
 #define SK_CAT4(a, b, c, d) SK_CAT4_(a, b, c, d)
 #define SK_CAT3_(a, b, c) a##_##b##_##c
+#define SK_CAT_(a, b) a##_##b
+#define SK_CAT(a, b) SK_CAT_(a, b)
 #define SK_CAT3(a, b, c) SK_CAT3_(a, b, c)
 #define SK_FN(base, isa) SK_CAT4(base, isa, SK_TS, SK_IS)   /* per (isa, T, I) */
 #define SK_FNT(base, isa) SK_CAT3(base, isa, SK_TS)         /* per (isa, T) */
@@ -353,6 +355,42 @@ SK_FNT(sk_dot, avx512)(int64_t n, const SK_T *a, const SK_T *b) {
 #undef SK_V5_MSTORE
 #undef SK_V5_HSUM
 #endif /* SK_X86 */
+
+/* ================================ index min/max ============================================ */
+/* Branch-free min/max of n >= 1 indices, for the CSR range check; one copy per index type. The
+ * plain loop vectorizes (vpminsd/vpmaxsd, or vpminsq under AVX-512) once the ISA allows it. */
+#if !SK_F64
+#define SK_MINMAX_BODY                                                        \
+    SK_I mn = a[0], mx = a[0];                                                \
+    for (int64_t p = 1; p < n; p++) {                                         \
+        mn = a[p] < mn ? a[p] : mn;                                           \
+        mx = a[p] > mx ? a[p] : mx;                                           \
+    }                                                                         \
+    *lo = mn;                                                                 \
+    *hi = mx;
+static inline void SK_CAT3(sk_minmax, generic, SK_IS)(const SK_I *a, int64_t n, int64_t *lo, int64_t *hi) {
+    SK_MINMAX_BODY
+}
+#ifdef SK_X86
+__attribute__((target("avx2"))) static void
+SK_CAT3(sk_minmax, avx2, SK_IS)(const SK_I *a, int64_t n, int64_t *lo, int64_t *hi) {
+    SK_MINMAX_BODY
+}
+__attribute__((target("avx512f,avx512vl"))) static void
+SK_CAT3(sk_minmax, avx512, SK_IS)(const SK_I *a, int64_t n, int64_t *lo, int64_t *hi) {
+    SK_MINMAX_BODY
+}
+#endif
+#undef SK_MINMAX_BODY
+static inline void SK_CAT(sk_minmax, SK_IS)(const SK_I *a, int64_t n, int64_t *lo, int64_t *hi) {
+#ifdef SK_X86
+    int isa = sk_isa();
+    if (isa == SK_ISA_AVX512) { SK_CAT3(sk_minmax, avx512, SK_IS)(a, n, lo, hi); return; }
+    if (isa == SK_ISA_AVX2) { SK_CAT3(sk_minmax, avx2, SK_IS)(a, n, lo, hi); return; }
+#endif
+    SK_CAT3(sk_minmax, generic, SK_IS)(a, n, lo, hi);
+}
+#endif
 
 /* ================================ dispatch ================================================ */
 static inline void SK_CAT3(sk_spmm_row, SK_TS, SK_IS)(int isa, int64_t nnz, const SK_I *idx,

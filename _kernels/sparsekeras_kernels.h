@@ -93,9 +93,9 @@ int sk_csr_transpose_f64_i64(int64_t n_rows, int64_t n_cols, const int64_t *indp
 /* sk_csr_check: 0 if the CSR structure is valid, otherwise an error code (see _kernels.pyx)
  * with *where set to the offending position. */
 int sk_csr_check_i32(int64_t n_rows, int64_t n_cols, int64_t nnz, const int32_t *indptr,
-    const int32_t *indices, int64_t *where);
+    const int32_t *indices, int64_t *where, int n_threads);
 int sk_csr_check_i64(int64_t n_rows, int64_t n_cols, int64_t nnz, const int64_t *indptr,
-    const int64_t *indices, int64_t *where);
+    const int64_t *indices, int64_t *where, int n_threads);
 
 /* The instruction set the kernels dispatch to: 0 generic, 1 AVX2+FMA, 2 AVX-512F. */
 int sk_kernels_isa(void);

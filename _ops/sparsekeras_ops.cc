@@ -234,13 +234,15 @@ SK_OVERLOADS(double, int32_t, f64, i32)
 SK_OVERLOADS(double, int64_t, f64, i64)
 #undef SK_OVERLOADS
 
+// Structure checks read every index once: worth two threads only on large patterns.
+inline int CheckThreads(int64_t nnz) { return sk_threads_for_work(nnz / 8); }
 inline int CsrCheck(int64_t m, int64_t n, int64_t nnz, const int32_t* ip, const int32_t* ix,
                     int64_t* where) {
-  return sk_csr_check_i32(m, n, nnz, ip, ix, where);
+  return sk_csr_check_i32(m, n, nnz, ip, ix, where, CheckThreads(nnz));
 }
 inline int CsrCheck(int64_t m, int64_t n, int64_t nnz, const int64_t* ip, const int64_t* ix,
                     int64_t* where) {
-  return sk_csr_check_i64(m, n, nnz, ip, ix, where);
+  return sk_csr_check_i64(m, n, nnz, ip, ix, where, CheckThreads(nnz));
 }
 // Structure-only transpose (no values: they are gathered with perm by the caller, which keeps
 // that step differentiable).

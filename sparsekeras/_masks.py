@@ -103,7 +103,7 @@ def _magnitude(w):
 
 def _view2d(a):
     """(prod(shape[:-1]), shape[-1]) view, the input and output dims of a kernel."""
-    return a.reshape(-1, a.shape[-1])
+    return a.reshape(int(np.prod(a.shape[:-1])), a.shape[-1])  # not -1: size-0 kernels
 
 
 def _block_scores(w, prev, block_shape):
