@@ -1,0 +1,150 @@
+"""Keras-level benchmark: what a user of the layers sees.
+
+1. One training step (forward + backward + Adam) of a 4096 -> 4096 layer at 90% sparsity,
+   batch 256: keras.layers.Dense vs SparseDense (dense kernel + mask, sparse compute) vs
+   CompactDense (CSC values only: the optimizer updates the nonzeros only).
+2. A 784-4096-4096-10 MLP pruned to 90% (hidden layers): `predict` latency on batch 256 and 1,
+   dense vs stripped (`sparsekeras.strip`), and the `.keras` file sizes (weights only).
+
+Usage: python benchmarks/bench_layers.py --out DIR [--quick]
+Writes DIR/bench_layers.json and prints a table. Medians of repeated runs, same process.
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def _median_ms(fn, repeats, warmup=2):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e3, float(np.min(times)) * 1e3
+
+
+def train_step_bench(width, batch, sparsity, repeats):
+    import keras
+    import tensorflow as tf
+
+    import sparsekeras
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.standard_normal((batch, width), dtype=np.float32))
+    y = tf.constant(rng.standard_normal((batch, width), dtype=np.float32))
+    mask = rng.random((width, width)) >= sparsity
+    results = {}
+    makers = {
+        "Dense": lambda: keras.layers.Dense(width),
+        "SparseDense": lambda: sparsekeras.layers.SparseDense(width),
+        "CompactDense": lambda: sparsekeras.layers.CompactDense(width, sparsity=sparsity, seed=0),
+    }
+    for name, make in makers.items():
+        layer = make()
+        model = keras.Sequential([keras.Input((width,)), layer])
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+        if name == "SparseDense":
+            layer.set_mask(mask)
+            assert layer.uses_sparse_kernels
+        med, best = _median_ms(lambda: model.train_on_batch(x, y), repeats)
+        results[name] = {"median_ms": med, "min_ms": best}
+        print(f"  train step {name:13s} {med:9.2f} ms (min {best:.2f})", file=sys.stderr, flush=True)
+    return results
+
+
+def mlp_bench(sparsity, repeats, quick):
+    import keras
+    import tensorflow as tf
+
+    import sparsekeras
+
+    hidden = 1024 if quick else 4096
+    rng = np.random.default_rng(0)
+    dense = keras.Sequential([
+        keras.Input((784,)),
+        keras.layers.Dense(hidden, activation="relu", name="hidden1"),
+        keras.layers.Dense(hidden, activation="relu", name="hidden2"),
+        keras.layers.Dense(10, name="logits"),
+    ])
+    sparse = sparsekeras.sparsify(dense, layer_names=["hidden1", "hidden2"])
+    for layer in sparse.layers:
+        if isinstance(layer, sparsekeras.layers.SparseDense):
+            w = keras.ops.convert_to_numpy(layer.kernel)
+            from sparsekeras import _masks
+
+            layer.set_mask(_masks.magnitude_mask(w, sparsity))
+    stripped = sparsekeras.strip(sparse)
+    out = {"hidden": hidden}
+    for batch in (1, 256):
+        x = tf.constant(rng.standard_normal((batch, 784), dtype=np.float32))
+        for name, model in (("dense", dense), ("stripped", stripped)):
+            fn = tf.function(lambda t, m=model: m(t, training=False))
+            med, best = _median_ms(lambda: fn(x).numpy(), repeats)
+            out[f"{name}_b{batch}_ms"] = med
+            pred_med, _ = _median_ms(lambda: model.predict_on_batch(x), repeats)
+            out[f"{name}_b{batch}_predict_on_batch_ms"] = pred_med
+            print(f"  MLP {name:9s} batch {batch:3d}: call {med:8.3f} ms, predict_on_batch "
+                  f"{pred_med:8.3f} ms", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model in (("dense", dense), ("stripped", stripped)):
+            path = os.path.join(tmp, f"{name}.keras")
+            model.save(path)
+            out[f"{name}_file_bytes"] = os.path.getsize(path)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(2)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import sparsekeras
+
+    repeats = 5 if args.quick else 20
+    width = 1024 if args.quick else 4096
+    print(f"training step, {width} -> {width}, batch 256, sparsity 0.9", file=sys.stderr)
+    step = train_step_bench(width, 256, 0.9, repeats)
+    print("784-H-H-10 MLP at 90% sparsity", file=sys.stderr)
+    mlp = mlp_bench(0.9, repeats, args.quick)
+    result = {
+        "machine": {"platform": platform.platform(), "isa": sparsekeras._kernels.isa(),
+                    "threads": sparsekeras.get_num_threads(), "tensorflow": tf.__version__,
+                    "sparsekeras": sparsekeras.__version__},
+        "train_step": {"width": width, "batch": 256, "sparsity": 0.9, **step},
+        "mlp": mlp,
+    }
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "bench_layers.json"), "w") as f:
+        json.dump(result, f, indent=2)
+
+    d = step["Dense"]["median_ms"]
+    print(f"\nTraining step ({width} -> {width}, batch 256, 90% sparse, Adam), median ms")
+    for name, r in step.items():
+        print(f"  {name:13s} {r['median_ms']:9.2f} ms   {d / r['median_ms']:5.2f}x vs Dense")
+    h = mlp["hidden"]
+    print(f"\n784-{h}-{h}-10 MLP, hidden layers 90% sparse (stripped)")
+    for b in (1, 256):
+        dm, sm = mlp[f"dense_b{b}_ms"], mlp[f"stripped_b{b}_ms"]
+        print(f"  batch {b:3d}: dense {dm:8.3f} ms  stripped {sm:8.3f} ms  {dm / sm:5.2f}x   "
+              f"(predict_on_batch: {mlp[f'dense_b{b}_predict_on_batch_ms']:.3f} vs "
+              f"{mlp[f'stripped_b{b}_predict_on_batch_ms']:.3f} ms)")
+    ratio = mlp["stripped_file_bytes"] / mlp["dense_file_bytes"]
+    print(f"  .keras file: dense {mlp['dense_file_bytes'] / 1e6:.2f} MB, stripped "
+          f"{mlp['stripped_file_bytes'] / 1e6:.2f} MB ({ratio:.1%} of dense)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
