@@ -24,13 +24,22 @@ def _clone_with(model, replace):
             replaced[layer.name] = new
         return new
 
-    clone = keras.models.clone_model(model, clone_function=clone_fn)
-    for old, new in zip(model.layers, clone.layers):
-        if old.name in replaced:
+    clone = keras.models.clone_model(model, clone_function=clone_fn, recursive=True)
+    old_layers = _all_layers(model)
+    new_layers = _all_layers(clone)
+    if len(old_layers) != len(new_layers):
+        raise ValueError(f"cloning {model.name} gave {len(new_layers)} layers for {len(old_layers)}")
+    for old, new in zip(old_layers, new_layers):
+        if old.name in replaced or isinstance(old, keras.Model):
             continue
         if old.weights:
             new.set_weights(old.get_weights())
     return clone, replaced
+
+
+def _all_layers(model):
+    """Every layer of a model, nested models' layers included, in a stable order."""
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)]
 
 
 def sparsify(model, layer_names=None, switch_sparsity=None, compute="auto"):
@@ -49,7 +58,7 @@ def sparsify(model, layer_names=None, switch_sparsity=None, compute="auto"):
     weights = {}
     if layer_names is not None:
         layer_names = set(layer_names)
-        missing = layer_names - {layer.name for layer in model.layers}
+        missing = layer_names - {layer.name for layer in _all_layers(model)}
         if missing:
             raise ValueError(f"sparsify: no layer named {sorted(missing)} in the model. "
                              f"Received: layer_names={sorted(layer_names)}")

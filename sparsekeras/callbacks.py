@@ -7,6 +7,7 @@ the training step (as a kernel constraint), so every checkpoint is sparse.
 import numpy as np
 import keras
 import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
 
 from sparsekeras import _masks
 from sparsekeras.layers import SparseDense
@@ -96,9 +97,13 @@ class GradualPruning(keras.callbacks.Callback):
             logs.update(values)
         if self._writer is not None:
             step = int(self.model.optimizer.iterations.numpy())
+            # tf.summary.scalar needs the tensorboard package; the core writer does not. The
+            # metadata marks the values as scalars for TensorBoard's plugin.
+            metadata = summary_pb2.SummaryMetadata(
+                plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
             with self._writer.as_default(step=step):
                 for name, value in values.items():
-                    tf.summary.scalar(name, value)
+                    tf.summary.write(name, tf.constant(value, tf.float32), metadata=metadata)
             self._writer.flush()
 
     def on_train_end(self, logs=None):

@@ -127,6 +127,7 @@ class SparseDense(keras.layers.Dense):
         k, n = int(input_shape[-1]), self.units
         self.mask = self.add_weight(name="mask", shape=(k, n), initializer="ones",
                                     trainable=False, dtype=self.variable_dtype)
+        self._hook_mask_assign()
         self._kernel.constraint = _MaskConstraint(self, self._user_kernel_constraint)
         empty = _structure_from_mask(np.ones((0, 0), bool))
         self._sparse_on = tf.Variable(False, trainable=False, name="sparse_on")
@@ -138,6 +139,21 @@ class SparseDense(keras.layers.Dense):
         self._perm = _dynamic_variable(empty["perm"], np.int64, "perm")
         self._mask_sparsity = 0.0
         self.refresh_structure()
+
+    def _hook_mask_assign(self):
+        """Refresh the cached structure whenever the mask is assigned eagerly, however it is
+        assigned (set_mask, layer or model set_weights, load_weights, checkpoint restore): a
+        stale structure would silently compute with the old pattern."""
+        assign = self.mask.assign
+        layer = self
+
+        def assign_and_refresh(value, *args, **kwargs):
+            result = assign(value, *args, **kwargs)
+            if tf.executing_eagerly() and getattr(layer, "_csc_indptr", None) is not None:
+                layer.refresh_structure()
+            return result
+
+        self.mask.assign = assign_and_refresh
 
     def save_own_variables(self, store):
         keras.layers.Layer.save_own_variables(self, store)
