@@ -7,19 +7,6 @@
 """
 import argparse
 import sys
-import time
-
-
-def _median_ms(fn, repeats):
-    import numpy as np
-
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e3
 
 
 def info():
@@ -39,6 +26,7 @@ def kernels(args):
 
     import sparsekeras
     from sparsekeras import linalg
+    from sparsekeras._demo import _median_ms
 
     info()
     rng = np.random.default_rng(0)

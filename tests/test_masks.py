@@ -1,11 +1,7 @@
 """Magnitude-pruning masks (`sparsekeras._masks`): exact counts, structure, global ranking,
 monotonicity under `previous_mask`, conv kernels, and argument checks."""
 import importlib
-import importlib.util
-import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,28 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 
-def _load(name):
-    """`sparsekeras.<name>` from the installed package, else the source file itself.
-
-    The source tree's package cannot be imported (its compiled extensions live only in the
-    installed copy), and a module new since the last install is not in that copy yet. This
-    module is pure NumPy, so SPARSEKERAS_TEST_SOURCE_MODULES=1 tests the source file even when
-    an older copy is installed.
-    """
-    try:
-        if os.environ.get("SPARSEKERAS_TEST_SOURCE_MODULES") == "1":
-            raise ImportError("testing the source file")
-        return importlib.import_module(f"sparsekeras.{name}")
-    except ImportError:
-        path = Path(__file__).resolve().parents[1] / "sparsekeras" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(f"_sparsekeras_source_{name}", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        return module
-
-
-masks = _load("_masks")
+from sparsekeras import _masks as masks
 magnitude_mask = masks.magnitude_mask
 global_magnitude_masks = masks.global_magnitude_masks
 sparsity_of = masks.sparsity_of

@@ -1,11 +1,7 @@
 """Pruning schedules (`sparsekeras.schedules`): formula, pruning steps, validation, serialization."""
 import importlib
-import importlib.util
 import inspect
 import json
-import os
-import sys
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -14,28 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 
-def _load(name):
-    """`sparsekeras.<name>` from the installed package, else the source file itself.
-
-    The source tree's package cannot be imported (its compiled extensions live only in the
-    installed copy), and a module new since the last install is not in that copy yet. This
-    module is pure Python, so SPARSEKERAS_TEST_SOURCE_MODULES=1 tests the source file even when
-    an older copy is installed.
-    """
-    try:
-        if os.environ.get("SPARSEKERAS_TEST_SOURCE_MODULES") == "1":
-            raise ImportError("testing the source file")
-        return importlib.import_module(f"sparsekeras.{name}")
-    except ImportError:
-        path = Path(__file__).resolve().parents[1] / "sparsekeras" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(f"_sparsekeras_source_{name}", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        return module
-
-
-schedules = _load("schedules")
+from sparsekeras import schedules as schedules
 ConstantSparsity = schedules.ConstantSparsity
 PolynomialDecay = schedules.PolynomialDecay
 PruningSchedule = schedules.PruningSchedule
