@@ -1,6 +1,5 @@
 """Magnitude-pruning masks (`sparsekeras._masks`): exact counts, structure, global ranking,
 monotonicity under `previous_mask`, conv kernels, and argument checks."""
-import importlib
 import time
 
 import numpy as np

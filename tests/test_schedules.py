@@ -1,5 +1,4 @@
 """Pruning schedules (`sparsekeras.schedules`): formula, pruning steps, validation, serialization."""
-import importlib
 import inspect
 import json
 
