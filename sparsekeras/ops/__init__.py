@@ -148,8 +148,12 @@ def dense_csc_matmul(x, indptr, indices, values, dense_shape, transpose_structur
         if x.shape.rank is not None and x.shape.rank < 1:
             raise ValueError(f"x must have rank >= 1; received shape {x.shape}")
         vector = x.shape.rank == 1
-        batch_shape = tf.shape(x)[:-1]
-        x2 = tf.reshape(x, [-1, tf.shape(x)[-1]])
+        flat = x.shape.rank == 2  # the common case needs no reshapes (fewer ops per call)
+        if flat:
+            x2 = x
+        else:
+            batch_shape = tf.shape(x)[:-1]
+            x2 = tf.reshape(x, [-1, tf.shape(x)[-1]])
         if transpose_structure is None:
             empty = tf.zeros([0], indptr.dtype)
             transpose_structure = (empty, empty, tf.zeros([0], tf.int64))
