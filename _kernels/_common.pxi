@@ -36,6 +36,14 @@ cdef extern from "sk_simd.h" nogil:
                               const double *panel, int64_t w, double *out, int accumulate)
     void sk_minmax_i32(const int32_t *a, int64_t n, int64_t *lo, int64_t *hi)
     void sk_minmax_i64(const int64_t *a, int64_t n, int64_t *lo, int64_t *hi)
+    void sk_axpy_rows_f32_i32(int isa, int64_t nnz, const int32_t *idx, const float *val,
+                              const float *xv, int64_t w, float *out)
+    void sk_axpy_rows_f32_i64(int isa, int64_t nnz, const int64_t *idx, const float *val,
+                              const float *xv, int64_t w, float *out)
+    void sk_axpy_rows_f64_i32(int isa, int64_t nnz, const int32_t *idx, const double *val,
+                              const double *xv, int64_t w, double *out)
+    void sk_axpy_rows_f64_i64(int isa, int64_t nnz, const int64_t *idx, const double *val,
+                              const double *xv, int64_t w, double *out)
     float sk_dot_f32_any(int isa, int64_t n, const float *a, const float *b)
     double sk_dot_f64_any(int isa, int64_t n, const double *a, const double *b)
 
@@ -105,6 +113,20 @@ cdef inline void _sddmm_row(int isa, int64_t nnz, const index_t *idx, const real
             sk_sddmm_row_f64_i32(isa, nnz, idx, u, panel, w, out, accumulate)
         else:
             sk_sddmm_row_f64_i64(isa, nnz, idx, u, panel, w, out, accumulate)
+
+
+cdef inline void _axpy_rows(int isa, int64_t nnz, const index_t *idx, const real_t *val,
+                            const real_t *xv, int64_t w, real_t *out) noexcept nogil:
+    if real_t is float:
+        if index_t is int32_t:
+            sk_axpy_rows_f32_i32(isa, nnz, idx, val, xv, w, out)
+        else:
+            sk_axpy_rows_f32_i64(isa, nnz, idx, val, xv, w, out)
+    else:
+        if index_t is int32_t:
+            sk_axpy_rows_f64_i32(isa, nnz, idx, val, xv, w, out)
+        else:
+            sk_axpy_rows_f64_i64(isa, nnz, idx, val, xv, w, out)
 
 
 cdef inline real_t _dot_gather(int64_t nnz, const index_t *idx, const real_t *val,

@@ -246,6 +246,46 @@ def dense_csc_matmul(x, indptr, indices, data, shape, *, n_threads=None):
     return out.reshape(n) if x_arr.ndim == 1 else out
 
 
+def dense_csr_matmul(x, indptr, indices, data, shape, *, n_threads=None):
+    """Y = X @ B with X dense (M x N, or N for a vector) and B sparse (N x K) in CSR form.
+
+    The scatter (transposed-kernel) formulation: no transpose of B. Returns (M, K) (or (K,)).
+    Complexity O(nnz(B) * M).
+    """
+    indptr, indices, n_inner, n_cols = check_csr(indptr, indices, data, shape, "b")
+    x_arr = np.asarray(x)
+    if x_arr.ndim not in (1, 2):
+        raise ValueError(f"x must be 1-D or 2-D; received shape {x_arr.shape}")
+    if x_arr.shape[x_arr.ndim - 1] != n_inner:
+        raise ValueError(f"x must have {n_inner} columns to match b.shape={(n_inner, n_cols)}; "
+                         f"received x.shape={x_arr.shape}")
+    dt = result_dtype(np.asarray(data).dtype, x_arr.dtype, name="b.data and x")
+    cdef cnp.ndarray d = _values(data, dt, "b.data")
+    cdef cnp.ndarray xx = _values(x_arr.reshape(x_arr.shape[0] if x_arr.ndim == 2 else 1, n_inner), dt, "x")
+    cdef int64_t m = xx.shape[0], k = n_inner, n = n_cols
+    cdef cnp.ndarray out = np.empty((m, n), dtype=dt)
+    cdef cnp.ndarray ip = indptr, ix = indices
+    cdef int nt = _threads(n_threads, indices.shape[0] * m + m * k)
+    cdef bint f32 = dt == np.float32, i32 = indptr.dtype == np.int32
+    cdef int rc
+    with nogil:
+        if f32 and i32:
+            rc = sk_dense_csr_matmul_f32_i32(m, k, n, <int32_t *>_ptr(ip), <int32_t *>_ptr(ix),
+                                             <float *>_ptr(d), <float *>_ptr(xx), <float *>_ptr(out), nt)
+        elif f32:
+            rc = sk_dense_csr_matmul_f32_i64(m, k, n, <int64_t *>_ptr(ip), <int64_t *>_ptr(ix),
+                                             <float *>_ptr(d), <float *>_ptr(xx), <float *>_ptr(out), nt)
+        elif i32:
+            rc = sk_dense_csr_matmul_f64_i32(m, k, n, <int32_t *>_ptr(ip), <int32_t *>_ptr(ix),
+                                             <double *>_ptr(d), <double *>_ptr(xx), <double *>_ptr(out), nt)
+        else:
+            rc = sk_dense_csr_matmul_f64_i64(m, k, n, <int64_t *>_ptr(ip), <int64_t *>_ptr(ix),
+                                             <double *>_ptr(d), <double *>_ptr(xx), <double *>_ptr(out), nt)
+    if rc:
+        raise MemoryError("dense_csr_matmul: could not allocate scratch memory")
+    return out.reshape(n) if x_arr.ndim == 1 else out
+
+
 def csr_sddmm(indptr, indices, shape, u, v, *, n_threads=None):
     """out[p] = dot(U[i, :], V[j, :]) for every stored entry p = (i, j) of the CSR pattern.
 

@@ -182,6 +182,85 @@ cdef int _dense_csc_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, cons
     return 0
 
 
+cdef enum:
+    SK_SCATTER_PARTS = 2   # fixed: the summation order, hence the result, is the same for any
+                           # thread count
+
+
+cdef int _dense_csr_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, const index_t *indptr,
+                           const index_t *indices, const real_t *data, const real_t *x,
+                           real_t *out, int n_threads) noexcept nogil:
+    """out (n_rows x n_cols) = x (n_rows x n_inner) @ B, B (n_inner x n_cols) in CSR.
+
+    The transposed-kernel product: a Dense layer's dX = dY @ W^T reads W's CSC arrays as the
+    CSR of W^T, with no transpose and no gather of values. Each nonzero B[n, k] scatter-adds
+    x[:, n] (a packed batch tile held in registers) into row k of an accumulator panel (n_cols x
+    tile) that stays in L2. B's rows are split into SK_SCATTER_PARTS nnz-balanced parts, each
+    with its own accumulator, summed in part order: deterministic for any thread count.
+    Scratch: (parts + 1) * n_rows * max(n_inner, n_cols). Complexity O(nnz * n_rows).
+    """
+    cdef int isa = sk_isa()
+    cdef int64_t tile = _tile(out)
+    cdef int64_t n_tiles = (n_rows + tile - 1) // tile
+    cdef int64_t n_items = n_tiles * SK_SCATTER_PARTS
+    cdef int64_t kb = 16
+    cdef int64_t n_kblocks = (n_cols + kb - 1) // kb
+    cdef int64_t part_size = n_cols * n_rows
+    cdef int64_t *bounds
+    cdef real_t *panels
+    cdef real_t *acc
+    cdef Py_ssize_t item, blk
+    cdef int64_t t, q, w, n, p0, k0, k1, k, j
+    cdef real_t *a
+    cdef const real_t *xp
+    cdef real_t ssum
+    if n_rows == 0 or n_cols == 0:
+        return 0
+    if n_threads < 1:
+        n_threads = 1
+    bounds = <int64_t *>malloc((SK_SCATTER_PARTS + 1) * sizeof(int64_t))
+    panels = <real_t *>_aligned_alloc(n_inner * n_rows * sizeof(real_t))
+    acc = <real_t *>calloc(SK_SCATTER_PARTS * part_size + 1, sizeof(real_t))
+    if bounds == NULL or panels == NULL or acc == NULL:
+        free(bounds)
+        free(panels)
+        free(acc)
+        return -1
+    _balanced_bounds(n_inner, indptr, 1, 1, SK_SCATTER_PARTS, bounds)
+    _pack_transposed(n_rows, n_inner, x, tile, panels, n_threads)
+    for item in prange(n_items, nogil=True, schedule='dynamic', chunksize=1, num_threads=n_threads):
+        t = item // SK_SCATTER_PARTS
+        q = item % SK_SCATTER_PARTS
+        w = n_rows - t * tile
+        if w > tile:
+            w = tile
+        a = acc + q * part_size + t * tile * n_cols
+        xp = panels + t * tile * n_inner
+        for n in range(bounds[q], bounds[q + 1]):
+            p0 = indptr[n]
+            _axpy_rows(isa, indptr[n + 1] - p0, indices + p0, data + p0, xp + n * w, w, a)
+    # Sum the parts and store transposed: 16 consecutive columns of out per store run.
+    for blk in prange(n_tiles * n_kblocks, nogil=True, schedule='static', num_threads=n_threads):
+        t = blk // n_kblocks
+        k0 = (blk % n_kblocks) * kb
+        k1 = k0 + kb
+        if k1 > n_cols:
+            k1 = n_cols
+        w = n_rows - t * tile
+        if w > tile:
+            w = tile
+        for j in range(w):
+            for k in range(k0, k1):
+                ssum = acc[t * tile * n_cols + k * w + j]
+                for q in range(1, SK_SCATTER_PARTS):
+                    ssum = ssum + acc[q * part_size + t * tile * n_cols + k * w + j]
+                out[(t * tile + j) * n_cols + k] = ssum
+    free(acc)
+    free(panels)
+    free(bounds)
+    return 0
+
+
 # ---- C API (sparsekeras_kernels.h) --------------------------------------------------------
 
 cdef public int sk_csr_matmul_f32_i32(int64_t n_rows, int64_t n_cols, int64_t n_out,
@@ -223,3 +302,23 @@ cdef public int sk_dense_csc_matmul_f64_i64(int64_t n_rows, int64_t n_inner, int
         const int64_t *indptr, const int64_t *indices, const double *data, const double *x,
         double *out, int n_threads) noexcept nogil:
     return _dense_csc_matmul(n_rows, n_inner, n_cols, indptr, indices, data, x, out, n_threads)
+
+cdef public int sk_dense_csr_matmul_f32_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols,
+        const int32_t *indptr, const int32_t *indices, const float *data, const float *x,
+        float *out, int n_threads) noexcept nogil:
+    return _dense_csr_matmul(n_rows, n_inner, n_cols, indptr, indices, data, x, out, n_threads)
+
+cdef public int sk_dense_csr_matmul_f32_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols,
+        const int64_t *indptr, const int64_t *indices, const float *data, const float *x,
+        float *out, int n_threads) noexcept nogil:
+    return _dense_csr_matmul(n_rows, n_inner, n_cols, indptr, indices, data, x, out, n_threads)
+
+cdef public int sk_dense_csr_matmul_f64_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols,
+        const int32_t *indptr, const int32_t *indices, const double *data, const double *x,
+        double *out, int n_threads) noexcept nogil:
+    return _dense_csr_matmul(n_rows, n_inner, n_cols, indptr, indices, data, x, out, n_threads)
+
+cdef public int sk_dense_csr_matmul_f64_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols,
+        const int64_t *indptr, const int64_t *indices, const double *data, const double *x,
+        double *out, int n_threads) noexcept nogil:
+    return _dense_csr_matmul(n_rows, n_inner, n_cols, indptr, indices, data, x, out, n_threads)

@@ -63,6 +63,17 @@ static inline void SK_FN(sk_sddmm_row, generic)(int64_t nnz, const SK_I *idx, co
     }
 }
 
+/* Scatter-add one sparse row into a panel: out[idx[p] * w + j] += val[p] * xv[j], j < w.
+ * The transposed-kernel product (dense @ CSR): one output panel row per nonzero. */
+static inline void SK_FN(sk_axpy_rows, generic)(int64_t nnz, const SK_I *idx, const SK_T *val,
+                                               const SK_T *xv, int64_t w, SK_T *out) {
+    for (int64_t p = 0; p < nnz; p++) {
+        SK_T *o = out + (int64_t)idx[p] * w;
+        SK_T a = val[p];
+        for (int64_t j = 0; j < w; j++) o[j] += a * xv[j];
+    }
+}
+
 /* Sparse-dense dot (gather): sum_p val[p] * x[idx[p] * incx], 4 partial sums in fixed order.
  * Used when the dense operand has a single column (matrix-vector). */
 static inline SK_T SK_CAT3(sk_dot_gather, SK_TS, SK_IS)(int64_t nnz, const SK_I *idx, const SK_T *val,
@@ -181,6 +192,24 @@ SK_FN(sk_sddmm_row, avx2)(int64_t nnz, const SK_I *idx, const SK_T *u, const SK_
         SK_T d = 0;
         for (int q = 0; q < SK_L2; q++) d += tmp[q];
         out[p] = accumulate ? out[p] + d : d;
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void
+SK_FN(sk_axpy_rows, avx2)(int64_t nnz, const SK_I *idx, const SK_T *val, const SK_T *xv, int64_t w,
+                          SK_T *out) {
+    if (w < SK_L2) { SK_FN(sk_axpy_rows, generic)(nnz, idx, val, xv, w, out); return; }
+    SK_V2 xx[8];
+    int nv = (int)(w / SK_L2);
+    int64_t rem = w - (int64_t)nv * SK_L2;
+    __m256i m = SK_V2_MASK(rem);
+    SK_V2 xt = rem ? SK_V2_MLOAD(xv + nv * SK_L2, m) : SK_V2_ZERO();
+    for (int v = 0; v < nv; v++) xx[v] = SK_V2_LOAD(xv + v * SK_L2);
+    for (int64_t p = 0; p < nnz; p++) {
+        SK_T *o = out + (int64_t)idx[p] * w;
+        SK_V2 a = SK_V2_SET1(val[p]);
+        for (int v = 0; v < nv; v++) SK_V2_STORE(o + v * SK_L2, SK_V2_FMA(a, xx[v], SK_V2_LOAD(o + v * SK_L2)));
+        if (rem) SK_V2_MSTORE(o + nv * SK_L2, m, SK_V2_FMA(a, xt, SK_V2_MLOAD(o + nv * SK_L2, m)));
     }
 }
 
@@ -323,6 +352,24 @@ SK_FN(sk_sddmm_row, avx512)(int64_t nnz, const SK_I *idx, const SK_T *u, const S
     }
 }
 
+__attribute__((target("avx512f"))) static void
+SK_FN(sk_axpy_rows, avx512)(int64_t nnz, const SK_I *idx, const SK_T *val, const SK_T *xv,
+                            int64_t w, SK_T *out) {
+    if (w < 4) { SK_FN(sk_axpy_rows, generic)(nnz, idx, val, xv, w, out); return; }
+    SK_V5 xx[8];
+    int nv = (int)(w / SK_L5);
+    int64_t rem = w - (int64_t)nv * SK_L5;
+    SK_M5 m = (SK_M5)((1u << rem) - 1u);
+    SK_V5 xt = SK_V5_MLOAD(xv + nv * SK_L5, m);
+    for (int v = 0; v < nv; v++) xx[v] = SK_V5_LOAD(xv + v * SK_L5);
+    for (int64_t p = 0; p < nnz; p++) {
+        SK_T *o = out + (int64_t)idx[p] * w;
+        SK_V5 a = SK_V5_SET1(val[p]);
+        for (int v = 0; v < nv; v++) SK_V5_STORE(o + v * SK_L5, SK_V5_FMA(a, xx[v], SK_V5_LOAD(o + v * SK_L5)));
+        if (rem) SK_V5_MSTORE(o + nv * SK_L5, m, SK_V5_FMA(a, xt, SK_V5_MLOAD(o + nv * SK_L5, m)));
+    }
+}
+
 #if !SK_I64
 __attribute__((target("avx512f"))) static SK_T
 SK_FNT(sk_dot, avx512)(int64_t n, const SK_T *a, const SK_T *b) {
@@ -402,6 +449,16 @@ static inline void SK_CAT3(sk_spmm_row, SK_TS, SK_IS)(int isa, int64_t nnz, cons
     if (isa == SK_ISA_AVX2) { SK_FN(sk_spmm_row, avx2)(nnz, idx, val, panel, ldp, w, out, os); return; }
 #endif
     SK_FN(sk_spmm_row, generic)(nnz, idx, val, panel, ldp, w, out, os);
+}
+
+static inline void SK_CAT3(sk_axpy_rows, SK_TS, SK_IS)(int isa, int64_t nnz, const SK_I *idx,
+                                                       const SK_T *val, const SK_T *xv, int64_t w,
+                                                       SK_T *out) {
+#ifdef SK_X86
+    if (isa == SK_ISA_AVX512) { SK_FN(sk_axpy_rows, avx512)(nnz, idx, val, xv, w, out); return; }
+    if (isa == SK_ISA_AVX2) { SK_FN(sk_axpy_rows, avx2)(nnz, idx, val, xv, w, out); return; }
+#endif
+    SK_FN(sk_axpy_rows, generic)(nnz, idx, val, xv, w, out);
 }
 
 static inline void SK_CAT3(sk_sddmm_row, SK_TS, SK_IS)(int isa, int64_t nnz, const SK_I *idx,

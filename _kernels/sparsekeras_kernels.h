@@ -32,6 +32,9 @@ extern "C" {
  * sk_dense_csc_matmul: out (n_rows x n_cols) = x (n_rows x n_inner) @ W (n_inner x n_cols),
  *   W in CSC form: indptr has n_cols + 1 entries, indices are row ids of W in [0, n_inner)
  *   (equivalently W^T in CSR). The Dense-layer orientation. Complexity O(nnz(W) * n_rows).
+ * sk_dense_csr_matmul: out (n_rows x n_cols) = x (n_rows x n_inner) @ B (n_inner x n_cols, CSR):
+ *   the transposed-kernel product (scatter formulation), e.g. a Dense layer's dX = dY @ W^T from
+ *   W's CSC arrays. Bitwise identical for every n_threads. Complexity O(nnz(B) * n_rows).
  * sk_csr_sddmm: out[p] = dot(u[i, :], v[indices[p], :]) for every stored p of row i;
  *   u is n_rows x depth, v is n_cols x depth, out has nnz entries. Complexity O(nnz * depth).
  * sk_csr_sddmm_t: the same with u and v given transposed: out[p] = sum_d ut[d, i] * vt[d, j],
@@ -46,6 +49,8 @@ int sk_csr_matmul_f32_i32(int64_t n_rows, int64_t n_cols, int64_t n_out, const i
     const int32_t *indices, const float *data, const float *b, float *out, int n_threads);
 int sk_dense_csc_matmul_f32_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols, const int32_t *indptr,
     const int32_t *indices, const float *data, const float *x, float *out, int n_threads);
+int sk_dense_csr_matmul_f32_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols, const int32_t *indptr,
+    const int32_t *indices, const float *data, const float *x, float *out, int n_threads);
 int sk_csr_sddmm_f32_i32(int64_t n_rows, int64_t n_cols, int64_t depth, const int32_t *indptr,
     const int32_t *indices, const float *u, const float *v, float *out, int n_threads);
 int sk_csr_sddmm_t_f32_i32(int64_t n_rows, int64_t n_cols, int64_t depth, const int32_t *indptr,
@@ -57,6 +62,8 @@ int sk_csr_transpose_f32_i32(int64_t n_rows, int64_t n_cols, const int32_t *indp
 int sk_csr_matmul_f32_i64(int64_t n_rows, int64_t n_cols, int64_t n_out, const int64_t *indptr,
     const int64_t *indices, const float *data, const float *b, float *out, int n_threads);
 int sk_dense_csc_matmul_f32_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols, const int64_t *indptr,
+    const int64_t *indices, const float *data, const float *x, float *out, int n_threads);
+int sk_dense_csr_matmul_f32_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols, const int64_t *indptr,
     const int64_t *indices, const float *data, const float *x, float *out, int n_threads);
 int sk_csr_sddmm_f32_i64(int64_t n_rows, int64_t n_cols, int64_t depth, const int64_t *indptr,
     const int64_t *indices, const float *u, const float *v, float *out, int n_threads);
@@ -70,6 +77,8 @@ int sk_csr_matmul_f64_i32(int64_t n_rows, int64_t n_cols, int64_t n_out, const i
     const int32_t *indices, const double *data, const double *b, double *out, int n_threads);
 int sk_dense_csc_matmul_f64_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols, const int32_t *indptr,
     const int32_t *indices, const double *data, const double *x, double *out, int n_threads);
+int sk_dense_csr_matmul_f64_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols, const int32_t *indptr,
+    const int32_t *indices, const double *data, const double *x, double *out, int n_threads);
 int sk_csr_sddmm_f64_i32(int64_t n_rows, int64_t n_cols, int64_t depth, const int32_t *indptr,
     const int32_t *indices, const double *u, const double *v, double *out, int n_threads);
 int sk_csr_sddmm_t_f64_i32(int64_t n_rows, int64_t n_cols, int64_t depth, const int32_t *indptr,
@@ -81,6 +90,8 @@ int sk_csr_transpose_f64_i32(int64_t n_rows, int64_t n_cols, const int32_t *indp
 int sk_csr_matmul_f64_i64(int64_t n_rows, int64_t n_cols, int64_t n_out, const int64_t *indptr,
     const int64_t *indices, const double *data, const double *b, double *out, int n_threads);
 int sk_dense_csc_matmul_f64_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols, const int64_t *indptr,
+    const int64_t *indices, const double *data, const double *x, double *out, int n_threads);
+int sk_dense_csr_matmul_f64_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols, const int64_t *indptr,
     const int64_t *indices, const double *data, const double *x, double *out, int n_threads);
 int sk_csr_sddmm_f64_i64(int64_t n_rows, int64_t n_cols, int64_t depth, const int64_t *indptr,
     const int64_t *indices, const double *u, const double *v, double *out, int n_threads);

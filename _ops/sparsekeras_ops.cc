@@ -7,6 +7,7 @@
 // Ops (namespace SparseKeras>):
 //   CsrMatMul(indptr, indices, values, dense_shape, b) -> A @ b               A: M x K (CSR)
 //   DenseCscMatMul(x, indptr, indices, values, dense_shape) -> x @ W         W: K x N (CSC)
+//   DenseCsrMatMul(x, indptr, indices, values, dense_shape) -> x @ B         B: N x K (CSR)
 //   CsrSddmm(indptr, indices, dense_shape, u, v) -> values, out[p] = u[i] . v[j]
 //   CsrSddmmT(indptr, indices, dense_shape, ut, vt) -> values, out[p] = ut[:, i] . vt[:, j]
 //   CsrTransposeStructure(indptr, indices, dense_shape) -> (indptr_t, indices_t, perm)
@@ -65,6 +66,20 @@ absl::Status DenseCscMatMulShape(InferenceContext* c) {
   DimensionHandle n;
   TF_RETURN_IF_ERROR(c->Subtract(c->Dim(indptr, 0), 1, &n));
   c->set_output(0, c->Matrix(c->Dim(x, 0), n));
+  return absl::OkStatus();
+}
+
+absl::Status DenseCsrMatMulShape(InferenceContext* c) {
+  ShapeHandle x, indptr, indices, values, dense_shape;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &x));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &indptr));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &indices));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &values));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 1, &dense_shape));
+  const Tensor* ds = c->input_tensor(4);
+  DimensionHandle k = c->UnknownDim();
+  if (ds != nullptr && ds->NumElements() == 2) k = c->MakeDim(ds->flat<int64_t>()(1));
+  c->set_output(0, c->Matrix(c->Dim(x, 0), k));
   return absl::OkStatus();
 }
 
@@ -139,6 +154,19 @@ REGISTER_OP("SparseKeras>DenseCscMatMul")
          "its row ids; dense_shape = [K, N]. t_indptr, t_indices, t_perm: W's CSR structure and "
          "the permutation CSC -> CSR (CsrTransposeStructure of the CSC arrays), read only by the "
          "gradient; empty tensors make the gradient compute them.");
+
+REGISTER_OP("SparseKeras>DenseCsrMatMul")
+    .Input("x: T")
+    .Input("indptr: Tindex")
+    .Input("indices: Tindex")
+    .Input("values: T")
+    .Input("dense_shape: int64")
+    .Output("out: T")
+    .Attr("T: {float, double}")
+    .Attr("Tindex: {int32, int64}")
+    .SetShapeFn(sparsekeras::DenseCsrMatMulShape)
+    .Doc("out = x @ B, B sparse (N x K) given as CSR; dense_shape = [N, K]. The scatter "
+         "(transposed-kernel) product: a Dense layer's dX = dY @ W^T from W's CSC arrays.");
 
 REGISTER_OP("SparseKeras>CsrSddmm")
     .Input("indptr: Tindex")
@@ -219,6 +247,10 @@ class ThreadLease {
   inline int DenseCscMatMul(int64_t m, int64_t k, int64_t n, const I* ip, const I* ix, const T* d, \
                             const T* x, T* out, int nt) {                                          \
     return sk_dense_csc_matmul_##TS##_##IS(m, k, n, ip, ix, d, x, out, nt);                        \
+  }                                                                                                \
+  inline int DenseCsrMatMul(int64_t m, int64_t k, int64_t n, const I* ip, const I* ix, const T* d, \
+                            const T* x, T* out, int nt) {                                          \
+    return sk_dense_csr_matmul_##TS##_##IS(m, k, n, ip, ix, d, x, out, nt);                        \
   }                                                                                                \
   inline int CsrSddmm(int64_t m, int64_t n, int64_t depth, const I* ip, const I* ix, const T* u,   \
                       const T* v, T* out, int nt) {                                                \
@@ -390,6 +422,37 @@ class DenseCscMatMulOp : public OpKernel {
 };
 
 template <typename T, typename I>
+class DenseCsrMatMulOp : public OpKernel {
+ public:
+  explicit DenseCsrMatMulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& indptr = ctx->input(1);
+    const Tensor& indices = ctx->input(2);
+    const Tensor& values = ctx->input(3);
+    const Tensor& dense_shape = ctx->input(4);
+    CsrDims d;  // rows = N, cols = K
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(indptr, indices, &values, dense_shape, "b", false, &d));
+    OP_REQUIRES(ctx, x.dims() == 2,
+                absl::InvalidArgumentError(absl::StrCat("x must be a matrix; received shape ",
+                                                        x.shape().DebugString())));
+    OP_REQUIRES(ctx, x.dim_size(1) == d.rows,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "x must have ", d.rows, " columns to match b.dense_shape [", d.rows, ", ",
+                    d.cols, "]; received x.shape ", x.shape().DebugString())));
+    const int64_t m = x.dim_size(0);
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({m, d.cols}), &out));
+    if (m == 0 || d.cols == 0) return;
+    ThreadLease lease(ctx, d.nnz * m + m * d.rows);
+    int rc = DenseCsrMatMul(m, d.rows, d.cols, indptr.flat<I>().data(), indices.flat<I>().data(),
+                            values.flat<T>().data(), x.flat<T>().data(), out->flat<T>().data(),
+                            lease.n());
+    OP_REQUIRES(ctx, rc == 0, Allocation("DenseCsrMatMul"));
+  }
+};
+
+template <typename T, typename I>
 class CsrSddmmOp : public OpKernel {
  public:
   explicit CsrSddmmOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
@@ -492,6 +555,11 @@ class CsrTransposeStructureOp : public OpKernel {
                               .TypeConstraint<T>("T")                                   \
                               .TypeConstraint<I>("Tindex"),                             \
                           DenseCscMatMulOp<T, I>);                                      \
+  REGISTER_KERNEL_BUILDER(Name("SparseKeras>DenseCsrMatMul")                            \
+                              .Device(DEVICE_CPU)                                       \
+                              .TypeConstraint<T>("T")                                   \
+                              .TypeConstraint<I>("Tindex"),                             \
+                          DenseCsrMatMulOp<T, I>);                                      \
   REGISTER_KERNEL_BUILDER(Name("SparseKeras>CsrSddmm")                                  \
                               .Device(DEVICE_CPU)                                       \
                               .TypeConstraint<T>("T")                                   \

@@ -33,11 +33,11 @@ def _dynamic_variable(value, dtype, name):
 
 
 def _structure_from_mask(mask):
-    """CSC structure of a (K, N) boolean mask and the caches the gradient needs.
+    """CSC structure of a (K, N) boolean mask.
 
     Returns dict: csc_indptr (N+1), csc_indices (nnz, row ids), positions (nnz, flat k*N + n of
-    each CSC entry into the row-major kernel), csr_indptr (K+1), csr_indices (nnz), perm (nnz:
-    csr_values = csc_values[perm]).
+    each CSC entry into the row-major kernel). The gradient needs nothing more: dX comes from
+    the scatter product over the same CSC arrays.
     """
     k, n = mask.shape
     csc_indptr, csc_indices, _ = _kernels.dense_to_csr(np.ascontiguousarray(mask.T),
@@ -45,11 +45,7 @@ def _structure_from_mask(mask):
                                                        index_dtype=np.int32)
     rows = csc_indices.astype(np.int64)
     cols = np.repeat(np.arange(n, dtype=np.int64), np.diff(csc_indptr))
-    positions = rows * n + cols
-    csr_indptr, csr_indices, _, perm = _kernels.csr_transpose(
-        csc_indptr, csc_indices, np.zeros(len(csc_indices), np.float32), (n, k), return_perm=True)
-    return dict(csc_indptr=csc_indptr, csc_indices=csc_indices, positions=positions,
-                csr_indptr=csr_indptr, csr_indices=csr_indices, perm=perm)
+    return dict(csc_indptr=csc_indptr, csc_indices=csc_indices, positions=rows * n + cols)
 
 
 class _MaskConstraint(keras.constraints.Constraint):
@@ -129,14 +125,10 @@ class SparseDense(keras.layers.Dense):
                                     trainable=False, dtype=self.variable_dtype)
         self._hook_mask_assign()
         self._kernel.constraint = _MaskConstraint(self, self._user_kernel_constraint)
-        empty = _structure_from_mask(np.ones((0, 0), bool))
         self._sparse_on = tf.Variable(False, trainable=False, name="sparse_on")
         self._csc_indptr = _dynamic_variable(np.zeros(n + 1), np.int32, "csc_indptr")
-        self._csr_indptr = _dynamic_variable(np.zeros(k + 1), np.int32, "csr_indptr")
-        self._csc_indices = _dynamic_variable(empty["csc_indices"], np.int32, "csc_indices")
-        self._csr_indices = _dynamic_variable(empty["csr_indices"], np.int32, "csr_indices")
-        self._positions = _dynamic_variable(empty["positions"], np.int64, "positions")
-        self._perm = _dynamic_variable(empty["perm"], np.int64, "perm")
+        self._csc_indices = _dynamic_variable(np.zeros(0), np.int32, "csc_indices")
+        self._positions = _dynamic_variable(np.zeros(0), np.int64, "positions")
         self._mask_sparsity = 0.0
         self.refresh_structure()
 
@@ -189,9 +181,6 @@ class SparseDense(keras.layers.Dense):
         self._csc_indptr.assign(s["csc_indptr"])
         self._csc_indices.assign(s["csc_indices"])
         self._positions.assign(s["positions"])
-        self._csr_indptr.assign(s["csr_indptr"])
-        self._csr_indices.assign(s["csr_indices"])
-        self._perm.assign(s["perm"])
         self._sparse_on.assign(self._mask_sparsity >= self.switch_sparsity)
 
     @property
@@ -208,9 +197,8 @@ class SparseDense(keras.layers.Dense):
         values = tf.gather(tf.reshape(kernel, [-1]), self._positions)
         k, n = self.mask.shape
         values = tf.cast(values, x.dtype)
-        return sk_ops.dense_csc_matmul(
-            x, self._csc_indptr, self._csc_indices, values, tf.constant([k, n], tf.int64),
-            transpose_structure=(self._csr_indptr, self._csr_indices, self._perm))
+        return sk_ops.dense_csc_matmul(x, self._csc_indptr, self._csc_indices, values,
+                                       tf.constant([k, n], tf.int64))
 
     def _dense_matmul(self, x):
         return tf.matmul(x, tf.cast(self.kernel, x.dtype)) if x.shape.rank == 2 else \
@@ -319,30 +307,12 @@ class CompactDense(keras.layers.Layer):
         self.bias = (self.add_weight(name="bias", shape=(n,), initializer=self.bias_initializer,
                                      regularizer=self.bias_regularizer)
                      if self.use_bias else None)
-        self._csr_indptr = _dynamic_variable(np.zeros(k + 1), np.int32, "csr_indptr")
-        self._csr_indices = _dynamic_variable(np.zeros(0), np.int32, "csr_indices")
-        self._perm = _dynamic_variable(np.zeros(0), np.int64, "perm")
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: k})
         if pattern is not None:
             self.indptr.assign(pattern["csc_indptr"])
             self.indices.assign(pattern["csc_indices"])
             dense_init = keras.ops.convert_to_numpy(self.kernel_initializer((k, n)))
             self.values.assign(dense_init.reshape(-1)[pattern["positions"]])
-            self._refresh_transpose()
-
-    def _refresh_transpose(self):
-        indptr = keras.ops.convert_to_numpy(self.indptr)
-        indices = keras.ops.convert_to_numpy(self.indices)
-        t_ip, t_ix, _, perm = _kernels.csr_transpose(
-            indptr, indices, np.zeros(len(indices), np.float32), (self.units, self.input_dim),
-            return_perm=True)
-        self._csr_indptr.assign(t_ip)
-        self._csr_indices.assign(t_ix)
-        self._perm.assign(perm)
-
-    def load_own_variables(self, store):
-        super().load_own_variables(store)
-        self._refresh_transpose()
 
     @classmethod
     def from_kernel(cls, kernel, bias=None, name=None, **kwargs):
@@ -358,7 +328,6 @@ class CompactDense(keras.layers.Layer):
         layer.values.assign(csc_values.astype(layer.values.dtype))
         if bias is not None:
             layer.bias.assign(np.asarray(bias))
-        layer._refresh_transpose()
         return layer
 
     @property
@@ -375,10 +344,8 @@ class CompactDense(keras.layers.Layer):
     def call(self, inputs):
         x = tf.convert_to_tensor(inputs)
         values = tf.cast(self.values, x.dtype)
-        y = sk_ops.dense_csc_matmul(
-            x, self.indptr, self.indices, values,
-            tf.constant([self.input_dim, self.units], tf.int64),
-            transpose_structure=(self._csr_indptr, self._csr_indices, self._perm))
+        y = sk_ops.dense_csc_matmul(x, self.indptr, self.indices, values,
+                                    tf.constant([self.input_dim, self.units], tf.int64))
         if self.bias is not None:
             y = y + tf.cast(self.bias, y.dtype)
         if self.activation is not None:

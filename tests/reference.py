@@ -121,6 +121,11 @@ def ref_dense_csc_matmul(x, indptr, indices, data, shape):
     return out_t.T.reshape(shape[1]) if vec else out_t.T
 
 
+def ref_dense_csr_matmul(x, indptr, indices, data, shape):
+    """x @ B with B (N x K) in CSR, in float64 (stored entries only)."""
+    return np.asarray(x, np.float64) @ ref_csr_to_dense(indptr, indices, data, shape)
+
+
 def ref_csr_sddmm(indptr, indices, shape, u, v):
     idx = np.asarray(indices, dtype=np.int64)
     return np.einsum("pd,pd->p", _f64(u)[row_ids(indptr)], _f64(v)[idx])

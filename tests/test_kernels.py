@@ -490,3 +490,39 @@ def test_other_kernels_thread_invariant(big_problem):
     xd[np.abs(xd) < 1] = 0
     for p, q in zip(_kernels.dense_to_csr(xd, n_threads=1), _kernels.dense_to_csr(xd, n_threads=2)):
         np.testing.assert_array_equal(p, q)
+
+
+# ---- dense_csr_matmul: X @ B (CSR), the scatter product -------------------------------------
+
+@pytest.mark.parametrize("batch", WIDTHS)
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("dtype", VALUE_DTYPES)
+@pytest.mark.parametrize("case", SHAPES, ids=SHAPE_IDS)
+def test_dense_csr_matmul(isa, case, dtype, index_dtype, batch):
+    ip, ix, d, shape = ref.make_csr(case, index_dtype, dtype, seed=batch)
+    x = _dense(np.random.default_rng(3), (batch, shape[0]), dtype)
+    out = _kernels.dense_csr_matmul(x, ip, ix, d, shape)
+    assert out.shape == (batch, shape[1]) and out.dtype == dtype
+    ref.assert_close(out, ref.ref_dense_csr_matmul(x, ip, ix, d, shape),
+                     ref.ref_dense_csr_matmul(_abs(x), ip, ix, _abs(d), shape), dtype, shape[0])
+
+
+@pytest.mark.parametrize("case", SHAPES, ids=SHAPE_IDS)
+def test_dense_csr_matmul_vector(isa, case):
+    ip, ix, d, shape = ref.make_csr(case, np.int32, np.float64)
+    x = _dense(np.random.default_rng(4), shape[0], np.float64)
+    out = _kernels.dense_csr_matmul(x, ip, ix, d, shape)
+    assert out.shape == (shape[1],)
+    np.testing.assert_allclose(out, ref.ref_dense_csr_matmul(x[None], ip, ix, d, shape)[0],
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("batch", [1, 32, 256])
+def test_dense_csr_matmul_threads_bitwise(batch):
+    w = sp.random_array((2048, 1500), density=0.1, format="csr", dtype=np.float32,
+                        rng=np.random.default_rng(5))
+    x = _dense(np.random.default_rng(6), (batch, 2048), np.float32)
+    one = _kernels.dense_csr_matmul(x, w.indptr, w.indices, w.data, w.shape, n_threads=1)
+    two = _kernels.dense_csr_matmul(x, w.indptr, w.indices, w.data, w.shape, n_threads=2)
+    assert np.array_equal(one, two)
+    np.testing.assert_allclose(one, x.astype(np.float64) @ w.toarray(), rtol=1e-4, atol=1e-3)

@@ -613,8 +613,9 @@ def test_malformed_csr_dense_left_and_sddmm_and_transpose(name, run):
         # an InvalidArgumentError naming the values and both lengths, and never pass silently
         n_values = len(kwargs["values"])
         msg = rf"values.*\b3\b.*\b{n_values}\b|values.*\b{n_values}\b.*\b3\b"
-    # dense @ sparse validates W through the transpose first (names it "a")
-    with pytest.raises(tf.errors.InvalidArgumentError, match=msg):
+    # dense @ sparse: the sparse operand is matmul's `b`, and the error names it so
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=msg.replace("a.", "b.").replace("a: ", "b: ")):
         run(lambda x, aa: ops.matmul(x, aa), tf.ones((2, 3)), a)
     with pytest.raises(tf.errors.InvalidArgumentError, match=msg):
         run(lambda aa: ops.transpose(aa).values, a)
@@ -643,7 +644,7 @@ def test_shape_mismatch(run):
                        match=r"b must have 5 rows to match a.dense_shape \[3, 5\]; received b.shape \[4,2\]"):
         run(lambda aa, b: ops.matmul(aa, b), a, tf.ones((4, 2)))
     with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=r"x must have 3 columns to match w.dense_shape \[3, 5\]; received x.shape \[2,4\]"):
+                       match=r"x must have 3 columns to match b.dense_shape \[3, 5\]; received x.shape \[2,4\]"):
         run(lambda x, aa: ops.matmul(x, aa), tf.ones((2, 4)), a)
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match=r"x must have 5 columns .*; received x.shape \[2,4\]"):
@@ -777,25 +778,31 @@ def _op_types(concrete):
 def test_no_python_in_graphs():
     spec = _spec()
 
+    def csc_product(a, x):  # the layers' product: x @ W from W's CSC arrays (here W = a^T)
+        return ops.dense_csc_matmul(x[:, :2] @ tf.ones((2, 5)), a.indptr, a.indices, a.values,
+                                    tf.reverse(a.dense_shape, [0]))
+
     @tf.function
     def forward(a, b, x):
-        return ops.matmul(a, b), ops.matmul(x, a)
+        return ops.matmul(a, b), ops.matmul(x, a), csc_product(a, x)
 
     @tf.function
     def backward(a, b, x, u, v):
         with tf.GradientTape() as tape:
             tape.watch([a.values, b, x, u, v])
             loss = (tf.reduce_sum(ops.matmul(a, b)) + tf.reduce_sum(ops.matmul(x, a))
-                    + tf.reduce_sum(ops.sddmm(a, u, v).values))
+                    + tf.reduce_sum(ops.sddmm(a, u, v).values)
+                    + tf.reduce_sum(csc_product(a, x)))
         return tape.gradient(loss, [a.values, b, x, u, v])
 
     dyn = tf.TensorSpec([None, None])
     fwd = _op_types(forward.get_concrete_function(spec, dyn, dyn))
     bwd = _op_types(backward.get_concrete_function(spec, dyn, dyn, dyn, dyn))
     assert not fwd & _PY_OPS and not bwd & _PY_OPS
-    assert {"SparseKeras>CsrMatMul", "SparseKeras>DenseCscMatMul",
-            "SparseKeras>CsrTransposeStructure"} <= fwd
-    assert {"SparseKeras>CsrMatMul", "SparseKeras>DenseCscMatMul", "SparseKeras>CsrSddmm",
+    assert {"SparseKeras>CsrMatMul", "SparseKeras>DenseCsrMatMul",
+            "SparseKeras>DenseCscMatMul"} <= fwd
+    assert {"SparseKeras>CsrMatMul", "SparseKeras>DenseCsrMatMul", "SparseKeras>DenseCscMatMul",
+            "SparseKeras>CsrSddmm", "SparseKeras>CsrSddmmT",
             "SparseKeras>CsrTransposeStructure"} <= bwd
     # the gradient function really computes: run it
     ip, ix, data, shape = make(CASES["3x5"], np.int64, np.float32)
@@ -813,3 +820,33 @@ def test_public_names():
         assert name in ops.__all__ and getattr(ops, name).__doc__, name
     assert sparsekeras.ops is ops and sparsekeras.CSRTensor is CSRTensor
     assert re.search("XLA", ops.__doc__)
+
+
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+def test_dense_csr_matmul_op_and_gradients(run, index_dtype):
+    """x @ B with B in CSR (the scatter op): value, gradients w.r.t. x and B's values against
+    the dense computation, and the numerical Jacobian on float64."""
+    rng = np.random.default_rng(7)
+    b = sp.random_array((7, 5), density=0.4, format="csr", dtype=np.float64, rng=rng)
+    ip, ix = tf.constant(b.indptr.astype(index_dtype)), tf.constant(b.indices.astype(index_dtype))
+    vals = tf.constant(b.data)
+    x = tf.constant(rng.standard_normal((3, 7)))
+    out = run(lambda xx, v: ops.dense_csr_matmul(xx, ip, ix, v, [7, 5]), x, vals)
+    np.testing.assert_allclose(out.numpy(), x.numpy() @ b.toarray(), rtol=1e-12, atol=1e-12)
+    g = tf.constant(rng.standard_normal((3, 5)))
+    with tf.GradientTape() as tape:
+        tape.watch([x, vals])
+        loss = tf.reduce_sum(ops.dense_csr_matmul(x, ip, ix, vals, [7, 5]) * g)
+    dx, dv = tape.gradient(loss, [x, vals])
+    bd = tf.constant(b.toarray())
+    with tf.GradientTape() as tape:
+        tape.watch([x, bd])
+        loss = tf.reduce_sum((x @ bd) * g)
+    rdx, rdb = tape.gradient(loss, [x, bd])
+    coo = b.tocoo()
+    np.testing.assert_allclose(dx.numpy(), rdx.numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(tf.convert_to_tensor(dv).numpy(), rdb.numpy()[coo.row, coo.col],
+                               rtol=1e-12, atol=1e-12)
+    theo, num = tf.test.compute_gradient(lambda xx, v: ops.dense_csr_matmul(xx, ip, ix, v, [7, 5]),
+                                         [x, vals])
+    assert max(np.abs(t - n).max() for t, n in zip(theo, num)) < 1e-6

@@ -16,7 +16,7 @@ from sparsekeras.ops import _gradients
 from sparsekeras.ops._lib import load as _load
 from sparsekeras.ops.csr import CSRTensor
 
-__all__ = ["CSRTensor", "matmul", "dense_csc_matmul", "sddmm", "transpose",
+__all__ = ["CSRTensor", "matmul", "dense_csc_matmul", "dense_csr_matmul", "sddmm", "transpose",
            "transpose_structure", "to_csr"]
 
 _ops = _load()
@@ -112,14 +112,9 @@ def matmul(a, b, name=None):
             y = _cast(y, out_dtype)
             return y[:, 0] if vector else y
         csr = to_csr(b)
-        # CSC of W = CSR transpose of W's CSR; W's own CSR then serves the gradient, with the
-        # inverse permutation (argsort of perm) mapping CSC positions back to CSR ones.
-        t_indptr, t_indices, perm = _gradients.transpose_structure(csr.indptr, csr.indices,
-                                                                   csr.dense_shape)
-        return dense_csc_matmul(a, t_indptr, t_indices, tf.gather(_checked_values(csr, "b"), perm),
-                                csr.dense_shape,
-                                transpose_structure=(csr.indptr, csr.indices,
-                                                     tf.math.invert_permutation(perm)))
+        # x @ W with W in CSR: the scatter product reads W's arrays as they are (no transpose).
+        return dense_csr_matmul(a, csr.indptr, csr.indices, _checked_values(csr, "b"),
+                                csr.dense_shape)
 
 
 def dense_csc_matmul(x, indptr, indices, values, dense_shape, transpose_structure=None,
@@ -132,8 +127,9 @@ def dense_csc_matmul(x, indptr, indices, values, dense_shape, transpose_structur
         values: `(nnz,)`. dense_shape: `[K, N]` int64.
         transpose_structure: optional `(csr_indptr, csr_indices, perm)`: W's CSR structure and
             the permutation with `csr_values = gather(values, perm)`, as returned by
-            `transpose_structure(indptr, indices, [N, K])`. Only the gradient uses it; a layer
-            whose pattern changes rarely caches it instead of recomputing it every step.
+            `transpose_structure(indptr, indices, [N, K])`. Only the gradient uses it: without
+            it, dX comes from the scatter product over the CSC arrays as they are (fastest at
+            small batches); with it, from a gather of the values and the row-panel product.
 
     Returns:
         `(..., N)`. Differentiable w.r.t. x and values.
@@ -176,6 +172,40 @@ def dense_csc_matmul(x, indptr, indices, values, dense_shape, transpose_structur
         out = tf.reshape(y, tf.concat([batch_shape, tf.shape(y)[-1:]], axis=0))
         if x.shape.rank is not None:
             out.set_shape(x.shape[:-1].concatenate([n]))
+        return out
+
+
+def dense_csr_matmul(x, indptr, indices, values, dense_shape, name=None):
+    """`x @ B` with B `(N, K)` given in CSR form (the scatter product: no transpose of B).
+
+    Args:
+        x: dense `(..., N)`. indptr: `(N + 1,)`; indices: `(nnz,)` column ids in [0, K);
+        values: `(nnz,)`; dense_shape: `[N, K]`.
+
+    Returns:
+        `(..., K)`. Differentiable w.r.t. x and values.
+    """
+    with tf.name_scope(name or "sparsekeras_dense_csr_matmul"):
+        x = tf.convert_to_tensor(x)
+        indptr = tf.convert_to_tensor(indptr)
+        indices = tf.convert_to_tensor(indices, dtype=indptr.dtype)
+        values = tf.convert_to_tensor(values)
+        dense_shape = tf.cast(dense_shape, tf.int64)
+        compute, out_dtype = _compute_dtype(x.dtype, values.dtype)
+        if x.shape.rank is not None and x.shape.rank < 1:
+            raise ValueError(f"x must have rank >= 1; received shape {x.shape}")
+        flat = x.shape.rank == 2
+        x2 = x if flat else tf.reshape(x, [-1, tf.shape(x)[-1]])
+        y = _cast(_ops.sparse_keras_dense_csr_mat_mul(_cast(x2, compute), indptr, indices,
+                                                      _cast(values, compute), dense_shape),
+                  out_dtype)
+        if flat:
+            return y
+        if x.shape.rank == 1:
+            return y[0]
+        out = tf.reshape(y, tf.concat([tf.shape(x)[:-1], tf.shape(y)[-1:]], axis=0))
+        if x.shape.rank is not None:
+            out.set_shape(x.shape[:-1].concatenate(y.shape[-1:]))
         return out
 
 

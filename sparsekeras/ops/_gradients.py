@@ -35,18 +35,35 @@ def _csr_matmul_grad(op, grad):
 def _dense_csc_matmul_grad(op, grad):
     """Y = X @ W, W (K x N) in CSC = CSR of W^T (N x K).
 
-    dX = dY @ W^T, with W^T in CSC form = CSR of W = transpose of the CSR of W^T;
+    dX = dY @ W^T: the scatter product over CSR(W^T), i.e. W's CSC arrays as they are (or, if
+    the caller cached W's CSR structure, the gather product over it);
     dW[k, n] = X[:, k] . dY[:, n] = SDDMM_T(CSR(W^T); dY, X): no transposes.
     """
     x, indptr, indices, values, dense_shape, t_indptr, t_indices, perm = op.inputs
     shape_t = _reverse(dense_shape)  # [N, K]: the CSR(W^T) view of the structure
-    if t_indptr.shape.rank == 1 and t_indptr.shape[0] == 0:  # not cached by the caller
-        t_indptr, t_indices, perm = transpose_structure(indptr, indices, shape_t)
-    empty = tf.zeros([0], indptr.dtype)
-    d_x = _ops.sparse_keras_dense_csc_mat_mul(grad, t_indptr, t_indices, tf.gather(values, perm),
-                                              shape_t, empty, empty, tf.zeros([0], tf.int64))
+    if t_indptr.shape.rank == 1 and t_indptr.shape[0] == 0:
+        # Scatter product straight from W's CSC arrays (= CSR of W^T): no transpose.
+        d_x = _ops.sparse_keras_dense_csr_mat_mul(grad, indptr, indices, values, shape_t)
+    else:
+        # A caller-cached CSR of W: gather the values and run the gather (row-panel) product.
+        empty = tf.zeros([0], indptr.dtype)
+        d_x = _ops.sparse_keras_dense_csc_mat_mul(grad, t_indptr, t_indices,
+                                                  tf.gather(values, perm), shape_t, empty,
+                                                  empty, tf.zeros([0], tf.int64))
     d_values = _ops.sparse_keras_csr_sddmm_t(indptr, indices, shape_t, grad, x)
     return [d_x, None, None, d_values, None, None, None, None]
+
+
+@tf.RegisterGradient("SparseKeras>DenseCsrMatMul")
+def _dense_csr_matmul_grad(op, grad):
+    """Y = X @ B, B (N x K) in CSR: dX = dY @ B^T (B^T in CSC form = B's CSR: the gather
+    product); dB[n, k] = X[:, n] . dY[:, k] = SDDMM_T(CSR(B); X, dY)."""
+    x, indptr, indices, values, dense_shape = op.inputs
+    empty = tf.zeros([0], indptr.dtype)
+    d_x = _ops.sparse_keras_dense_csc_mat_mul(grad, indptr, indices, values, _reverse(dense_shape),
+                                              empty, empty, tf.zeros([0], tf.int64))
+    d_values = _ops.sparse_keras_csr_sddmm_t(indptr, indices, dense_shape, x, grad)
+    return [d_x, None, None, d_values, None]
 
 
 @tf.RegisterGradient("SparseKeras>CsrSddmm")
