@@ -171,6 +171,9 @@ SK_FN(sk_spmm_row, avx2)(int64_t nnz, const SK_I *idx, const SK_T *val, const SK
 __attribute__((target("avx2,fma"))) static void
 SK_FN(sk_sddmm_row, avx2)(int64_t nnz, const SK_I *idx, const SK_T *u, const SK_T *panel, int64_t w,
                           SK_T *out, int accumulate) {
+    /* Narrow tiles (small batches): a horizontal reduction per nonzero would cost more than
+     * the dot itself. */
+    if (w < SK_L2) { SK_FN(sk_sddmm_row, generic)(nnz, idx, u, panel, w, out, accumulate); return; }
     SK_V2 uu[8];
     int nv = (int)((w + SK_L2 - 1) / SK_L2);
     int64_t rem = w - (int64_t)(nv - 1) * SK_L2;
@@ -331,6 +334,7 @@ SK_FN(sk_spmm_row, avx512)(int64_t nnz, const SK_I *idx, const SK_T *val, const 
 __attribute__((target("avx512f"))) static void
 SK_FN(sk_sddmm_row, avx512)(int64_t nnz, const SK_I *idx, const SK_T *u, const SK_T *panel,
                             int64_t w, SK_T *out, int accumulate) {
+    if (w < SK_L5 / 2) { SK_FN(sk_sddmm_row, generic)(nnz, idx, u, panel, w, out, accumulate); return; }
     SK_V5 uu[8];
     int nv = (int)((w + SK_L5 - 1) / SK_L5);
     int64_t rem = w - (int64_t)(nv - 1) * SK_L5;

@@ -193,12 +193,41 @@ class SparseDense(keras.layers.Dense):
     # ---- compute ------------------------------------------------------------------------
 
     def _sparse_matmul(self, x):
-        kernel = self.kernel
-        values = tf.gather(tf.reshape(kernel, [-1]), self._positions)
+        """x @ (kernel * mask) through the sparse kernels, differentiable w.r.t. x and kernel.
+
+        The trainable kernel is dense (the optimizer updates it densely while pruning), so its
+        gradient is produced dense by one GEMM, x^T dY, instead of an SDDMM whose values would
+        then be scattered into a dense tensor; dX comes from the sparse scatter product.
+        """
         k, n = self.mask.shape
-        values = tf.cast(values, x.dtype)
-        return sk_ops.dense_csc_matmul(x, self._csc_indptr, self._csc_indices, values,
-                                       tf.constant([k, n], tf.int64))
+        shape = tf.constant([k, n], tf.int64)
+        shape_t = tf.constant([n, k], tf.int64)
+        # Read the variables out here: custom_gradient must see tensors, not variable reads.
+        indptr = tf.convert_to_tensor(self._csc_indptr)
+        indices = tf.convert_to_tensor(self._csc_indices)
+        positions = tf.convert_to_tensor(self._positions)
+        kernel = tf.convert_to_tensor(self.kernel)
+        flat = x.shape.rank == 2
+        x2 = x if flat else tf.reshape(x, [-1, k])
+
+        @tf.custom_gradient
+        def product(x2, kernel):
+            values = tf.cast(tf.gather(tf.reshape(kernel, [-1]), positions), x2.dtype)
+            y = sk_ops.dense_csc_matmul(x2, indptr, indices, values, shape)
+
+            def grad(dy):
+                dx = sk_ops.dense_csr_matmul(dy, indptr, indices, values, shape_t)
+                dk = tf.matmul(tf.cast(x2, dy.dtype), dy, transpose_a=True)
+                return tf.cast(dx, x2.dtype), tf.cast(dk, kernel.dtype)
+
+            return y, grad
+
+        y = product(x2, kernel)
+        if flat:
+            return y
+        out = tf.reshape(y, tf.concat([tf.shape(x)[:-1], [n]], axis=0))
+        out.set_shape(x.shape[:-1].concatenate([n]))
+        return out
 
     def _dense_matmul(self, x):
         return tf.matmul(x, tf.cast(self.kernel, x.dtype)) if x.shape.rank == 2 else \
