@@ -1,0 +1,35 @@
+"""The benchmarks run (quick grids) and write their outputs: they must not rot.
+
+Timings are not asserted (the machine is shared); only that each script completes, writes valid
+JSON with the measured entries, and that its own correctness checks passed.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.parametrize("script,outputs", [
+    ("bench_matmul.py", ["bench_matmul.json", "bench_matmul.png"]),
+    ("bench_ops.py", ["bench_ops.json", "bench_ops.png"]),
+    ("bench_layers.py", ["bench_layers.json"]),
+])
+def test_benchmark_quick(tmp_path, script, outputs):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--out", str(tmp_path)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in outputs:
+        assert (tmp_path / name).stat().st_size > 0, name
+    data = json.loads((tmp_path / outputs[0]).read_text())
+    assert data, "empty JSON"
+    # every measured sparsekeras result matched its reference (the scripts check each config)
+    flags = [stats.get("correct") for row in data.get("results", []) if isinstance(row, dict)
+             for part in ("forward", "fwd_bwd") for stats in row.get(part, {}).values()
+             if isinstance(stats, dict)]
+    assert False not in flags, proc.stdout[-3000:]
