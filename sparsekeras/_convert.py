@@ -37,6 +37,17 @@ def _clone_with(model, replace):
     return clone, replaced
 
 
+def uncompiled(model):
+    """The same layers in a new, uncompiled model (keras.models.clone_model compiles its clone
+    when the original was compiled, and a saved file then carries optimizer slots)."""
+    if not model.compiled:
+        return model
+    if isinstance(model, keras.Sequential):
+        return keras.Sequential([keras.Input(shape=model.input_shape[1:], dtype=model.inputs[0].dtype)]
+                                + list(model.layers), name=model.name)
+    return keras.Model(model.inputs, model.outputs, name=model.name)
+
+
 def _all_layers(model):
     """Every layer of a model, nested models' layers included, in a stable order."""
     return [layer for layer in model._flatten_layers(include_self=False, recursive=True)]
@@ -85,7 +96,8 @@ def sparsify(model, layer_names=None, switch_sparsity=None, compute="auto"):
 def strip(model):
     """A compact inference copy of a Sequential/Functional model: every `SparseDense` becomes a
     `CompactDense` holding only its nonzeros (CSC arrays), so memory and the saved `.keras` file
-    scale with the number of nonzeros. Other layers are copied unchanged.
+    scale with the number of nonzeros. Other layers are copied unchanged. The copy is not
+    compiled (no optimizer state to carry); compile it to fine-tune its nonzero values.
     """
     def replace(layer):
         if isinstance(layer, SparseDense):
@@ -97,4 +109,4 @@ def strip(model):
         return None
 
     clone, _ = _clone_with(model, replace)
-    return clone
+    return uncompiled(clone)

@@ -104,7 +104,9 @@ def run(hidden=2048, epochs_dense=15, epochs_prune=25, target=0.9, batch_size=64
         dense_path = os.path.join(tmp, "dense.keras")
         compact_path = os.path.join(tmp, "stripped.keras")
         # Weights only on both sides (no optimizer state): an uncompiled copy of the dense model.
-        dense_copy = keras.models.clone_model(dense)
+        from sparsekeras._convert import uncompiled
+
+        dense_copy = uncompiled(keras.models.clone_model(dense))
         dense_copy.set_weights(dense.get_weights())
         dense_copy.save(dense_path)
         compact.save(compact_path)
