@@ -11,7 +11,7 @@ Arrays are raw CSR triples (indptr, indices, data) plus a shape: this is the lev
 cimport cython
 from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.stdlib cimport malloc, calloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from libc.math cimport fabs
 from cython.parallel cimport prange
 cimport numpy as cnp

@@ -182,11 +182,6 @@ cdef int _dense_csc_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, cons
     return 0
 
 
-cdef enum:
-    SK_SCATTER_PARTS = 2   # fixed: the summation order, hence the result, is the same for any
-                           # thread count
-
-
 cdef int _dense_csr_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, const index_t *indptr,
                            const index_t *indices, const real_t *data, const real_t *x,
                            real_t *out, int n_threads) noexcept nogil:
@@ -195,14 +190,17 @@ cdef int _dense_csr_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, cons
     The transposed-kernel product: a Dense layer's dX = dY @ W^T reads W's CSC arrays as the
     CSR of W^T, with no transpose and no gather of values. Each nonzero B[n, k] scatter-adds
     x[:, n] (a packed batch tile held in registers) into row k of an accumulator panel (n_cols x
-    tile) that stays in L2. B's rows are split into SK_SCATTER_PARTS nnz-balanced parts, each
-    with its own accumulator, summed in part order: deterministic for any thread count.
-    Scratch: (parts + 1) * n_rows * max(n_inner, n_cols). Complexity O(nnz * n_rows).
+    tile) that stays in L2. Work items are (batch tile, part of B's rows); with a single batch
+    tile B's rows are split into 2 nnz-balanced parts (separate accumulators, summed in part
+    order), so two threads have work. The part count depends on the shape only: results are
+    the same for any thread count. Each accumulator block is zeroed by the thread that fills it.
+    Scratch: n_rows * (n_inner + parts * n_cols). Complexity O(nnz * n_rows).
     """
     cdef int isa = sk_isa()
     cdef int64_t tile = _tile(out)
     cdef int64_t n_tiles = (n_rows + tile - 1) // tile
-    cdef int64_t n_items = n_tiles * SK_SCATTER_PARTS
+    cdef int n_parts = 1 if n_tiles >= 2 else 2
+    cdef int64_t n_items = n_tiles * n_parts
     cdef int64_t kb = 16
     cdef int64_t n_kblocks = (n_cols + kb - 1) // kb
     cdef int64_t part_size = n_cols * n_rows
@@ -218,23 +216,24 @@ cdef int _dense_csr_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, cons
         return 0
     if n_threads < 1:
         n_threads = 1
-    bounds = <int64_t *>malloc((SK_SCATTER_PARTS + 1) * sizeof(int64_t))
+    bounds = <int64_t *>malloc((n_parts + 1) * sizeof(int64_t))
     panels = <real_t *>_aligned_alloc(n_inner * n_rows * sizeof(real_t))
-    acc = <real_t *>calloc(SK_SCATTER_PARTS * part_size + 1, sizeof(real_t))
+    acc = <real_t *>_aligned_alloc(n_parts * part_size * sizeof(real_t))
     if bounds == NULL or panels == NULL or acc == NULL:
         free(bounds)
         free(panels)
         free(acc)
         return -1
-    _balanced_bounds(n_inner, indptr, 1, 1, SK_SCATTER_PARTS, bounds)
+    _balanced_bounds(n_inner, indptr, 1, 1, n_parts, bounds)
     _pack_transposed(n_rows, n_inner, x, tile, panels, n_threads)
     for item in prange(n_items, nogil=True, schedule='dynamic', chunksize=1, num_threads=n_threads):
-        t = item // SK_SCATTER_PARTS
-        q = item % SK_SCATTER_PARTS
+        t = item // n_parts
+        q = item % n_parts
         w = n_rows - t * tile
         if w > tile:
             w = tile
         a = acc + q * part_size + t * tile * n_cols
+        memset(a, 0, w * n_cols * sizeof(real_t))
         xp = panels + t * tile * n_inner
         for n in range(bounds[q], bounds[q + 1]):
             p0 = indptr[n]
@@ -252,7 +251,7 @@ cdef int _dense_csr_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, cons
         for j in range(w):
             for k in range(k0, k1):
                 ssum = acc[t * tile * n_cols + k * w + j]
-                for q in range(1, SK_SCATTER_PARTS):
+                for q in range(1, n_parts):
                     ssum = ssum + acc[q * part_size + t * tile * n_cols + k * w + j]
                 out[(t * tile + j) * n_cols + k] = ssum
     free(acc)

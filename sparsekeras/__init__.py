@@ -4,6 +4,19 @@ Really sparse neural networks on the CPU: the kernels (`sparsekeras.linalg`) are
 with AVX2/AVX-512 inner loops, work on scipy.sparse inputs, and are shared with the TensorFlow
 ops and Keras layers built on them.
 """
+try:
+    from sparsekeras import _kernels  # noqa: F401  (compiled; absent from a source checkout)
+except ImportError as _e:  # pragma: no cover - exercised by tests/test_public_api.py in a subprocess
+    import os as _os
+
+    _here = _os.path.dirname(_os.path.abspath(__file__))
+    if _os.path.exists(_os.path.join(_os.path.dirname(_here), "setup.py")):
+        raise ImportError(
+            f"sparsekeras is being imported from its source checkout ({_here}), which holds no "
+            "compiled kernels. Install it (pip install .) and run from another folder, or use "
+            "the `sparsekeras` console script; `python -m sparsekeras` from the checkout's root "
+            "picks up the source tree.") from _e
+    raise
 from sparsekeras import linalg
 from sparsekeras._threads import get_num_threads, num_threads, set_num_threads
 from sparsekeras import ops

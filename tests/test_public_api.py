@@ -39,3 +39,16 @@ def test_ops_all():
     assert ops.__all__ == EXPECTED_OPS
     for name in EXPECTED_OPS:
         assert callable(getattr(ops, name)), name
+
+
+def test_source_checkout_import_error_is_clear():
+    """Importing the uncompiled source tree (python -m from the checkout root) explains itself."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", "import sparsekeras"], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "source checkout" in proc.stderr and "console script" in proc.stderr, proc.stderr[-2000:]
