@@ -233,7 +233,26 @@ class SparseDense(keras.layers.Dense):
         return tf.matmul(x, tf.cast(self.kernel, x.dtype)) if x.shape.rank == 2 else \
             keras.ops.matmul(x, tf.cast(self.kernel, x.dtype))
 
+    def _sparse_input_matmul(self, inputs):
+        """Sparse inputs (tf.SparseTensor, e.g. from keras.Input(sparse=True) or scipy data in
+        fit): the CSR kernel times the (masked) dense kernel; the kernel's gradient A^T dY comes
+        from the input's nonzeros only."""
+        kernel = tf.convert_to_tensor(self.kernel)
+        if kernel.dtype != inputs.values.dtype:
+            inputs = tf.SparseTensor(inputs.indices, tf.cast(inputs.values, kernel.dtype),
+                                     inputs.dense_shape)
+        if inputs.shape.rank is not None and inputs.shape.rank != 2:
+            raise ValueError("SparseDense supports sparse inputs of rank 2 (batch, features). "
+                             f"Received: inputs.shape={inputs.shape}")
+        return sk_ops.matmul(inputs, kernel)
+
     def call(self, inputs, training=None):
+        if isinstance(inputs, tf.SparseTensor):
+            y = self._sparse_input_matmul(inputs)
+            y = tf.cast(y, self.compute_dtype)
+            if self.bias is not None:
+                y = y + tf.cast(self.bias, y.dtype)
+            return self.activation(y) if self.activation is not None else y
         x = tf.convert_to_tensor(inputs)
         if self.compute == "sparse":
             y = self._sparse_matmul(x)

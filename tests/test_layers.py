@@ -371,3 +371,37 @@ def test_set_weights_refreshes_structure(how):
     assert layer.sparsity == 0.0
     assert not layer.uses_sparse_kernels
     np.testing.assert_allclose(_np(layer(x)), _np(source(x)), rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_dense_accepts_sparse_inputs():
+    """tf.SparseTensor inputs (keras.Input(sparse=True), scipy data in fit) go through the CSR
+    kernel: same outputs and kernel gradient as the dense input, and fit trains."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    x_sp = sp.random_array((32, 50), density=0.1, format="csr", dtype=np.float32, rng=rng)
+    x_dense = x_sp.toarray()
+    layer = sparsekeras.layers.SparseDense(8, activation="relu", kernel_initializer="random_normal")
+    layer.build((None, 50))
+    layer.set_mask(rng.random((50, 8)) > 0.5)
+    st = tf.sparse.from_dense(x_dense)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(st)),
+                               keras.ops.convert_to_numpy(layer(x_dense)), rtol=1e-5, atol=1e-6)
+    grads = []
+    for x in (st, tf.constant(x_dense)):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(x) ** 2)
+        grads.append(tape.gradient(loss, layer.kernel.value))
+    np.testing.assert_allclose(grads[0].numpy(), grads[1].numpy(), rtol=1e-5, atol=1e-6)
+
+    inputs = keras.Input((50,), sparse=True)
+    model = keras.Model(inputs, keras.layers.Dense(2)(
+        sparsekeras.layers.SparseDense(8, activation="relu")(inputs)))
+    model.compile("adam", "mse")
+    y = rng.standard_normal((32, 2)).astype(np.float32)
+    before = [keras.ops.convert_to_numpy(w).copy() for w in model.trainable_weights]
+    history = model.fit(x_sp, y, epochs=2, batch_size=8, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    after = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+    assert any(not np.allclose(a, b) for a, b in zip(before, after))
+    assert model.predict(x_sp, verbose=0).shape == (32, 2)
