@@ -135,44 +135,51 @@ def dense_csc_matmul(x, indptr, indices, values, dense_shape, transpose_structur
         `(..., N)`. Differentiable w.r.t. x and values.
     """
     with tf.name_scope(name or "sparsekeras_dense_csc_matmul"):
-        x = tf.convert_to_tensor(x)
-        indptr = tf.convert_to_tensor(indptr)
-        indices = tf.convert_to_tensor(indices, dtype=indptr.dtype)
-        values = tf.convert_to_tensor(values)
-        dense_shape = tf.cast(dense_shape, tf.int64)
-        compute, out_dtype = _compute_dtype(x.dtype, values.dtype)
-        if x.shape.rank is not None and x.shape.rank < 1:
-            raise ValueError(f"x must have rank >= 1; received shape {x.shape}")
-        vector = x.shape.rank == 1
-        flat = x.shape.rank == 2  # the common case needs no reshapes (fewer ops per call)
-        if flat:
-            x2 = x
-        else:
-            batch_shape = tf.shape(x)[:-1]
-            x2 = tf.reshape(x, [-1, tf.shape(x)[-1]])
         if transpose_structure is None:
-            empty = tf.zeros([0], indptr.dtype)
-            transpose_structure = (empty, empty, tf.zeros([0], tf.int64))
-        t_indptr, t_indices, t_perm = transpose_structure
-        y = _ops.sparse_keras_dense_csc_mat_mul(_cast(x2, compute), indptr, indices,
-                                                _cast(values, compute), dense_shape,
-                                                t_indptr, t_indices, t_perm)
-        y = _cast(y, out_dtype)
-        static = tf.get_static_value(dense_shape)
-        n = None if static is None or len(static) != 2 else int(static[1])
-        if y.shape[-1] is not None and n is not None and y.shape[-1] != n:
-            n = None  # inconsistent structure: the kernel reports it at run time
-        if vector:
-            y = y[0]
-            y.set_shape([n])
-            return y
-        if x.shape.rank == 2:
-            y.set_shape([x.shape[0], n])
-            return y
-        out = tf.reshape(y, tf.concat([batch_shape, tf.shape(y)[-1:]], axis=0))
-        if x.shape.rank is not None:
-            out.set_shape(x.shape[:-1].concatenate([n]))
-        return out
+            transpose_structure = (None, None, None)
+
+        def op(x2, indptr, indices, values, dense_shape):
+            t_indptr, t_indices, t_perm = transpose_structure
+            if t_indptr is None:  # empty: the gradient uses the scatter product instead
+                t_indptr = t_indices = tf.zeros([0], indptr.dtype)
+                t_perm = tf.zeros([0], tf.int64)
+            return _ops.sparse_keras_dense_csc_mat_mul(x2, indptr, indices, values, dense_shape,
+                                                       t_indptr, t_indices, t_perm)
+
+        return _dense_times_sparse(x, indptr, indices, values, dense_shape, op)
+
+
+def _dense_times_sparse(x, indptr, indices, values, dense_shape, op):
+    """Shared handling of `x (..., in) @ sparse (in, out)`: converts and validates the arguments,
+    runs `op` on a 2-D view of x in the compute dtype (no reshape for the common 2-D case: fewer
+    ops per call), restores the batch shape and sets the static output width from dense_shape."""
+    x = tf.convert_to_tensor(x)
+    indptr = tf.convert_to_tensor(indptr)
+    indices = tf.convert_to_tensor(indices, dtype=indptr.dtype)
+    values = tf.convert_to_tensor(values)
+    dense_shape = tf.cast(dense_shape, tf.int64)
+    compute, out_dtype = _compute_dtype(x.dtype, values.dtype)
+    rank = x.shape.rank
+    if rank is not None and rank < 1:
+        raise ValueError(f"x must have rank >= 1; received shape {x.shape}")
+    x2 = x if rank == 2 else tf.reshape(x, [-1, tf.shape(x)[-1]])
+    y = _cast(op(_cast(x2, compute), indptr, indices, _cast(values, compute), dense_shape),
+              out_dtype)
+    static = tf.get_static_value(dense_shape)
+    n = None if static is None or len(static) != 2 else int(static[1])
+    if y.shape[-1] is not None and n is not None and y.shape[-1] != n:
+        n = None  # inconsistent structure: the kernel reports it at run time
+    if rank == 1:
+        y = y[0]
+        y.set_shape([n])
+        return y
+    if rank == 2:
+        y.set_shape([x.shape[0], n])
+        return y
+    out = tf.reshape(y, tf.concat([tf.shape(x)[:-1], tf.shape(y)[-1:]], axis=0))
+    if rank is not None:
+        out.set_shape(x.shape[:-1].concatenate([n]))
+    return out
 
 
 def dense_csr_matmul(x, indptr, indices, values, dense_shape, name=None):
@@ -186,27 +193,8 @@ def dense_csr_matmul(x, indptr, indices, values, dense_shape, name=None):
         `(..., K)`. Differentiable w.r.t. x and values.
     """
     with tf.name_scope(name or "sparsekeras_dense_csr_matmul"):
-        x = tf.convert_to_tensor(x)
-        indptr = tf.convert_to_tensor(indptr)
-        indices = tf.convert_to_tensor(indices, dtype=indptr.dtype)
-        values = tf.convert_to_tensor(values)
-        dense_shape = tf.cast(dense_shape, tf.int64)
-        compute, out_dtype = _compute_dtype(x.dtype, values.dtype)
-        if x.shape.rank is not None and x.shape.rank < 1:
-            raise ValueError(f"x must have rank >= 1; received shape {x.shape}")
-        flat = x.shape.rank == 2
-        x2 = x if flat else tf.reshape(x, [-1, tf.shape(x)[-1]])
-        y = _cast(_ops.sparse_keras_dense_csr_mat_mul(_cast(x2, compute), indptr, indices,
-                                                      _cast(values, compute), dense_shape),
-                  out_dtype)
-        if flat:
-            return y
-        if x.shape.rank == 1:
-            return y[0]
-        out = tf.reshape(y, tf.concat([tf.shape(x)[:-1], tf.shape(y)[-1:]], axis=0))
-        if x.shape.rank is not None:
-            out.set_shape(x.shape[:-1].concatenate(y.shape[-1:]))
-        return out
+        return _dense_times_sparse(x, indptr, indices, values, dense_shape,
+                                   _ops.sparse_keras_dense_csr_mat_mul)
 
 
 def sddmm(pattern, u, v, name=None):
