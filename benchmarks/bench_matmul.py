@@ -43,7 +43,6 @@ import json
 import math
 import os
 import platform
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -56,6 +55,7 @@ import numpy as np  # noqa: E402
 import scipy  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
+from _common import busy_cpu_s, cpu_model, log, setup_tf, wait_idle  # noqa: E402
 import sparsekeras  # noqa: E402
 from sparsekeras import _kernels, linalg  # noqa: E402
 
@@ -65,36 +65,11 @@ SLOW_LIMIT_S = 3.0
 # OpenMP, Eigen spin-wait after a parallel call) have gone to sleep: on 2 cores a spinning pool
 # of another library visibly slows the next 2-thread call.
 SETTLE_S = 0.2
-TF_THREADS = 2
 SK_THREADS = (2, 1)
 
 METHODS = ["sparsekeras_2t", "sparsekeras_1t", "np_matmul", "tf_matmul", "scipy", "tf_sparse",
            "tf_csr"]
 OTHER_SPARSE = ["scipy", "tf_sparse", "tf_csr"]
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-def setup_tf():
-    """Import TensorFlow and pin its thread pools before any op runs."""
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(TF_THREADS)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    return tf
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def blas_info():
@@ -105,31 +80,6 @@ def blas_info():
                 for d in threadpool_info()]
     except Exception as e:  # threadpoolctl optional
         return f"unavailable ({type(e).__name__})"
-
-
-def _busy_cpu_s():
-    """(CPU seconds used by the whole machine, by this process) so far."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(t) for t in f.readline().split()[1:]]
-        busy = (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
-    except (OSError, ValueError):
-        busy = float("nan")
-    t = os.times()
-    return busy, t.user + t.system
-
-
-def wait_idle(max_wait_s):
-    """Wait (up to max_wait_s) until other processes use < 0.1 CPU over a 1 s sample."""
-    deadline = time.perf_counter() + max_wait_s
-    while True:
-        b0, o0 = _busy_cpu_s()
-        time.sleep(1.0)
-        b1, o1 = _busy_cpu_s()
-        other = (b1 - b0) - (o1 - o0)
-        if other < 0.1 or time.perf_counter() > deadline:
-            return other
-        log(f"  machine busy (other processes use {other:.2f} CPUs); waiting...")
 
 
 def time_fn(fn, target_s, min_reps, max_reps):
@@ -236,7 +186,7 @@ def run(args):
                 row = {"sparsity": s, "B": B, "nnz": nnz, "methods": {}}
                 if args.wait_idle > 0:
                     wait_idle(args.wait_idle)
-                busy0, own0, wall0 = *_busy_cpu_s(), time.perf_counter()
+                busy0, own0, wall0 = *busy_cpu_s(), time.perf_counter()
                 for name in METHODS:
                     fn = calls[name]
                     if isinstance(fn, str):
@@ -254,7 +204,7 @@ def run(args):
                     st = time_fn(fn, target_s, min_reps, max_reps)
                     st["correct"] = correct
                     row["methods"][name] = st
-                busy1, own1 = _busy_cpu_s()
+                busy1, own1 = busy_cpu_s()
                 # Average number of CPUs used by *other* processes while this config ran: > ~0.1
                 # means the machine was shared and the 2-thread timings are likely inflated.
                 row["other_procs_cpus"] = round(((busy1 - busy0) - (own1 - own0))

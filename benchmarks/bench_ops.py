@@ -56,7 +56,6 @@ import math
 import os
 import platform
 import resource
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -69,13 +68,13 @@ import numpy as np  # noqa: E402
 import scipy  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
+from _common import busy_cpu_s, cpu_model, log, setup_tf, wait_idle  # noqa: E402
 import sparsekeras  # noqa: E402
 import sparsekeras.ops  # noqa: E402,F401
 
 K = N = 4096
 SLOW_LIMIT_S = 3.0
 SETTLE_S = 0.2  # let other libraries' spinning worker threads go idle (see bench_matmul.py)
-TF_THREADS = 2
 SK_THREADS = 2
 OVERHEAD_CALLS = 2000
 OVERHEAD_SHAPE = (1, 16, 16)  # (B, K, N) of the per-call overhead product
@@ -93,64 +92,15 @@ BWD_METHODS = ["sk_fn", "sk_fn_nots", "tf_matmul", "tf_sparse", "tf_csr"]
 SK_METHODS = {"sk_eager", "sk_fn", "sk_fn_nots"}
 
 
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-def setup_tf():
-    """Import TensorFlow and pin its thread pools before any op runs."""
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(TF_THREADS)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
-    return tf
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _busy_cpu_s():
-    """(CPU seconds used by the whole machine, by this process) so far."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(t) for t in f.readline().split()[1:]]
-        busy = (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
-    except (OSError, ValueError):
-        busy = float("nan")
-    t = os.times()
-    return busy, t.user + t.system
-
-
-def wait_idle(max_wait_s):
-    """Wait (up to max_wait_s) until other processes use < 0.1 CPU over a 1 s sample."""
-    deadline = time.perf_counter() + max_wait_s
-    while True:
-        b0, o0 = _busy_cpu_s()
-        time.sleep(1.0)
-        b1, o1 = _busy_cpu_s()
-        other = (b1 - b0) - (o1 - o0)
-        if other < 0.1 or time.perf_counter() > deadline:
-            return other
-        log(f"  machine busy (other processes use {other:.2f} CPUs); waiting...")
-
-
 class BusyTracker:
     """Average number of CPUs used by *other* processes between start() and stop()."""
 
     def start(self):
-        self.b0, self.o0 = _busy_cpu_s()
+        self.b0, self.o0 = busy_cpu_s()
         self.w0 = time.perf_counter()
 
     def stop(self):
-        b1, o1 = _busy_cpu_s()
+        b1, o1 = busy_cpu_s()
         return round(((b1 - self.b0) - (o1 - self.o0)) / (time.perf_counter() - self.w0), 3)
 
 
