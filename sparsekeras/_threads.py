@@ -88,12 +88,14 @@ def num_threads(n):
         >>> with sparsekeras.num_threads(1):
         ...     y = sparsekeras.linalg.matmul(x, w)
     """
-    previous = get_num_threads() if _kernels._num_threads_is_set() else None
+    # Restore the exact previous setting (count and whether the user chose it) without
+    # recomputing the default: the context manager is cheap enough to wrap a single small call.
+    previous = (_kernels._get_num_threads(), _kernels._num_threads_is_set())
     set_num_threads(n)
     try:
         yield
     finally:
-        set_num_threads(previous)
+        _kernels._set_num_threads(*previous)
 
 
 set_num_threads(None)
