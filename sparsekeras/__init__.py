@@ -21,10 +21,11 @@ from sparsekeras import linalg
 from sparsekeras._threads import get_num_threads, num_threads, set_num_threads
 from sparsekeras import ops
 from sparsekeras.ops import CSRTensor
-from sparsekeras import layers, schedules, callbacks
+from sparsekeras import layers, schedules, callbacks, regularizers
 from sparsekeras._convert import sparsify, strip
 
 __version__ = "0.1.0"
 
-__all__ = ["linalg", "ops", "layers", "schedules", "callbacks", "CSRTensor", "sparsify", "strip",
+__all__ = ["linalg", "ops", "layers", "schedules", "callbacks", "regularizers", "CSRTensor",
+           "sparsify", "strip",
            "set_num_threads", "get_num_threads", "num_threads", "__version__"]

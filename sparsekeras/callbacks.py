@@ -12,7 +12,7 @@ from tensorflow.core.framework import summary_pb2
 from sparsekeras import _masks
 from sparsekeras.layers import SparseDense
 
-__all__ = ["GradualPruning", "prunable_layers"]
+__all__ = ["GradualPruning", "ActivationSparsity", "prunable_layers"]
 
 _GRANULARITIES = ("unstructured", "block", "n:m", "channel")
 
@@ -138,3 +138,61 @@ class GradualPruning(keras.callbacks.Callback):
             for layer in layers:
                 logs[f"sparsity/{layer.name}"] = layer.sparsity
         return logs
+
+
+class ActivationSparsity(keras.callbacks.Callback):
+    """Reports, at each epoch end, the fraction of (near-)zero activations of chosen layers.
+
+    Args:
+        data: a sample of inputs (array or tensor) the activations are measured on.
+        layers: names of the layers to watch (default: every layer with weights, except the last).
+        threshold: |activation| <= threshold counts as zero (default 0: exact zeros, as ReLU gives).
+        batch_size: batch size of the measurement.
+
+    Logs `activation_sparsity/<layer>` (shown by the progress bar and kept in History). Works for
+    Sequential and Functional models (it reads the layers' symbolic outputs).
+    """
+
+    def __init__(self, data, layers=None, threshold=0.0, batch_size=256):
+        super().__init__()
+        if float(threshold) < 0:
+            raise ValueError(f"Expected `threshold` >= 0. Received: threshold={threshold}")
+        self.data = data
+        self.layer_names = None if layers is None else list(layers)
+        self.threshold = float(threshold)
+        self.batch_size = int(batch_size)
+        self._probe = None
+        self._names = []
+
+    def _build_probe(self):
+        model = self.model
+        if not hasattr(model, "inputs") or not model.inputs:
+            raise ValueError("ActivationSparsity needs a Sequential or Functional model (with "
+                             "symbolic inputs) to read layer outputs.")
+        if self.layer_names is None:
+            chosen = [layer for layer in model.layers[:-1] if layer.weights]
+        else:
+            by_name = {layer.name: layer for layer in model.layers}
+            missing = [n for n in self.layer_names if n not in by_name]
+            if missing:
+                raise ValueError(f"ActivationSparsity: no layer named {missing} in the model. "
+                                 f"Received: layers={self.layer_names}")
+            chosen = [by_name[n] for n in self.layer_names]
+        self._names = [layer.name for layer in chosen]
+        self._probe = keras.Model(model.inputs, [layer.output for layer in chosen])
+
+    def measure(self):
+        """{layer name: fraction of activations with |a| <= threshold} on `data`."""
+        if self._probe is None:
+            self._build_probe()
+        outputs = self._probe.predict(self.data, batch_size=self.batch_size, verbose=0)
+        if len(self._names) == 1:
+            outputs = [outputs]
+        return {name: float(np.mean(np.abs(out) <= self.threshold))
+                for name, out in zip(self._names, outputs)}
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = self.measure()
+        if logs is not None:
+            for name, value in values.items():
+                logs[f"activation_sparsity/{name}"] = value
