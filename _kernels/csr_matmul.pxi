@@ -15,11 +15,14 @@ cdef enum:
 
 cdef void _spmm_panels(int64_t n_rows, int64_t k, int64_t width, const index_t *indptr,
                        const index_t *indices, const real_t *data, const real_t *panels,
-                       int64_t tile, real_t *out, int64_t row_stride, int64_t col_stride,
-                       real_t *scratch, const int64_t *bounds, int n_parts) noexcept nogil:
-    """Row-panel SpMM over packed panels.
+                       int64_t tile, bint packed, real_t *out, int64_t row_stride,
+                       int64_t col_stride, real_t *scratch, const int64_t *bounds,
+                       int n_parts) noexcept nogil:
+    """Row-panel SpMM over column panels of the dense operand.
 
-    panels: panel t (columns [t*tile, t*tile + w_t)) at panels + t*tile*k, row stride w_t.
+    packed: panel t (columns [t*tile, t*tile + w_t)) at panels + t*tile*k, row stride w_t;
+    not packed: the dense operand as it is (k x width, row-major): panel t at panels + t*tile,
+    row stride width.
     out element (i, col) is written at out[i * row_stride + col * col_stride].
     When col_stride != 1 (a transposed output, row_stride == 1), each thread computes
     SK_ROW_GROUP rows into its scratch block (n_parts * SK_ROW_GROUP * tile entries) and writes
@@ -29,9 +32,10 @@ cdef void _spmm_panels(int64_t n_rows, int64_t k, int64_t width, const index_t *
     cdef int isa = sk_isa()
     cdef int64_t n_tiles = (width + tile - 1) // tile
     cdef Py_ssize_t c
-    cdef int64_t t, i, w, r0, r1, p0, g0, g, j, r
+    cdef int64_t t, i, w, r0, r1, p0, g0, g, j, r, ldp
     cdef real_t *buf
     cdef real_t *o
+    cdef const real_t *pt
     for c in prange(n_parts, nogil=True, schedule='static', chunksize=1, num_threads=n_parts):
         r0 = bounds[c]
         r1 = bounds[c + 1]
@@ -40,11 +44,17 @@ cdef void _spmm_panels(int64_t n_rows, int64_t k, int64_t width, const index_t *
             w = width - t * tile
             if w > tile:
                 w = tile
+            if packed:
+                pt = panels + t * tile * k
+                ldp = w
+            else:
+                pt = panels + t * tile
+                ldp = width
             if col_stride == 1:
                 for i in range(r0, r1):
                     p0 = indptr[i]
                     _spmm_row(isa, indptr[i + 1] - p0, indices + p0, data + p0,
-                              panels + t * tile * k, w, w, out + i * row_stride + t * tile, 1)
+                              pt, ldp, w, out + i * row_stride + t * tile, 1)
             else:
                 g0 = r0
                 while g0 < r1:
@@ -54,7 +64,7 @@ cdef void _spmm_panels(int64_t n_rows, int64_t k, int64_t width, const index_t *
                     for r in range(g):
                         p0 = indptr[g0 + r]
                         _spmm_row(isa, indptr[g0 + r + 1] - p0, indices + p0, data + p0,
-                                  panels + t * tile * k, w, w, buf + r * w, 1)
+                                  pt, ldp, w, buf + r * w, 1)
                     for j in range(w):
                         o = out + (t * tile + j) * col_stride + g0
                         for r in range(g):
@@ -112,7 +122,6 @@ cdef int _csr_matmul(int64_t n_rows, int64_t n_cols, int64_t n_out, const index_
     cdef Py_ssize_t ii
     cdef int64_t *bounds
     cdef real_t *panels = NULL
-    cdef const real_t *src = b
     if n_rows == 0 or n_out == 0:
         return 0
     if n_threads < 1:
@@ -126,14 +135,16 @@ cdef int _csr_matmul(int64_t n_rows, int64_t n_cols, int64_t n_out, const index_
     if bounds == NULL:
         return -1
     _balanced_bounds(n_rows, indptr, 1, 4, n_threads, bounds)
-    if n_out > tile:
+    # Packing b into column panels copies all of b; it pays only when b's rows are reused
+    # (nnz >= 2 n_cols). A bag-of-words batch touches few of b's rows: read b in place.
+    if n_out > tile and indptr[n_rows] >= 2 * n_cols:
         panels = <real_t *>_aligned_alloc(n_cols * n_out * sizeof(real_t))
         if panels == NULL:
             free(bounds)
             return -1
         _pack_columns(n_cols, n_out, b, tile, panels, n_threads)
-        src = panels
-    _spmm_panels(n_rows, n_cols, n_out, indptr, indices, data, src, tile, out, n_out, 1,
+    _spmm_panels(n_rows, n_cols, n_out, indptr, indices, data,
+                 panels if panels != NULL else b, tile, panels != NULL, out, n_out, 1,
                  NULL, bounds, n_threads)
     free(panels)
     free(bounds)
@@ -174,8 +185,8 @@ cdef int _dense_csc_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, cons
         return -1
     _balanced_bounds(n_cols, indptr, 1, 4, n_threads, bounds)
     _pack_transposed(n_rows, n_inner, x, tile, panels, n_threads)
-    _spmm_panels(n_cols, n_inner, n_rows, indptr, indices, data, panels, tile, out, 1, n_cols,
-                 scratch, bounds, n_threads)
+    _spmm_panels(n_cols, n_inner, n_rows, indptr, indices, data, panels, tile, True, out, 1,
+                 n_cols, scratch, bounds, n_threads)
     free(scratch)
     free(panels)
     free(bounds)
