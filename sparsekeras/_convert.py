@@ -89,7 +89,7 @@ def sparsify(model, layer_names=None, switch_sparsity=None, compute="auto"):
         layer._kernel.assign(kernel_and_bias[0])
         if layer.bias is not None:
             layer.bias.assign(kernel_and_bias[1])
-        layer.refresh_structure()
+        # The mask is still the all-ones one `build` made its structure from: nothing to refresh.
     return clone
 
 

@@ -151,8 +151,9 @@ class SparseDense(keras.layers.Dense):
         keras.layers.Layer.save_own_variables(self, store)
 
     def load_own_variables(self, store):
+        # Layer's version (Dense's only knows kernel and bias); assigning the mask refreshes the
+        # cached structure through the hook.
         keras.layers.Layer.load_own_variables(self, store)
-        self.refresh_structure()
 
     # ---- mask ---------------------------------------------------------------------------
 
@@ -169,9 +170,8 @@ class SparseDense(keras.layers.Dense):
             raise ValueError(f"mask must have the kernel's shape {tuple(self.mask.shape)}. "
                              f"Received: mask.shape={mask.shape}")
         m = (mask != 0)
-        self.mask.assign(m.astype(self.mask.dtype))
+        self.mask.assign(m.astype(self.mask.dtype))  # the hook refreshes the structure
         self._kernel.assign(self._kernel * keras.ops.cast(self.mask, self._kernel.dtype))
-        self.refresh_structure()
 
     def refresh_structure(self):
         """Recompute the cached sparse structure from the mask (after loading weights, say)."""
