@@ -24,6 +24,8 @@ cnp.import_array()
 # definition below against its prototype.
 cdef extern from "sparsekeras_kernels.h":
     pass
+cdef extern from "sparsekeras_conv.h":
+    pass
 
 include "_common.pxi"
 include "csr_check.pxi"
@@ -32,3 +34,4 @@ include "csr_sddmm.pxi"
 include "csr_transpose.pxi"
 include "csr_convert.pxi"
 include "api.pxi"
+include "csr_conv2d.pxi"

@@ -90,6 +90,27 @@ static inline SK_T SK_CAT3(sk_dot_gather, SK_TS, SK_IS)(int64_t nnz, const SK_I 
     return (s0 + s1) + (s2 + s3);
 }
 
+#if SK_I64
+/* Convolution filter gradient over a block of rows (offsets are always int64):
+ *   out[p] (+)= sum_{r < n_rows} sum_{j < w} u[r * us + j] * base[r * ts + off[p] + j],  p < nnz.
+ * Fixed summation order: one partial sum per lane slot, combined at the end. w <= 8 vectors. */
+static inline void SK_FNT(sk_dot_rows, generic)(int64_t nnz, const int64_t *off, const SK_T *u,
+                                               int64_t us, const SK_T *base, int64_t ts,
+                                               int64_t n_rows, int64_t w, SK_T *out,
+                                               int accumulate) {
+    for (int64_t p = 0; p < nnz; p++) {
+        SK_T s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int64_t r = 0; r < n_rows; r++) {
+            const SK_T *a = u + r * us;
+            const SK_T *b = base + r * ts + off[p];
+            for (int64_t j = 0; j < w; j++) s[j & 7] += a[j] * b[j];
+        }
+        SK_T d = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+        out[p] = accumulate ? out[p] + d : d;
+    }
+}
+#endif
+
 #ifdef SK_X86
 /* ================================ AVX2 + FMA =============================================== */
 #if SK_F64
@@ -237,6 +258,48 @@ SK_FNT(sk_dot, avx2)(int64_t n, const SK_T *a, const SK_T *b) {
     SK_T r = 0;
     for (int q = 0; q < SK_L2; q++) r += tmp[q];
     return r;
+}
+#endif
+
+#if SK_I64
+/* sk_dot_rows (see the generic version); nv vectors per row, the last one masked (mask m). */
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+SK_FNT(sk_dot_rows_nv, avx2)(const int nv, int64_t nnz, const int64_t *off, const SK_T *u,
+                             int64_t us, const SK_T *base, int64_t ts, int64_t n_rows,
+                             __m256i m, SK_T *out, int accumulate) {
+    for (int64_t p = 0; p < nnz; p++) {
+        SK_V2 acc[8];
+        for (int v = 0; v < nv; v++) acc[v] = SK_V2_ZERO();
+        for (int64_t r = 0; r < n_rows; r++) {
+            const SK_T *a = u + r * us;
+            const SK_T *b = base + r * ts + off[p];
+            for (int v = 0; v < nv - 1; v++)
+                acc[v] = SK_V2_FMA(SK_V2_LOAD(a + v * SK_L2), SK_V2_LOAD(b + v * SK_L2), acc[v]);
+            acc[nv - 1] = SK_V2_FMA(SK_V2_MLOAD(a + (nv - 1) * SK_L2, m),
+                                    SK_V2_MLOAD(b + (nv - 1) * SK_L2, m), acc[nv - 1]);
+        }
+        SK_V2 t = acc[0];
+        for (int v = 1; v < nv; v++) t = t + acc[v];
+        SK_T tmp[SK_L2];
+        SK_V2_STORE(tmp, t);
+        SK_T d = 0;
+        for (int q = 0; q < SK_L2; q++) d += tmp[q];
+        out[p] = accumulate ? out[p] + d : d;
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void
+SK_FNT(sk_dot_rows, avx2)(int64_t nnz, const int64_t *off, const SK_T *u, int64_t us,
+                          const SK_T *base, int64_t ts, int64_t n_rows, int64_t w, SK_T *out,
+                          int accumulate) {
+    int nv = (int)((w + SK_L2 - 1) / SK_L2);
+    __m256i m = SK_V2_MASK(w - (int64_t)(nv - 1) * SK_L2);
+    switch (nv) {
+#define SK_CASE(k) case k: SK_FNT(sk_dot_rows_nv, avx2)(k, nnz, off, u, us, base, ts, n_rows, m, out, accumulate); return;
+        SK_CASE(1) SK_CASE(2) SK_CASE(3) SK_CASE(4) SK_CASE(5) SK_CASE(6) SK_CASE(7) SK_CASE(8)
+#undef SK_CASE
+        default: SK_FNT(sk_dot_rows, generic)(nnz, off, u, us, base, ts, n_rows, w, out, accumulate);
+    }
 }
 #endif
 
@@ -394,6 +457,45 @@ SK_FNT(sk_dot, avx512)(int64_t n, const SK_T *a, const SK_T *b) {
 }
 #endif
 
+#if SK_I64
+__attribute__((target("avx512f"), always_inline)) static inline void
+SK_FNT(sk_dot_rows_nv, avx512)(const int nv, int64_t nnz, const int64_t *off, const SK_T *u,
+                               int64_t us, const SK_T *base, int64_t ts, int64_t n_rows,
+                               SK_M5 m, SK_T *out, int accumulate) {
+    for (int64_t p = 0; p < nnz; p++) {
+        SK_V5 acc[8];
+        for (int v = 0; v < nv; v++) acc[v] = SK_V5_ZERO();
+        for (int64_t r = 0; r < n_rows; r++) {
+            const SK_T *a = u + r * us;
+            const SK_T *b = base + r * ts + off[p];
+            for (int v = 0; v < nv - 1; v++)
+                acc[v] = SK_V5_FMA(SK_V5_LOAD(a + v * SK_L5), SK_V5_LOAD(b + v * SK_L5), acc[v]);
+            acc[nv - 1] = SK_V5_FMA(SK_V5_MLOAD(a + (nv - 1) * SK_L5, m),
+                                    SK_V5_MLOAD(b + (nv - 1) * SK_L5, m), acc[nv - 1]);
+        }
+        SK_V5 t = acc[0];
+        for (int v = 1; v < nv; v++) t = t + acc[v];
+        SK_T d = SK_V5_HSUM(t);
+        out[p] = accumulate ? out[p] + d : d;
+    }
+}
+
+__attribute__((target("avx512f"))) static void
+SK_FNT(sk_dot_rows, avx512)(int64_t nnz, const int64_t *off, const SK_T *u, int64_t us,
+                            const SK_T *base, int64_t ts, int64_t n_rows, int64_t w, SK_T *out,
+                            int accumulate) {
+    int nv = (int)((w + SK_L5 - 1) / SK_L5);
+    int64_t rem = w - (int64_t)(nv - 1) * SK_L5;
+    SK_M5 m = (SK_M5)((1u << rem) - 1u);
+    switch (nv) {
+#define SK_CASE(k) case k: SK_FNT(sk_dot_rows_nv, avx512)(k, nnz, off, u, us, base, ts, n_rows, m, out, accumulate); return;
+        SK_CASE(1) SK_CASE(2) SK_CASE(3) SK_CASE(4) SK_CASE(5) SK_CASE(6) SK_CASE(7) SK_CASE(8)
+#undef SK_CASE
+        default: SK_FNT(sk_dot_rows, generic)(nnz, off, u, us, base, ts, n_rows, w, out, accumulate);
+    }
+}
+#endif
+
 #undef SK_V5
 #undef SK_L5
 #undef SK_M5
@@ -482,6 +584,23 @@ static inline SK_T SK_CAT3(sk_dot, SK_TS, any)(int isa, int64_t n, const SK_T *a
     if (isa == SK_ISA_AVX2) return SK_FNT(sk_dot, avx2)(n, a, b);
 #endif
     return SK_FNT(sk_dot, generic)(n, a, b);
+}
+#endif
+
+#if SK_I64
+static inline void SK_CAT3(sk_dot_rows, SK_TS, any)(int isa, int64_t nnz, const int64_t *off,
+                                                    const SK_T *u, int64_t us, const SK_T *base,
+                                                    int64_t ts, int64_t n_rows, int64_t w,
+                                                    SK_T *out, int accumulate) {
+    if (w <= 0) {
+        for (int64_t p = 0; p < nnz; p++) out[p] = accumulate ? out[p] : 0;
+        return;
+    }
+#ifdef SK_X86
+    if (isa == SK_ISA_AVX512) { SK_FNT(sk_dot_rows, avx512)(nnz, off, u, us, base, ts, n_rows, w, out, accumulate); return; }
+    if (isa == SK_ISA_AVX2) { SK_FNT(sk_dot_rows, avx2)(nnz, off, u, us, base, ts, n_rows, w, out, accumulate); return; }
+#endif
+    SK_FNT(sk_dot_rows, generic)(nnz, off, u, us, base, ts, n_rows, w, out, accumulate);
 }
 #endif
 

@@ -230,3 +230,68 @@ def assert_close(actual, expected, magnitude, dtype, k):
     bad = err > tol[finite]
     assert not bad.any(), (f"{bad.sum()} of {bad.size} entries off; max err {err.max()} "
                            f"tol {tol[finite][bad].min()}")
+
+
+# ---- 2-D convolution (NHWC, TensorFlow's SAME/VALID rules) ---------------------------------
+
+def conv_out_and_pad(size, k, stride, dil, padding):
+    """(out, pad_before) of one spatial dimension, written independently of the kernels."""
+    ek = (k - 1) * dil + 1
+    if padding.upper() == "SAME":
+        out = -(-size // stride)
+        return out, max((out - 1) * stride + ek - size, 0) // 2
+    return (size - ek) // stride + 1, 0
+
+
+def _conv_setup(x_shape, kshape, strides, padding, dilations):
+    (kh, kw, _, _), (sh, sw), (dh, dw) = kshape, strides, dilations
+    oh, pt = conv_out_and_pad(x_shape[1], kh, sh, dh, padding)
+    ow, pl = conv_out_and_pad(x_shape[2], kw, sw, dw, padding)
+    hp = max((oh - 1) * sh + (kh - 1) * dh + 1, x_shape[1] + pt)
+    wp = max((ow - 1) * sw + (kw - 1) * dw + 1, x_shape[2] + pl)
+    return oh, ow, pt, pl, hp, wp
+
+
+def ref_conv2d(x, kernel, strides=(1, 1), padding="VALID", dilations=(1, 1)):
+    """float64 reference of tf.nn.conv2d(x, kernel) for NHWC x and HWIO kernel."""
+    x, kernel = _f64(x), _f64(kernel)
+    (kh, kw, _, cout), (sh, sw), (dh, dw) = kernel.shape, strides, dilations
+    oh, ow, pt, pl, hp, wp = _conv_setup(x.shape, kernel.shape, strides, padding, dilations)
+    xp = np.zeros((x.shape[0], hp, wp, x.shape[3]))
+    xp[:, pt:pt + x.shape[1], pl:pl + x.shape[2]] = x
+    out = np.zeros((x.shape[0], oh, ow, cout))
+    for i in range(kh):
+        for j in range(kw):
+            patch = xp[:, i * dh:i * dh + (oh - 1) * sh + 1:sh, j * dw:j * dw + (ow - 1) * sw + 1:sw]
+            out += patch @ kernel[i, j]
+    return out
+
+
+def ref_conv2d_grads(x, kernel, dy, strides=(1, 1), padding="VALID", dilations=(1, 1)):
+    """float64 (dx, dkernel) of sum(conv2d(x, kernel) * dy)."""
+    x, kernel, dy = _f64(x), _f64(kernel), _f64(dy)
+    (kh, kw, _, _), (sh, sw), (dh, dw) = kernel.shape, strides, dilations
+    oh, ow, pt, pl, hp, wp = _conv_setup(x.shape, kernel.shape, strides, padding, dilations)
+    xp = np.zeros((x.shape[0], hp, wp, x.shape[3]))
+    xp[:, pt:pt + x.shape[1], pl:pl + x.shape[2]] = x
+    dxp = np.zeros_like(xp)
+    dk = np.zeros_like(kernel)
+    for i in range(kh):
+        for j in range(kw):
+            sl = (slice(None), slice(i * dh, i * dh + (oh - 1) * sh + 1, sh),
+                  slice(j * dw, j * dw + (ow - 1) * sw + 1, sw))
+            dxp[sl] += dy @ kernel[i, j].T
+            dk[i, j] = np.einsum("bhwc,bhwo->co", xp[sl], dy)
+    return dxp[:, pt:pt + x.shape[1], pl:pl + x.shape[2]], dk
+
+
+def conv_kernel_csc(kernel, mask=None, index_dtype=np.int64):
+    """CSC arrays (indptr, indices, data) of kernel (kh, kw, cin, cout) reshaped to
+    (kh * kw * cin, cout), keeping the entries where mask (default: kernel != 0) is set."""
+    kernel = np.asarray(kernel)
+    m2 = kernel.reshape(-1, kernel.shape[3])
+    keep = (m2 != 0) if mask is None else np.asarray(mask).reshape(m2.shape).astype(bool)
+    cols, rows = np.nonzero(keep.T)            # column-major order: by output channel
+    indptr = np.zeros(m2.shape[1] + 1, np.int64)
+    np.add.at(indptr, cols + 1, 1)
+    return (np.cumsum(indptr).astype(index_dtype), rows.astype(index_dtype), m2[rows, cols])

@@ -1,0 +1,656 @@
+# csr_conv2d: 2-D convolution with a sparse (pruned) kernel, NHWC activations.
+#
+# Formulation (direct sparse convolution over channel-major planes, as XNNPACK's sparse path):
+# the input is first rewritten once as zero-padded channel planes, T[b][c][h][phase][q], where
+# `phase` splits the columns by the horizontal stride (column q * stride_w + phase of the padded
+# image), so that for every kernel tap (i, j, c) the inputs of a run of consecutive output pixels
+# of one output row are *contiguous* in T. A stored kernel entry then becomes a single offset
+# into T, and an output row tile of channel o is
+#     out[o, ow0:ow0+w] = sum_{p in column o of W} W_p * T[base(b, oh) + off_p + ow0 : +w],
+# which is the row-panel SpMM microkernel of csr_matmul with a panel row stride of 1: the tile
+# stays in vector registers while the entries stream by, and the rows of T it reads (k_h rows of
+# every input channel, ~45 KiB for a 64-channel 56-wide image) stay in L1/L2. No im2col matrix is
+# built: T has the size of the padded input.
+#
+# The input gradient is the same kernel run on dy (zero-dilated by the stride, padded by
+# (k - 1) * dil - pad) with the flipped, transposed kernel; the values gradient is a blocked
+# SDDMM: for each stored entry, the dot of its T rows with the dy rows of its output channel.
+
+
+cdef extern from "sparsekeras_conv.h" nogil:
+    ctypedef struct sk_conv2d_geom:
+        int64_t batch, in_h, in_w, in_c
+        int64_t out_h, out_w, out_c
+        int64_t k_h, k_w
+        int64_t stride_h, stride_w, dil_h, dil_w
+        int64_t pad_top, pad_left
+
+cdef extern from "sk_simd.h" nogil:
+    void sk_dot_rows_f32_any(int isa, int64_t nnz, const int64_t *off, const float *u, int64_t us,
+                             const float *base, int64_t ts, int64_t n_rows, int64_t w, float *out,
+                             int accumulate)
+    void sk_dot_rows_f64_any(int isa, int64_t nnz, const int64_t *off, const double *u, int64_t us,
+                             const double *base, int64_t ts, int64_t n_rows, int64_t w,
+                             double *out, int accumulate)
+
+
+cdef enum:
+    SK_CONV_ROW_BLOCK = 8   # output rows per hsum in the values gradient
+
+
+cdef struct _Planes:
+    # Source: NHWC array (n, src_h, src_w, c); dilated by idil (zeros between source pixels),
+    # shifted by pad_top / pad_left (may be negative: a crop).
+    int64_t n, c, src_h, src_w, idil_h, idil_w, pad_top, pad_left
+    # Destination T[n][c][hp][s][wq]: padded row hp, column q * s + phase.
+    int64_t hp, s, wq, plane, image
+
+
+cdef inline void _planes_init(_Planes *pl, int64_t n, int64_t c, int64_t src_h, int64_t src_w,
+                              int64_t idil_h, int64_t idil_w, int64_t pad_top, int64_t pad_left,
+                              int64_t hp, int64_t s, int64_t wq) noexcept nogil:
+    pl.n = n
+    pl.c = c
+    pl.src_h = src_h
+    pl.src_w = src_w
+    pl.idil_h = idil_h
+    pl.idil_w = idil_w
+    pl.pad_top = pad_top
+    pl.pad_left = pad_left
+    pl.hp = hp
+    pl.s = s
+    pl.wq = wq
+    pl.plane = hp * s * wq
+    pl.image = c * hp * s * wq
+
+
+cdef inline int64_t _src_index(int64_t pos, int64_t pad, int64_t dil, int64_t size) noexcept nogil:
+    """Source index of padded/dilated position pos, or -1 where it reads a zero."""
+    cdef int64_t r = pos - pad
+    if r < 0 or r % dil != 0:
+        return -1
+    r = r // dil
+    if r >= size:
+        return -1
+    return r
+
+
+cdef int _to_planes(const _Planes *pl, const real_t *x, real_t *t, int n_threads) noexcept nogil:
+    """T[b][c][hp][phase][q] = x[b, src(hp), src(q * s + phase), c] (0 outside). O(size(T))."""
+    cdef Py_ssize_t item
+    cdef int64_t b, r, sr, ph, q0, q1, q, sc, c
+    cdef int64_t qb = 16
+    cdef int64_t *colsrc = <int64_t *>malloc((pl.s * pl.wq + 1) * sizeof(int64_t))
+    cdef real_t *dst
+    cdef const real_t *srow
+    if colsrc == NULL:
+        return -1
+    for ph in range(pl.s):
+        for q in range(pl.wq):
+            colsrc[ph * pl.wq + q] = _src_index(q * pl.s + ph, pl.pad_left, pl.idil_w, pl.src_w)
+    for item in prange(pl.n * pl.hp, nogil=True, schedule='static', num_threads=n_threads):
+        b = item // pl.hp
+        r = item % pl.hp
+        dst = t + b * pl.image + r * pl.s * pl.wq
+        sr = _src_index(r, pl.pad_top, pl.idil_h, pl.src_h)
+        if sr < 0:
+            for c in range(pl.c):
+                memset(dst + c * pl.plane, 0, pl.s * pl.wq * sizeof(real_t))
+            continue
+        srow = x + (b * pl.src_h + sr) * pl.src_w * pl.c
+        for ph in range(pl.s):
+            q0 = 0
+            while q0 < pl.wq:
+                q1 = q0 + qb
+                if q1 > pl.wq:
+                    q1 = pl.wq
+                # 16 output columns of every channel: reads stay in L1, writes are 16-runs.
+                for c in range(pl.c):
+                    for q in range(q0, q1):
+                        sc = colsrc[ph * pl.wq + q]
+                        if sc >= 0:
+                            dst[c * pl.plane + ph * pl.wq + q] = srow[sc * pl.c + c]
+                        else:
+                            dst[c * pl.plane + ph * pl.wq + q] = 0
+                q0 = q1
+    free(colsrc)
+    return 0
+
+
+cdef inline void _spmm_row_off(int isa, int64_t nnz, const int64_t *off, const real_t *val,
+                               const real_t *base, int64_t w, real_t *out) noexcept nogil:
+    if real_t is float:
+        sk_spmm_row_f32_i64(isa, nnz, off, val, base, 1, w, out, 1)
+    else:
+        sk_spmm_row_f64_i64(isa, nnz, off, val, base, 1, w, out, 1)
+
+
+cdef inline void _dot_rows(int isa, int64_t nnz, const int64_t *off, const real_t *u, int64_t us,
+                           const real_t *base, int64_t ts, int64_t n_rows, int64_t w,
+                           real_t *out) noexcept nogil:
+    if real_t is float:
+        sk_dot_rows_f32_any(isa, nnz, off, u, us, base, ts, n_rows, w, out, 1)
+    else:
+        sk_dot_rows_f64_any(isa, nnz, off, u, us, base, ts, n_rows, w, out, 1)
+
+
+cdef int _conv_planes(const _Planes *pl, int64_t out_h, int64_t out_w, int64_t out_c,
+                      int64_t row_step, const int64_t *rowptr, const int64_t *off,
+                      const real_t *val, const real_t *t, real_t *out,
+                      int n_threads) noexcept nogil:
+    """out (n, out_h, out_w, out_c) from planes T: output row oh of image b reads T at
+    b * image + oh * row_step + off_p + ow. Items (b, oh, column tile) are split evenly
+    across threads; each computes out_c x w into its scratch and stores it transposed."""
+    cdef int isa = sk_isa()
+    cdef int64_t tile = _tile(out)
+    cdef int64_t n_chunks = (out_w + tile - 1) // tile
+    cdef int64_t n_items = pl.n * out_h * n_chunks
+    cdef int n_parts = n_threads
+    cdef real_t *scratch
+    cdef Py_ssize_t part
+    cdef int64_t it, i0, i1, b, oh, ch, ow0, w, o, j, p0
+    cdef const real_t *base
+    cdef real_t *buf
+    cdef real_t *dst
+    if n_items == 0 or out_c == 0:
+        return 0
+    if n_parts > n_items:
+        n_parts = <int>n_items
+    scratch = <real_t *>_aligned_alloc(n_parts * out_c * tile * sizeof(real_t))
+    if scratch == NULL:
+        return -1
+    for part in prange(n_parts, nogil=True, schedule='static', chunksize=1, num_threads=n_parts):
+        i0 = (n_items * part) // n_parts
+        i1 = (n_items * (part + 1)) // n_parts
+        buf = scratch + part * out_c * tile
+        for it in range(i0, i1):
+            ch = it % n_chunks
+            oh = (it // n_chunks) % out_h
+            b = it // (n_chunks * out_h)
+            ow0 = ch * tile
+            w = out_w - ow0
+            if w > tile:
+                w = tile
+            base = t + b * pl.image + oh * row_step + ow0
+            for o in range(out_c):
+                p0 = rowptr[o]
+                _spmm_row_off(isa, rowptr[o + 1] - p0, off + p0, val + p0, base, w, buf + o * w)
+            dst = out + ((b * out_h + oh) * out_w + ow0) * out_c
+            for j in range(w):
+                for o in range(out_c):
+                    dst[j * out_c + o] = buf[o * w + j]
+    free(scratch)
+    return 0
+
+
+cdef inline int64_t _tap_offset(const sk_conv2d_geom *g, const _Planes *pl, int64_t k) noexcept nogil:
+    """Offset in T of patch position k = (i * k_w + j) * in_c + c (forward geometry)."""
+    cdef int64_t c = k % g.in_c
+    cdef int64_t tap = k // g.in_c
+    cdef int64_t i = tap // g.k_w
+    cdef int64_t jd = (tap % g.k_w) * g.dil_w
+    return c * pl.plane + i * g.dil_h * pl.s * pl.wq + (jd % pl.s) * pl.wq + jd // pl.s
+
+
+cdef inline void _forward_planes(const sk_conv2d_geom *g, _Planes *pl) noexcept nogil:
+    _planes_init(pl, g.batch, g.in_c, g.in_h, g.in_w, 1, 1, g.pad_top, g.pad_left,
+                 (g.out_h - 1) * g.stride_h + (g.k_h - 1) * g.dil_h + 1, g.stride_w,
+                 g.out_w + ((g.k_w - 1) * g.dil_w) // g.stride_w)
+
+
+cdef int _csr_conv2d(const sk_conv2d_geom *g, const index_t *indptr, const index_t *indices,
+                     const real_t *data, const real_t *x, real_t *out,
+                     int n_threads) noexcept nogil:
+    cdef int64_t nnz = indptr[g.out_c]
+    cdef _Planes pl
+    cdef int64_t *rowptr
+    cdef int64_t *off
+    cdef real_t *t
+    cdef int64_t p, o
+    cdef int rc
+    if g.batch == 0 or g.out_h <= 0 or g.out_w <= 0 or g.out_c == 0:
+        return 0
+    if n_threads < 1:
+        n_threads = 1
+    _forward_planes(g, &pl)
+    rowptr = <int64_t *>malloc((g.out_c + 1) * sizeof(int64_t))
+    off = <int64_t *>malloc((nnz + 1) * sizeof(int64_t))
+    t = <real_t *>_aligned_alloc((pl.n * pl.image + 16) * sizeof(real_t))
+    if rowptr == NULL or off == NULL or t == NULL:
+        free(rowptr)
+        free(off)
+        free(t)
+        return -1
+    for o in range(g.out_c + 1):
+        rowptr[o] = indptr[o]
+    for p in range(nnz):
+        off[p] = _tap_offset(g, &pl, indices[p])
+    rc = _to_planes(&pl, x, t, n_threads)
+    if rc == 0:
+        rc = _conv_planes(&pl, g.out_h, g.out_w, g.out_c, g.stride_h * pl.s * pl.wq, rowptr, off,
+                      data, t, out, n_threads)
+    free(t)
+    free(off)
+    free(rowptr)
+    return rc
+
+
+cdef int _csr_conv2d_grad_input(const sk_conv2d_geom *g, const index_t *indptr,
+                                const index_t *indices, const real_t *data, const real_t *dy,
+                                real_t *dx, int n_threads) noexcept nogil:
+    """dx = conv(dy zero-dilated by the stride, flipped W^T): stride 1, same dilation, padding
+    (k - 1) * dil - pad before. Entries of input channel c come in (o, stored order) order."""
+    cdef int64_t nnz = indptr[g.out_c]
+    cdef _Planes pl
+    cdef int64_t *rowptr
+    cdef int64_t *fill
+    cdef int64_t *off
+    cdef real_t *val
+    cdef real_t *t
+    cdef int64_t p, o, c, k, tap, i, j, q
+    cdef int rc
+    if g.batch == 0 or g.in_h == 0 or g.in_w == 0 or g.in_c == 0:
+        return 0
+    if n_threads < 1:
+        n_threads = 1
+    if g.out_h <= 0 or g.out_w <= 0 or nnz == 0 or g.out_c == 0:
+        memset(dx, 0, g.batch * g.in_h * g.in_w * g.in_c * sizeof(real_t))
+        return 0
+    _planes_init(&pl, g.batch, g.out_c, g.out_h, g.out_w, g.stride_h, g.stride_w,
+                 (g.k_h - 1) * g.dil_h - g.pad_top, (g.k_w - 1) * g.dil_w - g.pad_left,
+                 g.in_h + (g.k_h - 1) * g.dil_h, 1, g.in_w + (g.k_w - 1) * g.dil_w)
+    rowptr = <int64_t *>calloc(g.in_c + 1, sizeof(int64_t))
+    fill = <int64_t *>malloc((g.in_c + 1) * sizeof(int64_t))
+    off = <int64_t *>malloc(nnz * sizeof(int64_t))
+    val = <real_t *>malloc(nnz * sizeof(real_t))
+    t = <real_t *>_aligned_alloc((pl.n * pl.image + 16) * sizeof(real_t))
+    if rowptr == NULL or fill == NULL or off == NULL or val == NULL or t == NULL:
+        free(rowptr)
+        free(fill)
+        free(off)
+        free(val)
+        free(t)
+        return -1
+    for p in range(nnz):
+        rowptr[indices[p] % g.in_c + 1] += 1
+    for c in range(g.in_c):
+        rowptr[c + 1] += rowptr[c]
+        fill[c] = rowptr[c]
+    for o in range(g.out_c):
+        for p in range(indptr[o], indptr[o + 1]):
+            k = indices[p]
+            c = k % g.in_c
+            tap = k // g.in_c
+            i = g.k_h - 1 - tap // g.k_w
+            j = g.k_w - 1 - tap % g.k_w
+            q = fill[c]
+            fill[c] = q + 1
+            off[q] = o * pl.plane + i * g.dil_h * pl.wq + j * g.dil_w
+            val[q] = data[p]
+    rc = _to_planes(&pl, dy, t, n_threads)
+    if rc == 0:
+        rc = _conv_planes(&pl, g.in_h, g.in_w, g.in_c, pl.wq, rowptr, off, val, t, dx, n_threads)
+    free(t)
+    free(val)
+    free(off)
+    free(fill)
+    free(rowptr)
+    return rc
+
+
+cdef int _csr_conv2d_grad_values(const sk_conv2d_geom *g, const index_t *indptr,
+                                 const index_t *indices, const real_t *x, const real_t *dy,
+                                 real_t *out_values, int n_threads) noexcept nogil:
+    """out_values[p] = sum_{b, oh, ow} T[b, off_p + oh * row_step + ow] * dy[b, oh, ow, o].
+
+    dy is rewritten channel-major (U[b][o][oh][ow]). Threads own nnz-balanced ranges of output
+    channels and walk every (image, block of SK_CONV_ROW_BLOCK output rows, column tile) in the
+    same order, so each value is one summation chain whatever the thread count."""
+    cdef int isa = sk_isa()
+    cdef int64_t tile = _tile(out_values)
+    cdef int64_t nnz = indptr[g.out_c]
+    cdef int64_t n_chunks, row_step
+    cdef _Planes pl, pu
+    cdef int64_t *off
+    cdef int64_t *bounds
+    cdef real_t *t
+    cdef real_t *u
+    cdef Py_ssize_t part
+    cdef int64_t p, o, b, oh0, nr, ch, ow0, w, p0, p1
+    cdef int n_parts
+    if nnz == 0:
+        return 0
+    if n_threads < 1:
+        n_threads = 1
+    if g.batch == 0 or g.out_h <= 0 or g.out_w <= 0:
+        memset(out_values, 0, nnz * sizeof(real_t))
+        return 0
+    _forward_planes(g, &pl)
+    _planes_init(&pu, g.batch, g.out_c, g.out_h, g.out_w, 1, 1, 0, 0, g.out_h, 1, g.out_w)
+    n_parts = n_threads
+    if n_parts > g.out_c:
+        n_parts = <int>g.out_c
+    off = <int64_t *>malloc(nnz * sizeof(int64_t))
+    bounds = <int64_t *>malloc((n_parts + 1) * sizeof(int64_t))
+    t = <real_t *>_aligned_alloc((pl.n * pl.image + 16) * sizeof(real_t))
+    u = <real_t *>_aligned_alloc((pu.n * pu.image + 16) * sizeof(real_t))
+    if off == NULL or bounds == NULL or t == NULL or u == NULL:
+        free(off)
+        free(bounds)
+        free(t)
+        free(u)
+        return -1
+    for p in range(nnz):
+        off[p] = _tap_offset(g, &pl, indices[p])
+    _balanced_bounds(g.out_c, indptr, 1, 1, n_parts, bounds)
+    if _to_planes(&pl, x, t, n_threads) != 0 or _to_planes(&pu, dy, u, n_threads) != 0:
+        free(u)
+        free(t)
+        free(bounds)
+        free(off)
+        return -1
+    memset(out_values, 0, nnz * sizeof(real_t))
+    row_step = g.stride_h * pl.s * pl.wq
+    n_chunks = (g.out_w + tile - 1) // tile
+    for part in prange(n_parts, nogil=True, schedule='static', chunksize=1, num_threads=n_parts):
+        for b in range(g.batch):
+            oh0 = 0
+            while oh0 < g.out_h:
+                nr = g.out_h - oh0
+                if nr > SK_CONV_ROW_BLOCK:
+                    nr = SK_CONV_ROW_BLOCK
+                for ch in range(n_chunks):
+                    ow0 = ch * tile
+                    w = g.out_w - ow0
+                    if w > tile:
+                        w = tile
+                    for o in range(bounds[part], bounds[part + 1]):
+                        p0 = indptr[o]
+                        p1 = indptr[o + 1]
+                        _dot_rows(isa, p1 - p0, off + p0,
+                                  u + b * pu.image + o * pu.plane + oh0 * g.out_w + ow0, g.out_w,
+                                  t + b * pl.image + oh0 * row_step + ow0, row_step, nr, w,
+                                  out_values + p0)
+                oh0 = oh0 + nr
+    free(u)
+    free(t)
+    free(bounds)
+    free(off)
+    return 0
+
+
+# ---- C API (sparsekeras_conv.h) -----------------------------------------------------------
+
+cdef public int sk_csr_conv2d_f32_i32(const sk_conv2d_geom *g, const int32_t *indptr,
+        const int32_t *indices, const float *data, const float *x, float *out,
+        int n_threads) noexcept nogil:
+    return _csr_conv2d(g, indptr, indices, data, x, out, n_threads)
+
+cdef public int sk_csr_conv2d_f32_i64(const sk_conv2d_geom *g, const int64_t *indptr,
+        const int64_t *indices, const float *data, const float *x, float *out,
+        int n_threads) noexcept nogil:
+    return _csr_conv2d(g, indptr, indices, data, x, out, n_threads)
+
+cdef public int sk_csr_conv2d_f64_i32(const sk_conv2d_geom *g, const int32_t *indptr,
+        const int32_t *indices, const double *data, const double *x, double *out,
+        int n_threads) noexcept nogil:
+    return _csr_conv2d(g, indptr, indices, data, x, out, n_threads)
+
+cdef public int sk_csr_conv2d_f64_i64(const sk_conv2d_geom *g, const int64_t *indptr,
+        const int64_t *indices, const double *data, const double *x, double *out,
+        int n_threads) noexcept nogil:
+    return _csr_conv2d(g, indptr, indices, data, x, out, n_threads)
+
+cdef public int sk_csr_conv2d_grad_input_f32_i32(const sk_conv2d_geom *g, const int32_t *indptr,
+        const int32_t *indices, const float *data, const float *dy, float *dx,
+        int n_threads) noexcept nogil:
+    return _csr_conv2d_grad_input(g, indptr, indices, data, dy, dx, n_threads)
+
+cdef public int sk_csr_conv2d_grad_input_f32_i64(const sk_conv2d_geom *g, const int64_t *indptr,
+        const int64_t *indices, const float *data, const float *dy, float *dx,
+        int n_threads) noexcept nogil:
+    return _csr_conv2d_grad_input(g, indptr, indices, data, dy, dx, n_threads)
+
+cdef public int sk_csr_conv2d_grad_input_f64_i32(const sk_conv2d_geom *g, const int32_t *indptr,
+        const int32_t *indices, const double *data, const double *dy, double *dx,
+        int n_threads) noexcept nogil:
+    return _csr_conv2d_grad_input(g, indptr, indices, data, dy, dx, n_threads)
+
+cdef public int sk_csr_conv2d_grad_input_f64_i64(const sk_conv2d_geom *g, const int64_t *indptr,
+        const int64_t *indices, const double *data, const double *dy, double *dx,
+        int n_threads) noexcept nogil:
+    return _csr_conv2d_grad_input(g, indptr, indices, data, dy, dx, n_threads)
+
+cdef public int sk_csr_conv2d_grad_values_f32_i32(const sk_conv2d_geom *g, const int32_t *indptr,
+        const int32_t *indices, const float *x, const float *dy, float *out_values,
+        int n_threads) noexcept nogil:
+    return _csr_conv2d_grad_values(g, indptr, indices, x, dy, out_values, n_threads)
+
+cdef public int sk_csr_conv2d_grad_values_f32_i64(const sk_conv2d_geom *g, const int64_t *indptr,
+        const int64_t *indices, const float *x, const float *dy, float *out_values,
+        int n_threads) noexcept nogil:
+    return _csr_conv2d_grad_values(g, indptr, indices, x, dy, out_values, n_threads)
+
+cdef public int sk_csr_conv2d_grad_values_f64_i32(const sk_conv2d_geom *g, const int32_t *indptr,
+        const int32_t *indices, const double *x, const double *dy, double *out_values,
+        int n_threads) noexcept nogil:
+    return _csr_conv2d_grad_values(g, indptr, indices, x, dy, out_values, n_threads)
+
+cdef public int sk_csr_conv2d_grad_values_f64_i64(const sk_conv2d_geom *g, const int64_t *indptr,
+        const int64_t *indices, const double *x, const double *dy, double *out_values,
+        int n_threads) noexcept nogil:
+    return _csr_conv2d_grad_values(g, indptr, indices, x, dy, out_values, n_threads)
+
+
+# ---- numpy level --------------------------------------------------------------------------
+
+def conv2d_geometry(input_shape, kernel_size, strides=(1, 1), padding="VALID", dilations=(1, 1),
+                    out_c=None):
+    """Output size and padding of a 2-D convolution, TensorFlow's rules.
+
+    Args:
+        input_shape: (batch, in_h, in_w, in_c).
+        kernel_size, strides, dilations: pairs of positive integers.
+        padding: "SAME" or "VALID" (any case).
+    Returns a dict with every field of sk_conv2d_geom (out_c if given).
+    Raises ValueError naming the argument and the value received.
+    """
+    def pair(v, name):
+        if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+            v = (v, v)
+        try:
+            a, b = (int(q) for q in v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be an integer or a pair of integers; received: {v!r}") from None
+        if a < 1 or b < 1:
+            raise ValueError(f"{name} must be positive; received: {v!r}")
+        return a, b
+    kh, kw = pair(kernel_size, "kernel_size")
+    sh, sw = pair(strides, "strides")
+    dh, dw = pair(dilations, "dilations")
+    if not isinstance(padding, str) or padding.upper() not in ("SAME", "VALID"):
+        raise ValueError(f"padding must be 'SAME' or 'VALID'; received: {padding!r}")
+    try:
+        n, h, w, c = (int(q) for q in input_shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"x must be 4-D (batch, height, width, channels); received shape "
+                         f"{tuple(input_shape) if hasattr(input_shape, '__iter__') else input_shape!r}") from None
+    ekh = (kh - 1) * dh + 1
+    ekw = (kw - 1) * dw + 1
+    if padding.upper() == "SAME":
+        oh = -(-h // sh)
+        ow = -(-w // sw)
+        pt = max((oh - 1) * sh + ekh - h, 0) // 2
+        pl = max((ow - 1) * sw + ekw - w, 0) // 2
+    else:
+        if h < ekh or w < ekw:
+            raise ValueError(f"with padding='VALID' the input ({h} x {w}) must be at least the "
+                             f"dilated kernel size ({ekh} x {ekw}); received x.shape "
+                             f"{(n, h, w, c)}")
+        oh = (h - ekh) // sh + 1
+        ow = (w - ekw) // sw + 1
+        pt = pl = 0
+    return dict(batch=n, in_h=h, in_w=w, in_c=c, out_h=oh, out_w=ow,
+                out_c=-1 if out_c is None else int(out_c), k_h=kh, k_w=kw, stride_h=sh,
+                stride_w=sw, dil_h=dh, dil_w=dw, pad_top=pt, pad_left=pl)
+
+
+cdef sk_conv2d_geom _geom_struct(dict d):
+    cdef sk_conv2d_geom g
+    g.batch = d["batch"]
+    g.in_h = d["in_h"]
+    g.in_w = d["in_w"]
+    g.in_c = d["in_c"]
+    g.out_h = d["out_h"]
+    g.out_w = d["out_w"]
+    g.out_c = d["out_c"]
+    g.k_h = d["k_h"]
+    g.k_w = d["k_w"]
+    g.stride_h = d["stride_h"]
+    g.stride_w = d["stride_w"]
+    g.dil_h = d["dil_h"]
+    g.dil_w = d["dil_w"]
+    g.pad_top = d["pad_top"]
+    g.pad_left = d["pad_left"]
+    return g
+
+
+def _conv_args(x_shape, indptr, indices, data, kernel_shape, strides, padding, dilations, name):
+    """Validate a conv call: geometry dict, normalised (indptr, indices)."""
+    try:
+        kh, kw, cin, cout = (int(q) for q in kernel_shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"kernel_shape must be (k_h, k_w, in_channels, out_channels); "
+                         f"received: {kernel_shape!r}") from None
+    if min(kh, kw) < 1 or min(cin, cout) < 0:
+        raise ValueError(f"kernel_shape must have positive sizes; received: {kernel_shape!r}")
+    if len(x_shape) != 4:
+        raise ValueError(f"{name} must be 4-D (batch, height, width, channels); received shape "
+                         f"{tuple(x_shape)}")
+    if x_shape[3] != cin:
+        raise ValueError(f"{name} has {x_shape[3]} channels but kernel_shape={tuple(kernel_shape)} "
+                         f"expects {cin}; received {name}.shape {tuple(x_shape)}")
+    geo = conv2d_geometry(x_shape, (kh, kw), strides, padding, dilations, out_c=cout)
+    ip, ix, _, _ = check_csr(indptr, indices, data, (cout, kh * kw * cin), "kernel")
+    return geo, ip, ix
+
+
+def csr_conv2d(x, indptr, indices, data, kernel_shape, *, strides=(1, 1), padding="VALID",
+               dilations=(1, 1), n_threads=None):
+    """2-D convolution of NHWC `x` with a sparse kernel (TensorFlow's conv2d semantics).
+
+    Args:
+        x: (batch, height, width, in_channels).
+        indptr, indices, data: the kernel (k_h, k_w, in_channels, out_channels) as the CSC form
+            of its (k_h * k_w * in_channels) x out_channels reshape: indptr has out_channels + 1
+            entries; indices are patch positions (i * k_w + j) * in_channels + c.
+        kernel_shape: (k_h, k_w, in_channels, out_channels).
+        strides, dilations: int or pair; padding: "SAME" or "VALID".
+    Returns:
+        (batch, out_h, out_w, out_channels), float32 or float64.
+    Complexity O(nnz * batch * out_h * out_w + size(x)).
+    """
+    xa = np.asarray(x)
+    geo, ip, ix = _conv_args(xa.shape, indptr, indices, data, kernel_shape, strides, padding,
+                             dilations, "x")
+    dt = result_dtype(np.asarray(data).dtype, xa.dtype, name="data and x")
+    cdef cnp.ndarray d = _values(data, dt, "data")
+    cdef cnp.ndarray xx = _values(xa, dt, "x")
+    cdef cnp.ndarray out = np.zeros((geo["batch"], geo["out_h"], geo["out_w"], geo["out_c"]), dtype=dt)
+    cdef sk_conv2d_geom g = _geom_struct(geo)
+    cdef cnp.ndarray cip = ip, cix = ix
+    cdef int nt = _threads(n_threads, ix.shape[0] * geo["batch"] * geo["out_h"] * geo["out_w"] + xa.size)
+    cdef bint f32 = dt == np.float32, i32 = ip.dtype == np.int32
+    cdef int rc
+    with nogil:
+        if f32 and i32:
+            rc = sk_csr_conv2d_f32_i32(&g, <int32_t *>_ptr(cip), <int32_t *>_ptr(cix),
+                                       <float *>_ptr(d), <float *>_ptr(xx), <float *>_ptr(out), nt)
+        elif f32:
+            rc = sk_csr_conv2d_f32_i64(&g, <int64_t *>_ptr(cip), <int64_t *>_ptr(cix),
+                                       <float *>_ptr(d), <float *>_ptr(xx), <float *>_ptr(out), nt)
+        elif i32:
+            rc = sk_csr_conv2d_f64_i32(&g, <int32_t *>_ptr(cip), <int32_t *>_ptr(cix),
+                                       <double *>_ptr(d), <double *>_ptr(xx), <double *>_ptr(out), nt)
+        else:
+            rc = sk_csr_conv2d_f64_i64(&g, <int64_t *>_ptr(cip), <int64_t *>_ptr(cix),
+                                       <double *>_ptr(d), <double *>_ptr(xx), <double *>_ptr(out), nt)
+    if rc:
+        raise MemoryError("csr_conv2d: could not allocate scratch memory")
+    return out
+
+
+def csr_conv2d_grad_input(dy, indptr, indices, data, kernel_shape, input_shape, *,
+                          strides=(1, 1), padding="VALID", dilations=(1, 1), n_threads=None):
+    """Gradient of `csr_conv2d` w.r.t. x: (batch, height, width, in_channels) = input_shape,
+    for the output gradient dy (batch, out_h, out_w, out_channels)."""
+    dya = np.asarray(dy)
+    geo, ip, ix = _conv_args(tuple(int(q) for q in input_shape), indptr, indices, data,
+                             kernel_shape, strides, padding, dilations, "input_shape")
+    expect = (geo["batch"], geo["out_h"], geo["out_w"], geo["out_c"])
+    if dya.shape != expect:
+        raise ValueError(f"dy must have shape {expect} for input_shape={tuple(input_shape)}; "
+                         f"received dy.shape {dya.shape}")
+    dt = result_dtype(np.asarray(data).dtype, dya.dtype, name="data and dy")
+    cdef cnp.ndarray d = _values(data, dt, "data")
+    cdef cnp.ndarray yy = _values(dya, dt, "dy")
+    cdef cnp.ndarray out = np.zeros((geo["batch"], geo["in_h"], geo["in_w"], geo["in_c"]), dtype=dt)
+    cdef sk_conv2d_geom g = _geom_struct(geo)
+    cdef cnp.ndarray cip = ip, cix = ix
+    cdef int nt = _threads(n_threads, ix.shape[0] * geo["batch"] * geo["in_h"] * geo["in_w"] + dya.size)
+    cdef bint f32 = dt == np.float32, i32 = ip.dtype == np.int32
+    cdef int rc
+    with nogil:
+        if f32 and i32:
+            rc = sk_csr_conv2d_grad_input_f32_i32(&g, <int32_t *>_ptr(cip), <int32_t *>_ptr(cix),
+                                                  <float *>_ptr(d), <float *>_ptr(yy), <float *>_ptr(out), nt)
+        elif f32:
+            rc = sk_csr_conv2d_grad_input_f32_i64(&g, <int64_t *>_ptr(cip), <int64_t *>_ptr(cix),
+                                                  <float *>_ptr(d), <float *>_ptr(yy), <float *>_ptr(out), nt)
+        elif i32:
+            rc = sk_csr_conv2d_grad_input_f64_i32(&g, <int32_t *>_ptr(cip), <int32_t *>_ptr(cix),
+                                                  <double *>_ptr(d), <double *>_ptr(yy), <double *>_ptr(out), nt)
+        else:
+            rc = sk_csr_conv2d_grad_input_f64_i64(&g, <int64_t *>_ptr(cip), <int64_t *>_ptr(cix),
+                                                  <double *>_ptr(d), <double *>_ptr(yy), <double *>_ptr(out), nt)
+    if rc:
+        raise MemoryError("csr_conv2d_grad_input: could not allocate scratch memory")
+    return out
+
+
+def csr_conv2d_grad_values(x, dy, indptr, indices, kernel_shape, *, strides=(1, 1),
+                           padding="VALID", dilations=(1, 1), n_threads=None):
+    """Gradient of `csr_conv2d` w.r.t. the kernel's stored values (nnz,), on its pattern."""
+    xa = np.asarray(x)
+    dya = np.asarray(dy)
+    geo, ip, ix = _conv_args(xa.shape, indptr, indices, None, kernel_shape, strides, padding,
+                             dilations, "x")
+    expect = (geo["batch"], geo["out_h"], geo["out_w"], geo["out_c"])
+    if dya.shape != expect:
+        raise ValueError(f"dy must have shape {expect} for x.shape={xa.shape}; "
+                         f"received dy.shape {dya.shape}")
+    dt = result_dtype(xa.dtype, dya.dtype, name="x and dy")
+    cdef cnp.ndarray xx = _values(xa, dt, "x")
+    cdef cnp.ndarray yy = _values(dya, dt, "dy")
+    cdef cnp.ndarray out = np.zeros(ix.shape[0], dtype=dt)
+    cdef sk_conv2d_geom g = _geom_struct(geo)
+    cdef cnp.ndarray cip = ip, cix = ix
+    cdef int nt = _threads(n_threads, ix.shape[0] * geo["batch"] * geo["out_h"] * geo["out_w"] + xa.size)
+    cdef bint f32 = dt == np.float32, i32 = ip.dtype == np.int32
+    cdef int rc
+    with nogil:
+        if f32 and i32:
+            rc = sk_csr_conv2d_grad_values_f32_i32(&g, <int32_t *>_ptr(cip), <int32_t *>_ptr(cix),
+                                                   <float *>_ptr(xx), <float *>_ptr(yy), <float *>_ptr(out), nt)
+        elif f32:
+            rc = sk_csr_conv2d_grad_values_f32_i64(&g, <int64_t *>_ptr(cip), <int64_t *>_ptr(cix),
+                                                   <float *>_ptr(xx), <float *>_ptr(yy), <float *>_ptr(out), nt)
+        elif i32:
+            rc = sk_csr_conv2d_grad_values_f64_i32(&g, <int32_t *>_ptr(cip), <int32_t *>_ptr(cix),
+                                                   <double *>_ptr(xx), <double *>_ptr(yy), <double *>_ptr(out), nt)
+        else:
+            rc = sk_csr_conv2d_grad_values_f64_i64(&g, <int64_t *>_ptr(cip), <int64_t *>_ptr(cix),
+                                                   <double *>_ptr(xx), <double *>_ptr(yy), <double *>_ptr(out), nt)
+    if rc:
+        raise MemoryError("csr_conv2d_grad_values: could not allocate scratch memory")
+    return out
