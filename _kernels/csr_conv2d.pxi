@@ -34,6 +34,22 @@ cdef extern from "sk_simd.h" nogil:
                              double *out, int accumulate)
 
 
+cdef extern from "sk_simd.h" nogil:
+    void sk_transpose_f32(int isa, const float *src, int64_t lds, float *dst, int64_t ldd,
+                          int64_t rows, int64_t cols)
+    void sk_transpose_f64(int isa, const double *src, int64_t lds, double *dst, int64_t ldd,
+                          int64_t rows, int64_t cols)
+
+
+cdef inline void _transpose(int isa, const real_t *src, int64_t lds, real_t *dst, int64_t ldd,
+                            int64_t rows, int64_t cols) noexcept nogil:
+    """dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols."""
+    if real_t is float:
+        sk_transpose_f32(isa, src, lds, dst, ldd, rows, cols)
+    else:
+        sk_transpose_f64(isa, src, lds, dst, ldd, rows, cols)
+
+
 cdef enum:
     SK_CONV_ROW_BLOCK = 8   # output rows per hsum in the values gradient
 
@@ -83,8 +99,16 @@ cdef int _to_planes(const _Planes *pl, const real_t *x, real_t *t, int n_threads
     cdef int64_t *colsrc = <int64_t *>malloc((pl.s * pl.wq + 1) * sizeof(int64_t))
     cdef real_t *dst
     cdef const real_t *srow
+    cdef int isa = sk_isa()
+    cdef int64_t q_lo = pl.pad_left, q_hi = pl.pad_left + pl.src_w
     if colsrc == NULL:
         return -1
+    if q_lo < 0:
+        q_lo = 0
+    if q_hi > pl.wq:
+        q_hi = pl.wq
+    if q_hi < q_lo:
+        q_hi = q_lo
     for ph in range(pl.s):
         for q in range(pl.wq):
             colsrc[ph * pl.wq + q] = _src_index(q * pl.s + ph, pl.pad_left, pl.idil_w, pl.src_w)
@@ -98,6 +122,17 @@ cdef int _to_planes(const _Planes *pl, const real_t *x, real_t *t, int n_threads
                 memset(dst + c * pl.plane, 0, pl.s * pl.wq * sizeof(real_t))
             continue
         srow = x + (b * pl.src_h + sr) * pl.src_w * pl.c
+        if pl.s == 1 and pl.idil_w == 1:
+            # Plain padding: zero the border columns, transpose the image row in 8x8 blocks.
+            for c in range(pl.c):
+                if q_lo > 0:
+                    memset(dst + c * pl.plane, 0, q_lo * sizeof(real_t))
+                if q_hi < pl.wq:
+                    memset(dst + c * pl.plane + q_hi, 0, (pl.wq - q_hi) * sizeof(real_t))
+            if q_hi > q_lo:
+                _transpose(isa, srow + (q_lo - pl.pad_left) * pl.c, pl.c, dst + q_lo, pl.plane,
+                           q_hi - q_lo, pl.c)
+            continue
         for ph in range(pl.s):
             q0 = 0
             while q0 < pl.wq:
@@ -175,10 +210,8 @@ cdef int _conv_planes(const _Planes *pl, int64_t out_h, int64_t out_w, int64_t o
             for o in range(out_c):
                 p0 = rowptr[o]
                 _spmm_row_off(isa, rowptr[o + 1] - p0, off + p0, val + p0, base, w, buf + o * w)
-            dst = out + ((b * out_h + oh) * out_w + ow0) * out_c
-            for j in range(w):
-                for o in range(out_c):
-                    dst[j * out_c + o] = buf[o * w + j]
+            _transpose(isa, buf, w, out + ((b * out_h + oh) * out_w + ow0) * out_c, out_c,
+                       out_c, w)
     free(scratch)
     return 0
 

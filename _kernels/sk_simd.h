@@ -117,4 +117,75 @@ static inline int64_t sk_tile_f64(void) {
 #undef SK_TS
 #undef SK_F64
 
+/* ------------------------------------------------------------------------------------------ */
+/* Out-of-place transpose: dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols.          */
+/* The NHWC <-> channel-major rewrites of the convolution kernels. 8 x 8 register transposes    */
+/* (AVX2) for float32, blocked scalar loops otherwise.                                          */
+/* ------------------------------------------------------------------------------------------ */
+#define SK_TRANSPOSE_SCALAR(T)                                                                  \
+    for (int64_t i0 = 0; i0 < rows; i0 += 8)                                                     \
+        for (int64_t j0 = 0; j0 < cols; j0 += 8) {                                               \
+            int64_t i1 = i0 + 8 < rows ? i0 + 8 : rows, j1 = j0 + 8 < cols ? j0 + 8 : cols;      \
+            for (int64_t j = j0; j < j1; j++)                                                    \
+                for (int64_t i = i0; i < i1; i++) dst[j * ldd + i] = src[i * lds + j];           \
+        }
+
+static inline void sk_transpose_generic_f32(const float *src, int64_t lds, float *dst,
+                                            int64_t ldd, int64_t rows, int64_t cols) {
+    SK_TRANSPOSE_SCALAR(float)
+}
+
+static inline void sk_transpose_f64(int isa, const double *src, int64_t lds, double *dst,
+                                    int64_t ldd, int64_t rows, int64_t cols) {
+    (void)isa;
+    SK_TRANSPOSE_SCALAR(double)
+}
+
+#ifdef SK_X86
+__attribute__((target("avx2"))) static void
+sk_transpose_avx2_f32(const float *src, int64_t lds, float *dst, int64_t ldd, int64_t rows,
+                      int64_t cols) {
+    int64_t r8 = rows & ~(int64_t)7, c8 = cols & ~(int64_t)7;
+    for (int64_t i0 = 0; i0 < r8; i0 += 8) {
+        for (int64_t j0 = 0; j0 < c8; j0 += 8) {
+            const float *s0 = src + i0 * lds + j0;
+            __m256 r0 = _mm256_loadu_ps(s0), r1 = _mm256_loadu_ps(s0 + lds);
+            __m256 r2 = _mm256_loadu_ps(s0 + 2 * lds), r3 = _mm256_loadu_ps(s0 + 3 * lds);
+            __m256 r4 = _mm256_loadu_ps(s0 + 4 * lds), r5 = _mm256_loadu_ps(s0 + 5 * lds);
+            __m256 r6 = _mm256_loadu_ps(s0 + 6 * lds), r7 = _mm256_loadu_ps(s0 + 7 * lds);
+            __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+            __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+            __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+            __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+            __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+            __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+            __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+            __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+            float *d0 = dst + j0 * ldd + i0;
+            _mm256_storeu_ps(d0, _mm256_permute2f128_ps(u0, u4, 0x20));
+            _mm256_storeu_ps(d0 + ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
+            _mm256_storeu_ps(d0 + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
+            _mm256_storeu_ps(d0 + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
+            _mm256_storeu_ps(d0 + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
+            _mm256_storeu_ps(d0 + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
+            _mm256_storeu_ps(d0 + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
+            _mm256_storeu_ps(d0 + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+        }
+        for (int64_t j = c8; j < cols; j++)
+            for (int64_t i = i0; i < i0 + 8; i++) dst[j * ldd + i] = src[i * lds + j];
+    }
+    for (int64_t j = 0; j < cols; j++)
+        for (int64_t i = r8; i < rows; i++) dst[j * ldd + i] = src[i * lds + j];
+}
+#endif
+
+static inline void sk_transpose_f32(int isa, const float *src, int64_t lds, float *dst,
+                                    int64_t ldd, int64_t rows, int64_t cols) {
+#ifdef SK_X86
+    if (isa >= SK_ISA_AVX2) { sk_transpose_avx2_f32(src, lds, dst, ldd, rows, cols); return; }
+#endif
+    sk_transpose_generic_f32(src, lds, dst, ldd, rows, cols);
+}
+#undef SK_TRANSPOSE_SCALAR
+
 #endif /* SK_SIMD_H */

@@ -158,9 +158,36 @@ SK_FN(sk_spmm_nv, avx2)(const int nv, int64_t nnz, const SK_I *idx, const SK_T *
     }
 }
 
+/* One pass over the row's nonzeros for a tile of nv vectors whose last one is masked (mask m):
+ * the tile widths of a convolution's output rows (56, 28, ...) are rarely multiples of 16. */
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+SK_FN(sk_spmm_nvm, avx2)(const int nv, int64_t nnz, const SK_I *idx, const SK_T *val,
+                         const SK_T *panel, int64_t ldp, __m256i m, SK_T *out) {
+    SK_V2 acc[8];
+    for (int v = 0; v < nv; v++) acc[v] = SK_V2_ZERO();
+    for (int64_t p = 0; p < nnz; p++) {
+        const SK_T *r = panel + (int64_t)idx[p] * ldp;
+        SK_V2 a = SK_V2_SET1(val[p]);
+        for (int v = 0; v < nv - 1; v++) acc[v] = SK_V2_FMA(a, SK_V2_LOAD(r + v * SK_L2), acc[v]);
+        acc[nv - 1] = SK_V2_FMA(a, SK_V2_MLOAD(r + (nv - 1) * SK_L2, m), acc[nv - 1]);
+    }
+    for (int v = 0; v < nv - 1; v++) SK_V2_STORE(out + v * SK_L2, acc[v]);
+    SK_V2_MSTORE(out + (nv - 1) * SK_L2, m, acc[nv - 1]);
+}
+
 __attribute__((target("avx2,fma"))) static void
 SK_FN(sk_spmm_row, avx2)(int64_t nnz, const SK_I *idx, const SK_T *val, const SK_T *panel,
                          int64_t ldp, int64_t w, SK_T *out, int64_t os) {
+    if (os == 1 && w < 8 * SK_L2 && w % SK_L2 != 0 && w > SK_L2) {
+        int nv = (int)((w + SK_L2 - 1) / SK_L2);
+        int64_t rem = w - (int64_t)(nv - 1) * SK_L2;
+        __m256i m = SK_V2_MASK(rem);
+        switch (nv) {
+#define SK_CASE(k) case k: SK_FN(sk_spmm_nvm, avx2)(k, nnz, idx, val, panel, ldp, m, out); return;
+            SK_CASE(2) SK_CASE(3) SK_CASE(4) SK_CASE(5) SK_CASE(6) SK_CASE(7) SK_CASE(8)
+#undef SK_CASE
+        }
+    }
     int64_t j = 0;
     for (; w - j >= 8 * SK_L2; j += 8 * SK_L2)
         SK_FN(sk_spmm_nv, avx2)(8, nnz, idx, val, panel + j, ldp, out + j * os, os);
@@ -360,9 +387,36 @@ SK_FN(sk_spmm_nv, avx512)(const int nv, int64_t nnz, const SK_I *idx, const SK_T
     }
 }
 
+/* One pass over the row's nonzeros for a tile of nv vectors whose last one is masked (mask m):
+ * the tile widths of a convolution's output rows (56, 28, ...) are rarely multiples of 16. */
+__attribute__((target("avx512f"), always_inline)) static inline void
+SK_FN(sk_spmm_nvm, avx512)(const int nv, int64_t nnz, const SK_I *idx, const SK_T *val,
+                         const SK_T *panel, int64_t ldp, SK_M5 m, SK_T *out) {
+    SK_V5 acc[8];
+    for (int v = 0; v < nv; v++) acc[v] = SK_V5_ZERO();
+    for (int64_t p = 0; p < nnz; p++) {
+        const SK_T *r = panel + (int64_t)idx[p] * ldp;
+        SK_V5 a = SK_V5_SET1(val[p]);
+        for (int v = 0; v < nv - 1; v++) acc[v] = SK_V5_FMA(a, SK_V5_LOAD(r + v * SK_L5), acc[v]);
+        acc[nv - 1] = SK_V5_FMA(a, SK_V5_MLOAD(r + (nv - 1) * SK_L5, m), acc[nv - 1]);
+    }
+    for (int v = 0; v < nv - 1; v++) SK_V5_STORE(out + v * SK_L5, acc[v]);
+    SK_V5_MSTORE(out + (nv - 1) * SK_L5, m, acc[nv - 1]);
+}
+
 __attribute__((target("avx512f"))) static void
 SK_FN(sk_spmm_row, avx512)(int64_t nnz, const SK_I *idx, const SK_T *val, const SK_T *panel,
                            int64_t ldp, int64_t w, SK_T *out, int64_t os) {
+    if (os == 1 && w < 8 * SK_L5 && w % SK_L5 != 0 && w > SK_L5) {
+        int nv = (int)((w + SK_L5 - 1) / SK_L5);
+        int64_t rem = w - (int64_t)(nv - 1) * SK_L5;
+        SK_M5 m = (SK_M5)((1u << rem) - 1u);
+        switch (nv) {
+#define SK_CASE(k) case k: SK_FN(sk_spmm_nvm, avx512)(k, nnz, idx, val, panel, ldp, m, out); return;
+            SK_CASE(2) SK_CASE(3) SK_CASE(4) SK_CASE(5) SK_CASE(6) SK_CASE(7) SK_CASE(8)
+#undef SK_CASE
+        }
+    }
     int64_t j = 0;
     for (; w - j >= 8 * SK_L5; j += 8 * SK_L5)
         SK_FN(sk_spmm_nv, avx512)(8, nnz, idx, val, panel + j, ldp, out + j * os, os);
