@@ -6,7 +6,8 @@ EXPECTED_TOP = ["linalg", "ops", "layers", "schedules", "callbacks", "regularize
                 "sparsify", "strip", "set_num_threads", "get_num_threads", "num_threads",
                 "__version__"]
 EXPECTED_OPS = ["CSRTensor", "matmul", "dense_csc_matmul", "dense_csr_matmul", "sddmm",
-                "transpose", "transpose_structure", "to_csr"]
+                "transpose", "transpose_structure", "to_csr", "conv2d", "csr_conv2d",
+                "conv_kernel_structure"]
 EXPECTED_LINALG = ["matmul", "sddmm", "to_csr", "to_dense", "canonicalize", "transpose", "validate"]
 
 

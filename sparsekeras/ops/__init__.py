@@ -17,7 +17,7 @@ from sparsekeras.ops._lib import load as _load
 from sparsekeras.ops.csr import CSRTensor
 
 __all__ = ["CSRTensor", "matmul", "dense_csc_matmul", "dense_csr_matmul", "sddmm", "transpose",
-           "transpose_structure", "to_csr"]
+           "transpose_structure", "to_csr", "conv2d", "csr_conv2d", "conv_kernel_structure"]
 
 _ops = _load()
 _NATIVE = (tf.float32, tf.float64)
@@ -227,3 +227,122 @@ def transpose(a, name=None):
                                                                    csr.dense_shape)
         return CSRTensor(t_indptr, t_indices, tf.gather(_checked_values(csr, "a"), perm),
                          tf.reverse(csr.dense_shape, axis=[0]))
+
+
+# ---- convolution ---------------------------------------------------------------------------
+
+def _pair(v, name):
+    if isinstance(v, bool):
+        raise ValueError(f"{name} must be an integer or a pair of integers; received: {v!r}")
+    if isinstance(v, int):
+        v = (v, v)
+    try:
+        a, b = (int(q) for q in v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an integer or a pair of integers; received: {v!r}") from None
+    if a < 1 or b < 1:
+        raise ValueError(f"{name} must be positive; received: {v!r}")
+    return [a, b]
+
+
+def _padding(padding):
+    if not isinstance(padding, str) or padding.upper() not in ("SAME", "VALID"):
+        raise ValueError(f"padding must be 'same' or 'valid'; received: {padding!r}")
+    return padding.upper()
+
+
+def csr_conv2d(x, indptr, indices, values, kernel_shape, strides=1, padding="valid", dilations=1,
+               name=None):
+    """2-D convolution of NHWC `x` with a sparse kernel, through the compiled kernels.
+
+    Same semantics as `tf.nn.conv2d(x, kernel, strides, padding, dilations=...)` (NHWC). The
+    kernel `(k_h, k_w, in_channels, out_channels)` is given as the CSC arrays of its
+    `(k_h * k_w * in_channels, out_channels)` reshape (see `conv_kernel_structure`).
+
+    Args:
+        x: `(batch, height, width, in_channels)`.
+        indptr: `(out_channels + 1,)` int32/int64. indices: `(nnz,)` patch positions
+            `(i * k_w + j) * in_channels + c`. values: `(nnz,)`.
+        kernel_shape: `(k_h, k_w, in_channels, out_channels)`.
+        strides, dilations: int or pair. padding: "same" or "valid" (any case).
+
+    Returns:
+        `(batch, out_h, out_w, out_channels)`; differentiable w.r.t. x and values.
+        float16/bfloat16 compute in float32. Not XLA-compilable.
+    """
+    with tf.name_scope(name or "sparsekeras_csr_conv2d"):
+        try:
+            kh, kw, cin, cout = (int(q) for q in kernel_shape)
+        except (TypeError, ValueError):
+            raise ValueError(f"kernel_shape must be (k_h, k_w, in_channels, out_channels); "
+                             f"received: {kernel_shape!r}") from None
+        x = tf.convert_to_tensor(x)
+        indptr = tf.convert_to_tensor(indptr)
+        indices = tf.convert_to_tensor(indices, dtype=indptr.dtype)
+        values = tf.convert_to_tensor(values)
+        if x.shape.rank is not None and x.shape.rank != 4:
+            raise ValueError(f"x must be 4-D (batch, height, width, channels); received shape {x.shape}")
+        if x.shape.rank == 4 and x.shape[3] is not None and x.shape[3] != cin:
+            raise ValueError(f"x has {x.shape[3]} channels but kernel_shape={tuple(kernel_shape)} "
+                             f"expects {cin}; received x.shape {x.shape}")
+        if indptr.shape.rank == 1 and indptr.shape[0] is not None and indptr.shape[0] != cout + 1:
+            raise ValueError(f"indptr must have out_channels + 1 = {cout + 1} entries for "
+                             f"kernel_shape={tuple(kernel_shape)}; received {indptr.shape[0]}")
+        compute, out_dtype = _compute_dtype(x.dtype, values.dtype)
+        y = _ops.sparse_keras_csr_conv2d(_cast(x, compute), indptr, indices, _cast(values, compute),
+                                         kernel_size=[kh, kw], strides=_pair(strides, "strides"),
+                                         dilations=_pair(dilations, "dilations"),
+                                         padding=_padding(padding))
+        return _cast(y, out_dtype)
+
+
+def conv_kernel_structure(mask, index_dtype=tf.int32):
+    """CSC structure of a conv kernel's pattern: `(indptr, indices, positions)`.
+
+    Args:
+        mask: `(k_h, k_w, in_channels, out_channels)`, nonzero where the kernel is kept.
+    Returns:
+        indptr `(out_channels + 1,)`, indices `(nnz,)` (patch positions), and positions
+        `(nnz,)` int64: the flat row-major indices into the kernel, so that
+        `values = tf.gather(tf.reshape(kernel, [-1]), positions)`.
+    """
+    mask = tf.convert_to_tensor(mask)
+    if mask.shape.rank != 4:
+        raise ValueError(f"mask must be 4-D (k_h, k_w, in_channels, out_channels); received shape {mask.shape}")
+    cout = tf.shape(mask, out_type=tf.int64)[3]
+    m2 = tf.reshape(tf.cast(mask, tf.bool), [-1, cout])
+    where = tf.where(tf.transpose(m2))                       # (out_channel, patch), sorted
+    counts = tf.math.bincount(tf.cast(where[:, 0], tf.int32), minlength=tf.cast(cout, tf.int32),
+                              maxlength=tf.cast(cout, tf.int32), dtype=tf.int64)
+    indptr = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(counts)], axis=0)
+    positions = where[:, 1] * cout + where[:, 0]
+    return tf.cast(indptr, index_dtype), tf.cast(where[:, 1], index_dtype), positions
+
+
+def conv2d(x, kernel, strides=1, padding="valid", dilations=1, mask=None, name=None):
+    """`tf.nn.conv2d` computed through the sparse kernels, skipping the kernel's zeros.
+
+    Args:
+        x: `(batch, height, width, in_channels)`.
+        kernel: dense `(k_h, k_w, in_channels, out_channels)`; only its nonzeros (or the
+            entries where `mask` is set) are used.
+        strides, dilations: int or pair; padding: "same" or "valid".
+        mask: optional pattern of the same shape.
+    Returns:
+        `(batch, out_h, out_w, out_channels)`; differentiable w.r.t. x and the kernel (its
+        gradient is nonzero only on the pattern).
+
+    Example:
+        >>> k = tf.random.normal([3, 3, 16, 32]) * tf.cast(tf.random.uniform([3, 3, 16, 32]) > 0.9, tf.float32)
+        >>> y = sparsekeras.ops.conv2d(tf.random.normal([8, 28, 28, 16]), k, padding="same")
+    """
+    with tf.name_scope(name or "sparsekeras_conv2d"):
+        kernel = tf.convert_to_tensor(kernel)
+        if kernel.shape.rank != 4 or not kernel.shape.is_fully_defined():
+            raise ValueError(f"kernel must be 4-D with a known shape (k_h, k_w, in_channels, "
+                             f"out_channels); received shape {kernel.shape}")
+        indptr, indices, positions = conv_kernel_structure(
+            tf.not_equal(kernel, 0) if mask is None else mask)
+        values = tf.gather(tf.reshape(kernel, [-1]), positions)
+        return csr_conv2d(x, indptr, indices, values, kernel.shape.as_list(), strides, padding,
+                          dilations)

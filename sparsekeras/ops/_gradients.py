@@ -95,3 +95,23 @@ def _csr_sddmm_t_grad(op, grad):
 
 
 tf.no_gradient("SparseKeras>CsrTransposeStructure")
+
+
+def _conv_attrs(op):
+    pad = op.get_attr("padding")
+    return dict(kernel_size=op.get_attr("kernel_size"), strides=op.get_attr("strides"),
+                dilations=op.get_attr("dilations"),
+                padding=pad.decode() if isinstance(pad, bytes) else pad)
+
+
+@tf.RegisterGradient("SparseKeras>CsrConv2D")
+def _csr_conv2d_grad(op, grad):
+    """y = conv2d(x, W): dx = the convolution of dy with the flipped W^T (one kernel, no
+    im2col); dW on W's pattern = a blocked SDDMM of x's patches with dy. Second-order gradients
+    are not defined (the backprop ops have none)."""
+    x, indptr, indices, values = op.inputs
+    attrs = _conv_attrs(op)
+    d_x = _ops.sparse_keras_csr_conv2d_backprop_input(grad, indptr, indices, values,
+                                                      tf.shape(x, out_type=tf.int32), **attrs)
+    d_values = _ops.sparse_keras_csr_conv2d_backprop_values(x, grad, indptr, indices, **attrs)
+    return [d_x, None, None, d_values]

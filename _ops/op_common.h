@@ -1,0 +1,134 @@
+// Shared by the op kernels of sparsekeras (sparsekeras_ops.cc, conv_ops.cc): the process-wide
+// thread budget, CSR structure validation with messages that name the argument and the value.
+#ifndef SPARSEKERAS_OP_COMMON_H
+#define SPARSEKERAS_OP_COMMON_H
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "sparsekeras_kernels.h"
+#include "tensorflow/core/framework/device_base.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+
+namespace sparsekeras {
+
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+
+// ---- threads ------------------------------------------------------------------------------
+
+// Kernel threads in use by ops of this library right now, across all TensorFlow threads: an op
+// takes what is left of the budget (at least one), so concurrent ops never oversubscribe.
+inline std::atomic<int> g_active_threads{0};
+
+class ThreadLease {
+ public:
+  ThreadLease(OpKernelContext* ctx, int64_t work) {
+    int want = sk_threads_for_work(work);
+    int budget = sk_get_num_threads();
+    if (!sk_num_threads_is_set()) {
+      // Default: the intra-op parallelism TensorFlow was configured with.
+      const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+      if (workers != nullptr && workers->num_threads > 0) {
+        budget = std::min(budget, workers->num_threads);
+        want = std::min(want, budget);
+      }
+    }
+    int before = g_active_threads.fetch_add(want);
+    n_ = std::max(1, std::min(want, budget - before));
+    if (n_ != want) g_active_threads.fetch_sub(want - n_);
+  }
+  ~ThreadLease() { g_active_threads.fetch_sub(n_); }
+  int n() const { return n_; }
+
+ private:
+  int n_;
+};
+
+// Structure checks read every index once: worth two threads only on large patterns.
+inline int CheckThreads(int64_t nnz) { return sk_threads_for_work(nnz / 8); }
+inline int CsrCheck(int64_t m, int64_t n, int64_t nnz, const int32_t* ip, const int32_t* ix,
+                    int64_t* where) {
+  return sk_csr_check_i32(m, n, nnz, ip, ix, where, CheckThreads(nnz));
+}
+inline int CsrCheck(int64_t m, int64_t n, int64_t nnz, const int64_t* ip, const int64_t* ix,
+                    int64_t* where) {
+  return sk_csr_check_i64(m, n, nnz, ip, ix, where, CheckThreads(nnz));
+}
+// ---- validation ---------------------------------------------------------------------------
+
+struct CsrDims {
+  int64_t rows = 0;  // rows of the CSR structure (columns of W for a CSC operand)
+  int64_t cols = 0;
+  int64_t nnz = 0;
+};
+
+// Checks dense_shape, lengths and the CSR structure. `name` names the operand in messages;
+// `csc` means the structure is the CSC form of a dense_shape = [K, N] matrix.
+template <typename I>
+absl::Status ValidateCsr(const Tensor& indptr, const Tensor& indices, const Tensor* values,
+                         const Tensor& dense_shape, const char* name, bool csc, CsrDims* dims) {
+  if (dense_shape.dims() != 1 || dense_shape.NumElements() != 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        name, ".dense_shape must be a vector of 2 sizes; received shape ",
+        dense_shape.shape().DebugString()));
+  }
+  auto ds = dense_shape.flat<int64_t>();
+  if (ds(0) < 0 || ds(1) < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ".dense_shape must be non-negative; received [",
+                                                   ds(0), ", ", ds(1), "]"));
+  }
+  dims->rows = csc ? ds(1) : ds(0);
+  dims->cols = csc ? ds(0) : ds(1);
+  if (indptr.dims() != 1 || indptr.NumElements() != dims->rows + 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        name, ".indptr must be a vector of ", dims->rows + 1, " entries for dense_shape [", ds(0),
+        ", ", ds(1), "]", csc ? " (CSC: one per column, plus one)" : "", "; received shape ",
+        indptr.shape().DebugString()));
+  }
+  if (indices.dims() != 1) {
+    return absl::InvalidArgumentError(absl::StrCat(name, ".indices must be a vector; received shape ",
+                                                   indices.shape().DebugString()));
+  }
+  dims->nnz = indices.NumElements();
+  if (values != nullptr && (values->dims() != 1 || values->NumElements() != dims->nnz)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        name, ".values must be a vector with one entry per index (", dims->nnz,
+        "); received shape ", values->shape().DebugString()));
+  }
+  const I* ip = indptr.flat<I>().data();
+  const I* ix = indices.flat<I>().data();
+  int64_t where = 0;
+  int rc = CsrCheck(dims->rows, dims->cols, dims->nnz, ip, ix, &where);
+  switch (rc) {
+    case 0:
+      return absl::OkStatus();
+    case 1:
+      return absl::InvalidArgumentError(
+          absl::StrCat(name, ": malformed CSR: indptr[0] must be 0; received indptr[0]=", ip[0]));
+    case 2:
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, ": malformed CSR: indptr[-1] must equal the number of stored entries (", dims->nnz,
+          "); received indptr[-1]=", ip[where]));
+    case 3:
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, ": malformed CSR: indptr must be non-decreasing; received indptr[", where, "]=",
+          ip[where], " < indptr[", where - 1, "]=", ip[where - 1]));
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, ": malformed CSR: indices must lie in [0, ", dims->cols, "); received indices[",
+          where, "]=", ix[where]));
+  }
+}
+
+inline absl::Status Allocation(const char* op) {
+  return absl::ResourceExhaustedError(absl::StrCat(op, ": could not allocate kernel scratch memory"));
+}
+
+}  // namespace sparsekeras
+
+#endif  // SPARSEKERAS_OP_COMMON_H
