@@ -1,7 +1,8 @@
 """Model-level conversions: `sparsify` (Dense -> SparseDense) and `strip` (-> CompactDense)."""
 import keras
 
-from sparsekeras.layers import CompactDense, SparseDense
+from sparsekeras.layers import (CompactConv2D, CompactDense, SparseConv2D, SparseDense,
+                                SparseDepthwiseConv2D)
 
 __all__ = ["sparsify", "strip"]
 
@@ -54,14 +55,16 @@ def _all_layers(model):
 
 
 def sparsify(model, layer_names=None, switch_sparsity=None, compute="auto"):
-    """A copy of a Sequential/Functional model with its `keras.layers.Dense` layers replaced by
-    `SparseDense` layers holding the same weights (mask all ones), ready for `GradualPruning`.
+    """A copy of a Sequential/Functional model with its `keras.layers.Dense`, `Conv2D` and
+    `DepthwiseConv2D` layers replaced by `SparseDense`, `SparseConv2D` and
+    `SparseDepthwiseConv2D` layers holding the same weights (mask all ones), ready for
+    `GradualPruning`. Conv layers with `groups > 1` or channels_first data are kept as they are.
 
     Args:
         model: a built Keras model.
-        layer_names: names of the Dense layers to convert (default: all). Keeping a small output
+        layer_names: names of the layers to convert (default: all convertible ones). Keeping a small output
             layer dense usually costs nothing and protects accuracy.
-        switch_sparsity, compute: passed to each SparseDense.
+        switch_sparsity, compute: passed to each sparse layer.
 
     Example:
         >>> sparse_model = sparsekeras.sparsify(model, layer_names=["hidden1", "hidden2"])
@@ -75,18 +78,29 @@ def sparsify(model, layer_names=None, switch_sparsity=None, compute="auto"):
                              f"Received: layer_names={sorted(layer_names)}")
 
     def replace(layer):
-        if type(layer) is keras.layers.Dense and (layer_names is None or layer.name in layer_names):
-            kwargs = {"compute": compute}
-            if switch_sparsity is not None:
-                kwargs["switch_sparsity"] = switch_sparsity
-            weights[layer.name] = layer.get_weights()
-            return SparseDense.from_dense(layer, **kwargs)
-        return None
+        if layer_names is not None and layer.name not in layer_names:
+            return None
+        kwargs = {"compute": compute}
+        if switch_sparsity is not None:
+            kwargs["switch_sparsity"] = switch_sparsity
+        if type(layer) is keras.layers.Dense:
+            new = SparseDense.from_dense(layer, **kwargs)
+        elif (type(layer) is keras.layers.Conv2D and layer.groups == 1
+              and layer.data_format == "channels_last"):
+            new = SparseConv2D.from_conv(layer, **kwargs)
+        elif (type(layer) is keras.layers.DepthwiseConv2D
+              and layer.data_format == "channels_last"):
+            new = SparseDepthwiseConv2D.from_depthwise(layer, **kwargs)
+        else:
+            return None
+        weights[layer.name] = layer.get_weights()
+        return new
 
     clone, replaced = _clone_with(model, replace)
     for name, layer in replaced.items():
         kernel_and_bias = weights[name]
-        layer._kernel.assign(kernel_and_bias[0])
+        kernel = layer.kernel if isinstance(layer, SparseDepthwiseConv2D) else layer._kernel
+        kernel.assign(kernel_and_bias[0])
         if layer.bias is not None:
             layer.bias.assign(kernel_and_bias[1])
         # The mask is still the all-ones one `build` made its structure from: nothing to refresh.
@@ -95,8 +109,9 @@ def sparsify(model, layer_names=None, switch_sparsity=None, compute="auto"):
 
 def strip(model):
     """A compact inference copy of a Sequential/Functional model: every `SparseDense` becomes a
-    `CompactDense` holding only its nonzeros (CSC arrays), so memory and the saved `.keras` file
-    scale with the number of nonzeros. Other layers are copied unchanged. The copy is not
+    `CompactDense`, every `SparseConv2D` / `SparseDepthwiseConv2D` a `CompactConv2D`, holding only
+    its nonzeros (CSC arrays), so memory and the saved `.keras` file scale with the number of
+    nonzeros. Other layers are copied unchanged. The copy is not
     compiled (no optimizer state to carry); compile it to fine-tune its nonzero values.
     """
     def replace(layer):
@@ -106,6 +121,15 @@ def strip(model):
             return CompactDense.from_kernel(kernel, bias, name=layer.name,
                                             activation=keras.activations.serialize(layer.activation),
                                             dtype=layer.dtype_policy)
+        if isinstance(layer, (SparseConv2D, SparseDepthwiseConv2D)):
+            kernel = keras.ops.convert_to_numpy(layer.kernel) * keras.ops.convert_to_numpy(layer.mask)
+            bias = keras.ops.convert_to_numpy(layer.bias) if layer.bias is not None else None
+            build = (CompactConv2D.from_depthwise_kernel if isinstance(layer, SparseDepthwiseConv2D)
+                     else CompactConv2D.from_kernel)
+            return build(kernel, bias, name=layer.name, strides=layer.strides,
+                         padding=layer.padding, dilation_rate=layer.dilation_rate,
+                         activation=keras.activations.serialize(layer.activation),
+                         dtype=layer.dtype_policy)
         return None
 
     clone, _ = _clone_with(model, replace)

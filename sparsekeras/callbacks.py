@@ -11,6 +11,7 @@ from tensorflow.core.framework import summary_pb2
 
 from sparsekeras import _masks
 from sparsekeras.layers import SparseDense
+from sparsekeras._conv_layers import _PrunableKernel
 
 __all__ = ["GradualPruning", "ActivationSparsity", "prunable_layers"]
 
@@ -21,7 +22,7 @@ def prunable_layers(model):
     """Every prunable sparse layer of `model`, nested layers included, in a stable order."""
     found, seen = [], set()
     for layer in model._flatten_layers(include_self=True, recursive=True):
-        if isinstance(layer, SparseDense) and layer.prunable and id(layer) not in seen:
+        if isinstance(layer, (SparseDense, _PrunableKernel)) and layer.prunable and id(layer) not in seen:
             seen.add(id(layer))
             found.append(layer)
     return found
@@ -118,8 +119,11 @@ class GradualPruning(keras.callbacks.Callback):
     def prune(self, sparsity):
         """Prune every layer to `sparsity` now (masks only shrink: pruned weights stay pruned)."""
         layers = self._layers or prunable_layers(self.model)
-        kernels = [keras.ops.convert_to_numpy(layer.kernel) for layer in layers]
-        previous = [keras.ops.convert_to_numpy(layer.mask) != 0 for layer in layers]
+        # A layer may present its kernel in another shape for scoring (a depthwise kernel as
+        # (kh, kw, 1, channels * multiplier), so "channel" prunes whole depthwise filters).
+        view = [getattr(layer, "pruning_view", np.asarray) for layer in layers]
+        kernels = [v(keras.ops.convert_to_numpy(layer.kernel)) for v, layer in zip(view, layers)]
+        previous = [v(keras.ops.convert_to_numpy(layer.mask)) != 0 for v, layer in zip(view, layers)]
         if self.scope == "global":
             masks = _masks.global_magnitude_masks(kernels, sparsity, previous_mask=previous,
                                                   **self._mask_kwargs())
@@ -127,7 +131,8 @@ class GradualPruning(keras.callbacks.Callback):
             masks = [_masks.magnitude_mask(k, sparsity, previous_mask=p, **self._mask_kwargs())
                      for k, p in zip(kernels, previous)]
         for layer, mask in zip(layers, masks):
-            layer.set_mask(mask)
+            layer.set_mask(layer.from_pruning_view(mask) if hasattr(layer, "from_pruning_view")
+                           else mask)
 
     def sparsity_logs(self):
         layers = self._layers or prunable_layers(self.model)

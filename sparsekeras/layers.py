@@ -17,7 +17,8 @@ import tensorflow as tf
 from sparsekeras import _kernels
 from sparsekeras import ops as sk_ops
 
-__all__ = ["SparseDense", "CompactDense", "DEFAULT_SWITCH_SPARSITY"]
+__all__ = ["SparseDense", "CompactDense", "DEFAULT_SWITCH_SPARSITY", "SparseConv2D",
+           "SparseDepthwiseConv2D", "CompactConv2D", "DEFAULT_CONV_SWITCH_SPARSITY"]
 
 # Sparsity from which the sparse kernels beat dense tf.matmul for a Dense layer: measured by
 # benchmarks/bench_matmul.py (4096 x 4096, batch 32 and 256, 2 threads), where dense and
@@ -414,3 +415,7 @@ class CompactDense(keras.layers.Layer):
             bias_regularizer=keras.regularizers.serialize(self.bias_regularizer),
             seed=self.seed)
         return config
+
+
+from sparsekeras._conv_layers import (  # noqa: E402  (conv layers share the helpers above)
+    CompactConv2D, DEFAULT_CONV_SWITCH_SPARSITY, SparseConv2D, SparseDepthwiseConv2D)
