@@ -1,7 +1,8 @@
 """Command line: `python -m sparsekeras demo` (or the `sparsekeras` console script).
 
   demo     prune a 64-2048-2048-10 MLP to 90% during model.fit on scikit-learn's digits, strip
-           it, and compare accuracy, size and latency with the dense network (plus a plot)
+           it, and compare accuracy, size and latency with the dense network (plus a plot);
+           `demo --cnn` does the same for a small CNN whose convolutions are pruned to 80%
   kernels  time the sparse kernel against dense and scipy products on a 4096 x 4096 layer
   info     print the build: version, SIMD path, thread count
 """
@@ -64,6 +65,8 @@ def main(argv=None):
     p_demo.add_argument("--sparsity", type=float, default=0.9, help="target sparsity")
     p_demo.add_argument("--out", default=".", help="folder for the plot")
     p_demo.add_argument("--quick", action="store_true", help="a small, fast run (CI)")
+    p_demo.add_argument("--cnn", action="store_true",
+                        help="prune a small CNN's convolutions instead (default sparsity 0.8)")
     p_kernels = sub.add_parser("kernels", help="kernel speed demonstration")
     p_kernels.add_argument("--size", type=int, default=4096)
     p_kernels.add_argument("--batch", type=int, default=256)
@@ -78,7 +81,14 @@ def main(argv=None):
     else:
         from sparsekeras import _demo
 
-        if args.quick:
+        if args.cnn:
+            target = 0.8 if args.sparsity == 0.9 and "--sparsity" not in (argv or sys.argv) else args.sparsity
+            if args.quick:
+                _demo.run_cnn(width=16, epochs_dense=2, epochs_prune=3, target=target, repeats=3,
+                              verbose=2)
+            else:
+                _demo.run_cnn(target=target)
+        elif args.quick:
             _demo.run(hidden=256, epochs_dense=3, epochs_prune=4, target=args.sparsity,
                       repeats=5, out_dir=args.out, verbose=2)
         else:

@@ -180,3 +180,96 @@ def _plot(rows, acc_dense, target, out_dir):
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _cnn_data(seed):
+    (x_train, y_train), (x_test, y_test) = _load_digits(seed)
+    return (x_train.reshape(-1, 8, 8, 1), y_train), (x_test.reshape(-1, 8, 8, 1), y_test)
+
+
+def build_digits_cnn(width=64):
+    """The demo's small CNN for 8x8 digits: three 3x3 convolutions (one depthwise-separable
+    block) and a linear classifier."""
+    import keras
+
+    return keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(width // 2, 3, padding="same", activation="relu", name="conv1"),
+        keras.layers.Conv2D(width, 3, padding="same", activation="relu", name="conv2"),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.DepthwiseConv2D(3, padding="same", activation="relu", name="depthwise"),
+        keras.layers.Conv2D(2 * width, 1, activation="relu", name="pointwise"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(10, name="logits"),
+    ])
+
+
+def run_cnn(width=64, epochs_dense=20, epochs_prune=30, target=0.8, batch_size=64, repeats=20,
+            seed=0, verbose=1):
+    """Train a small CNN on digits, prune its convolutions to `target` during fit, strip it,
+    and print accuracy, size and latency against the dense CNN trained as long."""
+    import keras
+    import tensorflow as tf
+
+    import sparsekeras
+    from sparsekeras import callbacks, schedules
+    from sparsekeras._convert import uncompiled
+
+    keras.utils.set_random_seed(seed)
+    (x_train, y_train), (x_test, y_test) = _cnn_data(seed)
+    steps_per_epoch = int(np.ceil(len(x_train) / batch_size))
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    dense = build_digits_cnn(width)
+    dense.compile(optimizer=keras.optimizers.Adam(2e-3), loss=loss, metrics=["accuracy"])
+    print(f"1/3  training the dense CNN on 8x8 digits ({dense.count_params():,d} parameters), "
+          f"{epochs_dense} epochs")
+    dense.fit(x_train, y_train, batch_size=batch_size, epochs=epochs_dense, verbose=verbose)
+
+    conv_names = ["conv1", "conv2", "depthwise", "pointwise"]
+    sparse = sparsekeras.sparsify(dense, layer_names=conv_names)
+    sparse.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, metrics=["accuracy"])
+    end_step = int(0.6 * epochs_prune * steps_per_epoch)
+    schedule = schedules.PolynomialDecay(0.0, target, begin_step=0, end_step=end_step,
+                                         frequency=max(1, steps_per_epoch // 2))
+    print(f"\n2/3  pruning every convolution to {target:.0%} during fit ({end_step} steps), "
+          f"then fine-tuning; {epochs_prune} epochs")
+    sparse.fit(x_train, y_train, batch_size=batch_size, epochs=epochs_prune, verbose=verbose,
+               callbacks=[callbacks.GradualPruning(schedule, log_layers=False)])
+    _, acc_pruned = sparse.evaluate(x_test, y_test, verbose=0)
+    dense.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, metrics=["accuracy"])
+    dense.fit(x_train, y_train, batch_size=batch_size, epochs=epochs_prune, verbose=0)
+    _, acc_dense = dense.evaluate(x_test, y_test, verbose=0)
+    compact = sparsekeras.strip(sparse)
+    acc_compact = float(np.mean(np.argmax(compact.predict(x_test, verbose=0), axis=1) == y_test))
+
+    print("\n3/3  measuring size and latency")
+    with tempfile.TemporaryDirectory() as tmp:
+        dense_copy = uncompiled(keras.models.clone_model(dense))
+        dense_copy.set_weights(dense.get_weights())
+        dense_copy.save(os.path.join(tmp, "dense.keras"))
+        compact.save(os.path.join(tmp, "stripped.keras"))
+        size_dense = os.path.getsize(os.path.join(tmp, "dense.keras"))
+        size_compact = os.path.getsize(os.path.join(tmp, "stripped.keras"))
+
+    def latency(model, batch):
+        x = tf.constant(np.resize(x_test, (batch, 8, 8, 1)))
+        fn = tf.function(lambda t: model(t, training=False))
+        return _median_ms(lambda: fn(x).numpy(), repeats)
+
+    lat = {(name, b): latency(m, b) for name, m in (("dense", dense), ("sparse", compact))
+           for b in (1, 256)}
+    sparsity = {name: sparse.get_layer(name).sparsity for name in conv_names}
+    print("\n" + "=" * 64)
+    print(f"{'':28}{'dense CNN':>14}{'pruned + stripped':>22}")
+    print(f"{'test accuracy':28}{acc_dense:>14.4f}{acc_compact:>22.4f}")
+    print(f"{'.keras file size':28}{size_dense / 1e3:>12.1f}kB{size_compact / 1e3:>20.1f}kB")
+    for b in (1, 256):
+        print(f"{f'latency, batch {b}':28}{lat[('dense', b)]:>12.3f}ms{lat[('sparse', b)]:>20.3f}ms")
+    print("-" * 64)
+    for name, s in sparsity.items():
+        print(f"sparsity of {name:16}{s:>14.3f}")
+    print(f"accuracy change: {100 * (acc_compact - acc_dense):+.2f} points")
+    print("=" * 64)
+    return dict(acc_dense=float(acc_dense), acc_pruned=float(acc_pruned), acc_stripped=acc_compact,
+                sparsity=sparsity, size_dense=size_dense, size_stripped=size_compact,
+                latency_ms={f"{k[0]}_b{k[1]}": v for k, v in lat.items()})
