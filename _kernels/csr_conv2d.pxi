@@ -174,21 +174,31 @@ cdef int _conv_planes(const _Planes *pl, int64_t out_h, int64_t out_w, int64_t o
                       const real_t *val, const real_t *t, real_t *out,
                       int n_threads) noexcept nogil:
     """out (n, out_h, out_w, out_c) from planes T: output row oh of image b reads T at
-    b * image + oh * row_step + off_p + ow. Items (b, oh, column tile) are split evenly
-    across threads; each computes out_c x w into its scratch and stores it transposed."""
+    b * image + oh * row_step + off_p + ow. Each thread computes out_c x w tiles into its
+    scratch and stores them transposed (8x8 register transposes).
+
+    Stride 1 (row_step == wq, one phase): tiles run over the flattened padded rows
+    (f = oh * wq + ow), so a tile spans several output rows and every vector lane works even
+    on narrow images; the few positions with ow >= out_w (the padding columns) are computed
+    and dropped. Otherwise tiles are runs of one output row."""
     cdef int isa = sk_isa()
     cdef int64_t tile = _tile(out)
-    cdef int64_t n_chunks = (out_w + tile - 1) // tile
-    cdef int64_t n_items = pl.n * out_h * n_chunks
+    cdef bint flat = pl.s == 1 and row_step == pl.wq
+    cdef int64_t n_flat = (out_h - 1) * pl.wq + out_w
+    cdef int64_t n_chunks, n_items
     cdef int n_parts = n_threads
     cdef real_t *scratch
     cdef Py_ssize_t part
-    cdef int64_t it, i0, i1, b, oh, ch, ow0, w, o, j, p0
+    cdef int64_t it, i0, i1, b, oh, ow, ch, ow0, w, o, j, p0, f, seg
     cdef const real_t *base
     cdef real_t *buf
-    cdef real_t *dst
-    if n_items == 0 or out_c == 0:
+    if out_h <= 0 or out_w <= 0 or out_c == 0 or pl.n == 0:
         return 0
+    if flat:
+        n_chunks = (n_flat + tile - 1) // tile
+    else:
+        n_chunks = (out_w + tile - 1) // tile
+    n_items = pl.n * (n_chunks if flat else out_h * n_chunks)
     if n_parts > n_items:
         n_parts = <int>n_items
     scratch = <real_t *>_aligned_alloc(n_parts * out_c * tile * sizeof(real_t))
@@ -200,18 +210,39 @@ cdef int _conv_planes(const _Planes *pl, int64_t out_h, int64_t out_w, int64_t o
         buf = scratch + part * out_c * tile
         for it in range(i0, i1):
             ch = it % n_chunks
-            oh = (it // n_chunks) % out_h
-            b = it // (n_chunks * out_h)
             ow0 = ch * tile
-            w = out_w - ow0
+            if flat:
+                b = it // n_chunks
+                w = n_flat - ow0
+                base = t + b * pl.image + ow0
+            else:
+                oh = (it // n_chunks) % out_h
+                b = it // (n_chunks * out_h)
+                w = out_w - ow0
+                base = t + b * pl.image + oh * row_step + ow0
             if w > tile:
                 w = tile
-            base = t + b * pl.image + oh * row_step + ow0
             for o in range(out_c):
                 p0 = rowptr[o]
                 _spmm_row_off(isa, rowptr[o + 1] - p0, off + p0, val + p0, base, w, buf + o * w)
-            _transpose(isa, buf, w, out + ((b * out_h + oh) * out_w + ow0) * out_c, out_c,
-                       out_c, w)
+            if not flat:
+                _transpose(isa, buf, w, out + ((b * out_h + oh) * out_w + ow0) * out_c, out_c,
+                           out_c, w)
+                continue
+            j = 0
+            while j < w:
+                f = ow0 + j
+                oh = f // pl.wq
+                ow = f % pl.wq
+                if ow >= out_w:
+                    j = j + pl.wq - ow
+                    continue
+                seg = out_w - ow
+                if seg > w - j:
+                    seg = w - j
+                _transpose(isa, buf + j, w, out + ((b * out_h + oh) * out_w + ow) * out_c, out_c,
+                           out_c, seg)
+                j = j + seg
     free(scratch)
     return 0
 
@@ -342,7 +373,8 @@ cdef int _csr_conv2d_grad_values(const sk_conv2d_geom *g, const index_t *indptr,
     cdef int isa = sk_isa()
     cdef int64_t tile = _tile(out_values)
     cdef int64_t nnz = indptr[g.out_c]
-    cdef int64_t n_chunks, row_step
+    cdef int64_t n_chunks, row_step, n_flat, n_full
+    cdef bint flat
     cdef _Planes pl, pu
     cdef int64_t *off
     cdef int64_t *bounds
@@ -359,7 +391,11 @@ cdef int _csr_conv2d_grad_values(const sk_conv2d_geom *g, const index_t *indptr,
         memset(out_values, 0, nnz * sizeof(real_t))
         return 0
     _forward_planes(g, &pl)
-    _planes_init(&pu, g.batch, g.out_c, g.out_h, g.out_w, 1, 1, 0, 0, g.out_h, 1, g.out_w)
+    # Stride 1: dy planes get T's row stride (zero padding columns), so dots run over the
+    # flattened rows, tile after tile (see _conv_planes).
+    flat = g.stride_h == 1 and g.stride_w == 1
+    _planes_init(&pu, g.batch, g.out_c, g.out_h, g.out_w, 1, 1, 0, 0, g.out_h, 1,
+                 pl.wq if flat else g.out_w)
     n_parts = n_threads
     if n_parts > g.out_c:
         n_parts = <int>g.out_c
@@ -385,8 +421,33 @@ cdef int _csr_conv2d_grad_values(const sk_conv2d_geom *g, const index_t *indptr,
     memset(out_values, 0, nnz * sizeof(real_t))
     row_step = g.stride_h * pl.s * pl.wq
     n_chunks = (g.out_w + tile - 1) // tile
+    n_flat = (g.out_h - 1) * pl.wq + g.out_w
+    n_full = n_flat // tile
     for part in prange(n_parts, nogil=True, schedule='static', chunksize=1, num_threads=n_parts):
         for b in range(g.batch):
+            if flat:
+                # Blocks of SK_CONV_ROW_BLOCK full tiles, then the partial last tile.
+                oh0 = 0
+                while oh0 < n_full:
+                    nr = n_full - oh0
+                    if nr > SK_CONV_ROW_BLOCK:
+                        nr = SK_CONV_ROW_BLOCK
+                    for o in range(bounds[part], bounds[part + 1]):
+                        p0 = indptr[o]
+                        p1 = indptr[o + 1]
+                        _dot_rows(isa, p1 - p0, off + p0,
+                                  u + b * pu.image + o * pu.plane + oh0 * tile, tile,
+                                  t + b * pl.image + oh0 * tile, tile, nr, tile, out_values + p0)
+                    oh0 = oh0 + nr
+                if n_flat > n_full * tile:
+                    for o in range(bounds[part], bounds[part + 1]):
+                        p0 = indptr[o]
+                        p1 = indptr[o + 1]
+                        _dot_rows(isa, p1 - p0, off + p0,
+                                  u + b * pu.image + o * pu.plane + n_full * tile, tile,
+                                  t + b * pl.image + n_full * tile, tile, 1,
+                                  n_flat - n_full * tile, out_values + p0)
+                continue
             oh0 = 0
             while oh0 < g.out_h:
                 nr = g.out_h - oh0
