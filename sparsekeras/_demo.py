@@ -199,7 +199,7 @@ def build_digits_cnn(width=64):
         keras.layers.MaxPooling2D(2),
         keras.layers.DepthwiseConv2D(3, padding="same", activation="relu", name="depthwise"),
         keras.layers.Conv2D(2 * width, 1, activation="relu", name="pointwise"),
-        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Flatten(),
         keras.layers.Dense(10, name="logits"),
     ])
 

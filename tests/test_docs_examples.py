@@ -20,3 +20,22 @@ def test_readme_example_runs(tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "README example OK" in proc.stdout
+
+
+def test_sparse_convolutions_example_runs(tmp_path):
+    text = (ROOT / "docs" / "sparse-convolutions.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", text, re.S)[0] + (
+        "\nimport keras\n"
+        "m = keras.models.load_model('cnn_small.keras')\n"
+        "convs = [l for l in m.layers if isinstance(l, sparsekeras.layers.CompactConv2D)]\n"
+        "assert len(convs) == 3, convs\n"
+        "pruned = [l for l in model.layers if hasattr(l, 'mask')]\n"
+        "assert len(pruned) == 3 and all(abs(l.sparsity - 0.8) < 0.01 for l in pruned)\n"
+        "assert all(l.sparsity >= 0.79 for l in convs), [l.sparsity for l in convs]\n"
+        "acc = model.evaluate(x[1400:], y[1400:], verbose=0)[1]\n"
+        "assert acc > 0.7, acc\n"
+        "print('CNN example OK', acc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "CNN example OK" in proc.stdout
