@@ -54,6 +54,18 @@ cdef enum:
     SK_CONV_ROW_BLOCK = 8   # output rows per hsum in the values gradient
 
 
+# Register tiles per output tile of the forward kernel (a tuning knob, see _set_conv_tiles).
+cdef int _sk_conv_tiles = 2
+
+
+def _set_conv_tiles(int n):
+    """Set the forward kernel's register tiles per output tile (1 or 2; benchmarks only)."""
+    global _sk_conv_tiles
+    if n not in (1, 2):
+        raise ValueError(f"n must be 1 or 2; received: {n}")
+    _sk_conv_tiles = n
+
+
 cdef struct _Planes:
     # Source: NHWC array (n, src_h, src_w, c); dilated by idil (zeros between source pixels),
     # shifted by pad_top / pad_left (may be negative: a crop).
@@ -182,7 +194,9 @@ cdef int _conv_planes(const _Planes *pl, int64_t out_h, int64_t out_w, int64_t o
     on narrow images; the few positions with ow >= out_w (the padding columns) are computed
     and dropped. Otherwise tiles are runs of one output row."""
     cdef int isa = sk_isa()
-    cdef int64_t tile = _tile(out)
+    # Two register tiles (128 float32 / 64 float64 lanes, 8 accumulators): the FMA chains of
+    # one tile alone leave the FMA units waiting on latency.
+    cdef int64_t tile = _sk_conv_tiles * _tile(out)
     cdef bint flat = pl.s == 1 and row_step == pl.wq
     cdef int64_t n_flat = (out_h - 1) * pl.wq + out_w
     cdef int64_t n_chunks, n_items
