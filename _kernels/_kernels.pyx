@@ -13,7 +13,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy, memset
 from libc.math cimport fabs
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 cimport numpy as cnp
 
 import numpy as np

@@ -124,7 +124,7 @@ cdef int _to_planes(const _Planes *pl, const real_t *x, real_t *t, int n_threads
     for ph in range(pl.s):
         for q in range(pl.wq):
             colsrc[ph * pl.wq + q] = _src_index(q * pl.s + ph, pl.pad_left, pl.idil_w, pl.src_w)
-    for item in prange(pl.n * pl.hp, nogil=True, schedule='static', num_threads=n_threads):
+    for item in prange(pl.n * pl.hp, nogil=True, schedule='dynamic', chunksize=2, num_threads=n_threads):
         b = item // pl.hp
         r = item % pl.hp
         dst = t + b * pl.image + r * pl.s * pl.wq
@@ -227,45 +227,44 @@ cdef int _conv_planes(const _Planes *pl, int64_t out_h, int64_t out_w, int64_t o
     scratch = <real_t *>_aligned_alloc(n_parts * out_c * tile * sizeof(real_t))
     if scratch == NULL:
         return -1
-    for part in prange(n_parts, nogil=True, schedule='static', chunksize=1, num_threads=n_parts):
-        i0 = (n_items * part) // n_parts
-        i1 = (n_items * (part + 1)) // n_parts
-        buf = scratch + part * out_c * tile
-        for it in range(i0, i1):
-            ch = it % n_chunks
-            ow0 = ch * tile
-            if flat:
-                b = it // n_chunks
-                w = n_flat - ow0
-                base = t + b * pl.image + ow0
-            else:
-                oh = (it // n_chunks) % out_h
-                b = it // (n_chunks * out_h)
-                w = out_w - ow0
-                base = t + b * pl.image + oh * row_step + ow0
-            if w > tile:
-                w = tile
-            for o in range(out_c):
-                p0 = rowptr[o]
-                _spmm_row_off(isa, rowptr[o + 1] - p0, off + p0, val + p0, base, w, buf + o * w)
-            if not flat:
-                _transpose(isa, buf, w, out + ((b * out_h + oh) * out_w + ow0) * out_c, out_c,
-                           out_c, w)
+    # Dynamic schedule over tiles: on a shared machine a descheduled thread holds back one
+    # tile, not half of the work (each tile's result does not depend on the thread).
+    for it in prange(n_items, nogil=True, schedule='dynamic', chunksize=1, num_threads=n_parts):
+        buf = scratch + threadid() * out_c * tile
+        ch = it % n_chunks
+        ow0 = ch * tile
+        if flat:
+            b = it // n_chunks
+            w = n_flat - ow0
+            base = t + b * pl.image + ow0
+        else:
+            oh = (it // n_chunks) % out_h
+            b = it // (n_chunks * out_h)
+            w = out_w - ow0
+            base = t + b * pl.image + oh * row_step + ow0
+        if w > tile:
+            w = tile
+        for o in range(out_c):
+            p0 = rowptr[o]
+            _spmm_row_off(isa, rowptr[o + 1] - p0, off + p0, val + p0, base, w, buf + o * w)
+        if not flat:
+            _transpose(isa, buf, w, out + ((b * out_h + oh) * out_w + ow0) * out_c, out_c,
+                       out_c, w)
+            continue
+        j = 0
+        while j < w:
+            f = ow0 + j
+            oh = f // pl.wq
+            ow = f % pl.wq
+            if ow >= out_w:
+                j = j + pl.wq - ow
                 continue
-            j = 0
-            while j < w:
-                f = ow0 + j
-                oh = f // pl.wq
-                ow = f % pl.wq
-                if ow >= out_w:
-                    j = j + pl.wq - ow
-                    continue
-                seg = out_w - ow
-                if seg > w - j:
-                    seg = w - j
-                _transpose(isa, buf + j, w, out + ((b * out_h + oh) * out_w + ow) * out_c, out_c,
-                           out_c, seg)
-                j = j + seg
+            seg = out_w - ow
+            if seg > w - j:
+                seg = w - j
+            _transpose(isa, buf + j, w, out + ((b * out_h + oh) * out_w + ow) * out_c, out_c,
+                       out_c, seg)
+            j = j + seg
     free(scratch)
     return 0
 
@@ -296,21 +295,18 @@ cdef int _pointwise(int64_t n_pix, int64_t c_in, int64_t c_out, const int64_t *r
     scratch = <real_t *>_aligned_alloc(n_parts * (c_in + c_out) * tile * sizeof(real_t) + 64)
     if scratch == NULL:
         return -1
-    for part in prange(n_parts, nogil=True, schedule='static', chunksize=1, num_threads=n_parts):
-        i0 = (n_items * part) // n_parts
-        i1 = (n_items * (part + 1)) // n_parts
-        panel = scratch + part * (c_in + c_out) * tile
+    for it in prange(n_items, nogil=True, schedule='dynamic', chunksize=1, num_threads=n_parts):
+        panel = scratch + threadid() * (c_in + c_out) * tile
         buf = panel + c_in * tile
-        for it in range(i0, i1):
-            p0 = it * tile
-            w = n_pix - p0
-            if w > tile:
-                w = tile
-            _transpose(isa, x + p0 * c_in, c_in, panel, w, w, c_in)
-            for o in range(c_out):
-                q0 = rowptr[o]
-                sk_spmm_row_any(isa, rowptr[o + 1] - q0, idx + q0, val + q0, panel, w, w, buf + o * w)
-            _transpose(isa, buf, w, out + p0 * c_out, c_out, c_out, w)
+        p0 = it * tile
+        w = n_pix - p0
+        if w > tile:
+            w = tile
+        _transpose(isa, x + p0 * c_in, c_in, panel, w, w, c_in)
+        for o in range(c_out):
+            q0 = rowptr[o]
+            sk_spmm_row_any(isa, rowptr[o + 1] - q0, idx + q0, val + q0, panel, w, w, buf + o * w)
+        _transpose(isa, buf, w, out + p0 * c_out, c_out, c_out, w)
     free(scratch)
     return 0
 
