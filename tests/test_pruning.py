@@ -442,6 +442,24 @@ _MIRRORED = textwrap.dedent("""
         assert abs(layer.sparsity - 0.8) <= 1.0 / size, (layer.name, layer.sparsity)
         assert abs((1.0 - mask.mean()) - 0.8) <= 1.0 / size
         assert (kernel[mask == 0] == 0).all(), layer.name
+
+    # The sparse convolutions too (compute="sparse": the custom ops run in each replica).
+    from sparsekeras.layers import SparseConv2D, SparseDepthwiseConv2D
+    with strategy.scope():
+        cnn = keras.Sequential([keras.Input((6, 6, 2)),
+                                SparseConv2D(4, 3, padding="same", activation="relu", compute="sparse"),
+                                SparseDepthwiseConv2D(3, padding="same", compute="sparse"),
+                                keras.layers.Flatten(), keras.layers.Dense(2)])
+        cnn.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    xc = rng.standard_normal((32, 6, 6, 2)).astype("float32")
+    yc = rng.standard_normal((32, 2)).astype("float32")
+    hist = cnn.fit(xc, yc, batch_size=8, epochs=3, verbose=0, shuffle=False,
+                   callbacks=[GradualPruning(PolynomialDecay(0.0, 0.75, 0, 8, frequency=2))])
+    assert np.isfinite(hist.history["loss"]).all()
+    for layer in prunable_layers(cnn):
+        mask = keras.ops.convert_to_numpy(layer.mask)
+        assert abs(layer.sparsity - 0.75) <= 1.0 / mask.size, (layer.name, layer.sparsity)
+        assert (keras.ops.convert_to_numpy(layer.kernel)[mask == 0] == 0).all(), layer.name
     print("MIRRORED_OK")
 """)
 
