@@ -236,7 +236,8 @@ class SparseDense(keras.layers.Dense):
     def _sparse_input_matmul(self, inputs):
         """Sparse inputs (tf.SparseTensor, e.g. from keras.Input(sparse=True) or scipy data in
         fit): the CSR kernel times the (masked) dense kernel; the kernel's gradient A^T dY comes
-        from the input's nonzeros only."""
+        from the input's nonzeros only, as a tf.IndexedSlices over the kernel rows the batch
+        touches (the optimizer updates only those rows)."""
         kernel = tf.convert_to_tensor(self.kernel)
         if kernel.dtype != inputs.values.dtype:
             inputs = tf.SparseTensor(inputs.indices, tf.cast(inputs.values, kernel.dtype),
@@ -244,7 +245,7 @@ class SparseDense(keras.layers.Dense):
         if inputs.shape.rank is not None and inputs.shape.rank != 2:
             raise ValueError("SparseDense supports sparse inputs of rank 2 (batch, features). "
                              f"Received: inputs.shape={inputs.shape}")
-        return sk_ops.matmul(inputs, kernel)
+        return sk_ops.matmul(inputs, kernel, indexed_slices_grad=True)
 
     def call(self, inputs, training=None):
         if isinstance(inputs, tf.SparseTensor):

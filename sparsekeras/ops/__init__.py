@@ -75,7 +75,7 @@ def _cast(x, dtype):
     return x if x.dtype == dtype else tf.cast(x, dtype)
 
 
-def matmul(a, b, name=None):
+def matmul(a, b, name=None, *, indexed_slices_grad=False):
     """Product of a sparse and a dense operand, in either order.
 
     Args:
@@ -107,14 +107,46 @@ def matmul(a, b, name=None):
             if vector:
                 b = b[:, tf.newaxis]
             compute, out_dtype = _compute_dtype(csr.dtype, b.dtype)
-            y = _ops.sparse_keras_csr_mat_mul(csr.indptr, csr.indices, _cast(csr.values, compute),
-                                              csr.dense_shape, _cast(b, compute))
+            if indexed_slices_grad and not vector:
+                y = _csr_matmul_sliced_grad(csr.indptr, csr.indices, csr.dense_shape,
+                                            _cast(csr.values, compute), _cast(b, compute))
+            else:
+                y = _ops.sparse_keras_csr_mat_mul(csr.indptr, csr.indices,
+                                                  _cast(csr.values, compute), csr.dense_shape,
+                                                  _cast(b, compute))
             y = _cast(y, out_dtype)
             return y[:, 0] if vector else y
         csr = to_csr(b)
         # x @ W with W in CSR: the scatter product reads W's arrays as they are (no transpose).
         return dense_csr_matmul(a, csr.indptr, csr.indices, _checked_values(csr, "b"),
                                 csr.dense_shape)
+
+
+def _csr_matmul_sliced_grad(indptr, indices, dense_shape, values, b):
+    """A @ b (A CSR, M x K) whose gradient w.r.t. b is a tf.IndexedSlices.
+
+    dB = A^T dY is nonzero only on the rows of B whose index is a column of A. Those columns,
+    renumbered 0..U-1 by `tf.unique`, give a compact CSR of A (M x U); its transpose (U x M) times
+    dY is dB restricted to them: O(nnz + U + nnz * N) work and a (U, N) result, never (K, N).
+    The gradient w.r.t. A's values is the SDDMM on A's pattern, as for CsrMatMul.
+    """
+    @tf.custom_gradient
+    def product(values, b):
+        y = _ops.sparse_keras_csr_mat_mul(indptr, indices, values, dense_shape, b)
+
+        def grad(dy):
+            d_values = _ops.sparse_keras_csr_sddmm(indptr, indices, dense_shape, dy, b)
+            touched, local = tf.unique(indices, out_idx=indices.dtype)
+            shape_c = tf.stack([dense_shape[0], tf.size(touched, out_type=tf.int64)])
+            t_indptr, t_indices, perm = _gradients.transpose_structure(indptr, local, shape_c)
+            rows = _ops.sparse_keras_csr_mat_mul(t_indptr, t_indices, tf.gather(values, perm),
+                                                 tf.reverse(shape_c, axis=[0]), dy)
+            d_b = tf.IndexedSlices(rows, touched, dense_shape=tf.shape(b, out_type=indices.dtype))
+            return d_values, d_b
+
+        return y, grad
+
+    return product(values, b)
 
 
 def dense_csc_matmul(x, indptr, indices, values, dense_shape, transpose_structure=None,
