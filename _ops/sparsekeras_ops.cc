@@ -587,3 +587,231 @@ REGISTER_KERNEL_BUILDER(Name("SparseKeras>CsrTransposeStructure")
 
 }  // namespace
 }  // namespace sparsekeras
+
+// ---- issue 6: sparse x sparse products (csr_spgemm.pxi) ------------------------------------
+//   CsrCsrMatMul(a_indptr, a_indices, a_values, a_shape, w_indptr, w_indices, w_values, w_shape)
+//       -> A @ W, dense (M x N); A: M x K (CSR), W: K x N (CSR). Neither is densified.
+//   CsrCsrMatMulGradA(a_indptr, a_indices, a_shape, w_indptr, w_indices, w_values, w_shape, dy)
+//       -> (dY @ W^T) sampled on A's pattern (nnz(A)).
+//   CsrCsrMatMulGradW(at_indptr, at_indices, at_values, a_shape, w_indptr, w_indices, w_shape, dy)
+//       -> (A^T @ dY) sampled on W's pattern (nnz(W)), from A^T in CSR (at_*: K + 1 / nnz(A)).
+
+namespace sparsekeras {
+namespace {
+
+absl::Status CsrCsrMatMulShape(InferenceContext* c) {
+  for (int i : {0, 1, 2, 3, 4, 5, 6, 7}) {
+    ShapeHandle s;
+    TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 1, &s));
+  }
+  DimensionHandle m;
+  TF_RETURN_IF_ERROR(c->Subtract(c->Dim(c->input(0), 0), 1, &m));
+  const Tensor* ws = c->input_tensor(7);
+  DimensionHandle n = c->UnknownDim();
+  if (ws != nullptr && ws->NumElements() == 2) n = c->MakeDim(ws->flat<int64_t>()(1));
+  c->set_output(0, c->Matrix(m, n));
+  return absl::OkStatus();
+}
+
+absl::Status SpgemmGradShape(InferenceContext* c, int pattern_indices) {
+  for (int i = 0; i < 7; ++i) {
+    ShapeHandle s;
+    TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 1, &s));
+  }
+  ShapeHandle dy;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(7), 2, &dy));
+  c->set_output(0, c->Vector(c->Dim(c->input(pattern_indices), 0)));
+  return absl::OkStatus();
+}
+
+#define SK_SPGEMM_OVERLOADS(T, I, TS, IS)                                                        \
+  inline int Spgemm(int64_t m, int64_t k, int64_t n, const I* aip, const I* aix, const T* ad,   \
+                    const I* wip, const I* wix, const T* wd, T* out, int nt) {                  \
+    return sk_csr_spgemm_##TS##_##IS(m, k, n, aip, aix, ad, wip, wix, wd, out, nt);             \
+  }                                                                                             \
+  inline int SpgemmGradA(int64_t m, int64_t k, int64_t n, const I* aip, const I* aix,           \
+                         const I* wip, const I* wix, const T* wd, const T* dy, T* out, int nt) { \
+    return sk_csr_spgemm_grad_a_##TS##_##IS(m, k, n, aip, aix, wip, wix, wd, dy, out, nt);      \
+  }                                                                                             \
+  inline int SpgemmGradW(int64_t m, int64_t k, int64_t n, const I* tip, const I* tix,           \
+                         const T* td, const I* wip, const I* wix, const T* dy, T* out, int nt) { \
+    return sk_csr_spgemm_grad_w_##TS##_##IS(m, k, n, tip, tix, td, wip, wix, dy, out, nt);      \
+  }
+SK_SPGEMM_OVERLOADS(float, int32_t, f32, i32)
+SK_SPGEMM_OVERLOADS(float, int64_t, f32, i64)
+SK_SPGEMM_OVERLOADS(double, int32_t, f64, i32)
+SK_SPGEMM_OVERLOADS(double, int64_t, f64, i64)
+#undef SK_SPGEMM_OVERLOADS
+
+// W's rows must match A's columns.
+absl::Status InnerMatch(const CsrDims& a, const CsrDims& w) {
+  if (a.cols == w.rows) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "w must have ", a.cols, " rows to match a.dense_shape [", a.rows, ", ", a.cols,
+      "]; received w.dense_shape [", w.rows, ", ", w.cols, "]"));
+}
+
+absl::Status CheckDy(const Tensor& dy, const CsrDims& a, const CsrDims& w) {
+  if (dy.dims() == 2 && dy.dim_size(0) == a.rows && dy.dim_size(1) == w.cols) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat("dy must have shape [", a.rows, ", ", w.cols,
+                                                 "]; received dy.shape ", dy.shape().DebugString()));
+}
+
+// Multiply-adds of the product: nnz(A) times the mean row length of W, plus the output.
+int64_t SpgemmWork(const CsrDims& a, const CsrDims& w) {
+  return a.nnz * std::max<int64_t>(1, w.nnz / std::max<int64_t>(1, w.rows)) + a.rows * w.cols;
+}
+
+template <typename T, typename I>
+class CsrCsrMatMulOp : public OpKernel {
+ public:
+  explicit CsrCsrMatMulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  void Compute(OpKernelContext* ctx) override {
+    CsrDims a, w;
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(ctx->input(0), ctx->input(1), &ctx->input(2), ctx->input(3),
+                                       "a", false, &a));
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(ctx->input(4), ctx->input(5), &ctx->input(6), ctx->input(7),
+                                       "w", false, &w));
+    OP_REQUIRES_OK(ctx, InnerMatch(a, w));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({a.rows, w.cols}), &out));
+    if (a.rows == 0 || w.cols == 0) return;
+    ThreadLease lease(ctx, SpgemmWork(a, w));
+    int rc = Spgemm(a.rows, a.cols, w.cols, ctx->input(0).flat<I>().data(),
+                    ctx->input(1).flat<I>().data(), ctx->input(2).flat<T>().data(),
+                    ctx->input(4).flat<I>().data(), ctx->input(5).flat<I>().data(),
+                    ctx->input(6).flat<T>().data(), out->flat<T>().data(), lease.n());
+    OP_REQUIRES(ctx, rc == 0, Allocation("CsrCsrMatMul"));
+  }
+};
+
+template <typename T, typename I>
+class CsrCsrMatMulGradAOp : public OpKernel {
+ public:
+  explicit CsrCsrMatMulGradAOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  void Compute(OpKernelContext* ctx) override {
+    CsrDims a, w;
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(ctx->input(0), ctx->input(1), nullptr, ctx->input(2), "a",
+                                       false, &a));
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(ctx->input(3), ctx->input(4), &ctx->input(5), ctx->input(6),
+                                       "w", false, &w));
+    OP_REQUIRES_OK(ctx, InnerMatch(a, w));
+    const Tensor& dy = ctx->input(7);
+    OP_REQUIRES_OK(ctx, CheckDy(dy, a, w));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({a.nnz}), &out));
+    if (a.nnz == 0) return;
+    ThreadLease lease(ctx, SpgemmWork(a, w));
+    int rc = SpgemmGradA(a.rows, a.cols, w.cols, ctx->input(0).flat<I>().data(),
+                         ctx->input(1).flat<I>().data(), ctx->input(3).flat<I>().data(),
+                         ctx->input(4).flat<I>().data(), ctx->input(5).flat<T>().data(),
+                         dy.flat<T>().data(), out->flat<T>().data(), lease.n());
+    OP_REQUIRES(ctx, rc == 0, Allocation("CsrCsrMatMulGradA"));
+  }
+};
+
+template <typename T, typename I>
+class CsrCsrMatMulGradWOp : public OpKernel {
+ public:
+  explicit CsrCsrMatMulGradWOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  void Compute(OpKernelContext* ctx) override {
+    // at_* is A^T in CSR: validated against the transposed dense_shape of A.
+    const Tensor& a_shape = ctx->input(3);
+    OP_REQUIRES(ctx, a_shape.dims() == 1 && a_shape.NumElements() == 2,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "a.dense_shape must be a vector of 2 sizes; received shape ",
+                    a_shape.shape().DebugString())));
+    Tensor at_shape(tensorflow::DT_INT64, TensorShape({2}));
+    at_shape.flat<int64_t>()(0) = a_shape.flat<int64_t>()(1);
+    at_shape.flat<int64_t>()(1) = a_shape.flat<int64_t>()(0);
+    CsrDims at, w;
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(ctx->input(0), ctx->input(1), &ctx->input(2), at_shape,
+                                       "a_t", false, &at));
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(ctx->input(4), ctx->input(5), nullptr, ctx->input(6), "w",
+                                       false, &w));
+    CsrDims a{at.cols, at.rows, at.nnz};
+    OP_REQUIRES_OK(ctx, InnerMatch(a, w));
+    const Tensor& dy = ctx->input(7);
+    OP_REQUIRES_OK(ctx, CheckDy(dy, a, w));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({w.nnz}), &out));
+    if (w.nnz == 0) return;
+    ThreadLease lease(ctx, SpgemmWork(a, w));
+    int rc = SpgemmGradW(a.rows, a.cols, w.cols, ctx->input(0).flat<I>().data(),
+                         ctx->input(1).flat<I>().data(), ctx->input(2).flat<T>().data(),
+                         ctx->input(4).flat<I>().data(), ctx->input(5).flat<I>().data(),
+                         dy.flat<T>().data(), out->flat<T>().data(), lease.n());
+    OP_REQUIRES(ctx, rc == 0, Allocation("CsrCsrMatMulGradW"));
+  }
+};
+
+#define SK_REGISTER_SPGEMM(T, I)                                                             \
+  REGISTER_KERNEL_BUILDER(                                                                   \
+      Name("SparseKeras>CsrCsrMatMul").Device(DEVICE_CPU).TypeConstraint<T>("T")             \
+          .TypeConstraint<I>("Tindex"), CsrCsrMatMulOp<T, I>);                               \
+  REGISTER_KERNEL_BUILDER(                                                                   \
+      Name("SparseKeras>CsrCsrMatMulGradA").Device(DEVICE_CPU).TypeConstraint<T>("T")        \
+          .TypeConstraint<I>("Tindex"), CsrCsrMatMulGradAOp<T, I>);                          \
+  REGISTER_KERNEL_BUILDER(                                                                   \
+      Name("SparseKeras>CsrCsrMatMulGradW").Device(DEVICE_CPU).TypeConstraint<T>("T")        \
+          .TypeConstraint<I>("Tindex"), CsrCsrMatMulGradWOp<T, I>);
+SK_REGISTER_SPGEMM(float, int32_t)
+SK_REGISTER_SPGEMM(float, int64_t)
+SK_REGISTER_SPGEMM(double, int32_t)
+SK_REGISTER_SPGEMM(double, int64_t)
+#undef SK_REGISTER_SPGEMM
+
+}  // namespace
+}  // namespace sparsekeras
+
+REGISTER_OP("SparseKeras>CsrCsrMatMul")
+    .Input("a_indptr: Tindex")
+    .Input("a_indices: Tindex")
+    .Input("a_values: T")
+    .Input("a_shape: int64")
+    .Input("w_indptr: Tindex")
+    .Input("w_indices: Tindex")
+    .Input("w_values: T")
+    .Input("w_shape: int64")
+    .Output("out: T")
+    .Attr("T: {float, double}")
+    .Attr("Tindex: {int32, int64}")
+    .SetShapeFn(sparsekeras::CsrCsrMatMulShape)
+    .Doc("out = A @ W, dense (M x N), with A (M x K) and W (K x N) both given as CSR.");
+
+REGISTER_OP("SparseKeras>CsrCsrMatMulGradA")
+    .Input("a_indptr: Tindex")
+    .Input("a_indices: Tindex")
+    .Input("a_shape: int64")
+    .Input("w_indptr: Tindex")
+    .Input("w_indices: Tindex")
+    .Input("w_values: T")
+    .Input("w_shape: int64")
+    .Input("dy: T")
+    .Output("d_a_values: T")
+    .Attr("T: {float, double}")
+    .Attr("Tindex: {int32, int64}")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      return sparsekeras::SpgemmGradShape(c, 1);
+    })
+    .Doc("(dy @ W^T) sampled on A's pattern: the gradient of CsrCsrMatMul w.r.t. a_values.");
+
+REGISTER_OP("SparseKeras>CsrCsrMatMulGradW")
+    .Input("at_indptr: Tindex")
+    .Input("at_indices: Tindex")
+    .Input("at_values: T")
+    .Input("a_shape: int64")
+    .Input("w_indptr: Tindex")
+    .Input("w_indices: Tindex")
+    .Input("w_shape: int64")
+    .Input("dy: T")
+    .Output("d_w_values: T")
+    .Attr("T: {float, double}")
+    .Attr("Tindex: {int32, int64}")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      return sparsekeras::SpgemmGradShape(c, 5);
+    })
+    .Doc("(A^T @ dy) sampled on W's pattern, from A^T in CSR (at_*) and A's dense_shape: the "
+         "gradient of CsrCsrMatMul w.r.t. w_values.");

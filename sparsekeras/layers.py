@@ -129,6 +129,10 @@ class SparseDense(keras.layers.Dense):
         self._csc_indptr = _dynamic_variable(np.zeros(n + 1), np.int32, "csc_indptr")
         self._csc_indices = _dynamic_variable(np.zeros(0), np.int32, "csc_indices")
         self._positions = _dynamic_variable(np.zeros(0), np.int64, "positions")
+        # CSR (row-major) structure of the kernel: sparse inputs times the pruned kernel.
+        self._csr_indptr = _dynamic_variable(np.zeros(k + 1), np.int32, "csr_indptr")
+        self._csr_indices = _dynamic_variable(np.zeros(0), np.int32, "csr_indices")
+        self._csr_positions = _dynamic_variable(np.zeros(0), np.int64, "csr_positions")
         self._mask_sparsity = 0.0
         self.refresh_structure()
 
@@ -181,6 +185,11 @@ class SparseDense(keras.layers.Dense):
         self._csc_indptr.assign(s["csc_indptr"])
         self._csc_indices.assign(s["csc_indices"])
         self._positions.assign(s["positions"])
+        rows, cols = np.nonzero(m)  # row-major order: the kernel's CSR order
+        self._csr_indptr.assign(np.concatenate(
+            [[0], np.cumsum(np.bincount(rows, minlength=m.shape[0]))]).astype(np.int32))
+        self._csr_indices.assign(cols.astype(np.int32))
+        self._csr_positions.assign(rows.astype(np.int64) * m.shape[1] + cols)
         self._sparse_on.assign(self._mask_sparsity >= self.switch_sparsity)
 
     @property
@@ -235,20 +244,56 @@ class SparseDense(keras.layers.Dense):
 
     def _sparse_input_matmul(self, inputs):
         """Sparse inputs (tf.SparseTensor, e.g. from keras.Input(sparse=True) or scipy data in
-        fit): the CSR kernel times the (masked) dense kernel; the kernel's gradient A^T dY comes
+        fit; or a CSRTensor). Forward: in the dense compute mode, the CSR kernel times the dense
+        kernel (reading only the rows the batch touches); in the sparse mode, the sparse x
+        sparse kernel over the kernel's nonzeros (its CSR structure is cached with the mask),
+        so neither operand is densified. Backward, in both modes: the kernel's gradient A^T dY
         from the input's nonzeros only, as a tf.IndexedSlices over the kernel rows the batch
-        touches (the optimizer updates only those rows)."""
-        kernel = tf.convert_to_tensor(self.kernel)
-        if kernel.dtype != inputs.values.dtype:
-            inputs = tf.SparseTensor(inputs.indices, tf.cast(inputs.values, kernel.dtype),
-                                     inputs.dense_shape)
+        touches (the optimizer updates only those rows; the mask constraint zeroes the pruned
+        ones, as on the dense path)."""
         if inputs.shape.rank is not None and inputs.shape.rank != 2:
             raise ValueError("SparseDense supports sparse inputs of rank 2 (batch, features). "
                              f"Received: inputs.shape={inputs.shape}")
-        return sk_ops.matmul(inputs, kernel, indexed_slices_grad=True)
+        kernel = tf.convert_to_tensor(self.kernel)
+        if kernel.dtype not in (tf.float32, tf.float64):
+            kernel = tf.cast(kernel, tf.float32)
+        csr = sk_ops.to_csr(inputs, index_dtype=tf.int32)
+        values = tf.cast(csr.values, kernel.dtype)
+        k, n = self.mask.shape
+        w_shape = tf.constant([k, n], tf.int64)
+        w_indptr = tf.convert_to_tensor(self._csr_indptr)
+        w_indices = tf.convert_to_tensor(self._csr_indices)
+        positions = tf.convert_to_tensor(self._csr_positions)
+        raw = sk_ops._ops
+
+        def sparse_forward(a_values, b):
+            w_values = tf.gather(tf.reshape(b, [-1]), positions)
+            return raw.sparse_keras_csr_csr_mat_mul(csr.indptr, csr.indices, a_values,
+                                                    csr.dense_shape, w_indptr, w_indices,
+                                                    w_values, w_shape)
+
+        def dense_forward(a_values, b):
+            return raw.sparse_keras_csr_mat_mul(csr.indptr, csr.indices, a_values,
+                                                csr.dense_shape, b)
+
+        if self.compute == "sparse":
+            forward = sparse_forward
+        elif self.compute == "dense":
+            forward = dense_forward
+        else:
+            sparse_on = tf.convert_to_tensor(self._sparse_on)
+
+            def forward(a_values, b):
+                return tf.cond(sparse_on, lambda: sparse_forward(a_values, b),
+                               lambda: dense_forward(a_values, b))
+
+        y = sk_ops._csr_matmul_sliced_grad(csr.indptr, csr.indices, csr.dense_shape, values,
+                                           kernel, forward=forward)
+        y.set_shape([inputs.shape[0], n])
+        return y
 
     def call(self, inputs, training=None):
-        if isinstance(inputs, tf.SparseTensor):
+        if isinstance(inputs, (tf.SparseTensor, sk_ops.CSRTensor)):
             y = self._sparse_input_matmul(inputs)
             y = tf.cast(y, self.compute_dtype)
             if self.bias is not None:
@@ -390,7 +435,33 @@ class CompactDense(keras.layers.Layer):
                                      keras.ops.convert_to_numpy(self.values),
                                      (self.units, self.input_dim)).T
 
+    def _sparse_input_matmul(self, inputs):
+        """A sparse input (tf.SparseTensor or CSRTensor, rank 2) times the CSC-held kernel with
+        the sparse x sparse kernel: neither is densified. The kernel's CSR structure comes from
+        a transpose of the CSC arrays (O(nnz + input_dim) per call); the values' gradient is
+        A^T dY on the kernel's pattern."""
+        if inputs.shape.rank is not None and inputs.shape.rank != 2:
+            raise ValueError("CompactDense supports sparse inputs of rank 2 (batch, features). "
+                             f"Received: inputs.shape={inputs.shape}")
+        values = tf.convert_to_tensor(self.values)
+        if values.dtype not in (tf.float32, tf.float64):
+            values = tf.cast(values, tf.float32)
+        csr = sk_ops.to_csr(inputs, index_dtype=tf.int32)
+        t_indptr, t_indices, perm = sk_ops.transpose_structure(
+            self.indptr, self.indices, [self.units, self.input_dim])
+        y = sk_ops._ops.sparse_keras_csr_csr_mat_mul(
+            csr.indptr, csr.indices, tf.cast(csr.values, values.dtype), csr.dense_shape,
+            t_indptr, t_indices, tf.gather(values, perm),
+            tf.constant([self.input_dim, self.units], tf.int64))
+        y.set_shape([inputs.shape[0], self.units])
+        return tf.cast(y, self.compute_dtype)
+
     def call(self, inputs):
+        if isinstance(inputs, (tf.SparseTensor, sk_ops.CSRTensor)):
+            y = self._sparse_input_matmul(inputs)
+            if self.bias is not None:
+                y = y + tf.cast(self.bias, y.dtype)
+            return self.activation(y) if self.activation is not None else y
         x = tf.convert_to_tensor(inputs)
         values = tf.cast(self.values, x.dtype)
         y = sk_ops.dense_csc_matmul(x, self.indptr, self.indices, values,

@@ -5,7 +5,7 @@ from sparsekeras import linalg
 EXPECTED_TOP = ["linalg", "ops", "layers", "schedules", "callbacks", "regularizers", "CSRTensor",
                 "sparsify", "strip", "set_num_threads", "get_num_threads", "num_threads",
                 "__version__"]
-EXPECTED_OPS = ["CSRTensor", "matmul", "dense_csc_matmul", "dense_csr_matmul", "sddmm",
+EXPECTED_OPS = ["CSRTensor", "matmul", "csr_csr_matmul", "dense_csc_matmul", "dense_csr_matmul", "sddmm",
                 "transpose", "transpose_structure", "to_csr"]
 EXPECTED_LINALG = ["matmul", "sddmm", "to_csr", "to_dense", "canonicalize", "transpose", "validate"]
 

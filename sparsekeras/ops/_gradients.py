@@ -94,4 +94,19 @@ def _csr_sddmm_t_grad(op, grad):
     return [None, None, None, d_ut, d_vt]
 
 
+@tf.RegisterGradient("SparseKeras>CsrCsrMatMul")
+def _csr_csr_matmul_grad(op, grad):
+    """Y = A @ W, both CSR: dA = (dY W^T) on A's pattern; dW = (A^T dY) on W's pattern, from A^T's
+    CSR (structure transpose + gather of A's values). The index arrays and shapes get None."""
+    a_ip, a_ix, a_v, a_shape, w_ip, w_ix, w_v, w_shape = op.inputs
+    d_a = _ops.sparse_keras_csr_csr_mat_mul_grad_a(a_ip, a_ix, a_shape, w_ip, w_ix, w_v, w_shape,
+                                                   grad)
+    t_ip, t_ix, perm = transpose_structure(a_ip, a_ix, a_shape)
+    d_w = _ops.sparse_keras_csr_csr_mat_mul_grad_w(t_ip, t_ix, tf.gather(a_v, perm), a_shape,
+                                                   w_ip, w_ix, w_shape, grad)
+    return [None, None, d_a, None, None, None, d_w, None]
+
+
 tf.no_gradient("SparseKeras>CsrTransposeStructure")
+tf.no_gradient("SparseKeras>CsrCsrMatMulGradA")
+tf.no_gradient("SparseKeras>CsrCsrMatMulGradW")
