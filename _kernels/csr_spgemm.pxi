@@ -40,6 +40,42 @@ cdef int _csr_spgemm(int64_t n_rows, int64_t n_inner, int64_t n_cols, const inde
     return 0
 
 
+cdef int _csr_spgemm_masked(int64_t n_rows, int64_t n_inner, int64_t n_cols,
+                            const index_t *a_indptr, const index_t *a_indices,
+                            const real_t *a_data, const index_t *p_indptr,
+                            const index_t *p_indices, const real_t *w, real_t *out,
+                            int n_threads) noexcept nogil:
+    """out (n_rows x n_cols) = A @ (W restricted to the pattern P), W dense.
+
+    The pruned kernel of a layer that keeps its kernel dense (SparseDense): P (n_inner x n_cols,
+    CSR structure only: p_indptr n_inner + 1, p_indices nnz(P) column ids) lists the kept
+    weights, read in place from w (n_inner x n_cols, row-major); pruned weights are never read.
+    Same loop as _csr_spgemm with W's values looked up in W's dense row.
+    Complexity O(n_rows * n_cols + sum over A's entries (i, k) of nnz(P[k, :])).
+    """
+    cdef Py_ssize_t i
+    cdef int64_t p, q, k, q0, q1
+    cdef real_t a
+    cdef real_t *o
+    cdef const real_t *wr
+    if n_rows == 0 or n_cols == 0:
+        return 0
+    if n_threads < 1:
+        n_threads = 1
+    for i in prange(n_rows, nogil=True, schedule='dynamic', chunksize=8, num_threads=n_threads):
+        o = out + i * n_cols
+        memset(o, 0, n_cols * sizeof(real_t))
+        for p in range(a_indptr[i], a_indptr[i + 1]):
+            k = a_indices[p]
+            a = a_data[p]
+            wr = w + k * n_cols
+            q0 = p_indptr[k]
+            q1 = p_indptr[k + 1]
+            for q in range(q0, q1):
+                o[p_indices[q]] += a * wr[p_indices[q]]
+    return 0
+
+
 cdef int _csr_spgemm_grad_a(int64_t n_rows, int64_t n_inner, int64_t n_cols,
                             const index_t *a_indptr, const index_t *a_indices,
                             const index_t *w_indptr, const index_t *w_indices,
@@ -192,6 +228,35 @@ cdef public int sk_csr_spgemm_grad_w_f64_i64(int64_t n_rows, int64_t n_inner, in
                               w_indptr, w_indices, dy, out, n_threads)
 
 
+cdef public int sk_csr_spgemm_masked_f32_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols,
+        const int32_t *a_indptr, const int32_t *a_indices, const float *a_data,
+        const int32_t *p_indptr, const int32_t *p_indices, const float *w, float *out,
+        int n_threads) noexcept nogil:
+    return _csr_spgemm_masked(n_rows, n_inner, n_cols, a_indptr, a_indices, a_data, p_indptr,
+                              p_indices, w, out, n_threads)
+
+cdef public int sk_csr_spgemm_masked_f32_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols,
+        const int64_t *a_indptr, const int64_t *a_indices, const float *a_data,
+        const int64_t *p_indptr, const int64_t *p_indices, const float *w, float *out,
+        int n_threads) noexcept nogil:
+    return _csr_spgemm_masked(n_rows, n_inner, n_cols, a_indptr, a_indices, a_data, p_indptr,
+                              p_indices, w, out, n_threads)
+
+cdef public int sk_csr_spgemm_masked_f64_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols,
+        const int32_t *a_indptr, const int32_t *a_indices, const double *a_data,
+        const int32_t *p_indptr, const int32_t *p_indices, const double *w, double *out,
+        int n_threads) noexcept nogil:
+    return _csr_spgemm_masked(n_rows, n_inner, n_cols, a_indptr, a_indices, a_data, p_indptr,
+                              p_indices, w, out, n_threads)
+
+cdef public int sk_csr_spgemm_masked_f64_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols,
+        const int64_t *a_indptr, const int64_t *a_indices, const double *a_data,
+        const int64_t *p_indptr, const int64_t *p_indices, const double *w, double *out,
+        int n_threads) noexcept nogil:
+    return _csr_spgemm_masked(n_rows, n_inner, n_cols, a_indptr, a_indices, a_data, p_indptr,
+                              p_indices, w, out, n_threads)
+
+
 # ---- numpy level --------------------------------------------------------------------------
 
 def _spgemm_operands(a_indptr, a_indices, a_data, a_shape, w_indptr, w_indices, w_data, w_shape):
@@ -306,3 +371,44 @@ def csr_spgemm_grad(a_indptr, a_indices, a_data, a_shape, w_indptr, w_indices, w
     if rc or rc2:
         raise MemoryError("csr_spgemm_grad: could not allocate scratch memory")
     return da, dw
+
+
+def csr_spgemm_masked(a_indptr, a_indices, a_data, a_shape, p_indptr, p_indices, w, *,
+                      n_threads=None):
+    """Y = A @ (W on the pattern P): A sparse (CSR, M x K), W dense (K x N), P a CSR structure
+    (K x N) of the entries of W to use; the others are never read. Returns dense (M, N).
+    Complexity O(M * N + sum over A's entries (i, k) of nnz(P[k, :]))."""
+    w_arr = np.asarray(w)
+    if w_arr.ndim != 2:
+        raise ValueError(f"w must be 2-D; received shape {w_arr.shape}")
+    a_ip, a_ix, p_ip, p_ix, m, k, n = _spgemm_operands(a_indptr, a_indices, a_data, a_shape,
+                                                       p_indptr, p_indices, None, w_arr.shape)
+    dt = result_dtype(np.asarray(a_data).dtype, w_arr.dtype, name="a.data and w")
+    cdef cnp.ndarray ad = _values(a_data, dt, "a.data")
+    cdef cnp.ndarray wd = _values(w_arr, dt, "w")
+    cdef cnp.ndarray out = np.empty((m, n), dtype=dt)
+    cdef cnp.ndarray aip = a_ip, aix = a_ix, pip = p_ip, pix = p_ix
+    cdef int64_t cm = m, ck = k, cn = n
+    cdef int nt = _threads(n_threads, a_ix.shape[0] * max(1, p_ix.shape[0] // max(1, k)) + m * n)
+    cdef bint f32 = dt == np.float32, i32 = a_ip.dtype == np.int32
+    cdef int rc
+    with nogil:
+        if f32 and i32:
+            rc = sk_csr_spgemm_masked_f32_i32(cm, ck, cn, <int32_t *>_ptr(aip), <int32_t *>_ptr(aix),
+                                              <float *>_ptr(ad), <int32_t *>_ptr(pip), <int32_t *>_ptr(pix),
+                                              <float *>_ptr(wd), <float *>_ptr(out), nt)
+        elif f32:
+            rc = sk_csr_spgemm_masked_f32_i64(cm, ck, cn, <int64_t *>_ptr(aip), <int64_t *>_ptr(aix),
+                                              <float *>_ptr(ad), <int64_t *>_ptr(pip), <int64_t *>_ptr(pix),
+                                              <float *>_ptr(wd), <float *>_ptr(out), nt)
+        elif i32:
+            rc = sk_csr_spgemm_masked_f64_i32(cm, ck, cn, <int32_t *>_ptr(aip), <int32_t *>_ptr(aix),
+                                              <double *>_ptr(ad), <int32_t *>_ptr(pip), <int32_t *>_ptr(pix),
+                                              <double *>_ptr(wd), <double *>_ptr(out), nt)
+        else:
+            rc = sk_csr_spgemm_masked_f64_i64(cm, ck, cn, <int64_t *>_ptr(aip), <int64_t *>_ptr(aix),
+                                              <double *>_ptr(ad), <int64_t *>_ptr(pip), <int64_t *>_ptr(pix),
+                                              <double *>_ptr(wd), <double *>_ptr(out), nt)
+    if rc:
+        raise MemoryError("csr_spgemm_masked: could not allocate scratch memory")
+    return out

@@ -595,6 +595,9 @@ REGISTER_KERNEL_BUILDER(Name("SparseKeras>CsrTransposeStructure")
 //       -> (dY @ W^T) sampled on A's pattern (nnz(A)).
 //   CsrCsrMatMulGradW(at_indptr, at_indices, at_values, a_shape, w_indptr, w_indices, w_shape, dy)
 //       -> (A^T @ dY) sampled on W's pattern (nnz(W)), from A^T in CSR (at_*: K + 1 / nnz(A)).
+//   CsrMaskedMatMul(a_indptr, a_indices, a_values, a_shape, p_indptr, p_indices, w)
+//       -> A @ (w on the pattern P), w dense (K x N) read only at P's entries (K + 1 / nnz(P)):
+//       a pruned kernel kept dense (SparseDense) times a sparse input.
 
 namespace sparsekeras {
 namespace {
@@ -636,6 +639,10 @@ absl::Status SpgemmGradShape(InferenceContext* c, int pattern_indices) {
   inline int SpgemmGradW(int64_t m, int64_t k, int64_t n, const I* tip, const I* tix,           \
                          const T* td, const I* wip, const I* wix, const T* dy, T* out, int nt) { \
     return sk_csr_spgemm_grad_w_##TS##_##IS(m, k, n, tip, tix, td, wip, wix, dy, out, nt);      \
+  }                                                                                             \
+  inline int SpgemmMasked(int64_t m, int64_t k, int64_t n, const I* aip, const I* aix,          \
+                          const T* ad, const I* pip, const I* pix, const T* w, T* out, int nt) { \
+    return sk_csr_spgemm_masked_##TS##_##IS(m, k, n, aip, aix, ad, pip, pix, w, out, nt);       \
   }
 SK_SPGEMM_OVERLOADS(float, int32_t, f32, i32)
 SK_SPGEMM_OVERLOADS(float, int64_t, f32, i64)
@@ -747,6 +754,36 @@ class CsrCsrMatMulGradWOp : public OpKernel {
   }
 };
 
+template <typename T, typename I>
+class CsrMaskedMatMulOp : public OpKernel {
+ public:
+  explicit CsrMaskedMatMulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& w = ctx->input(6);
+    OP_REQUIRES(ctx, w.dims() == 2,
+                absl::InvalidArgumentError(absl::StrCat("w must be a matrix; received shape ",
+                                                        w.shape().DebugString())));
+    Tensor p_shape(tensorflow::DT_INT64, TensorShape({2}));
+    p_shape.flat<int64_t>()(0) = w.dim_size(0);
+    p_shape.flat<int64_t>()(1) = w.dim_size(1);
+    CsrDims a, p;
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(ctx->input(0), ctx->input(1), &ctx->input(2), ctx->input(3),
+                                       "a", false, &a));
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(ctx->input(4), ctx->input(5), nullptr, p_shape,
+                                       "pattern (of w's shape)", false, &p));
+    OP_REQUIRES_OK(ctx, InnerMatch(a, p));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({a.rows, p.cols}), &out));
+    if (a.rows == 0 || p.cols == 0) return;
+    ThreadLease lease(ctx, SpgemmWork(a, p));
+    int rc = SpgemmMasked(a.rows, a.cols, p.cols, ctx->input(0).flat<I>().data(),
+                          ctx->input(1).flat<I>().data(), ctx->input(2).flat<T>().data(),
+                          ctx->input(4).flat<I>().data(), ctx->input(5).flat<I>().data(),
+                          w.flat<T>().data(), out->flat<T>().data(), lease.n());
+    OP_REQUIRES(ctx, rc == 0, Allocation("CsrMaskedMatMul"));
+  }
+};
+
 #define SK_REGISTER_SPGEMM(T, I)                                                             \
   REGISTER_KERNEL_BUILDER(                                                                   \
       Name("SparseKeras>CsrCsrMatMul").Device(DEVICE_CPU).TypeConstraint<T>("T")             \
@@ -756,7 +793,10 @@ class CsrCsrMatMulGradWOp : public OpKernel {
           .TypeConstraint<I>("Tindex"), CsrCsrMatMulGradAOp<T, I>);                          \
   REGISTER_KERNEL_BUILDER(                                                                   \
       Name("SparseKeras>CsrCsrMatMulGradW").Device(DEVICE_CPU).TypeConstraint<T>("T")        \
-          .TypeConstraint<I>("Tindex"), CsrCsrMatMulGradWOp<T, I>);
+          .TypeConstraint<I>("Tindex"), CsrCsrMatMulGradWOp<T, I>);                          \
+  REGISTER_KERNEL_BUILDER(                                                                   \
+      Name("SparseKeras>CsrMaskedMatMul").Device(DEVICE_CPU).TypeConstraint<T>("T")          \
+          .TypeConstraint<I>("Tindex"), CsrMaskedMatMulOp<T, I>);
 SK_REGISTER_SPGEMM(float, int32_t)
 SK_REGISTER_SPGEMM(float, int64_t)
 SK_REGISTER_SPGEMM(double, int32_t)
@@ -815,3 +855,29 @@ REGISTER_OP("SparseKeras>CsrCsrMatMulGradW")
     })
     .Doc("(A^T @ dy) sampled on W's pattern, from A^T in CSR (at_*) and A's dense_shape: the "
          "gradient of CsrCsrMatMul w.r.t. w_values.");
+
+REGISTER_OP("SparseKeras>CsrMaskedMatMul")
+    .Input("a_indptr: Tindex")
+    .Input("a_indices: Tindex")
+    .Input("a_values: T")
+    .Input("a_shape: int64")
+    .Input("p_indptr: Tindex")
+    .Input("p_indices: Tindex")
+    .Input("w: T")
+    .Output("out: T")
+    .Attr("T: {float, double}")
+    .Attr("Tindex: {int32, int64}")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      for (int i = 0; i < 6; ++i) {
+        ::tensorflow::shape_inference::ShapeHandle s;
+        TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 1, &s));
+      }
+      ::tensorflow::shape_inference::ShapeHandle w;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(6), 2, &w));
+      ::tensorflow::shape_inference::DimensionHandle m;
+      TF_RETURN_IF_ERROR(c->Subtract(c->Dim(c->input(0), 0), 1, &m));
+      c->set_output(0, c->Matrix(m, c->Dim(w, 1)));
+      return absl::OkStatus();
+    })
+    .Doc("out = A @ (w on the pattern P): A (M x K) CSR, w dense (K x N) read only at the "
+         "entries of the CSR structure P (p_indptr K + 1, p_indices column ids).");

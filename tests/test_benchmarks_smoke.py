@@ -18,6 +18,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
     ("bench_matmul.py", ["bench_matmul.json", "bench_matmul.png"]),
     ("bench_ops.py", ["bench_ops.json", "bench_ops.png"]),
     ("bench_layers.py", ["bench_layers.json"]),
+    ("bench_sparse_input.py", ["bench_sparse_input.json", "bench_sparse_input.png"]),
 ])
 def test_benchmark_quick(tmp_path, script, outputs):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}

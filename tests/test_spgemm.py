@@ -65,6 +65,19 @@ def test_kernel_matches_reference(case, vdt, idt, wkind):
     _close(d_w, ref_w, vdt, max(case.m, 1))
 
 
+@pytest.mark.parametrize("idt", R.INDEX_DTYPES, ids=["i32", "i64"])
+@pytest.mark.parametrize("vdt", R.VALUE_DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", R.SHAPES, ids=R.SHAPE_IDS)
+def test_masked_kernel_reads_only_the_pattern(case, vdt, idt):
+    """A @ (W on P) with W dense: entries of W outside P must not matter (they are NaN here)."""
+    a = R.make_csr(case, index_dtype=idt, value_dtype=vdt)
+    p_ip, p_ix, p_vals, _ = make_w(case.k, 19, 0.25, idt, vdt)
+    w = np.full((case.k, 19), np.nan, vdt)
+    w[R.row_ids(p_ip), p_ix] = p_vals
+    y = _kernels.csr_spgemm_masked(*a, p_ip, p_ix, w)
+    _close(y, ref_spgemm(a, (p_ip, p_ix, p_vals, (case.k, 19))), vdt, case.k)
+
+
 def test_kernel_threads_bitwise_identical():
     rng = np.random.default_rng(0)
     a = sp.random_array((300, 2000), density=0.02, format="csr", rng=rng, dtype=np.float32)
@@ -85,6 +98,12 @@ def test_kernel_threads_bitwise_identical():
             outs.append(ops.csr_csr_matmul(a, w).numpy())
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_array_equal(outs[0], y1)
+    wd = w.toarray()
+    m1 = _kernels.csr_spgemm_masked(a.indptr, a.indices, a.data, a.shape, w.indptr, w.indices, wd,
+                                    n_threads=1)
+    m2 = _kernels.csr_spgemm_masked(a.indptr, a.indices, a.data, a.shape, w.indptr, w.indices, wd,
+                                    n_threads=2)
+    np.testing.assert_array_equal(m1, m2)
 
 
 def test_kernel_rejects_malformed_csr():
@@ -162,6 +181,50 @@ def test_op_rejects_bad_operands_with_clear_errors(run):
         run(ops.csr_csr_matmul, a, bad_w)
 
 
+@pytest.mark.parametrize("idt", R.INDEX_DTYPES, ids=["i32", "i64"])
+@pytest.mark.parametrize("vdt", R.VALUE_DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", [R.SHAPES[0], R.SHAPES[5], R.SHAPES[6], R.SHAPES[7]],
+                         ids=[R.SHAPE_IDS[i] for i in (0, 5, 6, 7)])
+def test_masked_op_forward_and_registered_gradient(case, vdt, idt, run):
+    """CsrMaskedMatMul's own gradient: dA on A's pattern, dW = (A^T dY) on P (zero elsewhere)."""
+    from sparsekeras.ops import _ops
+
+    a = R.make_csr(case, index_dtype=idt, value_dtype=vdt)
+    p_ip, p_ix, p_vals, _ = make_w(case.k, 11, 0.3, idt, vdt)
+    w = np.random.default_rng(8).standard_normal((case.k, 11)).astype(vdt)
+    pattern = np.zeros((case.k, 11), bool)
+    pattern[R.row_ids(p_ip), p_ix] = True
+    dy = np.random.default_rng(9).standard_normal((case.m, 11)).astype(vdt)
+
+    def f(av, wv):
+        with tf.GradientTape() as tape:
+            tape.watch([av, wv])
+            y = _ops.sparse_keras_csr_masked_mat_mul(a[0], a[1], av, tf.constant(a[3], tf.int64),
+                                                     p_ip, p_ix, wv)
+            loss = tf.reduce_sum(y * dy)
+        return (y,) + tuple(tape.gradient(loss, [av, wv]))
+
+    y, d_a, d_w = run(f, tf.constant(a[2]), tf.constant(w))
+    wp = np.where(pattern, w, 0.0)
+    ref_a, _ = ref_grads(a, (p_ip, p_ix, wp[pattern], (case.k, 11)), dy)
+    _close(y.numpy(), R.ref_csr_to_dense(*a) @ wp, vdt, case.k)
+    _close(d_a.numpy(), ref_a, vdt, 11)
+    _close(d_w.numpy(), np.where(pattern, R.ref_csr_to_dense(*a).T @ dy, 0.0), vdt, max(case.m, 1))
+
+
+def test_masked_op_rejects_bad_pattern(run):
+    from sparsekeras.ops import _ops
+
+    a = (np.array([0, 1], np.int64), np.array([1], np.int64), np.ones(1), tf.constant([1, 3], tf.int64))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"pattern \(of w's shape\): malformed CSR: indices must lie in \[0, 2\); received indices\[0\]=5"):
+        run(lambda: _ops.sparse_keras_csr_masked_mat_mul(*a, np.array([0, 1, 1, 1], np.int64),
+                                                         np.array([5], np.int64), tf.ones((3, 2), tf.float64)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"w must have 3 rows"):
+        run(lambda: _ops.sparse_keras_csr_masked_mat_mul(*a, np.array([0, 0, 0], np.int64),
+                                                         np.zeros(0, np.int64), tf.ones((2, 2), tf.float64)))
+
+
 # ---- layers: sparse input x pruned kernel ---------------------------------------------------
 
 def _bow(rng, batch, vocab, per_row):
@@ -175,14 +238,15 @@ def _bow(rng, batch, vocab, per_row):
 @pytest.mark.parametrize("compute", ["sparse", "auto", "dense"])
 def test_sparse_dense_sparse_input_modes_agree(compute, monkeypatch):
     """Every compute mode gives the dense reference's output and kernel gradient; the sparse
-    mode runs the sparse x sparse op (and not the dense-kernel CsrMatMul)."""
+    mode runs the sparse x pruned-kernel op (and not the dense-kernel CsrMatMul)."""
     rng = np.random.default_rng(0)
     x = _bow(rng, 12, 200, 4)
     layer = sparsekeras.layers.SparseDense(9, compute=compute, kernel_initializer="random_normal")
     layer.build((None, 200))
-    mask = rng.random((200, 9)) > 0.9
+    mask = rng.random((200, 9)) > 0.98
     layer.set_mask(mask)
     assert layer.uses_sparse_kernels == (compute != "dense")
+    assert layer.uses_sparse_input_kernel == (compute != "dense")
     kernel = keras.ops.convert_to_numpy(layer.kernel)
     st = tf.sparse.from_dense(x.toarray())
     for fn in (lambda f: f, tf.function):
@@ -199,7 +263,7 @@ def test_sparse_dense_sparse_input_modes_agree(compute, monkeypatch):
     types = {op.type for op in graph.get_operations()}
     for fn in graph._functions.values():  # tf.cond branches
         types |= {op.type for op in fn.graph.get_operations()}
-    assert ("SparseKeras>CsrCsrMatMul" in types) == (compute != "dense")
+    assert ("SparseKeras>CsrMaskedMatMul" in types) == (compute != "dense")
     if compute == "sparse":
         assert "SparseKeras>CsrMatMul" not in types
 
@@ -231,3 +295,25 @@ def test_compact_dense_sparse_input_matches_and_trains():
     assert np.isfinite(hist.history["loss"]).all()
     assert not np.allclose(before, keras.ops.convert_to_numpy(compact.values))
     assert model.predict(x, verbose=0).shape == (40, 1)
+
+
+def test_auto_mode_switches_sparse_inputs_at_its_own_threshold():
+    """auto: dense-kernel rows below SPARSE_INPUT_SWITCH_SPARSITY (measured faster there), kept
+    weights only from it on; the outputs agree either way."""
+    from sparsekeras.layers import SPARSE_INPUT_SWITCH_SPARSITY
+
+    rng = np.random.default_rng(3)
+    x = tf.sparse.from_dense(_bow(rng, 8, 400, 6).toarray())
+    layer = sparsekeras.layers.SparseDense(50, kernel_initializer="random_normal")
+    layer.build((None, 400))
+    flat = rng.permutation(400 * 50)
+    outs = []
+    for s in (0.9, SPARSE_INPUT_SWITCH_SPARSITY):
+        mask = np.ones(400 * 50, bool)
+        mask[flat[:int(round(s * mask.size))]] = False
+        layer.set_mask(mask.reshape(400, 50))
+        assert layer.uses_sparse_kernels
+        assert layer.uses_sparse_input_kernel == (s >= SPARSE_INPUT_SWITCH_SPARSITY)
+        ref = tf.sparse.to_dense(x).numpy() @ keras.ops.convert_to_numpy(layer.kernel)
+        np.testing.assert_allclose(layer(x).numpy(), ref + keras.ops.convert_to_numpy(layer.bias),
+                                   rtol=1e-5, atol=1e-5)

@@ -107,6 +107,26 @@ def _csr_csr_matmul_grad(op, grad):
     return [None, None, d_a, None, None, None, d_w, None]
 
 
+@tf.RegisterGradient("SparseKeras>CsrMaskedMatMul")
+def _csr_masked_matmul_grad(op, grad):
+    """Y = A @ (W on P): the CsrCsrMatMul gradients with W's values gathered at P's entries;
+    dW = (A^T dY) on P, scattered into W's (dense) shape. A layer that wants a cheaper gradient
+    (SparseDense: IndexedSlices over the touched rows) supplies its own with tf.custom_gradient."""
+    a_ip, a_ix, a_v, a_shape, p_ip, p_ix, w = op.inputs
+    w_shape = tf.shape(w, out_type=tf.int64)
+    rows = tf.repeat(tf.range(tf.size(p_ip, out_type=p_ip.dtype) - 1, dtype=p_ip.dtype),
+                     p_ip[1:] - p_ip[:-1])
+    coords = tf.stack([tf.cast(rows, tf.int64), tf.cast(p_ix, tf.int64)], axis=1)
+    w_values = tf.gather_nd(w, coords)
+    d_a = _ops.sparse_keras_csr_csr_mat_mul_grad_a(a_ip, a_ix, a_shape, p_ip, p_ix, w_values,
+                                                   w_shape, grad)
+    t_ip, t_ix, perm = transpose_structure(a_ip, a_ix, a_shape)
+    d_p = _ops.sparse_keras_csr_csr_mat_mul_grad_w(t_ip, t_ix, tf.gather(a_v, perm), a_shape,
+                                                   p_ip, p_ix, w_shape, grad)
+    d_w = tf.scatter_nd(coords, d_p, w_shape)
+    return [None, None, d_a, None, None, None, d_w]
+
+
 tf.no_gradient("SparseKeras>CsrTransposeStructure")
 tf.no_gradient("SparseKeras>CsrCsrMatMulGradA")
 tf.no_gradient("SparseKeras>CsrCsrMatMulGradW")
