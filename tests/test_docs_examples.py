@@ -44,9 +44,11 @@ def test_sparse_data_examples_run(tmp_path):
     assert "snippet OK" in _run(snippet, tmp_path)
 
     out = _run(blocks[1], tmp_path)
-    acc, sparsity, on = re.search(r"test accuracy ([\d.]+), first layer sparsity ([\d.]+), "
-                                  r"sparse kernels: (\w+)", out).groups()
-    assert float(acc) > 0.9 and abs(float(sparsity) - 0.9) < 1e-3 and on == "True", out
+    acc, sparsity, on, on_input = re.search(
+        r"test accuracy ([\d.]+), first layer sparsity ([\d.]+), sparse kernels: (\w+), "
+        r"sparse x sparse for sparse inputs: (\w+)", out).groups()
+    assert float(acc) > 0.9 and abs(float(sparsity) - 0.9) < 1e-3, out
+    assert (on, on_input) == ("True", "False"), out  # 0.9 < SPARSE_INPUT_SWITCH_SPARSITY
     assert "same predictions: True" in out, out
 
     out = _run(blocks[2], tmp_path)
