@@ -139,3 +139,30 @@ def test_fit_with_sparse_inputs_keeps_the_mask(optimizer):
     if optimizer == "sgd":
         np.testing.assert_array_equal(after[unused], before[unused])
     assert model.predict(x, verbose=0).shape == (64, 1)
+
+
+def test_csr_tensor_batches_from_tf_data_train():
+    """The project's CSRTensor as a tf.data element: mapped to a SparseTensor (Keras layers take
+    tensors and SparseTensors positionally), a sparse-Input SparseDense model fits and predicts,
+    and the layer's own call takes the CSRTensor directly with the same result."""
+    rng = np.random.default_rng(0)
+    x = _bow(rng, 64, 100, 5)
+    y = rng.standard_normal((64, 1)).astype(np.float32)
+    batches = [(CSRTensor.from_scipy(x[i:i + 16], index_dtype=np.int32), y[i:i + 16])
+               for i in range(0, 64, 16)]
+    spec = (CSRTensor.Spec(tf.TensorSpec([None], tf.int32), tf.TensorSpec([None], tf.int32),
+                           tf.TensorSpec([None], tf.float32), tf.TensorSpec([2], tf.int64)),
+            tf.TensorSpec([None, 1], tf.float32))
+    ds = (tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=spec)
+          .apply(tf.data.experimental.assert_cardinality(4))
+          .map(lambda c, t: (c.to_sparse_tensor(), t)))
+    inputs = keras.Input((100,), sparse=True)
+    layer = sparsekeras.layers.SparseDense(8, activation="relu")
+    model = keras.Model(inputs, keras.layers.Dense(1)(layer(inputs)))
+    model.compile("adam", "mse")
+    hist = model.fit(ds, epochs=2, verbose=0, shuffle=False)
+    assert np.isfinite(hist.history["loss"]).all()
+    assert model.predict(ds, verbose=0).shape == (64, 1)
+    csr = batches[0][0]
+    np.testing.assert_allclose(layer.call(csr).numpy(), layer(csr.to_sparse_tensor()).numpy(),
+                               rtol=1e-6)
