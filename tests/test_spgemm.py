@@ -317,3 +317,25 @@ def test_auto_mode_switches_sparse_inputs_at_its_own_threshold():
         ref = tf.sparse.to_dense(x).numpy() @ keras.ops.convert_to_numpy(layer.kernel)
         np.testing.assert_allclose(layer(x).numpy(), ref + keras.ops.convert_to_numpy(layer.bias),
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_input_models_save_and_load(tmp_path):
+    """A .keras file of a sparse-Input model (pruned SparseDense on the kept-weights path, then its
+    stripped CompactDense form) loads back and predicts the same on sparse data."""
+    rng = np.random.default_rng(5)
+    x = _bow(rng, 20, 300, 4)
+    inputs = keras.Input((300,), sparse=True)
+    first = sparsekeras.layers.SparseDense(12, activation="relu", name="first")
+    model = keras.Model(inputs, keras.layers.Dense(2)(first(inputs)))
+    first.set_mask(rng.random((300, 12)) > 0.985)
+    assert first.uses_sparse_input_kernel
+    expected = model.predict(x, verbose=0)
+    for i, m in enumerate((model, sparsekeras.strip(model))):
+        path = str(tmp_path / f"model{i}.keras")
+        m.save(path)
+        loaded = keras.models.load_model(path)
+        np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    assert keras.models.load_model(str(tmp_path / "model0.keras")).get_layer(
+        "first").uses_sparse_input_kernel
+    assert isinstance(keras.models.load_model(str(tmp_path / "model1.keras")).get_layer("first"),
+                      sparsekeras.layers.CompactDense)
