@@ -36,9 +36,12 @@ G a fixed random (B x N) tensor, gradient w.r.t. the kernel tf.Variable:
     sk_compact_s99  gradient w.r.t. CompactDense's values variable: (A^T dY) on the kernel's
         pattern (nnz values), checked against A^T G at the pattern
     sk_ops_dense    sparsekeras.ops.matmul's default gradient: dW dense (V x N)
-    tf_sparse, tf_csr: dW dense (V x N); tf_embedding: dW an IndexedSlices (one row per nonzero)
+    tf_sparse, tf_csr: dW dense (V x N); tf_embedding: dW an IndexedSlices (one row per
+        distinct word id)
     scipy, sk_numpy, mkl: Y = A W and dW = A^T G (dense V x N), numpy level
-Every timed TF call ends with .numpy() on all of its outputs (values and indices of an
+Each TF method has its own copy of the kernel variable (a gather on a variable, as in
+embedding_lookup_sparse, makes TensorFlow copy it on every later dense read). Every timed TF call
+ends with .numpy() on all of its outputs (values and indices of an
 IndexedSlices). Correctness, once, untimed: Y vs A W in float64 and dW (densified) vs A^T G
 (np.testing.assert_allclose, rtol 1e-4, atol 1e-4 x RMS); a wrong sparsekeras result aborts.
 
@@ -78,6 +81,7 @@ FULL = dict(B=256, V=50_000, per_row=50, N=256)
 QUICK = dict(B=32, V=5_000, per_row=20, N=64)
 MASK_SPARSITY = 0.99
 TARGETS = {"forward_ms_max": 1.2, "fwd_bwd_speedup_vs_tf_sparse_min": 5.0}
+NUMPY_METHODS = ("scipy", "sk_numpy", "mkl")
 SK_METHODS = {"sk_layer", "sk_ops", "sk_layer_s99", "sk_compact_s99", "sk_ops_dense", "sk_numpy"}
 
 
@@ -128,7 +132,12 @@ def build(tf, a, w, mask, G):
     e_shape = [B, int(np.diff(a.indptr).max()) if a.nnz else 1]
     sp_ids = tf.SparseTensor(e_idx, tf.constant(coo.col.astype(np.int64)), e_shape)
     sp_w = tf.SparseTensor(e_idx, tf.constant(coo.data), e_shape)
-    W = tf.Variable(w, name="W")
+    # One kernel variable per method: a gather on a resource variable (embedding_lookup_sparse's
+    # ResourceGather) switches it to copy-on-read for good, after which every dense read of it
+    # copies all 50,000 x 256 floats; with one shared variable that copy (~3 ms) landed in the
+    # timings of every method measured after tf_embedding.
+    Wv = {k: tf.Variable(w, name=f"W_{k}") for k in
+          ("sk_ops", "sk_ops_dense", "tf_sparse", "tf_embedding", "tf_csr")}
     a_csr_tf = csr_ops.CSRSparseMatrix(st)
 
     layer = sparsekeras.layers.SparseDense(N, use_bias=False, compute="dense")
@@ -144,13 +153,14 @@ def build(tf, a, w, mask, G):
     ops = sparsekeras.ops
     fwd_tf = {
         "sk_layer": tf.function(lambda: layer(st)),
-        "sk_ops": tf.function(lambda: ops.matmul(csr, W)),
+        "sk_ops": tf.function(lambda: ops.matmul(csr, Wv["sk_ops"])),
         "sk_layer_s99": tf.function(lambda: layer99(st)),
         "sk_compact_s99": tf.function(lambda: compact(st)),
-        "tf_sparse": tf.function(lambda: tf.sparse.sparse_dense_matmul(st, W)),
+        "tf_sparse": tf.function(lambda: tf.sparse.sparse_dense_matmul(st, Wv["tf_sparse"])),
         "tf_embedding": tf.function(
-            lambda: tf.nn.embedding_lookup_sparse(W, sp_ids, sp_w, combiner="sum")),
-        "tf_csr": tf.function(lambda: csr_ops.matmul(a_csr_tf, W)),
+            lambda: tf.nn.embedding_lookup_sparse(Wv["tf_embedding"], sp_ids, sp_w,
+                                                  combiner="sum")),
+        "tf_csr": tf.function(lambda: csr_ops.matmul(a_csr_tf, Wv["tf_csr"])),
     }
     forward = {k: (lambda f=f: [f().numpy()]) for k, f in fwd_tf.items()}
     a64 = a.astype(np.float32)
@@ -169,18 +179,21 @@ def build(tf, a, w, mask, G):
         return f
 
     def csr_fwd():
-        return csr_ops.matmul(csr_ops.CSRSparseMatrix(st), W)
+        return csr_ops.matmul(csr_ops.CSRSparseMatrix(st), Wv["tf_csr"])
 
     bwd_tf = {
         "sk_layer": step(lambda: layer(st), layer.kernel.value),
-        "sk_ops": step(lambda: ops.matmul(csr, W, indexed_slices_grad=True), W),
+        "sk_ops": step(lambda: ops.matmul(csr, Wv["sk_ops"], indexed_slices_grad=True),
+                       Wv["sk_ops"]),
         "sk_layer_s99": step(lambda: layer99(st), layer99.kernel.value),
         "sk_compact_s99": step(lambda: compact(st), compact.values.value),
-        "sk_ops_dense": step(lambda: ops.matmul(csr, W), W),
-        "tf_sparse": step(lambda: tf.sparse.sparse_dense_matmul(st, W), W),
+        "sk_ops_dense": step(lambda: ops.matmul(csr, Wv["sk_ops_dense"]), Wv["sk_ops_dense"]),
+        "tf_sparse": step(lambda: tf.sparse.sparse_dense_matmul(st, Wv["tf_sparse"]),
+                          Wv["tf_sparse"]),
         "tf_embedding": step(
-            lambda: tf.nn.embedding_lookup_sparse(W, sp_ids, sp_w, combiner="sum"), W),
-        "tf_csr": step(csr_fwd, W),
+            lambda: tf.nn.embedding_lookup_sparse(Wv["tf_embedding"], sp_ids, sp_w,
+                                                  combiner="sum"), Wv["tf_embedding"]),
+        "tf_csr": step(csr_fwd, Wv["tf_csr"]),
     }
 
     def as_numpy(out):
@@ -243,35 +256,41 @@ def run(args):
             wait_idle(args.wait_idle)
         tracker = BusyTracker()
         tracker.start()
-        for phase, methods in (("forward", forward), ("fwd_bwd", fwd_bwd)):
-            for name, f in methods.items():
-                if isinstance(f, str):
-                    row[phase][name] = {"status": f}
-                    log(f"  {phase:8s} {name:14s} {f}")
-                    continue
-                parts = f()
-                y_ref = ref_y99 if name.endswith("_s99") else ref_y
-                if phase == "forward":
-                    ok = close(parts[0], y_ref)
-                elif name == "sk_compact_s99":  # d(values): an IndexedSlices over the nnz values
-                    dv = np.zeros(len(compact_coords[0]))
-                    if len(parts) == 3:
-                        np.add.at(dv, parts[2].astype(np.int64), parts[1])
-                    else:
-                        dv = parts[1]
-                    ok = close(parts[0], y_ref) and close(dv, ref_dw[compact_coords])
+        # TensorFlow methods first, numpy-level ones last, so that other libraries' thread pools
+        # (MKL brings its own OpenMP runtime) are not yet running while TF methods are timed.
+        order = [(ph, name) for ph, methods in (("forward", forward), ("fwd_bwd", fwd_bwd))
+                 for name in methods if name not in NUMPY_METHODS]
+        order += [(ph, name) for ph, methods in (("forward", forward), ("fwd_bwd", fwd_bwd))
+                  for name in methods if name in NUMPY_METHODS]
+        for phase, name in order:
+            f = (forward if phase == "forward" else fwd_bwd)[name]
+            if isinstance(f, str):
+                row[phase][name] = {"status": f}
+                log(f"  {phase:8s} {name:14s} {f}")
+                continue
+            parts = f()
+            y_ref = ref_y99 if name.endswith("_s99") else ref_y
+            if phase == "forward":
+                ok = close(parts[0], y_ref)
+            elif name == "sk_compact_s99":  # d(values): an IndexedSlices over the nnz values
+                dv = np.zeros(len(compact_coords[0]))
+                if len(parts) == 3:
+                    np.add.at(dv, parts[2].astype(np.int64), parts[1])
                 else:
-                    y, dw = densify(parts, V)
-                    ok = close(y, y_ref) and close(dw, ref_dw)
-                if not ok and name in SK_METHODS:
-                    raise AssertionError(f"sparsekeras result wrong: {phase} {name}")
-                stats = time_fn(f, *timing)
-                stats["correct"] = ok
-                if phase == "fwd_bwd" and len(parts) == 3:
-                    stats["grad_rows"] = int(parts[1].shape[0])
-                row[phase][name] = stats
-                log(f"  {phase:8s} {name:14s} {stats.get('median_ms', float('nan')):9.3f} ms"
-                    + ("" if ok else "  (DISAGREES with the reference)"))
+                    dv = parts[1]
+                ok = close(parts[0], y_ref) and close(dv, ref_dw[compact_coords])
+            else:
+                y, dw = densify(parts, V)
+                ok = close(y, y_ref) and close(dw, ref_dw)
+            if not ok and name in SK_METHODS:
+                raise AssertionError(f"sparsekeras result wrong: {phase} {name}")
+            stats = time_fn(f, *timing)
+            stats["correct"] = ok
+            if phase == "fwd_bwd" and len(parts) == 3:
+                stats["grad_rows"] = int(parts[1].shape[0])
+            row[phase][name] = stats
+            log(f"  {phase:8s} {name:14s} {stats.get('median_ms', float('nan')):9.3f} ms"
+                + ("" if ok else "  (DISAGREES with the reference)"))
         row["other_procs_cpus"] = tracker.stop()
     for phase in ("forward", "fwd_bwd"):
         base = row[phase].get("tf_sparse", {}).get("median_ms")
