@@ -24,6 +24,8 @@
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/device_base.h"
+#include "tensorflow/core/framework/resource_mgr.h"
+#include "tensorflow/core/framework/resource_var.h"
 
 namespace sparsekeras {
 namespace {
@@ -595,9 +597,10 @@ REGISTER_KERNEL_BUILDER(Name("SparseKeras>CsrTransposeStructure")
 //       -> (dY @ W^T) sampled on A's pattern (nnz(A)).
 //   CsrCsrMatMulGradW(at_indptr, at_indices, at_values, a_shape, w_indptr, w_indices, w_shape, dy)
 //       -> (A^T @ dY) sampled on W's pattern (nnz(W)), from A^T in CSR (at_*: K + 1 / nnz(A)).
-//   CsrMaskedMatMul(a_indptr, a_indices, a_values, a_shape, p_indptr, p_indices, w)
-//       -> A @ (w on the pattern P), w dense (K x N) read only at P's entries (K + 1 / nnz(P)):
-//       a pruned kernel kept dense (SparseDense) times a sparse input.
+//   CsrMatMulVariable(indptr, indices, values, dense_shape, b: resource, p_indptr, p_indices)
+//       -> A @ b; a non-empty pattern P lists b's possibly-nonzero entries, the only ones read,
+//       b read in place from a variable: a SparseDense kernel (pruned or not) times a sparse input.
+//   CsrSddmmVariable(indptr, indices, dense_shape, u, v: resource) -> values[p] = u[i] . v[j].
 
 namespace sparsekeras {
 namespace {
@@ -754,33 +757,108 @@ class CsrCsrMatMulGradWOp : public OpKernel {
   }
 };
 
+// A @ the value of a resource variable, read in place under the variable's shared lock (as
+// ResourceGather reads it). A ReadVariableOp copies the whole variable on every read once the
+// variable is in copy-on-read mode, which any sparse update (the scatter an optimizer applies
+// for an IndexedSlices gradient) switches on for good.
 template <typename T, typename I>
-class CsrMaskedMatMulOp : public OpKernel {
+class CsrMatMulVariableOp : public OpKernel {
  public:
-  explicit CsrMaskedMatMulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit CsrMatMulVariableOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
   void Compute(OpKernelContext* ctx) override {
-    const Tensor& w = ctx->input(6);
-    OP_REQUIRES(ctx, w.dims() == 2,
-                absl::InvalidArgumentError(absl::StrCat("w must be a matrix; received shape ",
-                                                        w.shape().DebugString())));
-    Tensor p_shape(tensorflow::DT_INT64, TensorShape({2}));
-    p_shape.flat<int64_t>()(0) = w.dim_size(0);
-    p_shape.flat<int64_t>()(1) = w.dim_size(1);
-    CsrDims a, p;
-    OP_REQUIRES_OK(ctx, ValidateCsr<I>(ctx->input(0), ctx->input(1), &ctx->input(2), ctx->input(3),
-                                       "a", false, &a));
-    OP_REQUIRES_OK(ctx, ValidateCsr<I>(ctx->input(4), ctx->input(5), nullptr, p_shape,
-                                       "pattern (of w's shape)", false, &p));
-    OP_REQUIRES_OK(ctx, InnerMatch(a, p));
+    const Tensor& indptr = ctx->input(0);
+    const Tensor& indices = ctx->input(1);
+    const Tensor& values = ctx->input(2);
+    const Tensor& dense_shape = ctx->input(3);
+    CsrDims d;
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(indptr, indices, &values, dense_shape, "a", false, &d));
+    ::tensorflow::core::RefCountPtr<::tensorflow::Var> var;
+    OP_REQUIRES_OK(ctx, ::tensorflow::LookupResource(ctx, ::tensorflow::HandleFromInput(ctx, 4),
+                                                     &var));
+    ::tensorflow::tf_shared_lock lock(*var->mu());
+    const Tensor& b = *var->tensor();
+    OP_REQUIRES(ctx, b.dtype() == ::tensorflow::DataTypeToEnum<T>::v(),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "b (a variable) must have the dtype of a.values, ",
+                    ::tensorflow::DataTypeString(::tensorflow::DataTypeToEnum<T>::v()),
+                    "; received ", ::tensorflow::DataTypeString(b.dtype()))));
+    OP_REQUIRES(ctx, b.dims() == 2 && b.dim_size(0) == d.cols,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "b (a variable) must be a matrix with ", d.cols, " rows to match "
+                    "a.dense_shape [", d.rows, ", ", d.cols, "]; received shape ",
+                    b.shape().DebugString())));
+    const int64_t n = b.dim_size(1);
+    const Tensor& p_indptr = ctx->input(5);
+    const Tensor& p_indices = ctx->input(6);
+    const bool masked = p_indptr.NumElements() > 0;
+    CsrDims p;
+    if (masked) {
+      Tensor p_shape(::tensorflow::DT_INT64, TensorShape({2}));
+      p_shape.flat<int64_t>()(0) = d.cols;
+      p_shape.flat<int64_t>()(1) = n;
+      OP_REQUIRES_OK(ctx, ValidateCsr<I>(p_indptr, p_indices, nullptr, p_shape,
+                                         "pattern (of b's shape)", false, &p));
+    }
     Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({a.rows, p.cols}), &out));
-    if (a.rows == 0 || p.cols == 0) return;
-    ThreadLease lease(ctx, SpgemmWork(a, p));
-    int rc = SpgemmMasked(a.rows, a.cols, p.cols, ctx->input(0).flat<I>().data(),
-                          ctx->input(1).flat<I>().data(), ctx->input(2).flat<T>().data(),
-                          ctx->input(4).flat<I>().data(), ctx->input(5).flat<I>().data(),
-                          w.flat<T>().data(), out->flat<T>().data(), lease.n());
-    OP_REQUIRES(ctx, rc == 0, Allocation("CsrMaskedMatMul"));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({d.rows, n}), &out));
+    if (d.rows == 0 || n == 0) return;
+    int rc;
+    if (masked) {
+      ThreadLease lease(ctx, SpgemmWork(d, p));
+      rc = SpgemmMasked(d.rows, d.cols, n, indptr.flat<I>().data(), indices.flat<I>().data(),
+                        values.flat<T>().data(), p_indptr.flat<I>().data(),
+                        p_indices.flat<I>().data(), b.flat<T>().data(), out->flat<T>().data(),
+                        lease.n());
+    } else {
+      ThreadLease lease(ctx, d.nnz * n + d.cols * n);
+      rc = CsrMatMul(d.rows, d.cols, n, indptr.flat<I>().data(), indices.flat<I>().data(),
+                     values.flat<T>().data(), b.flat<T>().data(), out->flat<T>().data(),
+                     lease.n());
+    }
+    OP_REQUIRES(ctx, rc == 0, Allocation("CsrMatMulVariable"));
+  }
+};
+
+// values[p] = dot(u[i], v[indices[p]]) with v the value of a resource variable read in place:
+// the gradient of CsrMatMulVariable w.r.t. A's values. Not stateful, so it is pruned from a
+// graph that does not use it (a ResourceGather would not be).
+template <typename T, typename I>
+class CsrSddmmVariableOp : public OpKernel {
+ public:
+  explicit CsrSddmmVariableOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& indptr = ctx->input(0);
+    const Tensor& indices = ctx->input(1);
+    const Tensor& dense_shape = ctx->input(2);
+    const Tensor& u = ctx->input(3);
+    CsrDims d;
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(indptr, indices, nullptr, dense_shape, "pattern", false, &d));
+    ::tensorflow::core::RefCountPtr<::tensorflow::Var> var;
+    OP_REQUIRES_OK(ctx, ::tensorflow::LookupResource(ctx, ::tensorflow::HandleFromInput(ctx, 4),
+                                                     &var));
+    ::tensorflow::tf_shared_lock lock(*var->mu());
+    const Tensor& v = *var->tensor();
+    OP_REQUIRES(ctx, v.dtype() == ::tensorflow::DataTypeToEnum<T>::v(),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "v (a variable) must have u's dtype ",
+                    ::tensorflow::DataTypeString(::tensorflow::DataTypeToEnum<T>::v()),
+                    "; received ", ::tensorflow::DataTypeString(v.dtype()))));
+    OP_REQUIRES(ctx, u.dims() == 2 && u.dim_size(0) == d.rows,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "u must be a matrix with ", d.rows, " rows (pattern.dense_shape [", d.rows,
+                    ", ", d.cols, "]); received u.shape ", u.shape().DebugString())));
+    OP_REQUIRES(ctx, v.dims() == 2 && v.dim_size(0) == d.cols && v.dim_size(1) == u.dim_size(1),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "v (a variable) must be a matrix of shape [", d.cols, ", ", u.dim_size(1),
+                    "]; received shape ", v.shape().DebugString())));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({d.nnz}), &out));
+    if (d.nnz == 0) return;
+    const int64_t depth = u.dim_size(1);
+    ThreadLease lease(ctx, d.nnz * depth);
+    int rc = CsrSddmm(d.rows, d.cols, depth, indptr.flat<I>().data(), indices.flat<I>().data(),
+                      u.flat<T>().data(), v.flat<T>().data(), out->flat<T>().data(), lease.n());
+    OP_REQUIRES(ctx, rc == 0, Allocation("CsrSddmmVariable"));
   }
 };
 
@@ -795,8 +873,11 @@ class CsrMaskedMatMulOp : public OpKernel {
       Name("SparseKeras>CsrCsrMatMulGradW").Device(DEVICE_CPU).TypeConstraint<T>("T")        \
           .TypeConstraint<I>("Tindex"), CsrCsrMatMulGradWOp<T, I>);                          \
   REGISTER_KERNEL_BUILDER(                                                                   \
-      Name("SparseKeras>CsrMaskedMatMul").Device(DEVICE_CPU).TypeConstraint<T>("T")          \
-          .TypeConstraint<I>("Tindex"), CsrMaskedMatMulOp<T, I>);
+      Name("SparseKeras>CsrMatMulVariable").Device(DEVICE_CPU).TypeConstraint<T>("T")        \
+          .TypeConstraint<I>("Tindex"), CsrMatMulVariableOp<T, I>);                          \
+  REGISTER_KERNEL_BUILDER(                                                                   \
+      Name("SparseKeras>CsrSddmmVariable").Device(DEVICE_CPU).TypeConstraint<T>("T")         \
+          .TypeConstraint<I>("Tindex"), CsrSddmmVariableOp<T, I>);
 SK_REGISTER_SPGEMM(float, int32_t)
 SK_REGISTER_SPGEMM(float, int64_t)
 SK_REGISTER_SPGEMM(double, int32_t)
@@ -856,28 +937,55 @@ REGISTER_OP("SparseKeras>CsrCsrMatMulGradW")
     .Doc("(A^T @ dy) sampled on W's pattern, from A^T in CSR (at_*) and A's dense_shape: the "
          "gradient of CsrCsrMatMul w.r.t. w_values.");
 
-REGISTER_OP("SparseKeras>CsrMaskedMatMul")
-    .Input("a_indptr: Tindex")
-    .Input("a_indices: Tindex")
-    .Input("a_values: T")
-    .Input("a_shape: int64")
+REGISTER_OP("SparseKeras>CsrMatMulVariable")
+    .Input("indptr: Tindex")
+    .Input("indices: Tindex")
+    .Input("values: T")
+    .Input("dense_shape: int64")
+    .Input("b: resource")
     .Input("p_indptr: Tindex")
     .Input("p_indices: Tindex")
-    .Input("w: T")
     .Output("out: T")
     .Attr("T: {float, double}")
     .Attr("Tindex: {int32, int64}")
     .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
-      for (int i = 0; i < 6; ++i) {
+      for (int i : {0, 1, 2, 3, 5, 6}) {
         ::tensorflow::shape_inference::ShapeHandle s;
         TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 1, &s));
       }
-      ::tensorflow::shape_inference::ShapeHandle w;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(6), 2, &w));
-      ::tensorflow::shape_inference::DimensionHandle m;
+      ::tensorflow::shape_inference::DimensionHandle m, n = c->UnknownDim();
       TF_RETURN_IF_ERROR(c->Subtract(c->Dim(c->input(0), 0), 1, &m));
-      c->set_output(0, c->Matrix(m, c->Dim(w, 1)));
+      auto* handle = c->input_handle_shapes_and_types(4);
+      if (handle != nullptr && handle->size() == 1 && c->RankKnown((*handle)[0].shape) &&
+          c->Rank((*handle)[0].shape) == 2) {
+        n = c->Dim((*handle)[0].shape, 1);
+      }
+      c->set_output(0, c->Matrix(m, n));
       return absl::OkStatus();
     })
-    .Doc("out = A @ (w on the pattern P): A (M x K) CSR, w dense (K x N) read only at the "
-         "entries of the CSR structure P (p_indptr K + 1, p_indices column ids).");
+    .Doc("out = A @ b, A sparse (CSR) and b the value of a resource variable (M x K @ K x N), "
+         "read in place under the variable's lock: no copy even in copy-on-read mode. A "
+         "non-empty pattern P (p_indptr K + 1, p_indices column ids) lists the entries of b that "
+         "may be nonzero (a pruned kernel under its mask): only those are read, the others are "
+         "taken as zero. Empty p_indptr: all of b is read.");
+
+REGISTER_OP("SparseKeras>CsrSddmmVariable")
+    .Input("indptr: Tindex")
+    .Input("indices: Tindex")
+    .Input("dense_shape: int64")
+    .Input("u: T")
+    .Input("v: resource")
+    .Output("values: T")
+    .Attr("T: {float, double}")
+    .Attr("Tindex: {int32, int64}")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      ::tensorflow::shape_inference::ShapeHandle s;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &s));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &s));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &s));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 2, &s));
+      c->set_output(0, c->Vector(c->Dim(c->input(1), 0)));
+      return absl::OkStatus();
+    })
+    .Doc("values[p] = dot(u[i], v[j]) for each stored entry p = (i, j), v the value of a "
+         "resource variable read in place: CsrMatMulVariable's gradient w.r.t. A's values.");

@@ -8,11 +8,12 @@ row, N = 64). All methods run on the same operands, in the same process.
 Forward (Y = A W):
     sk_layer        sparsekeras.layers.SparseDense(N, use_bias=False)(A_SparseTensor), the layer's
                     path for keras.Input(sparse=True): SparseTensor -> CSR conversion + CSR kernel
+                    reading the kernel variable in place (CsrMatMulVariable)
     sk_ops          sparsekeras.ops.matmul(A_CSRTensor, W): the op alone, CSR built once
     sk_layer_s99    SparseDense (compute="auto") with a 99 %-sparse mask: past
                     SPARSE_INPUT_SWITCH_SPARSITY, it multiplies by the kept weights only
-                    (CsrMaskedMatMul, weights read in place from the dense kernel); reference
-                    A (W * mask)
+                    (CsrMatMulVariable with the mask pattern: weights read in place from the
+                    kernel variable); reference A (W * mask)
     sk_compact_s99  CompactDense holding W * mask (CSC arrays only): sparse x sparse
                     (CsrCsrMatMul), CSR of the kernel from a transpose of its CSC arrays per call
     tf_sparse       tf.sparse.sparse_dense_matmul(A_SparseTensor, W)

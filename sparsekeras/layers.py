@@ -25,8 +25,8 @@ __all__ = ["SparseDense", "CompactDense", "DEFAULT_SWITCH_SPARSITY", "SPARSE_INP
 DEFAULT_SWITCH_SPARSITY = 0.7
 _COMPUTE_MODES = ("auto", "dense", "sparse")
 # Sparsity from which, in "auto" mode, a sparse input (bag-of-words batch) is multiplied by the
-# kept weights only (CsrMaskedMatMul) rather than by the whole rows of the dense kernel that it
-# touches (CsrMatMul, SIMD over contiguous rows). Measured on a 256 x 50,000 batch with 50 words
+# kept weights only (the mask's pattern) rather than by the whole rows of the dense kernel that
+# it touches (SIMD over contiguous rows). Measured on a 256 x 50,000 batch with 50 words
 # per row times a 50,000 x 256 kernel, 2 threads: dense rows 0.42-0.45 ms at every sparsity;
 # kept weights only 1.51 ms at 0.9, 0.69 at 0.95, 0.31 at 0.98, 0.23 at 0.99.
 SPARSE_INPUT_SWITCH_SPARSITY = 0.97
@@ -262,46 +262,43 @@ class SparseDense(keras.layers.Dense):
         kernel over the kept weights only (the mask's CSR structure is cached with it; kept
         weights are read in place from the kernel, pruned ones never). compute="dense" takes the
         first, compute="sparse" the second; "auto" the second from a mask sparsity of
-        max(switch_sparsity, SPARSE_INPUT_SWITCH_SPARSITY), where it becomes the faster. Backward, in both modes: the kernel's gradient A^T dY
-        from the input's nonzeros only, as a tf.IndexedSlices over the kernel rows the batch
-        touches (the optimizer updates only those rows; the mask constraint zeroes the pruned
-        ones, as on the dense path)."""
+        max(switch_sparsity, SPARSE_INPUT_SWITCH_SPARSITY), where it becomes the faster.
+        Backward, in both modes: the kernel's gradient A^T dY from the input's nonzeros only, as
+        a tf.IndexedSlices over the kernel rows the batch touches (the optimizer updates only
+        those rows; the mask constraint zeroes the pruned ones, as on the dense path)."""
         if inputs.shape.rank is not None and inputs.shape.rank != 2:
             raise ValueError("SparseDense supports sparse inputs of rank 2 (batch, features). "
                              f"Received: inputs.shape={inputs.shape}")
-        kernel = tf.convert_to_tensor(self.kernel)
-        if kernel.dtype not in (tf.float32, tf.float64):
-            kernel = tf.cast(kernel, tf.float32)
+        var = self.kernel.value  # the tf.Variable under the Keras variable
         csr = sk_ops.to_csr(inputs, index_dtype=tf.int32)
-        values = tf.cast(csr.values, kernel.dtype)
-        n = self.units
+        if var.dtype not in (tf.float32, tf.float64):  # e.g. a float16 kernel: cast a read
+            kernel = tf.cast(tf.convert_to_tensor(var), tf.float32)
+            y = sk_ops.matmul(csr.with_values(tf.cast(csr.values, tf.float32)), kernel,
+                              indexed_slices_grad=True)
+            y.set_shape([inputs.shape[0], self.units])
+            return y
+        # Empty pattern: whole touched rows; the mask's CSR structure: its kept weights only.
+        empty = tf.zeros([0], tf.int32)
         w_indptr = tf.convert_to_tensor(self._csr_indptr)
         w_indices = tf.convert_to_tensor(self._csr_indices)
-        raw = sk_ops._ops
-
-        def sparse_forward(a_values, b):
-            # The kept weights are read in place from the dense kernel: no gather of all of them.
-            return raw.sparse_keras_csr_masked_mat_mul(csr.indptr, csr.indices, a_values,
-                                                       csr.dense_shape, w_indptr, w_indices, b)
-
-        def dense_forward(a_values, b):
-            return raw.sparse_keras_csr_mat_mul(csr.indptr, csr.indices, a_values,
-                                                csr.dense_shape, b)
-
         if self.compute == "sparse":
-            forward = sparse_forward
+            p_indptr, p_indices = w_indptr, w_indices
         elif self.compute == "dense":
-            forward = dense_forward
+            p_indptr, p_indices = empty, empty
         else:
-            sparse_on = tf.convert_to_tensor(self._sparse_input_on)
-
-            def forward(a_values, b):
-                return tf.cond(sparse_on, lambda: sparse_forward(a_values, b),
-                               lambda: dense_forward(a_values, b))
-
-        y = sk_ops._csr_matmul_sliced_grad(csr.indptr, csr.indices, csr.dense_shape, values,
-                                           kernel, forward=forward)
-        y.set_shape([inputs.shape[0], n])
+            # Either the whole pattern or none of it: a slice, cheaper than two tf.conds.
+            on = tf.cast(tf.convert_to_tensor(self._sparse_input_on), tf.int32)
+            p_indptr = w_indptr[:tf.size(w_indptr) * on]
+            p_indices = w_indices[:tf.size(w_indices) * on]
+        # The kernel is read in place through its handle, not with a ReadVariableOp: that copies
+        # the whole kernel on every read once an optimizer has applied a sparse (IndexedSlices)
+        # update to it (TensorFlow's copy-on-read mode; plain SGD does). sparse_read of no rows
+        # marks the variable as accessed, so that gradient tapes watch it, without reading it.
+        var.sparse_read(empty)
+        y = sk_ops._ops.sparse_keras_csr_mat_mul_variable(
+            csr.indptr, csr.indices, tf.cast(csr.values, var.dtype), csr.dense_shape, var.handle,
+            p_indptr, p_indices)
+        y.set_shape([inputs.shape[0], self.units])
         return y
 
     def call(self, inputs, training=None):

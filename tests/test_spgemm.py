@@ -181,48 +181,72 @@ def test_op_rejects_bad_operands_with_clear_errors(run):
         run(ops.csr_csr_matmul, a, bad_w)
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["all_of_b", "pattern"])
 @pytest.mark.parametrize("idt", R.INDEX_DTYPES, ids=["i32", "i64"])
 @pytest.mark.parametrize("vdt", R.VALUE_DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("case", [R.SHAPES[0], R.SHAPES[5], R.SHAPES[6], R.SHAPES[7]],
-                         ids=[R.SHAPE_IDS[i] for i in (0, 5, 6, 7)])
-def test_masked_op_forward_and_registered_gradient(case, vdt, idt, run):
-    """CsrMaskedMatMul's own gradient: dA on A's pattern, dW = (A^T dY) on P (zero elsewhere)."""
+@pytest.mark.parametrize("case", [R.SHAPES[0], R.SHAPES[5], R.SHAPES[6], R.SHAPES[7], R.SHAPES[8]],
+                         ids=[R.SHAPE_IDS[i] for i in (0, 5, 6, 7, 8)])
+def test_variable_op_forward_and_registered_gradient(case, vdt, idt, masked, run):
+    """CsrMatMulVariable: A @ b with b read from a variable (with a pattern P: b is zero outside
+    it and only P's entries are read; the others are NaN here to prove it); gradients dA on A's
+    pattern and dB = A^T dY as IndexedSlices over the touched rows."""
     from sparsekeras.ops import _ops
 
     a = R.make_csr(case, index_dtype=idt, value_dtype=vdt)
-    p_ip, p_ix, p_vals, _ = make_w(case.k, 11, 0.3, idt, vdt)
-    w = np.random.default_rng(8).standard_normal((case.k, 11)).astype(vdt)
+    p_ip, p_ix, _, _ = make_w(case.k, 11, 0.3, idt, vdt)
     pattern = np.zeros((case.k, 11), bool)
     pattern[R.row_ids(p_ip), p_ix] = True
+    if not masked:
+        p_ip = p_ix = np.zeros(0, idt)
+        pattern[:] = True
+    w = np.where(pattern, np.random.default_rng(8).standard_normal((case.k, 11)), 0).astype(vdt)
+    var = tf.Variable(w)
+    if masked:  # entries outside P are never read: NaN there leaves the forward unchanged
+        nan_var = tf.Variable(np.where(pattern, w, np.nan).astype(vdt))
+        y_nan = _ops.sparse_keras_csr_mat_mul_variable(a[0], a[1], a[2], tf.constant(a[3], tf.int64),
+                                                       nan_var.handle, p_ip, p_ix)
+        _close(y_nan.numpy(), R.ref_csr_to_dense(*a) @ w, vdt, case.k)
     dy = np.random.default_rng(9).standard_normal((case.m, 11)).astype(vdt)
 
-    def f(av, wv):
+    def f(av):
         with tf.GradientTape() as tape:
-            tape.watch([av, wv])
-            y = _ops.sparse_keras_csr_masked_mat_mul(a[0], a[1], av, tf.constant(a[3], tf.int64),
-                                                     p_ip, p_ix, wv)
+            tape.watch(av)
+            var.sparse_read(tf.zeros([0], tf.int32))
+            y = _ops.sparse_keras_csr_mat_mul_variable(a[0], a[1], av,
+                                                       tf.constant(a[3], tf.int64), var.handle,
+                                                       p_ip, p_ix)
             loss = tf.reduce_sum(y * dy)
-        return (y,) + tuple(tape.gradient(loss, [av, wv]))
+        d_a, d_w = tape.gradient(loss, [av, var])
+        return y, d_a, tf.convert_to_tensor(d_w), d_w.indices
 
-    y, d_a, d_w = run(f, tf.constant(a[2]), tf.constant(w))
+    y, d_a, d_w, rows = run(f, tf.constant(a[2]))
     wp = np.where(pattern, w, 0.0)
-    ref_a, _ = ref_grads(a, (p_ip, p_ix, wp[pattern], (case.k, 11)), dy)
-    _close(y.numpy(), R.ref_csr_to_dense(*a) @ wp, vdt, case.k)
-    _close(d_a.numpy(), ref_a, vdt, 11)
-    _close(d_w.numpy(), np.where(pattern, R.ref_csr_to_dense(*a).T @ dy, 0.0), vdt, max(case.m, 1))
+    ad = R.ref_csr_to_dense(*a)
+    _close(y.numpy(), ad @ wp, vdt, case.k)
+    _close(d_a.numpy(), (dy.astype(np.float64) @ wp.T)[R.row_ids(a[0]), np.asarray(a[1], np.int64)],
+           vdt, 11)
+    _close(d_w.numpy(), ad.T @ dy, vdt, max(case.m, 1))
+    assert sorted(rows.numpy().tolist()) == sorted(set(np.asarray(a[1]).tolist()))
 
 
-def test_masked_op_rejects_bad_pattern(run):
+def test_variable_op_rejects_bad_operands(run):
     from sparsekeras.ops import _ops
 
     a = (np.array([0, 1], np.int64), np.array([1], np.int64), np.ones(1), tf.constant([1, 3], tf.int64))
+    var = tf.Variable(tf.ones((3, 2), tf.float64))
     with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=r"pattern \(of w's shape\): malformed CSR: indices must lie in \[0, 2\); received indices\[0\]=5"):
-        run(lambda: _ops.sparse_keras_csr_masked_mat_mul(*a, np.array([0, 1, 1, 1], np.int64),
-                                                         np.array([5], np.int64), tf.ones((3, 2), tf.float64)))
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"w must have 3 rows"):
-        run(lambda: _ops.sparse_keras_csr_masked_mat_mul(*a, np.array([0, 0, 0], np.int64),
-                                                         np.zeros(0, np.int64), tf.ones((2, 2), tf.float64)))
+                       match=r"pattern \(of b's shape\): malformed CSR: indices must lie in \[0, 2\); received indices\[0\]=5"):
+        run(lambda: _ops.sparse_keras_csr_mat_mul_variable(*a, var.handle, np.array([0, 1, 1, 1], np.int64),
+                                                           np.array([5], np.int64)))
+    var2 = tf.Variable(tf.ones((2, 2), tf.float64))
+    empty = np.zeros(0, np.int64)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"b \(a variable\) must be a matrix with 3 rows to match a.dense_shape \[1, 3\]; received shape \[2,2\]"):
+        run(lambda: _ops.sparse_keras_csr_mat_mul_variable(*a, var2.handle, empty, empty))
+    var3 = tf.Variable(tf.ones((3, 2), tf.float32))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"b \(a variable\) must have the dtype of a.values, double; received float"):
+        run(lambda: _ops.sparse_keras_csr_mat_mul_variable(*a, var3.handle, empty, empty))
 
 
 # ---- layers: sparse input x pruned kernel ---------------------------------------------------
@@ -236,9 +260,10 @@ def _bow(rng, batch, vocab, per_row):
 
 
 @pytest.mark.parametrize("compute", ["sparse", "auto", "dense"])
-def test_sparse_dense_sparse_input_modes_agree(compute, monkeypatch):
-    """Every compute mode gives the dense reference's output and kernel gradient; the sparse
-    mode runs the sparse x pruned-kernel op (and not the dense-kernel CsrMatMul)."""
+def test_sparse_dense_sparse_input_modes_agree(compute):
+    """Every compute mode gives the dense reference's output and the kernel gradient A^T dY over
+    the touched rows (unmasked, as for dense inputs: the mask constraint zeroes pruned weights
+    after each step). The kernel is read through its handle: no ReadVariableOp of it."""
     rng = np.random.default_rng(0)
     x = _bow(rng, 12, 200, 4)
     layer = sparsekeras.layers.SparseDense(9, compute=compute, kernel_initializer="random_normal")
@@ -259,13 +284,34 @@ def test_sparse_dense_sparse_input_modes_agree(compute, monkeypatch):
         assert isinstance(grad, tf.IndexedSlices)
         np.testing.assert_allclose(tf.convert_to_tensor(grad).numpy(),
                                    x.toarray().T @ (2 * ref_y), rtol=1e-4, atol=1e-4)
-    graph = tf.function(lambda s: layer(s)).get_concrete_function(st).graph
-    types = {op.type for op in graph.get_operations()}
-    for fn in graph._functions.values():  # tf.cond branches
-        types |= {op.type for op in fn.graph.get_operations()}
-    assert ("SparseKeras>CsrMaskedMatMul" in types) == (compute != "dense")
-    if compute == "sparse":
-        assert "SparseKeras>CsrMatMul" not in types
+    cf = tf.function(lambda s: layer(s)).get_concrete_function(st)
+    inner = [i for e, i in cf.graph.captures if e is layer.kernel.value.handle]
+    assert inner, "kernel handle not captured"
+    types = {op.type for op in cf.graph.get_operations()}
+    assert "SparseKeras>CsrMatMulVariable" in types
+    reads = [op for op in cf.graph.get_operations()
+             if op.type == "ReadVariableOp" and op.inputs[0] is inner[0]]
+    assert not reads
+
+
+def test_kernel_is_not_copied_after_a_sparse_update():
+    """After plain SGD applied an IndexedSlices update (scatter), TensorFlow copies a variable on
+    every ReadVariableOp; the layer must still read its kernel in place: forward results follow
+    later assignments and the gradient still reaches the kernel."""
+    rng = np.random.default_rng(2)
+    x = _bow(rng, 32, 120, 4)
+    inputs = keras.Input((120,), sparse=True)
+    layer = sparsekeras.layers.SparseDense(5)
+    model = keras.Model(inputs, layer(inputs))
+    model.compile("sgd", "mse")
+    before = keras.ops.convert_to_numpy(layer.kernel).copy()
+    model.fit(x, np.zeros((32, 5), np.float32), batch_size=8, epochs=1, verbose=0)
+    after = keras.ops.convert_to_numpy(layer.kernel)
+    assert not np.allclose(before, after)
+    layer.kernel.assign(after * 2)
+    np.testing.assert_allclose(model.predict(x, verbose=0),
+                               x.toarray() @ (after * 2) + keras.ops.convert_to_numpy(layer.bias),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_compact_dense_sparse_input_matches_and_trains():

@@ -160,22 +160,19 @@ def _with_index_dtype(csr, dtype):
                      csr.dense_shape)
 
 
-def _csr_matmul_sliced_grad(indptr, indices, dense_shape, values, b, forward=None):
+def _csr_matmul_sliced_grad(indptr, indices, dense_shape, values, b):
     """A @ b (A CSR, M x K) whose gradient w.r.t. b is a tf.IndexedSlices.
 
     dB = A^T dY is nonzero only on the rows of B whose index is a column of A. Those columns,
     renumbered 0..U-1 by `tf.unique`, give a compact CSR of A (M x U); its transpose (U x M) times
     dY is dB restricted to them: O(nnz + U + nnz * N) work and a (U, N) result, never (K, N).
     The gradient w.r.t. A's values is the SDDMM on A's pattern, as for CsrMatMul.
-    `forward(values, b)`, if given, computes the product instead of CsrMatMul (a layer whose
-    kernel is pruned multiplies by its nonzeros only); it must equal A @ b.
+    (SparseDense reads its kernel variable in place instead: CsrMatMulVariable, whose registered
+    gradient builds the same IndexedSlices.)
     """
     @tf.custom_gradient
     def product(values, b):
-        if forward is None:
-            y = _ops.sparse_keras_csr_mat_mul(indptr, indices, values, dense_shape, b)
-        else:
-            y = forward(values, b)
+        y = _ops.sparse_keras_csr_mat_mul(indptr, indices, values, dense_shape, b)
 
         def grad(dy):
             d_values = _ops.sparse_keras_csr_sddmm(indptr, indices, dense_shape, dy, b)

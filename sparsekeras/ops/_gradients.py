@@ -107,24 +107,27 @@ def _csr_csr_matmul_grad(op, grad):
     return [None, None, d_a, None, None, None, d_w, None]
 
 
-@tf.RegisterGradient("SparseKeras>CsrMaskedMatMul")
-def _csr_masked_matmul_grad(op, grad):
-    """Y = A @ (W on P): the CsrCsrMatMul gradients with W's values gathered at P's entries;
-    dW = (A^T dY) on P, scattered into W's (dense) shape. A layer that wants a cheaper gradient
-    (SparseDense: IndexedSlices over the touched rows) supplies its own with tf.custom_gradient."""
-    a_ip, a_ix, a_v, a_shape, p_ip, p_ix, w = op.inputs
-    w_shape = tf.shape(w, out_type=tf.int64)
-    rows = tf.repeat(tf.range(tf.size(p_ip, out_type=p_ip.dtype) - 1, dtype=p_ip.dtype),
-                     p_ip[1:] - p_ip[:-1])
-    coords = tf.stack([tf.cast(rows, tf.int64), tf.cast(p_ix, tf.int64)], axis=1)
-    w_values = tf.gather_nd(w, coords)
-    d_a = _ops.sparse_keras_csr_csr_mat_mul_grad_a(a_ip, a_ix, a_shape, p_ip, p_ix, w_values,
-                                                   w_shape, grad)
-    t_ip, t_ix, perm = transpose_structure(a_ip, a_ix, a_shape)
-    d_p = _ops.sparse_keras_csr_csr_mat_mul_grad_w(t_ip, t_ix, tf.gather(a_v, perm), a_shape,
-                                                   p_ip, p_ix, w_shape, grad)
-    d_w = tf.scatter_nd(coords, d_p, w_shape)
-    return [None, None, d_a, None, None, None, d_w]
+@tf.RegisterGradient("SparseKeras>CsrMatMulVariable")
+def _csr_matmul_variable_grad(op, grad):
+    """Y = A @ B, B a resource variable (zero outside the pattern P when one is given: P only
+    says which entries to read). dB = A^T dY as tf.IndexedSlices over the rows of B that A's
+    columns touch, from A's nonzeros only (a compact CSR of A over its distinct columns,
+    transposed, times dY); dA = SDDMM(A's pattern; dY, B), B read in place."""
+    indptr, indices, values, dense_shape, handle, _, _ = op.inputs
+    touched, local = tf.unique(indices, out_idx=indices.dtype)
+    shape_c = tf.stack([dense_shape[0], tf.size(touched, out_type=tf.int64)])
+    t_indptr, t_indices, perm = transpose_structure(indptr, local, shape_c)
+    rows = _ops.sparse_keras_csr_mat_mul(t_indptr, t_indices, tf.gather(values, perm),
+                                         _reverse(shape_c), grad)
+    d_b = tf.IndexedSlices(rows, touched,
+                           dense_shape=tf.raw_ops.VariableShape(input=handle,
+                                                                out_type=indices.dtype))
+    # Reads B in place and is stateless: pruned when nothing needs dA (a data input).
+    d_values = _ops.sparse_keras_csr_sddmm_variable(indptr, indices, dense_shape, grad, handle)
+    return [None, None, d_values, None, d_b, None, None]
+
+
+tf.no_gradient("SparseKeras>CsrSddmmVariable")
 
 
 tf.no_gradient("SparseKeras>CsrTransposeStructure")
