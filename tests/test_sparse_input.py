@@ -166,3 +166,26 @@ def test_csr_tensor_batches_from_tf_data_train():
     csr = batches[0][0]
     np.testing.assert_allclose(layer.call(csr).numpy(), layer(csr.to_sparse_tensor()).numpy(),
                                rtol=1e-6)
+
+
+def test_mixed_precision_sparse_input_trains():
+    """mixed_float16: the kernel variable stays float32 and is read in place; outputs are float16
+    and match the float32 product."""
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        rng = np.random.default_rng(4)
+        x = _bow(rng, 32, 100, 5)
+        inputs = keras.Input((100,), sparse=True)
+        layer = sparsekeras.layers.SparseDense(8)
+        model = keras.Model(inputs, keras.layers.Dense(1, dtype="float32")(layer(inputs)))
+        model.compile("sgd", "mse")
+        hist = model.fit(x, np.zeros((32, 1), np.float32), epochs=1, verbose=0)
+        assert np.isfinite(hist.history["loss"]).all()
+        y = layer(tf.sparse.from_dense(x.toarray()))
+        assert y.dtype == tf.float16
+        ref = x.toarray() @ keras.ops.convert_to_numpy(layer.kernel) + \
+            keras.ops.convert_to_numpy(layer.bias)
+        np.testing.assert_allclose(y.numpy().astype(np.float32), ref, rtol=1e-2, atol=1e-2)
+    finally:
+        keras.config.set_dtype_policy(before)
