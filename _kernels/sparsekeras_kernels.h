@@ -117,6 +117,36 @@ int sk_get_num_threads(void);
 int sk_num_threads_is_set(void);
 int sk_threads_for_work(int64_t work);
 
+/* ---- csr_spgemm (issue 6): sparse x sparse with a dense result (csr_spgemm.pxi) -----------
+ * sk_csr_spgemm: out (n_rows x n_cols) = A (n_rows x n_inner, CSR) @ W (n_inner x n_cols, CSR).
+ *   Complexity O(n_rows * n_cols + sum over A's entries (i, k) of nnz(W[k, :])).
+ * sk_csr_spgemm_masked: out = A @ (w on the pattern P): w dense (n_inner x n_cols, row-major),
+ *   P a CSR structure (p_indptr n_inner + 1, p_indices column ids) of the entries of w to read;
+ *   a layer that keeps its pruned kernel dense multiplies by its kept weights only.
+ * sk_csr_spgemm_grad_a: out[p] = (dy @ W^T)[i, k] for every stored p = (i, k) of A; out nnz(A).
+ * sk_csr_spgemm_grad_w: out[q] = (A^T @ dy)[k, j] for every stored q = (k, j) of W, from A^T in
+ *   CSR (at_*: n_inner + 1 / nnz(A), row ids of A); out nnz(W). dy is n_rows x n_cols.
+ */
+#define SK_SPGEMM_DECL(TS, IS, T, I)                                                              \
+  int sk_csr_spgemm_##TS##_##IS(int64_t n_rows, int64_t n_inner, int64_t n_cols,                 \
+      const I *a_indptr, const I *a_indices, const T *a_data, const I *w_indptr,                  \
+      const I *w_indices, const T *w_data, T *out, int n_threads);                                \
+  int sk_csr_spgemm_grad_a_##TS##_##IS(int64_t n_rows, int64_t n_inner, int64_t n_cols,          \
+      const I *a_indptr, const I *a_indices, const I *w_indptr, const I *w_indices,               \
+      const T *w_data, const T *dy, T *out, int n_threads);                                       \
+  int sk_csr_spgemm_grad_w_##TS##_##IS(int64_t n_rows, int64_t n_inner, int64_t n_cols,          \
+      const I *at_indptr, const I *at_indices, const T *at_data, const I *w_indptr,               \
+      const I *w_indices, const T *dy, T *out, int n_threads);                                    \
+  int sk_csr_spgemm_masked_##TS##_##IS(int64_t n_rows, int64_t n_inner, int64_t n_cols,          \
+      const I *a_indptr, const I *a_indices, const T *a_data, const I *p_indptr,                  \
+      const I *p_indices, const T *w, T *out, int n_threads);
+SK_SPGEMM_DECL(f32, i32, float, int32_t)
+SK_SPGEMM_DECL(f32, i64, float, int64_t)
+SK_SPGEMM_DECL(f64, i32, double, int32_t)
+SK_SPGEMM_DECL(f64, i64, double, int64_t)
+#undef SK_SPGEMM_DECL
+/* ---- end csr_spgemm ---------------------------------------------------------------------- */
+
 #ifdef __cplusplus
 }
 #endif

@@ -25,6 +25,8 @@
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/device_base.h"
+#include "tensorflow/core/framework/resource_mgr.h"
+#include "tensorflow/core/framework/resource_var.h"
 
 namespace sparsekeras {
 namespace {
@@ -478,3 +480,403 @@ REGISTER_KERNEL_BUILDER(Name("SparseKeras>CsrTransposeStructure")
 
 }  // namespace
 }  // namespace sparsekeras
+
+// ---- issue 6: sparse x sparse products (csr_spgemm.pxi) ------------------------------------
+//   CsrCsrMatMul(a_indptr, a_indices, a_values, a_shape, w_indptr, w_indices, w_values, w_shape)
+//       -> A @ W, dense (M x N); A: M x K (CSR), W: K x N (CSR). Neither is densified.
+//   CsrCsrMatMulGradA(a_indptr, a_indices, a_shape, w_indptr, w_indices, w_values, w_shape, dy)
+//       -> (dY @ W^T) sampled on A's pattern (nnz(A)).
+//   CsrCsrMatMulGradW(at_indptr, at_indices, at_values, a_shape, w_indptr, w_indices, w_shape, dy)
+//       -> (A^T @ dY) sampled on W's pattern (nnz(W)), from A^T in CSR (at_*: K + 1 / nnz(A)).
+//   CsrMatMulVariable(indptr, indices, values, dense_shape, b: resource, p_indptr, p_indices)
+//       -> A @ b; a non-empty pattern P lists b's possibly-nonzero entries, the only ones read,
+//       b read in place from a variable: a SparseDense kernel (pruned or not) times a sparse input.
+//   CsrSddmmVariable(indptr, indices, dense_shape, u, v: resource) -> values[p] = u[i] . v[j].
+
+namespace sparsekeras {
+namespace {
+
+absl::Status CsrCsrMatMulShape(InferenceContext* c) {
+  for (int i : {0, 1, 2, 3, 4, 5, 6, 7}) {
+    ShapeHandle s;
+    TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 1, &s));
+  }
+  DimensionHandle m;
+  TF_RETURN_IF_ERROR(c->Subtract(c->Dim(c->input(0), 0), 1, &m));
+  const Tensor* ws = c->input_tensor(7);
+  DimensionHandle n = c->UnknownDim();
+  if (ws != nullptr && ws->NumElements() == 2) n = c->MakeDim(ws->flat<int64_t>()(1));
+  c->set_output(0, c->Matrix(m, n));
+  return absl::OkStatus();
+}
+
+absl::Status SpgemmGradShape(InferenceContext* c, int pattern_indices) {
+  for (int i = 0; i < 7; ++i) {
+    ShapeHandle s;
+    TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 1, &s));
+  }
+  ShapeHandle dy;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(7), 2, &dy));
+  c->set_output(0, c->Vector(c->Dim(c->input(pattern_indices), 0)));
+  return absl::OkStatus();
+}
+
+#define SK_SPGEMM_OVERLOADS(T, I, TS, IS)                                                        \
+  inline int Spgemm(int64_t m, int64_t k, int64_t n, const I* aip, const I* aix, const T* ad,   \
+                    const I* wip, const I* wix, const T* wd, T* out, int nt) {                  \
+    return sk_csr_spgemm_##TS##_##IS(m, k, n, aip, aix, ad, wip, wix, wd, out, nt);             \
+  }                                                                                             \
+  inline int SpgemmGradA(int64_t m, int64_t k, int64_t n, const I* aip, const I* aix,           \
+                         const I* wip, const I* wix, const T* wd, const T* dy, T* out, int nt) { \
+    return sk_csr_spgemm_grad_a_##TS##_##IS(m, k, n, aip, aix, wip, wix, wd, dy, out, nt);      \
+  }                                                                                             \
+  inline int SpgemmGradW(int64_t m, int64_t k, int64_t n, const I* tip, const I* tix,           \
+                         const T* td, const I* wip, const I* wix, const T* dy, T* out, int nt) { \
+    return sk_csr_spgemm_grad_w_##TS##_##IS(m, k, n, tip, tix, td, wip, wix, dy, out, nt);      \
+  }                                                                                             \
+  inline int SpgemmMasked(int64_t m, int64_t k, int64_t n, const I* aip, const I* aix,          \
+                          const T* ad, const I* pip, const I* pix, const T* w, T* out, int nt) { \
+    return sk_csr_spgemm_masked_##TS##_##IS(m, k, n, aip, aix, ad, pip, pix, w, out, nt);       \
+  }
+SK_SPGEMM_OVERLOADS(float, int32_t, f32, i32)
+SK_SPGEMM_OVERLOADS(float, int64_t, f32, i64)
+SK_SPGEMM_OVERLOADS(double, int32_t, f64, i32)
+SK_SPGEMM_OVERLOADS(double, int64_t, f64, i64)
+#undef SK_SPGEMM_OVERLOADS
+
+// W's rows must match A's columns.
+absl::Status InnerMatch(const CsrDims& a, const CsrDims& w) {
+  if (a.cols == w.rows) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "w must have ", a.cols, " rows to match a.dense_shape [", a.rows, ", ", a.cols,
+      "]; received w.dense_shape [", w.rows, ", ", w.cols, "]"));
+}
+
+absl::Status CheckDy(const Tensor& dy, const CsrDims& a, const CsrDims& w) {
+  if (dy.dims() == 2 && dy.dim_size(0) == a.rows && dy.dim_size(1) == w.cols) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrCat("dy must have shape [", a.rows, ", ", w.cols,
+                                                 "]; received dy.shape ", dy.shape().DebugString()));
+}
+
+// Multiply-adds of the product: nnz(A) times the mean row length of W, plus the output.
+int64_t SpgemmWork(const CsrDims& a, const CsrDims& w) {
+  return a.nnz * std::max<int64_t>(1, w.nnz / std::max<int64_t>(1, w.rows)) + a.rows * w.cols;
+}
+
+template <typename T, typename I>
+class CsrCsrMatMulOp : public OpKernel {
+ public:
+  explicit CsrCsrMatMulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  void Compute(OpKernelContext* ctx) override {
+    CsrDims a, w;
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(ctx->input(0), ctx->input(1), &ctx->input(2), ctx->input(3),
+                                       "a", false, &a));
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(ctx->input(4), ctx->input(5), &ctx->input(6), ctx->input(7),
+                                       "w", false, &w));
+    OP_REQUIRES_OK(ctx, InnerMatch(a, w));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({a.rows, w.cols}), &out));
+    if (a.rows == 0 || w.cols == 0) return;
+    ThreadLease lease(ctx, SpgemmWork(a, w));
+    int rc = Spgemm(a.rows, a.cols, w.cols, ctx->input(0).flat<I>().data(),
+                    ctx->input(1).flat<I>().data(), ctx->input(2).flat<T>().data(),
+                    ctx->input(4).flat<I>().data(), ctx->input(5).flat<I>().data(),
+                    ctx->input(6).flat<T>().data(), out->flat<T>().data(), lease.n());
+    OP_REQUIRES(ctx, rc == 0, Allocation("CsrCsrMatMul"));
+  }
+};
+
+template <typename T, typename I>
+class CsrCsrMatMulGradAOp : public OpKernel {
+ public:
+  explicit CsrCsrMatMulGradAOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  void Compute(OpKernelContext* ctx) override {
+    CsrDims a, w;
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(ctx->input(0), ctx->input(1), nullptr, ctx->input(2), "a",
+                                       false, &a));
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(ctx->input(3), ctx->input(4), &ctx->input(5), ctx->input(6),
+                                       "w", false, &w));
+    OP_REQUIRES_OK(ctx, InnerMatch(a, w));
+    const Tensor& dy = ctx->input(7);
+    OP_REQUIRES_OK(ctx, CheckDy(dy, a, w));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({a.nnz}), &out));
+    if (a.nnz == 0) return;
+    ThreadLease lease(ctx, SpgemmWork(a, w));
+    int rc = SpgemmGradA(a.rows, a.cols, w.cols, ctx->input(0).flat<I>().data(),
+                         ctx->input(1).flat<I>().data(), ctx->input(3).flat<I>().data(),
+                         ctx->input(4).flat<I>().data(), ctx->input(5).flat<T>().data(),
+                         dy.flat<T>().data(), out->flat<T>().data(), lease.n());
+    OP_REQUIRES(ctx, rc == 0, Allocation("CsrCsrMatMulGradA"));
+  }
+};
+
+template <typename T, typename I>
+class CsrCsrMatMulGradWOp : public OpKernel {
+ public:
+  explicit CsrCsrMatMulGradWOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  void Compute(OpKernelContext* ctx) override {
+    // at_* is A^T in CSR: validated against the transposed dense_shape of A.
+    const Tensor& a_shape = ctx->input(3);
+    OP_REQUIRES(ctx, a_shape.dims() == 1 && a_shape.NumElements() == 2,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "a.dense_shape must be a vector of 2 sizes; received shape ",
+                    a_shape.shape().DebugString())));
+    Tensor at_shape(tensorflow::DT_INT64, TensorShape({2}));
+    at_shape.flat<int64_t>()(0) = a_shape.flat<int64_t>()(1);
+    at_shape.flat<int64_t>()(1) = a_shape.flat<int64_t>()(0);
+    CsrDims at, w;
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(ctx->input(0), ctx->input(1), &ctx->input(2), at_shape,
+                                       "a_t", false, &at));
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(ctx->input(4), ctx->input(5), nullptr, ctx->input(6), "w",
+                                       false, &w));
+    CsrDims a{at.cols, at.rows, at.nnz};
+    OP_REQUIRES_OK(ctx, InnerMatch(a, w));
+    const Tensor& dy = ctx->input(7);
+    OP_REQUIRES_OK(ctx, CheckDy(dy, a, w));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({w.nnz}), &out));
+    if (w.nnz == 0) return;
+    ThreadLease lease(ctx, SpgemmWork(a, w));
+    int rc = SpgemmGradW(a.rows, a.cols, w.cols, ctx->input(0).flat<I>().data(),
+                         ctx->input(1).flat<I>().data(), ctx->input(2).flat<T>().data(),
+                         ctx->input(4).flat<I>().data(), ctx->input(5).flat<I>().data(),
+                         dy.flat<T>().data(), out->flat<T>().data(), lease.n());
+    OP_REQUIRES(ctx, rc == 0, Allocation("CsrCsrMatMulGradW"));
+  }
+};
+
+// A @ the value of a resource variable, read in place under the variable's shared lock (as
+// ResourceGather reads it). A ReadVariableOp copies the whole variable on every read once the
+// variable is in copy-on-read mode, which any sparse update (the scatter an optimizer applies
+// for an IndexedSlices gradient) switches on for good.
+template <typename T, typename I>
+class CsrMatMulVariableOp : public OpKernel {
+ public:
+  explicit CsrMatMulVariableOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& indptr = ctx->input(0);
+    const Tensor& indices = ctx->input(1);
+    const Tensor& values = ctx->input(2);
+    const Tensor& dense_shape = ctx->input(3);
+    CsrDims d;
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(indptr, indices, &values, dense_shape, "a", false, &d));
+    ::tensorflow::core::RefCountPtr<::tensorflow::Var> var;
+    OP_REQUIRES_OK(ctx, ::tensorflow::LookupResource(ctx, ::tensorflow::HandleFromInput(ctx, 4),
+                                                     &var));
+    ::tensorflow::tf_shared_lock lock(*var->mu());
+    const Tensor& b = *var->tensor();
+    OP_REQUIRES(ctx, b.dtype() == ::tensorflow::DataTypeToEnum<T>::v(),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "b (a variable) must have the dtype of a.values, ",
+                    ::tensorflow::DataTypeString(::tensorflow::DataTypeToEnum<T>::v()),
+                    "; received ", ::tensorflow::DataTypeString(b.dtype()))));
+    OP_REQUIRES(ctx, b.dims() == 2 && b.dim_size(0) == d.cols,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "b (a variable) must be a matrix with ", d.cols, " rows to match "
+                    "a.dense_shape [", d.rows, ", ", d.cols, "]; received shape ",
+                    b.shape().DebugString())));
+    const int64_t n = b.dim_size(1);
+    const Tensor& p_indptr = ctx->input(5);
+    const Tensor& p_indices = ctx->input(6);
+    const bool masked = p_indptr.NumElements() > 0;
+    CsrDims p;
+    if (masked) {
+      Tensor p_shape(::tensorflow::DT_INT64, TensorShape({2}));
+      p_shape.flat<int64_t>()(0) = d.cols;
+      p_shape.flat<int64_t>()(1) = n;
+      OP_REQUIRES_OK(ctx, ValidateCsr<I>(p_indptr, p_indices, nullptr, p_shape,
+                                         "pattern (of b's shape)", false, &p));
+    }
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({d.rows, n}), &out));
+    if (d.rows == 0 || n == 0) return;
+    int rc;
+    if (masked) {
+      ThreadLease lease(ctx, SpgemmWork(d, p));
+      rc = SpgemmMasked(d.rows, d.cols, n, indptr.flat<I>().data(), indices.flat<I>().data(),
+                        values.flat<T>().data(), p_indptr.flat<I>().data(),
+                        p_indices.flat<I>().data(), b.flat<T>().data(), out->flat<T>().data(),
+                        lease.n());
+    } else {
+      ThreadLease lease(ctx, d.nnz * n + d.cols * n);
+      rc = CsrMatMul(d.rows, d.cols, n, indptr.flat<I>().data(), indices.flat<I>().data(),
+                     values.flat<T>().data(), b.flat<T>().data(), out->flat<T>().data(),
+                     lease.n());
+    }
+    OP_REQUIRES(ctx, rc == 0, Allocation("CsrMatMulVariable"));
+  }
+};
+
+// values[p] = dot(u[i], v[indices[p]]) with v the value of a resource variable read in place:
+// the gradient of CsrMatMulVariable w.r.t. A's values. Not stateful, so it is pruned from a
+// graph that does not use it (a ResourceGather would not be).
+template <typename T, typename I>
+class CsrSddmmVariableOp : public OpKernel {
+ public:
+  explicit CsrSddmmVariableOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& indptr = ctx->input(0);
+    const Tensor& indices = ctx->input(1);
+    const Tensor& dense_shape = ctx->input(2);
+    const Tensor& u = ctx->input(3);
+    CsrDims d;
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(indptr, indices, nullptr, dense_shape, "pattern", false, &d));
+    ::tensorflow::core::RefCountPtr<::tensorflow::Var> var;
+    OP_REQUIRES_OK(ctx, ::tensorflow::LookupResource(ctx, ::tensorflow::HandleFromInput(ctx, 4),
+                                                     &var));
+    ::tensorflow::tf_shared_lock lock(*var->mu());
+    const Tensor& v = *var->tensor();
+    OP_REQUIRES(ctx, v.dtype() == ::tensorflow::DataTypeToEnum<T>::v(),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "v (a variable) must have u's dtype ",
+                    ::tensorflow::DataTypeString(::tensorflow::DataTypeToEnum<T>::v()),
+                    "; received ", ::tensorflow::DataTypeString(v.dtype()))));
+    OP_REQUIRES(ctx, u.dims() == 2 && u.dim_size(0) == d.rows,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "u must be a matrix with ", d.rows, " rows (pattern.dense_shape [", d.rows,
+                    ", ", d.cols, "]); received u.shape ", u.shape().DebugString())));
+    OP_REQUIRES(ctx, v.dims() == 2 && v.dim_size(0) == d.cols && v.dim_size(1) == u.dim_size(1),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "v (a variable) must be a matrix of shape [", d.cols, ", ", u.dim_size(1),
+                    "]; received shape ", v.shape().DebugString())));
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({d.nnz}), &out));
+    if (d.nnz == 0) return;
+    const int64_t depth = u.dim_size(1);
+    ThreadLease lease(ctx, d.nnz * depth);
+    int rc = CsrSddmm(d.rows, d.cols, depth, indptr.flat<I>().data(), indices.flat<I>().data(),
+                      u.flat<T>().data(), v.flat<T>().data(), out->flat<T>().data(), lease.n());
+    OP_REQUIRES(ctx, rc == 0, Allocation("CsrSddmmVariable"));
+  }
+};
+
+#define SK_REGISTER_SPGEMM(T, I)                                                             \
+  REGISTER_KERNEL_BUILDER(                                                                   \
+      Name("SparseKeras>CsrCsrMatMul").Device(DEVICE_CPU).TypeConstraint<T>("T")             \
+          .TypeConstraint<I>("Tindex"), CsrCsrMatMulOp<T, I>);                               \
+  REGISTER_KERNEL_BUILDER(                                                                   \
+      Name("SparseKeras>CsrCsrMatMulGradA").Device(DEVICE_CPU).TypeConstraint<T>("T")        \
+          .TypeConstraint<I>("Tindex"), CsrCsrMatMulGradAOp<T, I>);                          \
+  REGISTER_KERNEL_BUILDER(                                                                   \
+      Name("SparseKeras>CsrCsrMatMulGradW").Device(DEVICE_CPU).TypeConstraint<T>("T")        \
+          .TypeConstraint<I>("Tindex"), CsrCsrMatMulGradWOp<T, I>);                          \
+  REGISTER_KERNEL_BUILDER(                                                                   \
+      Name("SparseKeras>CsrMatMulVariable").Device(DEVICE_CPU).TypeConstraint<T>("T")        \
+          .TypeConstraint<I>("Tindex"), CsrMatMulVariableOp<T, I>);                          \
+  REGISTER_KERNEL_BUILDER(                                                                   \
+      Name("SparseKeras>CsrSddmmVariable").Device(DEVICE_CPU).TypeConstraint<T>("T")         \
+          .TypeConstraint<I>("Tindex"), CsrSddmmVariableOp<T, I>);
+SK_REGISTER_SPGEMM(float, int32_t)
+SK_REGISTER_SPGEMM(float, int64_t)
+SK_REGISTER_SPGEMM(double, int32_t)
+SK_REGISTER_SPGEMM(double, int64_t)
+#undef SK_REGISTER_SPGEMM
+
+}  // namespace
+}  // namespace sparsekeras
+
+REGISTER_OP("SparseKeras>CsrCsrMatMul")
+    .Input("a_indptr: Tindex")
+    .Input("a_indices: Tindex")
+    .Input("a_values: T")
+    .Input("a_shape: int64")
+    .Input("w_indptr: Tindex")
+    .Input("w_indices: Tindex")
+    .Input("w_values: T")
+    .Input("w_shape: int64")
+    .Output("out: T")
+    .Attr("T: {float, double}")
+    .Attr("Tindex: {int32, int64}")
+    .SetShapeFn(sparsekeras::CsrCsrMatMulShape)
+    .Doc("out = A @ W, dense (M x N), with A (M x K) and W (K x N) both given as CSR.");
+
+REGISTER_OP("SparseKeras>CsrCsrMatMulGradA")
+    .Input("a_indptr: Tindex")
+    .Input("a_indices: Tindex")
+    .Input("a_shape: int64")
+    .Input("w_indptr: Tindex")
+    .Input("w_indices: Tindex")
+    .Input("w_values: T")
+    .Input("w_shape: int64")
+    .Input("dy: T")
+    .Output("d_a_values: T")
+    .Attr("T: {float, double}")
+    .Attr("Tindex: {int32, int64}")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      return sparsekeras::SpgemmGradShape(c, 1);
+    })
+    .Doc("(dy @ W^T) sampled on A's pattern: the gradient of CsrCsrMatMul w.r.t. a_values.");
+
+REGISTER_OP("SparseKeras>CsrCsrMatMulGradW")
+    .Input("at_indptr: Tindex")
+    .Input("at_indices: Tindex")
+    .Input("at_values: T")
+    .Input("a_shape: int64")
+    .Input("w_indptr: Tindex")
+    .Input("w_indices: Tindex")
+    .Input("w_shape: int64")
+    .Input("dy: T")
+    .Output("d_w_values: T")
+    .Attr("T: {float, double}")
+    .Attr("Tindex: {int32, int64}")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      return sparsekeras::SpgemmGradShape(c, 5);
+    })
+    .Doc("(A^T @ dy) sampled on W's pattern, from A^T in CSR (at_*) and A's dense_shape: the "
+         "gradient of CsrCsrMatMul w.r.t. w_values.");
+
+REGISTER_OP("SparseKeras>CsrMatMulVariable")
+    .Input("indptr: Tindex")
+    .Input("indices: Tindex")
+    .Input("values: T")
+    .Input("dense_shape: int64")
+    .Input("b: resource")
+    .Input("p_indptr: Tindex")
+    .Input("p_indices: Tindex")
+    .Output("out: T")
+    .Attr("T: {float, double}")
+    .Attr("Tindex: {int32, int64}")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      for (int i : {0, 1, 2, 3, 5, 6}) {
+        ::tensorflow::shape_inference::ShapeHandle s;
+        TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 1, &s));
+      }
+      ::tensorflow::shape_inference::DimensionHandle m, n = c->UnknownDim();
+      TF_RETURN_IF_ERROR(c->Subtract(c->Dim(c->input(0), 0), 1, &m));
+      auto* handle = c->input_handle_shapes_and_types(4);
+      if (handle != nullptr && handle->size() == 1 && c->RankKnown((*handle)[0].shape) &&
+          c->Rank((*handle)[0].shape) == 2) {
+        n = c->Dim((*handle)[0].shape, 1);
+      }
+      c->set_output(0, c->Matrix(m, n));
+      return absl::OkStatus();
+    })
+    .Doc("out = A @ b, A sparse (CSR) and b the value of a resource variable (M x K @ K x N), "
+         "read in place under the variable's lock: no copy even in copy-on-read mode. A "
+         "non-empty pattern P (p_indptr K + 1, p_indices column ids) lists the entries of b that "
+         "may be nonzero (a pruned kernel under its mask): only those are read, the others are "
+         "taken as zero. Empty p_indptr: all of b is read.");
+
+REGISTER_OP("SparseKeras>CsrSddmmVariable")
+    .Input("indptr: Tindex")
+    .Input("indices: Tindex")
+    .Input("dense_shape: int64")
+    .Input("u: T")
+    .Input("v: resource")
+    .Output("values: T")
+    .Attr("T: {float, double}")
+    .Attr("Tindex: {int32, int64}")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      ::tensorflow::shape_inference::ShapeHandle s;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &s));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &s));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &s));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 2, &s));
+      c->set_output(0, c->Vector(c->Dim(c->input(1), 0)));
+      return absl::OkStatus();
+    })
+    .Doc("values[p] = dot(u[i], v[j]) for each stored entry p = (i, j), v the value of a "
+         "resource variable read in place: CsrMatMulVariable's gradient w.r.t. A's values.");

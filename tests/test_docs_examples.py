@@ -40,3 +40,42 @@ def test_sparse_convolutions_example_runs(tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "CNN example OK" in proc.stdout
+def _python_blocks(path):
+    return re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
+
+
+def _run(code, tmp_path):
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_sparse_data_examples_run(tmp_path):
+    """docs/sparse-data.md: the pipeline snippet, the bag-of-words classifier with a pruned first
+    layer and the sparse autoencoder run as written and do what the page says."""
+    blocks = _python_blocks(ROOT / "docs" / "sparse-data.md")
+    assert len(blocks) == 3
+    snippet = ("import sparsekeras, tensorflow as tf\n" + blocks[0] +
+               "\nassert x.dense_shape.numpy().tolist() == [2, 5]"
+               "\nassert tf.sparse.to_dense(x).numpy()[0, 3] == 2.0\nprint('snippet OK')")
+    assert "snippet OK" in _run(snippet, tmp_path)
+
+    out = _run(blocks[1], tmp_path)
+    acc, sparsity, on, on_input = re.search(
+        r"test accuracy ([\d.]+), first layer sparsity ([\d.]+), sparse kernels: (\w+), "
+        r"sparse x sparse for sparse inputs: (\w+)", out).groups()
+    assert float(acc) > 0.9 and abs(float(sparsity) - 0.9) < 1e-3, out
+    assert (on, on_input) == ("True", "False"), out  # 0.9 < SPARSE_INPUT_SWITCH_SPARSITY
+    assert "same predictions: True" in out, out
+
+    out = _run(blocks[2], tmp_path)
+    rows = dict(re.findall(r"^(plain|KL rho=0\.05)\s+mean activation ([\d.]+)", out, re.M))
+    near = dict(re.findall(r"^(plain|KL rho=0\.05)\s+.*near-zero \(<0\.1\) ([\d.]+)", out, re.M))
+    assert float(rows["KL rho=0.05"]) < 0.1 < float(rows["plain"]), out
+    assert float(near["KL rho=0.05"]) > 0.5 > float(near["plain"]), out
+
+
+def test_sparse_data_page_is_linked():
+    for page in ("README.md", "docs/getting-started.md"):
+        assert "sparse-data.md" in (ROOT / page).read_text(), page

@@ -2,12 +2,14 @@
 import sparsekeras
 from sparsekeras import linalg
 
-EXPECTED_TOP = ["linalg", "ops", "layers", "schedules", "callbacks", "regularizers", "CSRTensor",
+EXPECTED_TOP = ["linalg", "ops", "layers", "schedules", "callbacks", "regularizers", "data",
+                "CSRTensor",
                 "sparsify", "strip", "set_num_threads", "get_num_threads", "num_threads",
                 "__version__"]
-EXPECTED_OPS = ["CSRTensor", "matmul", "dense_csc_matmul", "dense_csr_matmul", "sddmm",
+EXPECTED_OPS = ["CSRTensor", "matmul", "csr_csr_matmul", "dense_csc_matmul", "dense_csr_matmul", "sddmm",
                 "transpose", "transpose_structure", "to_csr", "conv2d", "csr_conv2d",
                 "conv_kernel_structure"]
+EXPECTED_DATA = ["from_token_ids", "from_scipy", "token_ids_to_scipy"]
 EXPECTED_LINALG = ["matmul", "sddmm", "to_csr", "to_dense", "canonicalize", "transpose", "validate"]
 
 
@@ -54,3 +56,12 @@ def test_source_checkout_import_error_is_clear():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "source checkout" in proc.stderr and "console script" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_data_all():
+    from sparsekeras import data
+
+    assert data.__all__ == EXPECTED_DATA
+    for name in EXPECTED_DATA:
+        obj = getattr(data, name)
+        assert callable(obj) and obj.__doc__, name

@@ -16,8 +16,9 @@ from sparsekeras.ops import _gradients
 from sparsekeras.ops._lib import load as _load
 from sparsekeras.ops.csr import CSRTensor
 
-__all__ = ["CSRTensor", "matmul", "dense_csc_matmul", "dense_csr_matmul", "sddmm", "transpose",
-           "transpose_structure", "to_csr", "conv2d", "csr_conv2d", "conv_kernel_structure"]
+__all__ = ["CSRTensor", "matmul", "csr_csr_matmul", "dense_csc_matmul", "dense_csr_matmul", "sddmm",
+           "transpose", "transpose_structure", "to_csr", "conv2d", "csr_conv2d",
+           "conv_kernel_structure"]
 
 _ops = _load()
 _NATIVE = (tf.float32, tf.float64)
@@ -75,19 +76,20 @@ def _cast(x, dtype):
     return x if x.dtype == dtype else tf.cast(x, dtype)
 
 
-def matmul(a, b, name=None):
+def matmul(a, b, name=None, *, indexed_slices_grad=False):
     """Product of a sparse and a dense operand, in either order.
 
     Args:
         a: `(M, K)`: sparse (CSRTensor, tf.SparseTensor, scipy) or dense.
-        b: `(K, N)`: dense if `a` is sparse, sparse if `a` is dense. A dense `a` may have any
-            rank >= 2, `(..., K)`, like `Dense`'s input; a dense `b` may be 1-D.
+        b: `(K, N)`: dense or sparse if `a` is sparse, sparse if `a` is dense. A dense `a` may
+            have any rank >= 2, `(..., K)`, like `Dense`'s input; a dense `b` may be 1-D. With
+            both sparse, see `csr_csr_matmul`.
 
     Returns:
         A dense tensor `(M, N)` (`(..., N)`), in the operands' dtype.
 
     Raises:
-        TypeError: both or neither operand sparse, or non-float dtypes.
+        TypeError: neither operand sparse, or non-float dtypes.
         tf.errors.InvalidArgumentError: shape mismatch or malformed CSR (at run time in graphs).
 
     Gradients flow to the dense operand and to the sparse operand's values (on its pattern).
@@ -95,7 +97,7 @@ def matmul(a, b, name=None):
     with tf.name_scope(name or "sparsekeras_matmul"):
         a_sp, b_sp = _is_sparse(a), _is_sparse(b)
         if a_sp and b_sp:
-            raise TypeError("sparsekeras.ops.matmul needs one dense operand; both a and b are sparse")
+            return csr_csr_matmul(a, b)
         if not a_sp and not b_sp:
             raise TypeError("sparsekeras.ops.matmul needs one sparse operand (CSRTensor, "
                             f"tf.SparseTensor or scipy.sparse); received {type(a).__name__} and "
@@ -107,14 +109,85 @@ def matmul(a, b, name=None):
             if vector:
                 b = b[:, tf.newaxis]
             compute, out_dtype = _compute_dtype(csr.dtype, b.dtype)
-            y = _ops.sparse_keras_csr_mat_mul(csr.indptr, csr.indices, _cast(csr.values, compute),
-                                              csr.dense_shape, _cast(b, compute))
+            if indexed_slices_grad and not vector:
+                y = _csr_matmul_sliced_grad(csr.indptr, csr.indices, csr.dense_shape,
+                                            _cast(csr.values, compute), _cast(b, compute))
+            else:
+                y = _ops.sparse_keras_csr_mat_mul(csr.indptr, csr.indices,
+                                                  _cast(csr.values, compute), csr.dense_shape,
+                                                  _cast(b, compute))
             y = _cast(y, out_dtype)
             return y[:, 0] if vector else y
         csr = to_csr(b)
         # x @ W with W in CSR: the scatter product reads W's arrays as they are (no transpose).
         return dense_csr_matmul(a, csr.indptr, csr.indices, _checked_values(csr, "b"),
                                 csr.dense_shape)
+
+
+def csr_csr_matmul(a, w, name=None):
+    """Product of two sparse operands, dense result: a sparse data batch times a pruned kernel,
+    neither densified (row-by-row scatter of W's rows into each output row).
+
+    Args:
+        a: sparse `(M, K)` (CSRTensor, tf.SparseTensor or scipy.sparse).
+        w: sparse `(K, N)`, same kinds.
+
+    Returns:
+        A dense tensor `(M, N)`. Work O(M * N + sum over a's entries (i, k) of nnz(w[k, :])).
+
+    Gradients flow to both operands' values, on their own patterns: `(dY @ W^T)` at a's entries,
+    `(A^T @ dY)` at w's entries; the index arrays and shapes get None.
+
+    Example:
+        >>> x = tf.sparse.from_dense([[0., 1., 0.], [2., 0., 0.]])
+        >>> w = sparsekeras.ops.to_csr(tf.constant([[1., 0.], [0., 3.], [0., 0.]]))
+        >>> sparsekeras.ops.csr_csr_matmul(x, w)   # [[0, 3], [2, 0]]
+    """
+    with tf.name_scope(name or "sparsekeras_csr_csr_matmul"):
+        ca, cw = to_csr(a), to_csr(w)
+        if ca.indptr.dtype != cw.indptr.dtype:
+            ca, cw = _with_index_dtype(ca, tf.int64), _with_index_dtype(cw, tf.int64)
+        compute, out_dtype = _compute_dtype(ca.dtype, cw.dtype)
+        y = _ops.sparse_keras_csr_csr_mat_mul(
+            ca.indptr, ca.indices, _cast(_checked_values(ca, "a"), compute), ca.dense_shape,
+            cw.indptr, cw.indices, _cast(_checked_values(cw, "w"), compute), cw.dense_shape)
+        return _cast(y, out_dtype)
+
+
+def _with_index_dtype(csr, dtype):
+    if csr.indptr.dtype == dtype:
+        return csr
+    return CSRTensor(tf.cast(csr.indptr, dtype), tf.cast(csr.indices, dtype), csr.values,
+                     csr.dense_shape)
+
+
+def _csr_matmul_sliced_grad(indptr, indices, dense_shape, values, b):
+    """A @ b (A CSR, M x K) whose gradient w.r.t. b is a tf.IndexedSlices.
+
+    dB = A^T dY is nonzero only on the rows of B whose index is a column of A. Those columns,
+    renumbered 0..U-1 by `tf.unique`, give a compact CSR of A (M x U); its transpose (U x M) times
+    dY is dB restricted to them: O(nnz + U + nnz * N) work and a (U, N) result, never (K, N).
+    The gradient w.r.t. A's values is the SDDMM on A's pattern, as for CsrMatMul.
+    (SparseDense reads its kernel variable in place instead: CsrMatMulVariable, whose registered
+    gradient builds the same IndexedSlices.)
+    """
+    @tf.custom_gradient
+    def product(values, b):
+        y = _ops.sparse_keras_csr_mat_mul(indptr, indices, values, dense_shape, b)
+
+        def grad(dy):
+            d_values = _ops.sparse_keras_csr_sddmm(indptr, indices, dense_shape, dy, b)
+            touched, local = tf.unique(indices, out_idx=indices.dtype)
+            shape_c = tf.stack([dense_shape[0], tf.size(touched, out_type=tf.int64)])
+            t_indptr, t_indices, perm = _gradients.transpose_structure(indptr, local, shape_c)
+            rows = _ops.sparse_keras_csr_mat_mul(t_indptr, t_indices, tf.gather(values, perm),
+                                                 tf.reverse(shape_c, axis=[0]), dy)
+            d_b = tf.IndexedSlices(rows, touched, dense_shape=tf.shape(b, out_type=indices.dtype))
+            return d_values, d_b
+
+        return y, grad
+
+    return product(values, b)
 
 
 def dense_csc_matmul(x, indptr, indices, values, dense_shape, transpose_structure=None,

@@ -94,6 +94,42 @@ def _csr_sddmm_t_grad(op, grad):
     return [None, None, None, d_ut, d_vt]
 
 
+@tf.RegisterGradient("SparseKeras>CsrCsrMatMul")
+def _csr_csr_matmul_grad(op, grad):
+    """Y = A @ W, both CSR: dA = (dY W^T) on A's pattern; dW = (A^T dY) on W's pattern, from A^T's
+    CSR (structure transpose + gather of A's values). The index arrays and shapes get None."""
+    a_ip, a_ix, a_v, a_shape, w_ip, w_ix, w_v, w_shape = op.inputs
+    d_a = _ops.sparse_keras_csr_csr_mat_mul_grad_a(a_ip, a_ix, a_shape, w_ip, w_ix, w_v, w_shape,
+                                                   grad)
+    t_ip, t_ix, perm = transpose_structure(a_ip, a_ix, a_shape)
+    d_w = _ops.sparse_keras_csr_csr_mat_mul_grad_w(t_ip, t_ix, tf.gather(a_v, perm), a_shape,
+                                                   w_ip, w_ix, w_shape, grad)
+    return [None, None, d_a, None, None, None, d_w, None]
+
+
+@tf.RegisterGradient("SparseKeras>CsrMatMulVariable")
+def _csr_matmul_variable_grad(op, grad):
+    """Y = A @ B, B a resource variable (zero outside the pattern P when one is given: P only
+    says which entries to read). dB = A^T dY as tf.IndexedSlices over the rows of B that A's
+    columns touch, from A's nonzeros only (a compact CSR of A over its distinct columns,
+    transposed, times dY); dA = SDDMM(A's pattern; dY, B), B read in place."""
+    indptr, indices, values, dense_shape, handle, _, _ = op.inputs
+    touched, local = tf.unique(indices, out_idx=indices.dtype)
+    shape_c = tf.stack([dense_shape[0], tf.size(touched, out_type=tf.int64)])
+    t_indptr, t_indices, perm = transpose_structure(indptr, local, shape_c)
+    rows = _ops.sparse_keras_csr_mat_mul(t_indptr, t_indices, tf.gather(values, perm),
+                                         _reverse(shape_c), grad)
+    d_b = tf.IndexedSlices(rows, touched,
+                           dense_shape=tf.raw_ops.VariableShape(input=handle,
+                                                                out_type=indices.dtype))
+    # Reads B in place and is stateless: pruned when nothing needs dA (a data input).
+    d_values = _ops.sparse_keras_csr_sddmm_variable(indptr, indices, dense_shape, grad, handle)
+    return [None, None, d_values, None, d_b, None, None]
+
+
+tf.no_gradient("SparseKeras>CsrSddmmVariable")
+
+
 tf.no_gradient("SparseKeras>CsrTransposeStructure")
 
 
@@ -115,3 +151,7 @@ def _csr_conv2d_grad(op, grad):
                                                       tf.shape(x, out_type=tf.int32), **attrs)
     d_values = _ops.sparse_keras_csr_conv2d_backprop_values(x, grad, indptr, indices, **attrs)
     return [d_x, None, None, d_values]
+
+
+tf.no_gradient("SparseKeras>CsrCsrMatMulGradA")
+tf.no_gradient("SparseKeras>CsrCsrMatMulGradW")
