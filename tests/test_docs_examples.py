@@ -40,6 +40,8 @@ def test_sparse_convolutions_example_runs(tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "CNN example OK" in proc.stdout
+
+
 def _python_blocks(path):
     return re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
 
