@@ -189,3 +189,22 @@ def test_mixed_precision_sparse_input_trains():
         np.testing.assert_allclose(y.numpy().astype(np.float32), ref, rtol=1e-2, atol=1e-2)
     finally:
         keras.config.set_dtype_policy(before)
+
+
+def test_sparse_input_layer_in_a_savedmodel(tmp_path):
+    """The in-place kernel read (a resource input) survives tf.saved_model save/load."""
+    rng = np.random.default_rng(6)
+    x = _bow(rng, 8, 100, 4)
+    layer = sparsekeras.layers.SparseDense(4, kernel_initializer="random_normal")
+    layer.build((None, 100))
+    module = tf.Module()
+    module.layer = layer
+    module.f = tf.function(lambda st: layer(st), input_signature=[
+        tf.SparseTensorSpec(tf.TensorShape([None, 100]), tf.float32)])
+    tf.saved_model.save(module, str(tmp_path))
+    st = tf.sparse.from_dense(x.toarray())
+    loaded = tf.saved_model.load(str(tmp_path))
+    np.testing.assert_allclose(loaded.f(st).numpy(), module.f(st).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(loaded.f(st).numpy(),
+                               x.toarray() @ keras.ops.convert_to_numpy(layer.kernel),
+                               rtol=1e-5, atol=1e-6)
