@@ -164,23 +164,6 @@ cdef int _to_planes(const _Planes *pl, const real_t *x, real_t *t, int n_threads
     return 0
 
 
-cdef inline void _spmm_row_off(int isa, int64_t nnz, const int64_t *off, const real_t *val,
-                               const real_t *base, int64_t w, real_t *out) noexcept nogil:
-    if real_t is float:
-        sk_spmm_row_f32_i64(isa, nnz, off, val, base, 1, w, out, 1)
-    else:
-        sk_spmm_row_f64_i64(isa, nnz, off, val, base, 1, w, out, 1)
-
-
-cdef inline void sk_spmm_row_any(int isa, int64_t nnz, const int64_t *idx, const real_t *val,
-                                 const real_t *panel, int64_t ldp, int64_t w,
-                                 real_t *out) noexcept nogil:
-    if real_t is float:
-        sk_spmm_row_f32_i64(isa, nnz, idx, val, panel, ldp, w, out, 1)
-    else:
-        sk_spmm_row_f64_i64(isa, nnz, idx, val, panel, ldp, w, out, 1)
-
-
 cdef inline void _dot_rows(int isa, int64_t nnz, const int64_t *off, const real_t *u, int64_t us,
                            const real_t *base, int64_t ts, int64_t n_rows, int64_t w,
                            real_t *out) noexcept nogil:
@@ -211,8 +194,7 @@ cdef int _conv_planes(const _Planes *pl, int64_t out_h, int64_t out_w, int64_t o
     cdef int64_t n_chunks, n_items
     cdef int n_parts = n_threads
     cdef real_t *scratch
-    cdef Py_ssize_t part
-    cdef int64_t it, i0, i1, b, oh, ow, ch, ow0, w, o, j, p0, f, seg
+    cdef int64_t it, b, oh, ow, ch, ow0, w, o, j, p0, f, seg
     cdef const real_t *base
     cdef real_t *buf
     if out_h <= 0 or out_w <= 0 or out_c == 0 or pl.n == 0:
@@ -246,7 +228,7 @@ cdef int _conv_planes(const _Planes *pl, int64_t out_h, int64_t out_w, int64_t o
             w = tile
         for o in range(out_c):
             p0 = rowptr[o]
-            _spmm_row_off(isa, rowptr[o + 1] - p0, off + p0, val + p0, base, w, buf + o * w)
+            _spmm_row(isa, rowptr[o + 1] - p0, off + p0, val + p0, base, 1, w, buf + o * w, 1)
         if not flat:
             _transpose(isa, buf, w, out + ((b * out_h + oh) * out_w + ow0) * out_c, out_c,
                        out_c, w)
@@ -284,8 +266,7 @@ cdef int _pointwise(int64_t n_pix, int64_t c_in, int64_t c_out, const int64_t *r
     cdef int64_t n_items = (n_pix + tile - 1) // tile
     cdef int n_parts = n_threads
     cdef real_t *scratch
-    cdef Py_ssize_t part
-    cdef int64_t it, i0, i1, p0, w, o, q0
+    cdef int64_t it, p0, w, o, q0
     cdef real_t *panel
     cdef real_t *buf
     if n_items == 0 or c_out == 0:
@@ -305,7 +286,7 @@ cdef int _pointwise(int64_t n_pix, int64_t c_in, int64_t c_out, const int64_t *r
         _transpose(isa, x + p0 * c_in, c_in, panel, w, w, c_in)
         for o in range(c_out):
             q0 = rowptr[o]
-            sk_spmm_row_any(isa, rowptr[o + 1] - q0, idx + q0, val + q0, panel, w, w, buf + o * w)
+            _spmm_row(isa, rowptr[o + 1] - q0, idx + q0, val + q0, panel, w, w, buf + o * w, 1)
         _transpose(isa, buf, w, out + p0 * c_out, c_out, c_out, w)
     free(scratch)
     return 0

@@ -16,6 +16,9 @@ import keras
 import tensorflow as tf
 
 from sparsekeras import ops as sk_ops
+# Shared with SparseDense (defined in layers.py before it imports this module).
+from sparsekeras.layers import (_COMPUTE_MODES, _MaskConstraint, _dynamic_variable,
+                                _structure_from_mask)
 
 __all__ = ["SparseConv2D", "SparseDepthwiseConv2D", "CompactConv2D",
            "DEFAULT_CONV_SWITCH_SPARSITY"]
@@ -25,24 +28,15 @@ __all__ = ["SparseConv2D", "SparseDepthwiseConv2D", "CompactConv2D",
 # layer's forward and training step cross between 0.8 and 0.9, the 1x1 forward near 0.6 (its
 # training step stays slower up to 0.95). Override per layer with `switch_sparsity`.
 DEFAULT_CONV_SWITCH_SPARSITY = 0.85
-_COMPUTE_MODES = ("auto", "dense", "sparse")
-
-
-def _dynamic_variable(value, dtype, name):
-    return tf.Variable(np.asarray(value, dtype=dtype), shape=tf.TensorShape([None]),
-                       trainable=False, name=name)
 
 
 def conv_structure(mask):
     """CSC structure of a conv kernel mask (k_h, k_w, in_c, out_c): dict of `indptr`
     (out_c + 1, int32), `indices` (nnz, int32 patch positions) and `positions` (nnz, int64 flat
     row-major positions into the kernel)."""
-    m2 = np.asarray(mask).reshape(-1, mask.shape[-1]) != 0
-    cols, rows = np.nonzero(m2.T)          # by output channel, patch position ascending
-    indptr = np.zeros(m2.shape[1] + 1, np.int64)
-    np.cumsum(np.bincount(cols, minlength=m2.shape[1]), out=indptr[1:])
-    return dict(indptr=indptr.astype(np.int32), indices=rows.astype(np.int32),
-                positions=rows.astype(np.int64) * m2.shape[1] + cols)
+    mask = np.asarray(mask) != 0
+    s = _structure_from_mask(mask.reshape(-1, mask.shape[-1]))
+    return dict(indptr=s["csc_indptr"], indices=s["csc_indices"], positions=s["positions"])
 
 
 def depthwise_structure(mask):
@@ -60,21 +54,6 @@ def depthwise_structure(mask):
     np.cumsum(np.bincount(out, minlength=c * m), out=indptr[1:])
     return dict(indptr=indptr.astype(np.int32), indices=(tap * c + ch).astype(np.int32),
                 positions=(tap * c + ch) * m + q)
-
-
-class _MaskConstraint(keras.constraints.Constraint):
-    """Zeroes pruned weights after each optimizer step, then applies the user's constraint."""
-
-    def __init__(self, layer, inner=None):
-        self.layer = layer
-        self.inner = inner
-
-    def __call__(self, w):
-        w = w * keras.ops.cast(self.layer.mask, w.dtype)
-        return self.inner(w) if self.inner is not None else w
-
-    def get_config(self):
-        return {}
 
 
 class _PrunableKernel:
