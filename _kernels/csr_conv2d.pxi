@@ -32,6 +32,10 @@ cdef extern from "sk_simd.h" nogil:
     void sk_dot_rows_f64_any(int isa, int64_t nnz, const int64_t *off, const double *u, int64_t us,
                              const double *base, int64_t ts, int64_t n_rows, int64_t w,
                              double *out, int accumulate)
+    void sk_dot_run_f32_any(int isa, int64_t nnz, const int64_t *off, const float *u,
+                            const float *base, int64_t len, float *out)
+    void sk_dot_run_f64_any(int isa, int64_t nnz, const int64_t *off, const double *u,
+                            const double *base, int64_t len, double *out)
 
 
 cdef extern from "sk_simd.h" nogil:
@@ -164,6 +168,135 @@ cdef int _to_planes(const _Planes *pl, const real_t *x, real_t *t, int n_threads
     return 0
 
 
+cdef inline void _plane_rows(const _Planes *pl, const real_t *x, int64_t b, int64_t r0,
+                             int64_t nr, real_t *dst, int64_t plane, int isa) noexcept nogil:
+    """Padded rows r0 .. r0 + nr - 1 of image b's planes (one phase, no input dilation) into
+    dst[c * plane + (r - r0) * wq + q]: a band of T, built by the thread that uses it."""
+    cdef int64_t r, sr, c
+    cdef int64_t q_lo = pl.pad_left, q_hi = pl.pad_left + pl.src_w
+    cdef real_t *d
+    if q_lo < 0:
+        q_lo = 0
+    if q_hi > pl.wq:
+        q_hi = pl.wq
+    if q_hi < q_lo:
+        q_hi = q_lo
+    for r in range(r0, r0 + nr):
+        d = dst + (r - r0) * pl.wq
+        sr = _src_index(r, pl.pad_top, 1, pl.src_h)
+        if sr < 0:
+            for c in range(pl.c):
+                memset(d + c * plane, 0, pl.wq * sizeof(real_t))
+            continue
+        for c in range(pl.c):
+            if q_lo > 0:
+                memset(d + c * plane, 0, q_lo * sizeof(real_t))
+            if q_hi < pl.wq:
+                memset(d + c * plane + q_hi, 0, (pl.wq - q_hi) * sizeof(real_t))
+        if q_hi > q_lo:
+            _transpose(isa, x + ((b * pl.src_h + sr) * pl.src_w + q_lo - pl.pad_left) * pl.c,
+                       pl.c, d + q_lo, plane, q_hi - q_lo, pl.c)
+
+
+# Target output positions per band of the fused stride-1 path (a tuning knob, see
+# _set_conv_band) and the per-thread budget of its input band.
+cdef int64_t _sk_conv_band_positions = 1024
+cdef int64_t _SK_CONV_BAND_BYTES = 384 * 1024
+
+
+def _set_conv_band(int64_t positions):
+    """Set the fused stride-1 path's output positions per band (0: planes path; benchmarks)."""
+    global _sk_conv_band_positions
+    if positions < 0:
+        raise ValueError(f"positions must be >= 0; received: {positions}")
+    _sk_conv_band_positions = positions
+
+
+cdef inline int64_t _band_rows(int64_t n, int64_t out_h, int64_t wq, int64_t row_bytes,
+                               int64_t reach, int n_threads) noexcept nogil:
+    """Output rows per band: about _sk_conv_band_positions positions, the band of input rows
+    (rows + reach, row_bytes each) within _SK_CONV_BAND_BYTES, at least 4 items per thread
+    when the batch allows, and bands of equal height. 0 when banding is off."""
+    cdef int64_t band, n_bands
+    if _sk_conv_band_positions <= 0 or out_h <= 0:
+        return 0
+    band = (_sk_conv_band_positions + wq - 1) // wq
+    while band > 1 and (band + reach) * row_bytes > _SK_CONV_BAND_BYTES:
+        band -= 1
+    while band > 1 and n * ((out_h + band - 1) // band) < 4 * n_threads:
+        band = (band + 1) // 2
+    if band > out_h:
+        band = out_h
+    n_bands = (out_h + band - 1) // band
+    return (out_h + n_bands - 1) // n_bands
+
+
+cdef int _conv_banded(const _Planes *pl, int64_t out_h, int64_t out_w, int64_t out_c,
+                      int64_t band, int64_t reach, const int64_t *rowptr, const int64_t *off,
+                      const real_t *val, const real_t *x, real_t *out,
+                      int n_threads) noexcept nogil:
+    """Stride-1 convolution fused with the layout change: each work item (image, band of
+    `band` output rows) transposes the band's band + reach padded input rows into a per-thread
+    panel (pl.plane must be (band + reach) * wq: the offsets index it), runs flat tiles over it
+    as _conv_planes does, and stores the tiles back transposed. The input crosses memory once
+    (no T of the whole batch), which also keeps the kernel fast when a neighbour loads the
+    memory bus. Each output element is computed as in _conv_planes (same FMA chain)."""
+    cdef int isa = sk_isa()
+    cdef int64_t tile = _sk_conv_tiles * _tile(out)
+    cdef int64_t n_bands = (out_h + band - 1) // band
+    cdef int64_t n_items = pl.n * n_bands
+    cdef int64_t stride = pl.c * pl.plane + 64 + out_c * tile
+    cdef int n_parts = n_threads
+    cdef real_t *scratch
+    cdef int64_t it, b, oh0, nr, n_flat, f0, j, f, oh, ow, seg, w, o, p0
+    cdef real_t *panel
+    cdef real_t *buf
+    if out_h <= 0 or out_w <= 0 or out_c == 0 or pl.n == 0:
+        return 0
+    if n_parts > n_items:
+        n_parts = <int>n_items
+    stride = (stride + 15) // 16 * 16
+    scratch = <real_t *>_aligned_alloc(n_parts * stride * sizeof(real_t))
+    if scratch == NULL:
+        return -1
+    for it in prange(n_items, nogil=True, schedule='dynamic', chunksize=1, num_threads=n_parts):
+        panel = scratch + threadid() * stride
+        buf = panel + pl.c * pl.plane + 64
+        b = it // n_bands
+        oh0 = (it % n_bands) * band
+        nr = out_h - oh0
+        if nr > band:
+            nr = band
+        _plane_rows(pl, x, b, oh0, nr + reach, panel, pl.plane, isa)
+        n_flat = (nr - 1) * pl.wq + out_w
+        f0 = 0
+        while f0 < n_flat:
+            w = n_flat - f0
+            if w > tile:
+                w = tile
+            for o in range(out_c):
+                p0 = rowptr[o]
+                _spmm_row(isa, rowptr[o + 1] - p0, off + p0, val + p0, panel + f0, 1, w,
+                          buf + o * w, 1)
+            j = 0
+            while j < w:
+                f = f0 + j
+                oh = f // pl.wq
+                ow = f % pl.wq
+                if ow >= out_w:
+                    j = j + pl.wq - ow
+                    continue
+                seg = out_w - ow
+                if seg > w - j:
+                    seg = w - j
+                _transpose(isa, buf + j, w,
+                           out + ((b * out_h + oh0 + oh) * out_w + ow) * out_c, out_c, out_c, seg)
+                j = j + seg
+            f0 = f0 + tile
+    free(scratch)
+    return 0
+
+
 cdef inline void _dot_rows(int isa, int64_t nnz, const int64_t *off, const real_t *u, int64_t us,
                            const real_t *base, int64_t ts, int64_t n_rows, int64_t w,
                            real_t *out) noexcept nogil:
@@ -171,6 +304,73 @@ cdef inline void _dot_rows(int isa, int64_t nnz, const int64_t *off, const real_
         sk_dot_rows_f32_any(isa, nnz, off, u, us, base, ts, n_rows, w, out, 1)
     else:
         sk_dot_rows_f64_any(isa, nnz, off, u, us, base, ts, n_rows, w, out, 1)
+
+
+cdef inline void _dot_run(int isa, int64_t nnz, const int64_t *off, const real_t *u,
+                          const real_t *base, int64_t n, real_t *out) noexcept nogil:
+    if real_t is float:
+        sk_dot_run_f32_any(isa, nnz, off, u, base, n, out)
+    else:
+        sk_dot_run_f64_any(isa, nnz, off, u, base, n, out)
+
+
+cdef int _grad_values_banded(const sk_conv2d_geom *g, _Planes *pl, const index_t *indptr,
+                             const int64_t *off, const real_t *x, const real_t *dy,
+                             int64_t band, int64_t reach, real_t *out_values,
+                             int n_threads) noexcept nogil:
+    """Stride-1 values gradient fused with the layout changes. Work item = (image, band of
+    output rows): the thread transposes the band's input rows (panel of pl, whose plane is one
+    band: the offsets index it) and dy rows (channel-major, padded to the panel's row stride with
+    zeros, so each output channel's band is one contiguous run of (nr - 1) * wq + out_w
+    positions), then every stored entry gets one dot product over the run (sk_dot_run, four
+    entries per pass sharing the dy loads). Partial sums per item are added in item order, so
+    the result does not depend on the thread count (the bands do not either)."""
+    cdef int isa = sk_isa()
+    cdef int64_t nnz = indptr[g.out_c]
+    cdef int64_t n_bands = (g.out_h + band - 1) // band
+    cdef int64_t n_items = g.batch * n_bands
+    cdef int64_t uplane = band * pl.wq
+    cdef int64_t stride = (pl.c * pl.plane + g.out_c * uplane + 64 + 15) // 16 * 16
+    cdef _Planes pu
+    cdef int n_parts = n_threads
+    cdef real_t *scratch
+    cdef real_t *partial
+    cdef real_t *panel
+    cdef real_t *ub
+    cdef real_t acc
+    cdef int64_t it, b, oh0, nr, n_flat, o, p0, p
+    _planes_init(&pu, g.batch, g.out_c, g.out_h, g.out_w, 1, 1, 0, 0, band, 1, pl.wq)
+    if n_parts > n_items:
+        n_parts = <int>n_items
+    scratch = <real_t *>_aligned_alloc(n_parts * stride * sizeof(real_t))
+    partial = <real_t *>malloc(n_items * nnz * sizeof(real_t))
+    if scratch == NULL or partial == NULL:
+        free(scratch)
+        free(partial)
+        return -1
+    for it in prange(n_items, nogil=True, schedule='dynamic', chunksize=1, num_threads=n_parts):
+        panel = scratch + threadid() * stride
+        ub = panel + pl.c * pl.plane + 64
+        b = it // n_bands
+        oh0 = (it % n_bands) * band
+        nr = g.out_h - oh0
+        if nr > band:
+            nr = band
+        _plane_rows(pl, x, b, oh0, nr + reach, panel, pl.plane, isa)
+        _plane_rows(&pu, dy, b, oh0, nr, ub, uplane, isa)
+        n_flat = (nr - 1) * pl.wq + g.out_w
+        for o in range(g.out_c):
+            p0 = indptr[o]
+            _dot_run(isa, indptr[o + 1] - p0, off + p0, ub + o * uplane, panel, n_flat,
+                     partial + it * nnz + p0)
+    for p in prange(nnz, nogil=True, schedule='static', num_threads=n_threads):
+        acc = 0
+        for it in range(n_items):
+            acc = acc + partial[it * nnz + p]
+        out_values[p] = acc
+    free(partial)
+    free(scratch)
+    return 0
 
 
 cdef int _conv_planes(const _Planes *pl, int64_t out_h, int64_t out_w, int64_t out_c,
@@ -312,6 +512,13 @@ cdef inline void _forward_planes(const sk_conv2d_geom *g, _Planes *pl) noexcept 
                  g.out_w + ((g.k_w - 1) * g.dil_w) // g.stride_w)
 
 
+cdef inline void _band_planes(_Planes *pl, int64_t rows) noexcept nogil:
+    """Re-dimension planes to one band of `rows` padded rows (the panel of _conv_banded)."""
+    pl.hp = rows
+    pl.plane = rows * pl.s * pl.wq
+    pl.image = pl.c * pl.plane
+
+
 cdef int _csr_conv2d(const sk_conv2d_geom *g, const index_t *indptr, const index_t *indices,
                      const real_t *data, const real_t *x, real_t *out,
                      int n_threads) noexcept nogil:
@@ -320,7 +527,7 @@ cdef int _csr_conv2d(const sk_conv2d_geom *g, const index_t *indptr, const index
     cdef int64_t *rowptr
     cdef int64_t *off
     cdef real_t *t
-    cdef int64_t p, o
+    cdef int64_t p, o, band, reach
     cdef int rc
     if g.batch == 0 or g.out_h <= 0 or g.out_w <= 0 or g.out_c == 0:
         return 0
@@ -340,6 +547,20 @@ cdef int _csr_conv2d(const sk_conv2d_geom *g, const index_t *indptr, const index
             off[p] = indices[p]
         rc = _pointwise(g.batch * g.in_h * g.in_w, g.in_c, g.out_c, rowptr, off, data, x, out,
                         n_threads)
+        free(off)
+        free(rowptr)
+        return rc
+    reach = (g.k_h - 1) * g.dil_h
+    band = 0
+    if g.stride_h == 1 and g.stride_w == 1:
+        band = _band_rows(g.batch, g.out_h, pl.wq, pl.wq * g.in_c * sizeof(real_t), reach,
+                          n_threads)
+    if band > 0:
+        _band_planes(&pl, band + reach)
+        for p in range(nnz):
+            off[p] = _tap_offset(g, &pl, indices[p])
+        rc = _conv_banded(&pl, g.out_h, g.out_w, g.out_c, band, reach, rowptr, off, data, x,
+                          out, n_threads)
         free(off)
         free(rowptr)
         return rc
@@ -372,7 +593,7 @@ cdef int _csr_conv2d_grad_input(const sk_conv2d_geom *g, const index_t *indptr,
     cdef int64_t *off
     cdef real_t *val
     cdef real_t *t
-    cdef int64_t p, o, c, k, tap, i, j, q
+    cdef int64_t p, o, c, k, tap, i, j, q, band, reach
     cdef int rc
     if g.batch == 0 or g.in_h == 0 or g.in_w == 0 or g.in_c == 0:
         return 0
@@ -384,12 +605,22 @@ cdef int _csr_conv2d_grad_input(const sk_conv2d_geom *g, const index_t *indptr,
     _planes_init(&pl, g.batch, g.out_c, g.out_h, g.out_w, g.stride_h, g.stride_w,
                  (g.k_h - 1) * g.dil_h - g.pad_top, (g.k_w - 1) * g.dil_w - g.pad_left,
                  g.in_h + (g.k_h - 1) * g.dil_h, 1, g.in_w + (g.k_w - 1) * g.dil_w)
+    reach = (g.k_h - 1) * g.dil_h
+    band = 0
+    if g.stride_h == 1 and g.stride_w == 1 and not _is_pointwise(g):
+        band = _band_rows(g.batch, g.in_h, pl.wq, pl.wq * g.out_c * sizeof(real_t), reach,
+                          n_threads)
+    if band > 0:
+        _band_planes(&pl, band + reach)
     rowptr = <int64_t *>calloc(g.in_c + 1, sizeof(int64_t))
     fill = <int64_t *>malloc((g.in_c + 1) * sizeof(int64_t))
     off = <int64_t *>malloc(nnz * sizeof(int64_t))
     val = <real_t *>malloc(nnz * sizeof(real_t))
-    t = NULL if _is_pointwise(g) else <real_t *>_aligned_alloc((pl.n * pl.image + 16) * sizeof(real_t))
-    if rowptr == NULL or fill == NULL or off == NULL or val == NULL or (t == NULL and not _is_pointwise(g)):
+    t = NULL
+    if not _is_pointwise(g) and band == 0:
+        t = <real_t *>_aligned_alloc((pl.n * pl.image + 16) * sizeof(real_t))
+    if (rowptr == NULL or fill == NULL or off == NULL or val == NULL
+            or (t == NULL and not _is_pointwise(g) and band == 0)):
         free(rowptr)
         free(fill)
         free(off)
@@ -423,9 +654,14 @@ cdef int _csr_conv2d_grad_input(const sk_conv2d_geom *g, const index_t *indptr,
         free(fill)
         free(rowptr)
         return rc
-    rc = _to_planes(&pl, dy, t, n_threads)
-    if rc == 0:
-        rc = _conv_planes(&pl, g.in_h, g.in_w, g.in_c, pl.wq, rowptr, off, val, t, dx, n_threads)
+    if band > 0:
+        rc = _conv_banded(&pl, g.in_h, g.in_w, g.in_c, band, reach, rowptr, off, val, dy, dx,
+                          n_threads)
+    else:
+        rc = _to_planes(&pl, dy, t, n_threads)
+        if rc == 0:
+            rc = _conv_planes(&pl, g.in_h, g.in_w, g.in_c, pl.wq, rowptr, off, val, t, dx,
+                              n_threads)
     free(t)
     free(val)
     free(off)
@@ -453,8 +689,8 @@ cdef int _csr_conv2d_grad_values(const sk_conv2d_geom *g, const index_t *indptr,
     cdef real_t *t
     cdef real_t *u
     cdef Py_ssize_t part
-    cdef int64_t p, o, b, oh0, nr, ch, ow0, w, p0, p1
-    cdef int n_parts
+    cdef int64_t p, o, b, oh0, nr, ch, ow0, w, p0, p1, band
+    cdef int n_parts, rc
     if nnz == 0:
         return 0
     if n_threads < 1:
@@ -463,6 +699,21 @@ cdef int _csr_conv2d_grad_values(const sk_conv2d_geom *g, const index_t *indptr,
         memset(out_values, 0, nnz * sizeof(real_t))
         return 0
     _forward_planes(g, &pl)
+    if g.stride_h == 1 and g.stride_w == 1:
+        # Bands chosen without the thread count (4 "threads"): the sums' grouping is fixed.
+        band = _band_rows(g.batch, g.out_h, pl.wq, pl.wq * (g.in_c + g.out_c) * sizeof(real_t),
+                          (g.k_h - 1) * g.dil_h, 4)
+        if band > 0:
+            _band_planes(&pl, band + (g.k_h - 1) * g.dil_h)
+            off = <int64_t *>malloc(nnz * sizeof(int64_t))
+            if off == NULL:
+                return -1
+            for p in range(nnz):
+                off[p] = _tap_offset(g, &pl, indices[p])
+            rc = _grad_values_banded(g, &pl, indptr, off, x, dy, band, (g.k_h - 1) * g.dil_h,
+                                     out_values, n_threads)
+            free(off)
+            return rc
     # Stride 1: dy planes get T's row stride (zero padding columns), so dots run over the
     # flattened rows, tile after tile (see _conv_planes).
     flat = g.stride_h == 1 and g.stride_w == 1

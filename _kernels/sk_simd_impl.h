@@ -109,6 +109,19 @@ static inline void SK_FNT(sk_dot_rows, generic)(int64_t nnz, const int64_t *off,
         out[p] = accumulate ? out[p] + d : d;
     }
 }
+
+/* Convolution filter gradient over one contiguous run (the fused stride-1 path):
+ *   out[p] = sum_{j < len} u[j] * base[off[p] + j],  p < nnz.
+ * Per entry one fixed summation order (8 partial sums here), whatever the grouping. */
+static inline void SK_FNT(sk_dot_run, generic)(int64_t nnz, const int64_t *off, const SK_T *u,
+                                              const SK_T *base, int64_t len, SK_T *out) {
+    for (int64_t p = 0; p < nnz; p++) {
+        const SK_T *b = base + off[p];
+        SK_T s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int64_t j = 0; j < len; j++) s[j & 7] += u[j] * b[j];
+        out[p] = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+    }
+}
 #endif
 
 #ifdef SK_X86
@@ -327,6 +340,47 @@ SK_FNT(sk_dot_rows, avx2)(int64_t nnz, const int64_t *off, const SK_T *u, int64_
 #undef SK_CASE
         default: SK_FNT(sk_dot_rows, generic)(nnz, off, u, us, base, ts, n_rows, w, out, accumulate);
     }
+}
+
+/* sk_dot_run: NQ entries at a time share each load of u; 2 vectors per entry and step. */
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+SK_FNT(sk_dot_run_q, avx2)(const int NQ, const int64_t *off, const SK_T *u, const SK_T *base,
+                           int64_t len, SK_T *out) {
+    SK_V2 acc[4][2];
+    const SK_T *b[4];
+    for (int q = 0; q < NQ; q++) {
+        b[q] = base + off[q];
+        acc[q][0] = SK_V2_ZERO();
+        acc[q][1] = SK_V2_ZERO();
+    }
+    int64_t j = 0;
+    for (; j + 2 * SK_L2 <= len; j += 2 * SK_L2) {
+        SK_V2 a0 = SK_V2_LOAD(u + j), a1 = SK_V2_LOAD(u + j + SK_L2);
+        for (int q = 0; q < NQ; q++) {
+            acc[q][0] = SK_V2_FMA(a0, SK_V2_LOAD(b[q] + j), acc[q][0]);
+            acc[q][1] = SK_V2_FMA(a1, SK_V2_LOAD(b[q] + j + SK_L2), acc[q][1]);
+        }
+    }
+    for (int v = 0; j < len; j += SK_L2, v++) {
+        __m256i m = SK_V2_MASK(len - j);
+        SK_V2 a = SK_V2_MLOAD(u + j, m);
+        for (int q = 0; q < NQ; q++) acc[q][v] = SK_V2_FMA(a, SK_V2_MLOAD(b[q] + j, m), acc[q][v]);
+    }
+    for (int q = 0; q < NQ; q++) {
+        SK_T tmp[SK_L2];
+        SK_V2_STORE(tmp, acc[q][0] + acc[q][1]);
+        SK_T d = 0;
+        for (int k = 0; k < SK_L2; k++) d += tmp[k];
+        out[q] = d;
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void
+SK_FNT(sk_dot_run, avx2)(int64_t nnz, const int64_t *off, const SK_T *u, const SK_T *base,
+                         int64_t len, SK_T *out) {
+    int64_t p = 0;
+    for (; p + 4 <= nnz; p += 4) SK_FNT(sk_dot_run_q, avx2)(4, off + p, u, base, len, out + p);
+    for (; p < nnz; p++) SK_FNT(sk_dot_run_q, avx2)(1, off + p, u, base, len, out + p);
 }
 #endif
 
@@ -548,6 +602,42 @@ SK_FNT(sk_dot_rows, avx512)(int64_t nnz, const int64_t *off, const SK_T *u, int6
         default: SK_FNT(sk_dot_rows, generic)(nnz, off, u, us, base, ts, n_rows, w, out, accumulate);
     }
 }
+
+/* sk_dot_run: NQ entries at a time share each load of u (1 + 1/NQ loads per FMA instead of
+ * 2); 4 vectors per entry and step, so 16 independent FMA chains hide the FMA latency. */
+__attribute__((target("avx512f"), always_inline)) static inline void
+SK_FNT(sk_dot_run_q, avx512)(const int NQ, const int64_t *off, const SK_T *u, const SK_T *base,
+                             int64_t len, SK_T *out) {
+    SK_V5 acc[4][4];
+    const SK_T *b[4];
+    for (int q = 0; q < NQ; q++) {
+        b[q] = base + off[q];
+        for (int v = 0; v < 4; v++) acc[q][v] = SK_V5_ZERO();
+    }
+    int64_t j = 0;
+    for (; j + 4 * SK_L5 <= len; j += 4 * SK_L5) {
+        for (int v = 0; v < 4; v++) {
+            SK_V5 a = SK_V5_LOAD(u + j + v * SK_L5);
+            for (int q = 0; q < NQ; q++)
+                acc[q][v] = SK_V5_FMA(a, SK_V5_LOAD(b[q] + j + v * SK_L5), acc[q][v]);
+        }
+    }
+    for (int v = 0; j < len; j += SK_L5, v++) {
+        int64_t rem = len - j;
+        SK_M5 m = rem >= SK_L5 ? (SK_M5)~0u : (SK_M5)((1u << rem) - 1u);
+        SK_V5 a = SK_V5_MLOAD(u + j, m);
+        for (int q = 0; q < NQ; q++) acc[q][v] = SK_V5_FMA(a, SK_V5_MLOAD(b[q] + j, m), acc[q][v]);
+    }
+    for (int q = 0; q < NQ; q++) out[q] = SK_V5_HSUM((acc[q][0] + acc[q][1]) + (acc[q][2] + acc[q][3]));
+}
+
+__attribute__((target("avx512f"))) static void
+SK_FNT(sk_dot_run, avx512)(int64_t nnz, const int64_t *off, const SK_T *u, const SK_T *base,
+                           int64_t len, SK_T *out) {
+    int64_t p = 0;
+    for (; p + 4 <= nnz; p += 4) SK_FNT(sk_dot_run_q, avx512)(4, off + p, u, base, len, out + p);
+    for (; p < nnz; p++) SK_FNT(sk_dot_run_q, avx512)(1, off + p, u, base, len, out + p);
+}
 #endif
 
 #undef SK_V5
@@ -655,6 +745,16 @@ static inline void SK_CAT3(sk_dot_rows, SK_TS, any)(int isa, int64_t nnz, const 
     if (isa == SK_ISA_AVX2) { SK_FNT(sk_dot_rows, avx2)(nnz, off, u, us, base, ts, n_rows, w, out, accumulate); return; }
 #endif
     SK_FNT(sk_dot_rows, generic)(nnz, off, u, us, base, ts, n_rows, w, out, accumulate);
+}
+
+static inline void SK_CAT3(sk_dot_run, SK_TS, any)(int isa, int64_t nnz, const int64_t *off,
+                                                   const SK_T *u, const SK_T *base, int64_t len,
+                                                   SK_T *out) {
+#ifdef SK_X86
+    if (isa == SK_ISA_AVX512) { SK_FNT(sk_dot_run, avx512)(nnz, off, u, base, len, out); return; }
+    if (isa == SK_ISA_AVX2) { SK_FNT(sk_dot_run, avx2)(nnz, off, u, base, len, out); return; }
+#endif
+    SK_FNT(sk_dot_run, generic)(nnz, off, u, base, len, out);
 }
 #endif
 

@@ -67,6 +67,44 @@ def test_conv2d_gradients(isa, geo, dtype, index_dtype):
     ref.assert_close(dv, dv_ref, dv_mag, dtype, int(np.prod(out_shape[:3])))
 
 
+STRIDE1 = [g for g in GEOMETRIES if g[7] == (1, 1)] + [
+    (3, 23, 31, 16, 24, 3, 3, (1, 1), (2, 2), "SAME", 0.2),   # several bands, last one short
+    (2, 30, 9, 40, 8, 5, 3, (1, 1), (1, 1), "VALID", 0.3),
+]
+
+
+@pytest.fixture
+def band_knob():
+    yield _kernels._set_conv_band
+    _kernels._set_conv_band(1024)
+
+
+@pytest.mark.parametrize("positions", [0, 1, 40, 1024])
+@pytest.mark.parametrize("geo", STRIDE1, ids=lambda g: f"{g[0]}x{g[1]}x{g[2]}x{g[3]}-{g[4]}-"
+                         f"k{g[5]}{g[6]}-d{g[8][0]}-{g[9]}-{g[10]}")
+def test_conv2d_stride1_paths(band_knob, positions, geo):
+    # Stride 1 runs fused per band of output rows (positions > 0: bands of about that many
+    # output positions, 1 = one row per band) or through planes of the whole batch (0).
+    band_knob(positions)
+    x, kernel, mask, (ip, ix, d), kw = _case(geo, np.float64, np.int64, seed=7)
+    want = ref.ref_conv2d(x, kernel, **kw)
+    mag = ref.ref_conv2d(np.abs(x), np.abs(kernel), **kw)
+    ref.assert_close(_kernels.csr_conv2d(x, ip, ix, d, kernel.shape, n_threads=2, **kw),
+                     want, mag, np.float64, kernel.shape[0] * kernel.shape[1] * kernel.shape[2])
+    dy = np.random.default_rng(8).standard_normal(want.shape)
+    dx_ref, dk_ref = ref.ref_conv2d_grads(x, kernel, dy, **kw)
+    dx_mag, dk_mag = ref.ref_conv2d_grads(np.abs(x), np.abs(kernel), np.abs(dy), **kw)
+    dx = _kernels.csr_conv2d_grad_input(dy, ip, ix, d, kernel.shape, x.shape, n_threads=2, **kw)
+    ref.assert_close(dx, dx_ref, dx_mag, np.float64,
+                     kernel.shape[0] * kernel.shape[1] * kernel.shape[3])
+    dv = _kernels.csr_conv2d_grad_values(x, dy, ip, ix, kernel.shape, n_threads=2, **kw)
+    _, _, dv_ref = ref.conv_kernel_csc(dk_ref, mask)
+    _, _, dv_mag = ref.conv_kernel_csc(dk_mag, mask)
+    ref.assert_close(dv, dv_ref, dv_mag, np.float64, int(np.prod(want.shape[:3])))
+    one = _kernels.csr_conv2d_grad_values(x, dy, ip, ix, kernel.shape, n_threads=1, **kw)
+    np.testing.assert_array_equal(dv, one)
+
+
 def test_conv2d_matches_tensorflow():
     tf = pytest.importorskip("tensorflow")
     rng = np.random.default_rng(5)
