@@ -12,6 +12,10 @@
 # every input channel, ~45 KiB for a 64-channel 56-wide image) stay in L1/L2. No im2col matrix is
 # built: T has the size of the padded input.
 #
+# Stride 1 (the common case) never builds T for the whole batch: each work item (image, band of
+# output rows) builds the band's rows of T in a per-thread panel and computes from it at once
+# (_conv_banded, _grad_values_banded), so the activations cross memory once each way.
+#
 # The input gradient is the same kernel run on dy (zero-dilated by the stride, padded by
 # (k - 1) * dil - pad) with the flipped, transposed kernel; the values gradient is a blocked
 # SDDMM: for each stored entry, the dot of its T rows with the dy rows of its output channel.

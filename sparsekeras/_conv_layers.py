@@ -24,10 +24,10 @@ __all__ = ["SparseConv2D", "SparseDepthwiseConv2D", "CompactConv2D",
            "DEFAULT_CONV_SWITCH_SPARSITY"]
 
 # Mask sparsity from which the sparse convolution beats tf.nn.conv2d (oneDNN): measured with
-# benchmarks/bench_conv.py (3x3 64->64 and 1x1 128->128 on 56x56, batch 8, 2 threads): the 3x3
-# layer's forward and training step cross between 0.8 and 0.9, the 1x1 forward near 0.6 (its
-# training step stays slower up to 0.95). Override per layer with `switch_sparsity`.
-DEFAULT_CONV_SWITCH_SPARSITY = 0.85
+# benchmarks/bench_conv.py (3x3 64->64 and 1x1 128->128 on 56x56, batch 8, 2 threads): both
+# layers' forward and training step cross near 0.7 (3x3 at 0.7: 1.07x forward, 0.95x step; 1x1:
+# 1.04x / 1.09x; at 0.8 both are 1.2-1.45x faster). Override per layer with `switch_sparsity`.
+DEFAULT_CONV_SWITCH_SPARSITY = 0.75
 
 
 def conv_structure(mask):
