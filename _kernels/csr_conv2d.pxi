@@ -172,6 +172,25 @@ cdef int _to_planes(const _Planes *pl, const real_t *x, real_t *t, int n_threads
     return 0
 
 
+cdef inline void _store_flat_tile(int isa, const real_t *buf, int64_t w, int64_t f0, int64_t wq,
+                                  int64_t out_w, int64_t out_c, real_t *img) noexcept nogil:
+    """Store a flat tile buf (out_c x w; positions f0 .. f0 + w - 1 of rows wq apart) into the
+    NHWC image img (rows of out_w pixels), dropping the padding columns (ow >= out_w)."""
+    cdef int64_t j = 0, f, oh, ow, seg
+    while j < w:
+        f = f0 + j
+        oh = f // wq
+        ow = f % wq
+        if ow >= out_w:
+            j = j + wq - ow
+            continue
+        seg = out_w - ow
+        if seg > w - j:
+            seg = w - j
+        _transpose(isa, buf + j, w, img + (oh * out_w + ow) * out_c, out_c, out_c, seg)
+        j = j + seg
+
+
 cdef inline void _plane_rows(const _Planes *pl, const real_t *x, int64_t b, int64_t r0,
                              int64_t nr, real_t *dst, int64_t plane, int isa) noexcept nogil:
     """Padded rows r0 .. r0 + nr - 1 of image b's planes (one phase, no input dilation) into
@@ -254,7 +273,7 @@ cdef int _conv_banded(const _Planes *pl, int64_t out_h, int64_t out_w, int64_t o
     cdef int64_t stride = pl.c * pl.plane + 64 + out_c * tile
     cdef int n_parts = n_threads
     cdef real_t *scratch
-    cdef int64_t it, b, oh0, nr, n_flat, f0, j, f, oh, ow, seg, w, o, p0
+    cdef int64_t it, b, oh0, nr, n_flat, f0, w, o, p0
     cdef real_t *panel
     cdef real_t *buf
     if out_h <= 0 or out_w <= 0 or out_c == 0 or pl.n == 0:
@@ -284,20 +303,8 @@ cdef int _conv_banded(const _Planes *pl, int64_t out_h, int64_t out_w, int64_t o
                 p0 = rowptr[o]
                 _spmm_row(isa, rowptr[o + 1] - p0, off + p0, val + p0, panel + f0, 1, w,
                           buf + o * w, 1)
-            j = 0
-            while j < w:
-                f = f0 + j
-                oh = f // pl.wq
-                ow = f % pl.wq
-                if ow >= out_w:
-                    j = j + pl.wq - ow
-                    continue
-                seg = out_w - ow
-                if seg > w - j:
-                    seg = w - j
-                _transpose(isa, buf + j, w,
-                           out + ((b * out_h + oh0 + oh) * out_w + ow) * out_c, out_c, out_c, seg)
-                j = j + seg
+            _store_flat_tile(isa, buf, w, f0, pl.wq, out_w, out_c,
+                             out + (b * out_h + oh0) * out_w * out_c)
             f0 = f0 + tile
     free(scratch)
     return 0
@@ -400,7 +407,7 @@ cdef int _conv_planes(const _Planes *pl, int64_t out_h, int64_t out_w, int64_t o
     cdef int64_t n_chunks, n_items
     cdef int n_parts = n_threads
     cdef real_t *scratch
-    cdef int64_t it, b, oh, ow, ch, ow0, w, o, j, p0, f, seg
+    cdef int64_t it, b, oh, ch, ow0, w, o, p0
     cdef const real_t *base
     cdef real_t *buf
     if out_h <= 0 or out_w <= 0 or out_c == 0 or pl.n == 0:
@@ -439,20 +446,7 @@ cdef int _conv_planes(const _Planes *pl, int64_t out_h, int64_t out_w, int64_t o
             _transpose(isa, buf, w, out + ((b * out_h + oh) * out_w + ow0) * out_c, out_c,
                        out_c, w)
             continue
-        j = 0
-        while j < w:
-            f = ow0 + j
-            oh = f // pl.wq
-            ow = f % pl.wq
-            if ow >= out_w:
-                j = j + pl.wq - ow
-                continue
-            seg = out_w - ow
-            if seg > w - j:
-                seg = w - j
-            _transpose(isa, buf + j, w, out + ((b * out_h + oh) * out_w + ow) * out_c, out_c,
-                       out_c, seg)
-            j = j + seg
+        _store_flat_tile(isa, buf, w, ow0, pl.wq, out_w, out_c, out + b * out_h * out_w * out_c)
     free(scratch)
     return 0
 
