@@ -142,65 +142,50 @@ static inline void sk_transpose_f64(int isa, const double *src, int64_t lds, dou
 }
 
 #ifdef SK_X86
+/* In-register 8x8 transpose: r[k] (row k) becomes column k. */
+__attribute__((target("avx2"), always_inline)) static inline void sk_tr8x8_avx2(__m256 r[8]) {
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+    r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+    r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+    r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+    r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
 __attribute__((target("avx2"))) static void
 sk_transpose_avx2_f32(const float *src, int64_t lds, float *dst, int64_t ldd, int64_t rows,
                       int64_t cols) {
     int64_t r8 = rows & ~(int64_t)7, c8 = cols & ~(int64_t)7;
+    __m256 r[8];
     for (int64_t i0 = 0; i0 < r8; i0 += 8) {
         for (int64_t j0 = 0; j0 < c8; j0 += 8) {
             const float *s0 = src + i0 * lds + j0;
-            __m256 r0 = _mm256_loadu_ps(s0), r1 = _mm256_loadu_ps(s0 + lds);
-            __m256 r2 = _mm256_loadu_ps(s0 + 2 * lds), r3 = _mm256_loadu_ps(s0 + 3 * lds);
-            __m256 r4 = _mm256_loadu_ps(s0 + 4 * lds), r5 = _mm256_loadu_ps(s0 + 5 * lds);
-            __m256 r6 = _mm256_loadu_ps(s0 + 6 * lds), r7 = _mm256_loadu_ps(s0 + 7 * lds);
-            __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-            __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-            __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-            __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-            __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-            __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-            __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-            __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+            for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(s0 + k * lds);
+            sk_tr8x8_avx2(r);
             float *d0 = dst + j0 * ldd + i0;
-            _mm256_storeu_ps(d0, _mm256_permute2f128_ps(u0, u4, 0x20));
-            _mm256_storeu_ps(d0 + ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
-            _mm256_storeu_ps(d0 + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
-            _mm256_storeu_ps(d0 + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
-            _mm256_storeu_ps(d0 + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
-            _mm256_storeu_ps(d0 + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
-            _mm256_storeu_ps(d0 + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
-            _mm256_storeu_ps(d0 + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+            for (int k = 0; k < 8; k++) _mm256_storeu_ps(d0 + k * ldd, r[k]);
         }
         if (c8 < cols) {
-            /* Column remainder (a tile's row segment rarely ends on 8): the same 8x8 register
-             * transpose on masked loads, storing the rem valid output rows. */
+            /* Column remainder (a tile's row segment rarely ends on 8): the same transpose on
+             * masked loads, storing the rem valid output rows. */
             int64_t rem = cols - c8;
             __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)rem),
                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
             const float *s0 = src + i0 * lds + c8;
-            __m256 r0 = _mm256_maskload_ps(s0, m), r1 = _mm256_maskload_ps(s0 + lds, m);
-            __m256 r2 = _mm256_maskload_ps(s0 + 2 * lds, m), r3 = _mm256_maskload_ps(s0 + 3 * lds, m);
-            __m256 r4 = _mm256_maskload_ps(s0 + 4 * lds, m), r5 = _mm256_maskload_ps(s0 + 5 * lds, m);
-            __m256 r6 = _mm256_maskload_ps(s0 + 6 * lds, m), r7 = _mm256_maskload_ps(s0 + 7 * lds, m);
-            __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-            __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-            __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-            __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-            __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-            __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-            __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-            __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-            __m256 o[8];
-            o[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
-            o[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-            o[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
-            o[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-            o[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
-            o[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-            o[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
-            o[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+            for (int k = 0; k < 8; k++) r[k] = _mm256_maskload_ps(s0 + k * lds, m);
+            sk_tr8x8_avx2(r);
             float *d0 = dst + c8 * ldd + i0;
-            for (int64_t j = 0; j < rem; j++) _mm256_storeu_ps(d0 + j * ldd, o[j]);
+            for (int64_t k = 0; k < rem; k++) _mm256_storeu_ps(d0 + k * ldd, r[k]);
         }
     }
     for (int64_t j = 0; j < cols; j++)
