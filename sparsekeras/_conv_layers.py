@@ -17,8 +17,7 @@ import tensorflow as tf
 
 from sparsekeras import ops as sk_ops
 # Shared with SparseDense (defined in layers.py before it imports this module).
-from sparsekeras.layers import (_COMPUTE_MODES, _MaskConstraint, _dynamic_variable,
-                                _structure_from_mask)
+from sparsekeras.layers import _PrunableKernel, _structure_from_mask
 
 __all__ = ["SparseConv2D", "SparseDepthwiseConv2D", "CompactConv2D",
            "DEFAULT_CONV_SWITCH_SPARSITY"]
@@ -35,8 +34,7 @@ def conv_structure(mask):
     (out_c + 1, int32), `indices` (nnz, int32 patch positions) and `positions` (nnz, int64 flat
     row-major positions into the kernel)."""
     mask = np.asarray(mask) != 0
-    s = _structure_from_mask(mask.reshape(-1, mask.shape[-1]))
-    return dict(indptr=s["csc_indptr"], indices=s["csc_indices"], positions=s["positions"])
+    return _structure_from_mask(mask.reshape(-1, mask.shape[-1]))
 
 
 def depthwise_structure(mask):
@@ -56,92 +54,11 @@ def depthwise_structure(mask):
                 positions=(tap * c + ch) * m + q)
 
 
-class _PrunableKernel:
-    """Mask, cached sparse structure and dense/sparse switch shared by the sparse conv layers.
+class _PrunableConv(_PrunableKernel):
+    """The sparse conv layers' part of `_PrunableKernel`: their default switch point and the
+    sparse convolution itself."""
 
-    Subclasses define `_kernel_variable()`, `_structure(mask_bool)` and call `_init_sparse`
-    in __init__ and `_build_sparse` at the end of build."""
-
-    def _init_sparse(self, switch_sparsity, compute, prunable):
-        if switch_sparsity is None:
-            switch_sparsity = DEFAULT_CONV_SWITCH_SPARSITY
-        if not 0.0 <= float(switch_sparsity) <= 1.0:
-            raise ValueError("Expected `switch_sparsity` in [0, 1]. "
-                             f"Received: switch_sparsity={switch_sparsity}")
-        if compute not in _COMPUTE_MODES:
-            raise ValueError(f"Expected `compute` in {_COMPUTE_MODES}. Received: compute={compute!r}")
-        if getattr(self, "data_format", "channels_last") != "channels_last":
-            raise ValueError(f"{type(self).__name__} supports data_format='channels_last' (NHWC) "
-                             f"only. Received: data_format={self.data_format!r}")
-        self.switch_sparsity = float(switch_sparsity)
-        self.compute = compute
-        self.prunable = bool(prunable)
-
-    def _build_sparse(self, user_constraint):
-        kernel = self._kernel_variable()
-        self.mask = self.add_weight(name="mask", shape=tuple(kernel.shape), initializer="ones",
-                                    trainable=False, dtype=self.variable_dtype)
-        self._hook_mask_assign()
-        kernel.constraint = _MaskConstraint(self, user_constraint)
-        self._sparse_on = tf.Variable(False, trainable=False, name="sparse_on")
-        self._csc_indptr = _dynamic_variable(np.zeros(1), np.int32, "csc_indptr")
-        self._csc_indices = _dynamic_variable(np.zeros(0), np.int32, "csc_indices")
-        self._positions = _dynamic_variable(np.zeros(0), np.int64, "positions")
-        self._mask_sparsity = 0.0
-        self.refresh_structure()
-
-    def _hook_mask_assign(self):
-        """Refresh the cached structure whenever the mask is assigned eagerly (set_mask,
-        set_weights, load_weights, checkpoint restore): a stale structure would silently
-        compute with the old pattern."""
-        assign = self.mask.assign
-        layer = self
-
-        def assign_and_refresh(value, *args, **kwargs):
-            result = assign(value, *args, **kwargs)
-            if tf.executing_eagerly() and getattr(layer, "_csc_indptr", None) is not None:
-                layer.refresh_structure()
-            return result
-
-        self.mask.assign = assign_and_refresh
-
-    def save_own_variables(self, store):
-        keras.layers.Layer.save_own_variables(self, store)
-
-    def load_own_variables(self, store):
-        keras.layers.Layer.load_own_variables(self, store)
-
-    @property
-    def sparsity(self):
-        """Fraction of the kernel that is pruned (mask == 0)."""
-        return self._mask_sparsity
-
-    def set_mask(self, mask):
-        """Set the pruning mask (bool or 0/1, kernel shape) and zero the pruned weights. Eager."""
-        mask = np.asarray(mask)
-        if mask.shape != tuple(self.mask.shape):
-            raise ValueError(f"mask must have the kernel's shape {tuple(self.mask.shape)}. "
-                             f"Received: mask.shape={mask.shape}")
-        self.mask.assign((mask != 0).astype(self.mask.dtype))  # the hook refreshes the structure
-        kernel = self._kernel_variable()
-        kernel.assign(kernel * keras.ops.cast(self.mask, kernel.dtype))
-
-    def refresh_structure(self):
-        """Recompute the cached sparse structure from the mask."""
-        m = np.asarray(keras.ops.convert_to_numpy(self.mask)) != 0
-        self._mask_sparsity = 1.0 - (float(m.sum()) / m.size if m.size else 1.0)
-        s = self._structure(m)
-        self._csc_indptr.assign(s["indptr"])
-        self._csc_indices.assign(s["indices"])
-        self._positions.assign(s["positions"])
-        self._sparse_on.assign(self._mask_sparsity >= self.switch_sparsity)
-
-    @property
-    def uses_sparse_kernels(self):
-        """Whether the next call computes through the sparse kernels."""
-        if self.compute != "auto":
-            return self.compute == "sparse"
-        return bool(self._sparse_on.numpy())
+    _default_switch_sparsity = DEFAULT_CONV_SWITCH_SPARSITY
 
     def _sparse_conv(self, inputs, kernel, full_kernel_shape):
         indptr = tf.convert_to_tensor(self._csc_indptr)
@@ -152,21 +69,9 @@ class _PrunableKernel:
                                  strides=tuple(self.strides), padding=self.padding,
                                  dilations=tuple(self.dilation_rate))
 
-    def _switch(self, sparse_fn, dense_fn):
-        if self.compute == "sparse":
-            return sparse_fn()
-        if self.compute == "dense":
-            return dense_fn()
-        return tf.cond(self._sparse_on, sparse_fn, dense_fn)
-
-    def _sparse_config(self, config):
-        config.update(switch_sparsity=self.switch_sparsity, compute=self.compute,
-                      prunable=self.prunable)
-        return config
-
 
 @keras.saving.register_keras_serializable(package="sparsekeras")
-class SparseConv2D(_PrunableKernel, keras.layers.Conv2D):
+class SparseConv2D(_PrunableConv, keras.layers.Conv2D):
     """`keras.layers.Conv2D` with a pruning mask and compiled sparse convolution.
 
     Same arguments and behaviour as `Conv2D` (channels_last, groups=1), plus:
@@ -245,7 +150,7 @@ class SparseConv2D(_PrunableKernel, keras.layers.Conv2D):
 
 
 @keras.saving.register_keras_serializable(package="sparsekeras")
-class SparseDepthwiseConv2D(_PrunableKernel, keras.layers.DepthwiseConv2D):
+class SparseDepthwiseConv2D(_PrunableConv, keras.layers.DepthwiseConv2D):
     """`keras.layers.DepthwiseConv2D` with a pruning mask and compiled sparse convolution.
 
     Same arguments as `DepthwiseConv2D` (channels_last), plus `switch_sparsity`, `compute` and

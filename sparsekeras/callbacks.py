@@ -10,8 +10,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from sparsekeras import _masks
-from sparsekeras.layers import SparseDense
-from sparsekeras._conv_layers import _PrunableKernel
+from sparsekeras.layers import _PrunableKernel
 
 __all__ = ["GradualPruning", "ActivationSparsity", "prunable_layers"]
 
@@ -22,7 +21,7 @@ def prunable_layers(model):
     """Every prunable sparse layer of `model`, nested layers included, in a stable order."""
     found, seen = [], set()
     for layer in model._flatten_layers(include_self=True, recursive=True):
-        if isinstance(layer, (SparseDense, _PrunableKernel)) and layer.prunable and id(layer) not in seen:
+        if isinstance(layer, _PrunableKernel) and layer.prunable and id(layer) not in seen:
             seen.add(id(layer))
             found.append(layer)
     return found

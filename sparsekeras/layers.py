@@ -42,7 +42,7 @@ def _dynamic_variable(value, dtype, name):
 def _structure_from_mask(mask):
     """CSC structure of a (K, N) boolean mask.
 
-    Returns dict: csc_indptr (N+1), csc_indices (nnz, row ids), positions (nnz, flat k*N + n of
+    Returns dict: indptr (N+1), indices (nnz, row ids), positions (nnz, flat k*N + n of
     each CSC entry into the row-major kernel). The gradient needs nothing more: dX comes from
     the scatter product over the same CSC arrays.
     """
@@ -52,7 +52,7 @@ def _structure_from_mask(mask):
                                                        index_dtype=np.int32)
     rows = csc_indices.astype(np.int64)
     cols = np.repeat(np.arange(n, dtype=np.int64), np.diff(csc_indptr))
-    return dict(csc_indptr=csc_indptr, csc_indices=csc_indices, positions=rows * n + cols)
+    return dict(indptr=csc_indptr, indices=csc_indices, positions=rows * n + cols)
 
 
 class _MaskConstraint(keras.constraints.Constraint):
@@ -71,8 +71,119 @@ class _MaskConstraint(keras.constraints.Constraint):
         return {}
 
 
+class _PrunableKernel:
+    """Mask, cached sparse structure and dense/sparse switch shared by the prunable layers
+    (SparseDense, SparseConv2D, SparseDepthwiseConv2D).
+
+    Subclasses set `_default_switch_sparsity`, define `_kernel_variable()` and
+    `_structure(mask_bool)` (dict of CSC `indptr`, `indices`, `positions`), call `_init_sparse`
+    in __init__ and `_build_sparse` at the end of build."""
+
+    _default_switch_sparsity = None
+
+    def _init_sparse(self, switch_sparsity, compute, prunable):
+        if switch_sparsity is None:
+            switch_sparsity = self._default_switch_sparsity
+        if not 0.0 <= float(switch_sparsity) <= 1.0:
+            raise ValueError("Expected `switch_sparsity` in [0, 1]. "
+                             f"Received: switch_sparsity={switch_sparsity}")
+        if compute not in _COMPUTE_MODES:
+            raise ValueError(f"Expected `compute` in {_COMPUTE_MODES}. Received: compute={compute!r}")
+        if getattr(self, "data_format", "channels_last") != "channels_last":
+            raise ValueError(f"{type(self).__name__} supports data_format='channels_last' (NHWC) "
+                             f"only. Received: data_format={self.data_format!r}")
+        self.switch_sparsity = float(switch_sparsity)
+        self.compute = compute
+        self.prunable = bool(prunable)
+
+    def _build_sparse(self, user_constraint):
+        kernel = self._kernel_variable()
+        self.mask = self.add_weight(name="mask", shape=tuple(kernel.shape), initializer="ones",
+                                    trainable=False, dtype=self.variable_dtype)
+        self._hook_mask_assign()
+        kernel.constraint = _MaskConstraint(self, user_constraint)
+        self._sparse_on = tf.Variable(False, trainable=False, name="sparse_on")
+        self._csc_indptr = _dynamic_variable(np.zeros(1), np.int32, "csc_indptr")
+        self._csc_indices = _dynamic_variable(np.zeros(0), np.int32, "csc_indices")
+        self._positions = _dynamic_variable(np.zeros(0), np.int64, "positions")
+        self._mask_sparsity = 0.0
+        self.refresh_structure()
+
+    def _hook_mask_assign(self):
+        """Refresh the cached structure whenever the mask is assigned eagerly, however it is
+        assigned (set_mask, layer or model set_weights, load_weights, checkpoint restore): a
+        stale structure would silently compute with the old pattern."""
+        assign = self.mask.assign
+        layer = self
+
+        def assign_and_refresh(value, *args, **kwargs):
+            result = assign(value, *args, **kwargs)
+            if tf.executing_eagerly() and getattr(layer, "_csc_indptr", None) is not None:
+                layer.refresh_structure()
+            return result
+
+        self.mask.assign = assign_and_refresh
+
+    def save_own_variables(self, store):
+        keras.layers.Layer.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        # Layer's version (Dense's and Conv's only know kernel and bias); assigning the mask
+        # refreshes the cached structure through the hook.
+        keras.layers.Layer.load_own_variables(self, store)
+
+    @property
+    def sparsity(self):
+        """Fraction of the kernel that is pruned (mask == 0)."""
+        return self._mask_sparsity
+
+    def set_mask(self, mask):
+        """Set the pruning mask (bool or 0/1, kernel shape), zero the pruned weights, and update
+        the sparse structure and compute path. Eager only (the callback calls it between steps)."""
+        mask = np.asarray(mask)
+        if mask.shape != tuple(self.mask.shape):
+            raise ValueError(f"mask must have the kernel's shape {tuple(self.mask.shape)}. "
+                             f"Received: mask.shape={mask.shape}")
+        self.mask.assign((mask != 0).astype(self.mask.dtype))  # the hook refreshes the structure
+        kernel = self._kernel_variable()
+        kernel.assign(kernel * keras.ops.cast(self.mask, kernel.dtype))
+
+    def refresh_structure(self):
+        """Recompute the cached sparse structure from the mask (after loading weights, say)."""
+        m = np.asarray(keras.ops.convert_to_numpy(self.mask)) != 0
+        self._mask_sparsity = 1.0 - (float(m.sum()) / m.size if m.size else 1.0)
+        s = self._structure(m)
+        self._csc_indptr.assign(s["indptr"])
+        self._csc_indices.assign(s["indices"])
+        self._positions.assign(s["positions"])
+        self._sparse_on.assign(self._mask_sparsity >= self.switch_sparsity)
+        self._refresh_more(m)
+
+    def _refresh_more(self, mask):
+        """Structure a subclass caches besides the CSC one, from the boolean mask."""
+
+    @property
+    def uses_sparse_kernels(self):
+        """Whether the next call computes through the sparse kernels."""
+        if self.compute != "auto":
+            return self.compute == "sparse"
+        return bool(self._sparse_on.numpy())
+
+    def _switch(self, sparse_fn, dense_fn):
+        if self.compute == "sparse":
+            return sparse_fn()
+        if self.compute == "dense":
+            return dense_fn()
+        return tf.cond(self._sparse_on, sparse_fn, dense_fn)
+
+    def _sparse_config(self, config):
+        config.update(switch_sparsity=self.switch_sparsity, compute=self.compute,
+                      prunable=self.prunable)
+        return config
+
+
 @keras.saving.register_keras_serializable(package="sparsekeras")
-class SparseDense(keras.layers.Dense):
+class SparseDense(_PrunableKernel, keras.layers.Dense):
     """`keras.layers.Dense` with a pruning mask and compiled sparse compute.
 
     Same arguments and behaviour as `Dense`, plus:
@@ -96,6 +207,8 @@ class SparseDense(keras.layers.Dense):
         0.9...
     """
 
+    _default_switch_sparsity = DEFAULT_SWITCH_SPARSITY
+
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
                  activity_regularizer=None, kernel_constraint=None, bias_constraint=None,
@@ -111,91 +224,32 @@ class SparseDense(keras.layers.Dense):
                          activity_regularizer=activity_regularizer,
                          kernel_constraint=kernel_constraint, bias_constraint=bias_constraint,
                          **kwargs)
-        if switch_sparsity is None:
-            switch_sparsity = DEFAULT_SWITCH_SPARSITY
-        if not 0.0 <= float(switch_sparsity) <= 1.0:
-            raise ValueError("Expected `switch_sparsity` in [0, 1]. "
-                             f"Received: switch_sparsity={switch_sparsity}")
-        if compute not in _COMPUTE_MODES:
-            raise ValueError(f"Expected `compute` in {_COMPUTE_MODES}. Received: compute={compute!r}")
-        self.switch_sparsity = float(switch_sparsity)
-        self.compute = compute
-        self.prunable = bool(prunable)
+        self._init_sparse(switch_sparsity, compute, prunable)
         self._user_kernel_constraint = self.kernel_constraint
 
     # ---- weights ------------------------------------------------------------------------
 
     def build(self, input_shape):
         super().build(input_shape)
-        k, n = int(input_shape[-1]), self.units
-        self.mask = self.add_weight(name="mask", shape=(k, n), initializer="ones",
-                                    trainable=False, dtype=self.variable_dtype)
-        self._hook_mask_assign()
-        self._kernel.constraint = _MaskConstraint(self, self._user_kernel_constraint)
-        self._sparse_on = tf.Variable(False, trainable=False, name="sparse_on")
+        k = int(input_shape[-1])
         self._sparse_input_on = tf.Variable(False, trainable=False, name="sparse_input_on")
-        self._csc_indptr = _dynamic_variable(np.zeros(n + 1), np.int32, "csc_indptr")
-        self._csc_indices = _dynamic_variable(np.zeros(0), np.int32, "csc_indices")
-        self._positions = _dynamic_variable(np.zeros(0), np.int64, "positions")
         # CSR (row-major) structure of the mask: sparse inputs times the pruned kernel.
         self._csr_indptr = _dynamic_variable(np.zeros(k + 1), np.int32, "csr_indptr")
         self._csr_indices = _dynamic_variable(np.zeros(0), np.int32, "csr_indices")
-        self._mask_sparsity = 0.0
-        self.refresh_structure()
+        self._build_sparse(self._user_kernel_constraint)
 
-    def _hook_mask_assign(self):
-        """Refresh the cached structure whenever the mask is assigned eagerly, however it is
-        assigned (set_mask, layer or model set_weights, load_weights, checkpoint restore): a
-        stale structure would silently compute with the old pattern."""
-        assign = self.mask.assign
-        layer = self
+    def _kernel_variable(self):
+        return self._kernel
 
-        def assign_and_refresh(value, *args, **kwargs):
-            result = assign(value, *args, **kwargs)
-            if tf.executing_eagerly() and getattr(layer, "_csc_indptr", None) is not None:
-                layer.refresh_structure()
-            return result
-
-        self.mask.assign = assign_and_refresh
-
-    def save_own_variables(self, store):
-        keras.layers.Layer.save_own_variables(self, store)
-
-    def load_own_variables(self, store):
-        # Layer's version (Dense's only knows kernel and bias); assigning the mask refreshes the
-        # cached structure through the hook.
-        keras.layers.Layer.load_own_variables(self, store)
+    def _structure(self, mask):
+        return _structure_from_mask(mask)
 
     # ---- mask ---------------------------------------------------------------------------
 
-    @property
-    def sparsity(self):
-        """Fraction of the kernel that is pruned (mask == 0)."""
-        return self._mask_sparsity
-
-    def set_mask(self, mask):
-        """Set the pruning mask (bool or 0/1, kernel shape), zero the pruned weights, and update
-        the sparse structure and compute path. Eager only (the callback calls it between steps)."""
-        mask = np.asarray(mask)
-        if mask.shape != tuple(self.mask.shape):
-            raise ValueError(f"mask must have the kernel's shape {tuple(self.mask.shape)}. "
-                             f"Received: mask.shape={mask.shape}")
-        m = (mask != 0)
-        self.mask.assign(m.astype(self.mask.dtype))  # the hook refreshes the structure
-        self._kernel.assign(self._kernel * keras.ops.cast(self.mask, self._kernel.dtype))
-
-    def refresh_structure(self):
-        """Recompute the cached sparse structure from the mask (after loading weights, say)."""
-        m = np.asarray(keras.ops.convert_to_numpy(self.mask)) != 0
-        self._mask_sparsity = 1.0 - (float(m.sum()) / m.size if m.size else 1.0)
-        s = _structure_from_mask(m)
-        self._csc_indptr.assign(s["csc_indptr"])
-        self._csc_indices.assign(s["csc_indices"])
-        self._positions.assign(s["positions"])
+    def _refresh_more(self, m):
         counts = np.count_nonzero(m, axis=1)
         self._csr_indptr.assign(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
         self._csr_indices.assign(np.nonzero(m)[1].astype(np.int32))  # row-major: CSR order
-        self._sparse_on.assign(self._mask_sparsity >= self.switch_sparsity)
         self._sparse_input_on.assign(
             self._mask_sparsity >= max(self.switch_sparsity, SPARSE_INPUT_SWITCH_SPARSITY))
 
@@ -205,13 +259,6 @@ class SparseDense(keras.layers.Dense):
         if self.compute != "auto":
             return self.compute == "sparse"
         return bool(self._sparse_input_on.numpy())
-
-    @property
-    def uses_sparse_kernels(self):
-        """Whether the next call computes through the sparse kernels."""
-        if self.compute != "auto":
-            return self.compute == "sparse"
-        return bool(self._sparse_on.numpy())
 
     # ---- compute ------------------------------------------------------------------------
 
@@ -310,13 +357,7 @@ class SparseDense(keras.layers.Dense):
                 y = y + tf.cast(self.bias, y.dtype)
             return self.activation(y) if self.activation is not None else y
         x = tf.convert_to_tensor(inputs)
-        if self.compute == "sparse":
-            y = self._sparse_matmul(x)
-        elif self.compute == "dense":
-            y = self._dense_matmul(x)
-        else:
-            y = tf.cond(self._sparse_on, lambda: self._sparse_matmul(x),
-                        lambda: self._dense_matmul(x))
+        y = self._switch(lambda: self._sparse_matmul(x), lambda: self._dense_matmul(x))
         if self.bias is not None:
             y = y + tf.cast(self.bias, y.dtype)
         if self.activation is not None:
@@ -328,9 +369,7 @@ class SparseDense(keras.layers.Dense):
         config["kernel_constraint"] = keras.constraints.serialize(self._user_kernel_constraint)
         for key in ("quantization_config", "lora_rank", "lora_alpha"):
             config.pop(key, None)
-        config.update(switch_sparsity=self.switch_sparsity, compute=self.compute,
-                      prunable=self.prunable)
-        return config
+        return self._sparse_config(config)
 
     @classmethod
     def from_config(cls, config):
@@ -413,8 +452,8 @@ class CompactDense(keras.layers.Layer):
                      if self.use_bias else None)
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: k})
         if pattern is not None:
-            self.indptr.assign(pattern["csc_indptr"])
-            self.indices.assign(pattern["csc_indices"])
+            self.indptr.assign(pattern["indptr"])
+            self.indices.assign(pattern["indices"])
             dense_init = keras.ops.convert_to_numpy(self.kernel_initializer((k, n)))
             self.values.assign(dense_init.reshape(-1)[pattern["positions"]])
 
