@@ -549,3 +549,37 @@ def csr_canonicalize(indptr, indices, data, shape, *, n_threads=None):
         else:
             _csr_merge_duplicates(m, <int64_t *>_ptr(ip), <int64_t *>_ptr(ix), <double *>_ptr(d), <int64_t *>_ptr(o_ip), <int64_t *>_ptr(o_ix), <double *>_ptr(o_d), nt)
     return o_ip, o_ix, o_d
+
+
+def take(params, idx, *, n_threads=None):
+    """`params[idx]` for a 1-D params and 1-D int32/int64 idx (the value gathers of the gradients
+    and layers): parallel, with software prefetch. Raises ValueError naming the first index
+    outside [0, len(params)). Complexity O(len(idx))."""
+    p_arr = np.asarray(params)
+    dt = result_dtype(p_arr.dtype, name="params")
+    cdef cnp.ndarray pv = _values(p_arr, dt, "params", ndim=1)
+    i_arr = np.asarray(idx)
+    if i_arr.ndim != 1 or i_arr.dtype.kind not in "iu":
+        raise ValueError(f"idx must be a 1-D integer array; received dtype {i_arr.dtype}, "
+                         f"shape {i_arr.shape}")
+    cdef cnp.ndarray iv = np.ascontiguousarray(
+        i_arr, dtype=np.int32 if i_arr.dtype == np.int32 else np.int64)
+    cdef int64_t n_params = pv.shape[0], n = iv.shape[0]
+    cdef cnp.ndarray out = np.empty(n, dtype=dt)
+    cdef int nt = _threads(n_threads, n * 8)
+    cdef bint f32 = dt == np.float32, i32 = iv.dtype == np.int32
+    cdef int64_t bad
+    with nogil:
+        if f32 and i32:
+            bad = sk_take_values_f32_i32(n_params, n, <int32_t *>_ptr(iv), <float *>_ptr(pv), <float *>_ptr(out), nt)
+        elif f32:
+            bad = sk_take_values_f32_i64(n_params, n, <int64_t *>_ptr(iv), <float *>_ptr(pv), <float *>_ptr(out), nt)
+        elif i32:
+            bad = sk_take_values_f64_i32(n_params, n, <int32_t *>_ptr(iv), <double *>_ptr(pv), <double *>_ptr(out), nt)
+        else:
+            bad = sk_take_values_f64_i64(n_params, n, <int64_t *>_ptr(iv), <double *>_ptr(pv), <double *>_ptr(out), nt)
+    if bad == -2:
+        raise MemoryError("take: could not allocate scratch memory")
+    if bad >= 0:
+        raise ValueError(f"idx must lie in [0, {n_params}); received idx[{bad}]={int(iv[bad])}")
+    return out

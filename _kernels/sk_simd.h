@@ -202,4 +202,36 @@ static inline void sk_transpose_f32(int isa, const float *src, int64_t lds, floa
 }
 #undef SK_TRANSPOSE_SCALAR
 
+/* ------------------------------------------------------------------------------------------ */
+/* Gather out[p] = params[idx[p]] for p in [0, n): the value permutations of the gradients and  */
+/* the kept-weight gather of the layers. The reads are random over params (a CSC -> CSR value   */
+/* permutation jumps between columns at every step), so a plain loop waits on one cache miss    */
+/* after another; prefetching SK_TAKE_AHEAD entries ahead keeps that many misses in flight.     */
+/* Returns the first p whose index is outside [0, n_params), or -1 (nothing is read out of      */
+/* range; prefetches never fault).                                                              */
+/* ------------------------------------------------------------------------------------------ */
+#define SK_TAKE_AHEAD 32
+#define SK_TAKE_DEF(TS, IS, T, I)                                                               \
+    static inline int64_t sk_take_##TS##_##IS(int64_t n_params, int64_t n, const I *idx,         \
+                                              const T *params, T *out) {                         \
+        int64_t p = 0;                                                                           \
+        for (; p + SK_TAKE_AHEAD < n; p++) {                                                     \
+            __builtin_prefetch((const void *)((uintptr_t)params + (uintptr_t)idx[p + SK_TAKE_AHEAD] * sizeof(T))); \
+            uint64_t k = (uint64_t)idx[p];                                                       \
+            if (k >= (uint64_t)n_params) return p;                                               \
+            out[p] = params[k];                                                                  \
+        }                                                                                        \
+        for (; p < n; p++) {                                                                     \
+            uint64_t k = (uint64_t)idx[p];                                                       \
+            if (k >= (uint64_t)n_params) return p;                                               \
+            out[p] = params[k];                                                                  \
+        }                                                                                        \
+        return -1;                                                                               \
+    }
+SK_TAKE_DEF(f32, i32, float, int32_t)
+SK_TAKE_DEF(f32, i64, float, int64_t)
+SK_TAKE_DEF(f64, i32, double, int32_t)
+SK_TAKE_DEF(f64, i64, double, int64_t)
+#undef SK_TAKE_DEF
+
 #endif /* SK_SIMD_H */

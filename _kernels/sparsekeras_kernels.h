@@ -147,6 +147,21 @@ SK_SPGEMM_DECL(f64, i64, double, int64_t)
 #undef SK_SPGEMM_DECL
 /* ---- end csr_spgemm ---------------------------------------------------------------------- */
 
+/* ---- take (take.pxi) ----------------------------------------------------------------------
+ * sk_take_values: out[p] = params[idx[p]] for p < n (params has n_params entries): the value
+ *   permutations of the gradients (CSC -> CSR order) and the kept-weight gathers of the layers.
+ *   Returns -1 on success, the first p with idx[p] outside [0, n_params) (out undefined), or -2
+ *   if scratch memory could not be allocated. Complexity O(n), random reads of params.
+ */
+#define SK_TAKE_DECL(TS, IS, T, I)                                                                \
+  int64_t sk_take_values_##TS##_##IS(int64_t n_params, int64_t n, const I *idx, const T *params,  \
+      T *out, int n_threads);
+SK_TAKE_DECL(f32, i32, float, int32_t)
+SK_TAKE_DECL(f32, i64, float, int64_t)
+SK_TAKE_DECL(f64, i32, double, int32_t)
+SK_TAKE_DECL(f64, i64, double, int64_t)
+#undef SK_TAKE_DECL
+
 #ifdef __cplusplus
 }
 #endif

@@ -108,6 +108,14 @@ absl::Status CsrSddmmTShape(InferenceContext* c) {
   return absl::OkStatus();
 }
 
+absl::Status TakeValuesShape(InferenceContext* c) {
+  ShapeHandle params, indices;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &params));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &indices));
+  c->set_output(0, indices);
+  return absl::OkStatus();
+}
+
 absl::Status CsrTransposeShape(InferenceContext* c) {
   ShapeHandle indptr, indices, dense_shape;
   TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &indptr));
@@ -207,6 +215,17 @@ REGISTER_OP("SparseKeras>CsrTransposeStructure")
     .SetShapeFn(sparsekeras::CsrTransposeShape)
     .Doc("CSR structure of A^T and perm such that values_t = gather(values, perm).");
 
+REGISTER_OP("SparseKeras>TakeValues")
+    .Input("params: T")
+    .Input("indices: Tindex")
+    .Output("out: T")
+    .Attr("T: {float, double}")
+    .Attr("Tindex: {int32, int64}")
+    .SetShapeFn(sparsekeras::TakeValuesShape)
+    .Doc("out[p] = params[indices[p]] (1-D): the value permutations of the gradients and the "
+         "kept-weight gathers of the layers; parallel, with software prefetch (tf.gather copies "
+         "one element per call there).");
+
 namespace sparsekeras {
 namespace {
 
@@ -250,7 +269,49 @@ inline int CsrTransposeStructure(int64_t m, int64_t n, const int64_t* ip, const 
   return sk_csr_transpose_f32_i64(m, n, ip, ix, nullptr, t_ip, t_ix, nullptr, perm, nt);
 }
 
+inline int64_t TakeValues(int64_t np_, int64_t n, const int32_t* ix, const float* p, float* o, int nt) {
+  return sk_take_values_f32_i32(np_, n, ix, p, o, nt);
+}
+inline int64_t TakeValues(int64_t np_, int64_t n, const int64_t* ix, const float* p, float* o, int nt) {
+  return sk_take_values_f32_i64(np_, n, ix, p, o, nt);
+}
+inline int64_t TakeValues(int64_t np_, int64_t n, const int32_t* ix, const double* p, double* o, int nt) {
+  return sk_take_values_f64_i32(np_, n, ix, p, o, nt);
+}
+inline int64_t TakeValues(int64_t np_, int64_t n, const int64_t* ix, const double* p, double* o, int nt) {
+  return sk_take_values_f64_i64(np_, n, ix, p, o, nt);
+}
+
 // ---- kernels ------------------------------------------------------------------------------
+
+template <typename T, typename I>
+class TakeValuesOp : public OpKernel {
+ public:
+  explicit TakeValuesOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& params = ctx->input(0);
+    const Tensor& indices = ctx->input(1);
+    OP_REQUIRES(ctx, params.dims() == 1,
+                absl::InvalidArgumentError(absl::StrCat("params must be a vector; received shape ",
+                                                        params.shape().DebugString())));
+    OP_REQUIRES(ctx, indices.dims() == 1,
+                absl::InvalidArgumentError(absl::StrCat("indices must be a vector; received shape ",
+                                                        indices.shape().DebugString())));
+    const int64_t n = indices.dim_size(0);
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({n}), &out));
+    if (n == 0) return;
+    ThreadLease lease(ctx, 8 * n);
+    const I* ix = indices.flat<I>().data();
+    int64_t bad = TakeValues(params.dim_size(0), n, ix, params.flat<T>().data(),
+                             out->flat<T>().data(), lease.n());
+    OP_REQUIRES(ctx, bad != -2, Allocation("TakeValues"));
+    OP_REQUIRES(ctx, bad < 0,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "indices must lie in [0, ", params.dim_size(0), "); received indices[", bad,
+                    "]=", bad >= 0 ? static_cast<int64_t>(ix[bad]) : 0)));
+  }
+};
 
 template <typename T, typename I>
 class CsrMatMulOp : public OpKernel {
@@ -462,7 +523,12 @@ class CsrTransposeStructureOp : public OpKernel {
                               .Device(DEVICE_CPU)                                       \
                               .TypeConstraint<T>("T")                                   \
                               .TypeConstraint<I>("Tindex"),                             \
-                          CsrSddmmTOp<T, I>);
+                          CsrSddmmTOp<T, I>);                                           \
+  REGISTER_KERNEL_BUILDER(Name("SparseKeras>TakeValues")                                \
+                              .Device(DEVICE_CPU)                                       \
+                              .TypeConstraint<T>("T")                                   \
+                              .TypeConstraint<I>("Tindex"),                             \
+                          TakeValuesOp<T, I>);
 SK_REGISTER(float, int32_t)
 SK_REGISTER(float, int64_t)
 SK_REGISTER(double, int32_t)

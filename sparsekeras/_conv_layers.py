@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from sparsekeras import ops as sk_ops
+from sparsekeras.ops._gradients import take as _take
 # Shared with SparseDense (defined in layers.py before it imports this module).
 from sparsekeras.layers import _PrunableKernel, _structure_from_mask
 
@@ -64,7 +65,7 @@ class _PrunableConv(_PrunableKernel):
         indptr = tf.convert_to_tensor(self._csc_indptr)
         indices = tf.convert_to_tensor(self._csc_indices)
         positions = tf.convert_to_tensor(self._positions)
-        values = tf.gather(tf.reshape(kernel, [-1]), positions)
+        values = _take(tf.reshape(kernel, [-1]), positions)
         return sk_ops.csr_conv2d(inputs, indptr, indices, values, full_kernel_shape,
                                  strides=tuple(self.strides), padding=self.padding,
                                  dilations=tuple(self.dilation_rate))

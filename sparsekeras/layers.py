@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from sparsekeras import _kernels
 from sparsekeras import ops as sk_ops
+from sparsekeras.ops._gradients import take as _take
 
 __all__ = ["SparseDense", "CompactDense", "DEFAULT_SWITCH_SPARSITY", "SPARSE_INPUT_SWITCH_SPARSITY",
            "SparseConv2D", "SparseDepthwiseConv2D", "CompactConv2D", "DEFAULT_CONV_SWITCH_SPARSITY"]
@@ -282,7 +283,7 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
 
         @tf.custom_gradient
         def product(x2, kernel):
-            values = tf.cast(tf.gather(tf.reshape(kernel, [-1]), positions), x2.dtype)
+            values = tf.cast(_take(tf.reshape(kernel, [-1]), positions), x2.dtype)
             y = sk_ops.dense_csc_matmul(x2, indptr, indices, values, shape)
 
             def grad(dy):
@@ -500,7 +501,7 @@ class CompactDense(keras.layers.Layer):
             self.indptr, self.indices, [self.units, self.input_dim])
         y = sk_ops._ops.sparse_keras_csr_csr_mat_mul(
             csr.indptr, csr.indices, tf.cast(csr.values, values.dtype), csr.dense_shape,
-            t_indptr, t_indices, tf.gather(values, perm),
+            t_indptr, t_indices, _take(values, perm),
             tf.constant([self.input_dim, self.units], tf.int64))
         y.set_shape([inputs.shape[0], self.units])
         return tf.cast(y, self.compute_dtype)

@@ -526,3 +526,36 @@ def test_dense_csr_matmul_threads_bitwise(batch):
     two = _kernels.dense_csr_matmul(x, w.indptr, w.indices, w.data, w.shape, n_threads=2)
     assert np.array_equal(one, two)
     np.testing.assert_allclose(one, x.astype(np.float64) @ w.toarray(), rtol=1e-4, atol=1e-3)
+
+
+# ---- take (value gathers of the gradients and layers) ---------------------------------------
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("dtype", VALUE_DTYPES)
+@pytest.mark.parametrize("n", [0, 1, 31, 33, 70001, 300007])
+def test_take(n, dtype, index_dtype, n_threads):
+    rng = np.random.default_rng(n)
+    params = rng.standard_normal(max(n, 1) * 2 + 5).astype(dtype)
+    params[3] = np.nan  # copied, not interpreted
+    idx = rng.integers(0, params.size, n).astype(index_dtype)
+    if n:
+        idx[0] = 3
+        idx[-1] = params.size - 1
+    got = _kernels.take(params, idx, n_threads=n_threads)
+    assert got.dtype == np.dtype(dtype) and got.shape == (n,)
+    np.testing.assert_array_equal(got, params[idx])
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("n", [40, 300007])
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+@pytest.mark.parametrize("bad", [-1, "size"])
+def test_take_rejects_out_of_range(n, index_dtype, where, bad):
+    params = np.arange(1000, dtype=np.float32)
+    idx = np.zeros(n, index_dtype)
+    pos = {"first": 0, "middle": n // 2, "last": n - 1}[where]
+    value = params.size if bad == "size" else -1
+    idx[pos] = value
+    with pytest.raises(ValueError, match=rf"idx must lie in \[0, 1000\); received idx\[{pos}\]={value}"):
+        _kernels.take(params, idx, n_threads=2)

@@ -852,3 +852,39 @@ def test_dense_csr_matmul_op_and_gradients(run, index_dtype):
     theo, num = tf.test.compute_gradient(lambda xx, v: ops.dense_csr_matmul(xx, ip, ix, v, [7, 5]),
                                          [x, vals])
     assert max(np.abs(t - n).max() for t, n in zip(theo, num)) < 1e-6
+
+
+# ---- TakeValues (the gradients' value permutations) -------------------------------------------
+
+@pytest.mark.parametrize("idt", [tf.int32, tf.int64], ids=IDT_IDS)
+@pytest.mark.parametrize("vdt", [tf.float32, tf.float64], ids=VDT_IDS)
+def test_take_values_op(vdt, idt, run):
+    from sparsekeras.ops._gradients import take
+    rng = np.random.default_rng(0)
+    params = tf.Variable(rng.standard_normal(200000).astype(vdt.as_numpy_dtype))
+    idx = tf.constant(rng.permutation(200000)[:150000], idt)
+    weights = tf.constant(rng.standard_normal(150000).astype(vdt.as_numpy_dtype))
+
+    def f(p, i):
+        with tf.GradientTape() as tape:
+            y = take(p, i)
+            loss = tf.reduce_sum(y * weights)
+        return y, tf.convert_to_tensor(tape.gradient(loss, p))
+
+    y, g = run(f, params, idx)
+    np.testing.assert_array_equal(y.numpy(), params.numpy()[idx.numpy()])
+    expected = np.zeros(200000)
+    np.add.at(expected, idx.numpy(), weights.numpy())
+    np.testing.assert_allclose(g.numpy(), expected)
+    assert g.dtype == vdt
+
+
+def test_take_values_op_rejects_bad_indices(run):
+    from sparsekeras.ops._gradients import take
+    params = tf.constant(np.arange(10, dtype=np.float32))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"indices must lie in \[0, 10\); received indices\[2\]=-4"):
+        run(lambda p, i: take(p, i), params, tf.constant([1, 2, -4, 0], tf.int64))
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match="params must be a vector|rank"):
+        run(lambda p, i: _lib.load().sparse_keras_take_values(p, i),
+            tf.zeros([2, 2]), tf.constant([0], tf.int64))

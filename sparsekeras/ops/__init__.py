@@ -180,7 +180,7 @@ def _csr_matmul_sliced_grad(indptr, indices, dense_shape, values, b):
             touched, local = tf.unique(indices, out_idx=indices.dtype)
             shape_c = tf.stack([dense_shape[0], tf.size(touched, out_type=tf.int64)])
             t_indptr, t_indices, perm = _gradients.transpose_structure(indptr, local, shape_c)
-            rows = _ops.sparse_keras_csr_mat_mul(t_indptr, t_indices, tf.gather(values, perm),
+            rows = _ops.sparse_keras_csr_mat_mul(t_indptr, t_indices, _gradients.take(values, perm),
                                                  tf.reverse(shape_c, axis=[0]), dy)
             d_b = tf.IndexedSlices(rows, touched, dense_shape=tf.shape(b, out_type=indices.dtype))
             return d_values, d_b
@@ -298,7 +298,7 @@ def transpose(a, name=None):
         csr = to_csr(a)
         t_indptr, t_indices, perm = _gradients.transpose_structure(csr.indptr, csr.indices,
                                                                    csr.dense_shape)
-        return CSRTensor(t_indptr, t_indices, tf.gather(_checked_values(csr, "a"), perm),
+        return CSRTensor(t_indptr, t_indices, _gradients.take(_checked_values(csr, "a"), perm),
                          tf.reverse(csr.dense_shape, axis=[0]))
 
 
@@ -416,6 +416,6 @@ def conv2d(x, kernel, strides=1, padding="valid", dilations=1, mask=None, name=N
                              f"out_channels); received shape {kernel.shape}")
         indptr, indices, positions = conv_kernel_structure(
             tf.not_equal(kernel, 0) if mask is None else mask)
-        values = tf.gather(tf.reshape(kernel, [-1]), positions)
+        values = _gradients.take(tf.reshape(kernel, [-1]), positions)
         return csr_conv2d(x, indptr, indices, values, kernel.shape.as_list(), strides, padding,
                           dilations)

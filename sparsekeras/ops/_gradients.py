@@ -15,6 +15,26 @@ def _reverse(dense_shape):
     return tf.reverse(dense_shape, axis=[0])
 
 
+def take(params, indices):
+    """`tf.gather(params, indices)` for a 1-D params and indices through the TakeValues op
+    (parallel, prefetching: TF's gather copies one element per call here, 3.6-8 ms for the
+    1.7M-entry permutation of a 4096 x 4096 kernel at 90% sparsity against ~0.8 ms); other
+    dtypes fall back to tf.gather. Differentiable w.r.t. params (tf.IndexedSlices, as gather)."""
+    params = tf.convert_to_tensor(params)
+    indices = tf.convert_to_tensor(indices)
+    if (params.dtype not in (tf.float32, tf.float64) or indices.dtype not in (tf.int32, tf.int64)
+            or params.shape.rank != 1 or indices.shape.rank != 1):
+        return tf.gather(params, indices)
+    return _ops.sparse_keras_take_values(params, indices)
+
+
+@tf.RegisterGradient("SparseKeras>TakeValues")
+def _take_values_grad(op, grad):
+    params, indices = op.inputs
+    return [tf.IndexedSlices(grad, indices, dense_shape=tf.shape(params, out_type=indices.dtype)),
+            None]
+
+
 def transpose_structure(indptr, indices, dense_shape):
     """(indptr_t, indices_t, perm) of the CSR transpose: values_t = gather(values, perm)."""
     return _ops.sparse_keras_csr_transpose_structure(indptr, indices, dense_shape)
@@ -26,7 +46,7 @@ def _csr_matmul_grad(op, grad):
     indptr, indices, values, dense_shape, b = op.inputs
     d_values = _ops.sparse_keras_csr_sddmm(indptr, indices, dense_shape, grad, b)
     t_indptr, t_indices, perm = transpose_structure(indptr, indices, dense_shape)
-    d_b = _ops.sparse_keras_csr_mat_mul(t_indptr, t_indices, tf.gather(values, perm),
+    d_b = _ops.sparse_keras_csr_mat_mul(t_indptr, t_indices, take(values, perm),
                                         _reverse(dense_shape), grad)
     return [None, None, d_values, None, d_b]
 
@@ -48,7 +68,7 @@ def _dense_csc_matmul_grad(op, grad):
         # A caller-cached CSR of W: gather the values and run the gather (row-panel) product.
         empty = tf.zeros([0], indptr.dtype)
         d_x = _ops.sparse_keras_dense_csc_mat_mul(grad, t_indptr, t_indices,
-                                                  tf.gather(values, perm), shape_t, empty,
+                                                  take(values, perm), shape_t, empty,
                                                   empty, tf.zeros([0], tf.int64))
     d_values = _ops.sparse_keras_csr_sddmm_t(indptr, indices, shape_t, grad, x)
     return [d_x, None, None, d_values, None, None, None, None]
@@ -72,7 +92,7 @@ def _csr_sddmm_grad(op, grad):
     indptr, indices, dense_shape, u, v = op.inputs
     d_u = _ops.sparse_keras_csr_mat_mul(indptr, indices, grad, dense_shape, v)
     t_indptr, t_indices, perm = transpose_structure(indptr, indices, dense_shape)
-    d_v = _ops.sparse_keras_csr_mat_mul(t_indptr, t_indices, tf.gather(grad, perm),
+    d_v = _ops.sparse_keras_csr_mat_mul(t_indptr, t_indices, take(grad, perm),
                                         _reverse(dense_shape), u)
     return [None, None, None, d_u, d_v]
 
@@ -89,7 +109,7 @@ def _csr_sddmm_t_grad(op, grad):
     d_ut = _ops.sparse_keras_dense_csc_mat_mul(vt, indptr, indices, grad, _reverse(dense_shape),
                                                empty, empty, no_perm)
     t_indptr, t_indices, perm = transpose_structure(indptr, indices, dense_shape)
-    d_vt = _ops.sparse_keras_dense_csc_mat_mul(ut, t_indptr, t_indices, tf.gather(grad, perm),
+    d_vt = _ops.sparse_keras_dense_csc_mat_mul(ut, t_indptr, t_indices, take(grad, perm),
                                                dense_shape, empty, empty, no_perm)
     return [None, None, None, d_ut, d_vt]
 
@@ -102,7 +122,7 @@ def _csr_csr_matmul_grad(op, grad):
     d_a = _ops.sparse_keras_csr_csr_mat_mul_grad_a(a_ip, a_ix, a_shape, w_ip, w_ix, w_v, w_shape,
                                                    grad)
     t_ip, t_ix, perm = transpose_structure(a_ip, a_ix, a_shape)
-    d_w = _ops.sparse_keras_csr_csr_mat_mul_grad_w(t_ip, t_ix, tf.gather(a_v, perm), a_shape,
+    d_w = _ops.sparse_keras_csr_csr_mat_mul_grad_w(t_ip, t_ix, take(a_v, perm), a_shape,
                                                    w_ip, w_ix, w_shape, grad)
     return [None, None, d_a, None, None, None, d_w, None]
 
@@ -117,7 +137,7 @@ def _csr_matmul_variable_grad(op, grad):
     touched, local = tf.unique(indices, out_idx=indices.dtype)
     shape_c = tf.stack([dense_shape[0], tf.size(touched, out_type=tf.int64)])
     t_indptr, t_indices, perm = transpose_structure(indptr, local, shape_c)
-    rows = _ops.sparse_keras_csr_mat_mul(t_indptr, t_indices, tf.gather(values, perm),
+    rows = _ops.sparse_keras_csr_mat_mul(t_indptr, t_indices, take(values, perm),
                                          _reverse(shape_c), grad)
     d_b = tf.IndexedSlices(rows, touched,
                            dense_shape=tf.raw_ops.VariableShape(input=handle,
