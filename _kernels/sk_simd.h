@@ -214,14 +214,10 @@ static inline void sk_transpose_f32(int isa, const float *src, int64_t lds, floa
 #define SK_TAKE_DEF(TS, IS, T, I)                                                               \
     static inline int64_t sk_take_##TS##_##IS(int64_t n_params, int64_t n, const I *idx,         \
                                               const T *params, T *out) {                         \
-        int64_t p = 0;                                                                           \
-        for (; p + SK_TAKE_AHEAD < n; p++) {                                                     \
-            __builtin_prefetch((const void *)((uintptr_t)params + (uintptr_t)idx[p + SK_TAKE_AHEAD] * sizeof(T))); \
-            uint64_t k = (uint64_t)idx[p];                                                       \
-            if (k >= (uint64_t)n_params) return p;                                               \
-            out[p] = params[k];                                                                  \
-        }                                                                                        \
-        for (; p < n; p++) {                                                                     \
+        for (int64_t p = 0; p < n; p++) {                                                        \
+            if (p + SK_TAKE_AHEAD < n)                                                           \
+                __builtin_prefetch((const void *)((uintptr_t)params                              \
+                                                  + (uintptr_t)idx[p + SK_TAKE_AHEAD] * sizeof(T))); \
             uint64_t k = (uint64_t)idx[p];                                                       \
             if (k >= (uint64_t)n_params) return p;                                               \
             out[p] = params[k];                                                                  \

@@ -251,6 +251,10 @@ namespace {
   inline int CsrSddmmT(int64_t m, int64_t n, int64_t depth, const I* ip, const I* ix, const T* ut, \
                        const T* vt, T* out, int nt) {                                              \
     return sk_csr_sddmm_t_##TS##_##IS(m, n, depth, ip, ix, ut, vt, out, nt);                       \
+  }                                                                                                \
+  inline int64_t TakeValues(int64_t n_params, int64_t n, const I* ix, const T* params, T* out,     \
+                            int nt) {                                                              \
+    return sk_take_values_##TS##_##IS(n_params, n, ix, params, out, nt);                           \
   }
 SK_OVERLOADS(float, int32_t, f32, i32)
 SK_OVERLOADS(float, int64_t, f32, i64)
@@ -267,19 +271,6 @@ inline int CsrTransposeStructure(int64_t m, int64_t n, const int32_t* ip, const 
 inline int CsrTransposeStructure(int64_t m, int64_t n, const int64_t* ip, const int64_t* ix,
                                  int64_t* t_ip, int64_t* t_ix, int64_t* perm, int nt) {
   return sk_csr_transpose_f32_i64(m, n, ip, ix, nullptr, t_ip, t_ix, nullptr, perm, nt);
-}
-
-inline int64_t TakeValues(int64_t np_, int64_t n, const int32_t* ix, const float* p, float* o, int nt) {
-  return sk_take_values_f32_i32(np_, n, ix, p, o, nt);
-}
-inline int64_t TakeValues(int64_t np_, int64_t n, const int64_t* ix, const float* p, float* o, int nt) {
-  return sk_take_values_f32_i64(np_, n, ix, p, o, nt);
-}
-inline int64_t TakeValues(int64_t np_, int64_t n, const int32_t* ix, const double* p, double* o, int nt) {
-  return sk_take_values_f64_i32(np_, n, ix, p, o, nt);
-}
-inline int64_t TakeValues(int64_t np_, int64_t n, const int64_t* ix, const double* p, double* o, int nt) {
-  return sk_take_values_f64_i64(np_, n, ix, p, o, nt);
 }
 
 // ---- kernels ------------------------------------------------------------------------------
@@ -309,7 +300,7 @@ class TakeValuesOp : public OpKernel {
     OP_REQUIRES(ctx, bad < 0,
                 absl::InvalidArgumentError(absl::StrCat(
                     "indices must lie in [0, ", params.dim_size(0), "); received indices[", bad,
-                    "]=", bad >= 0 ? static_cast<int64_t>(ix[bad]) : 0)));
+                    "]=", static_cast<int64_t>(ix[bad]))));
   }
 };
 
