@@ -4,8 +4,11 @@ Really sparse neural networks on the CPU: the kernels (`sparsekeras.linalg`) are
 with AVX2/AVX-512 inner loops, work on scipy.sparse inputs, and are shared with the TensorFlow
 ops and Keras layers built on them.
 """
+from sparsekeras._openmp import tuned_wait_policy as _tuned_wait_policy
+
 try:
-    from sparsekeras import _kernels  # noqa: F401  (compiled; absent from a source checkout)
+    with _tuned_wait_policy():  # libgomp reads its wait policy when it loads (see _openmp.py)
+        from sparsekeras import _kernels  # noqa: F401  (compiled; absent from a source checkout)
 except ImportError as _e:  # pragma: no cover - exercised by tests/test_public_api.py in a subprocess
     import os as _os
 

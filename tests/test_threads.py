@@ -86,3 +86,59 @@ def test_threads_for_work():
     assert _kernels.threads_for_work(2**70) == 2  # clamped, no overflow
     sparsekeras.set_num_threads(1)
     assert _kernels.threads_for_work(10**9) == 1
+
+
+# ---- libgomp wait policy (sparsekeras/_openmp.py) -------------------------------------------
+
+def test_tuned_wait_policy_sets_and_restores():
+    from sparsekeras._openmp import TUNED, tuned_wait_policy
+
+    env = {"PATH": "/bin"}
+    with tuned_wait_policy(env) as applied:
+        assert applied and {k: env[k] for k in TUNED} == TUNED
+    assert env == {"PATH": "/bin"}
+    with pytest.raises(RuntimeError):
+        with tuned_wait_policy(env):
+            raise RuntimeError("boom")
+    assert env == {"PATH": "/bin"}
+
+
+@pytest.mark.parametrize("user", [{"OMP_WAIT_POLICY": "PASSIVE"}, {"GOMP_SPINCOUNT": "10"},
+                                  {"SPARSEKERAS_OMP_TUNING": "0"}])
+def test_tuned_wait_policy_respects_the_user(user):
+    from sparsekeras._openmp import tuned_wait_policy
+
+    env = dict(user)
+    with tuned_wait_policy(env) as applied:
+        assert not applied and env == user
+    assert env == user
+
+
+def _gomp_display(tmp_path, extra_env):
+    """The first libgomp OMP_DISPLAY_ENV block printed while importing sparsekeras (the runtime
+    the kernels link), and the tuned variables left in os.environ afterwards."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "SPARSEKERAS_OMP_TUNING")}
+    env.update(extra_env, OMP_DISPLAY_ENV="verbose")
+    code = ("import os, sparsekeras; "
+            "print('LEFT', [k for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT') if k in os.environ])")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    block = proc.stderr.split("OPENMP DISPLAY ENVIRONMENT BEGIN")[1].split("END")[0]
+    settings = dict(line.strip().split(" = ") for line in block.splitlines() if " = " in line)
+    left = [line for line in proc.stdout.splitlines() if line.startswith("LEFT")][0]
+    return settings, left
+
+
+def test_kernels_runtime_gets_tuned_wait_policy(tmp_path):
+    settings, left = _gomp_display(tmp_path, {})
+    assert settings["OMP_WAIT_POLICY"] == "'ACTIVE'"
+    assert settings["GOMP_SPINCOUNT"] == "'300000'"
+    assert left == "LEFT []"  # the user's environment is as it was
+
+
+def test_kernels_runtime_keeps_user_wait_policy(tmp_path):
+    settings, left = _gomp_display(tmp_path, {"OMP_WAIT_POLICY": "PASSIVE"})
+    assert settings["OMP_WAIT_POLICY"] == "'PASSIVE'"
+    assert left == "LEFT ['OMP_WAIT_POLICY']"
