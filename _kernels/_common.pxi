@@ -47,9 +47,6 @@ cdef extern from "sk_simd.h" nogil:
     float sk_dot_f32_any(int isa, int64_t n, const float *a, const float *b)
     double sk_dot_f64_any(int isa, int64_t n, const double *a, const double *b)
 
-cdef extern from "stdlib.h" nogil:
-    int posix_memalign(void **memptr, size_t alignment, size_t size)
-
 # Work (multiply-adds) below which a kernel runs on one thread: an OpenMP fork/join costs about
 # 10 us here, the time of ~1e5 multiply-adds on one core.
 cdef int64_t SK_PARALLEL_MIN_WORK = 200000
@@ -176,10 +173,17 @@ cdef void _balanced_bounds(int64_t n_rows, const index_t *indptr, int64_t nnz_we
     bounds[n_parts] = n_rows
 
 
-cdef void *_aligned_alloc(size_t nbytes) noexcept nogil:
-    cdef void *p = NULL
-    if nbytes == 0:
-        nbytes = 64
-    if posix_memalign(&p, 64, nbytes) != 0:
-        return NULL
-    return p
+cdef extern from "sk_scratch.h" nogil:
+    void *sk_scratch_alloc(size_t nbytes)
+    void sk_scratch_free(void *p)
+    void sk_scratch_release()
+
+
+cdef inline void *_aligned_alloc(size_t nbytes) noexcept nogil:
+    """64-byte aligned scratch from the calling thread's cache (sk_scratch.h); release it with
+    _scratch_free (which also frees any malloc'd pointer)."""
+    return sk_scratch_alloc(nbytes)
+
+
+cdef inline void _scratch_free(void *p) noexcept nogil:
+    sk_scratch_free(p)

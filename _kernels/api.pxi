@@ -25,6 +25,13 @@ def available_isas():
     return [_ISA_NAMES[i] for i in range(sk_isa_detect() + 1)]
 
 
+def release_scratch():
+    """Free the large scratch buffers (packed panels, accumulators) that the kernels keep
+    between calls on the calling thread (see sk_scratch.h); they are freed anyway when the
+    thread exits. The next call allocates them again."""
+    sk_scratch_release()
+
+
 def _set_num_threads(int n, bint explicit=True):
     global _sk_num_threads, _sk_num_threads_set
     if n < 1:

@@ -168,7 +168,7 @@ cdef int _to_planes(const _Planes *pl, const real_t *x, real_t *t, int n_threads
                         else:
                             dst[c * pl.plane + ph * pl.wq + q] = 0
                 q0 = q1
-    free(colsrc)
+    _scratch_free(colsrc)
     return 0
 
 
@@ -306,7 +306,7 @@ cdef int _conv_banded(const _Planes *pl, int64_t out_h, int64_t out_w, int64_t o
             _store_flat_tile(isa, buf, w, f0, pl.wq, out_w, out_c,
                              out + (b * out_h + oh0) * out_w * out_c)
             f0 = f0 + tile
-    free(scratch)
+    _scratch_free(scratch)
     return 0
 
 
@@ -358,8 +358,8 @@ cdef int _grad_values_banded(const sk_conv2d_geom *g, _Planes *pl, const index_t
     scratch = <real_t *>_aligned_alloc(n_parts * stride * sizeof(real_t))
     partial = <real_t *>malloc(n_items * nnz * sizeof(real_t))
     if scratch == NULL or partial == NULL:
-        free(scratch)
-        free(partial)
+        _scratch_free(scratch)
+        _scratch_free(partial)
         return -1
     for it in prange(n_items, nogil=True, schedule='dynamic', chunksize=1, num_threads=n_parts):
         panel = scratch + threadid() * stride
@@ -381,8 +381,8 @@ cdef int _grad_values_banded(const sk_conv2d_geom *g, _Planes *pl, const index_t
         for it in range(n_items):
             acc = acc + partial[it * nnz + p]
         out_values[p] = acc
-    free(partial)
-    free(scratch)
+    _scratch_free(partial)
+    _scratch_free(scratch)
     return 0
 
 
@@ -447,7 +447,7 @@ cdef int _conv_planes(const _Planes *pl, int64_t out_h, int64_t out_w, int64_t o
                        out_c, w)
             continue
         _store_flat_tile(isa, buf, w, ow0, pl.wq, out_w, out_c, out + b * out_h * out_w * out_c)
-    free(scratch)
+    _scratch_free(scratch)
     return 0
 
 
@@ -488,7 +488,7 @@ cdef int _pointwise(int64_t n_pix, int64_t c_in, int64_t c_out, const int64_t *r
             q0 = rowptr[o]
             _spmm_row(isa, rowptr[o + 1] - q0, idx + q0, val + q0, panel, w, w, buf + o * w, 1)
         _transpose(isa, buf, w, out + p0 * c_out, c_out, c_out, w)
-    free(scratch)
+    _scratch_free(scratch)
     return 0
 
 
@@ -537,8 +537,8 @@ cdef int _csr_conv2d(const sk_conv2d_geom *g, const index_t *indptr, const index
     rowptr = <int64_t *>malloc((g.out_c + 1) * sizeof(int64_t))
     off = <int64_t *>malloc((nnz + 1) * sizeof(int64_t))
     if rowptr == NULL or off == NULL:
-        free(rowptr)
-        free(off)
+        _scratch_free(rowptr)
+        _scratch_free(off)
         return -1
     for o in range(g.out_c + 1):
         rowptr[o] = indptr[o]
@@ -547,8 +547,8 @@ cdef int _csr_conv2d(const sk_conv2d_geom *g, const index_t *indptr, const index
             off[p] = indices[p]
         rc = _pointwise(g.batch * g.in_h * g.in_w, g.in_c, g.out_c, rowptr, off, data, x, out,
                         n_threads)
-        free(off)
-        free(rowptr)
+        _scratch_free(off)
+        _scratch_free(rowptr)
         return rc
     reach = (g.k_h - 1) * g.dil_h
     band = 0
@@ -561,13 +561,13 @@ cdef int _csr_conv2d(const sk_conv2d_geom *g, const index_t *indptr, const index
             off[p] = _tap_offset(g, &pl, indices[p])
         rc = _conv_banded(&pl, g.out_h, g.out_w, g.out_c, band, reach, rowptr, off, data, x,
                           out, n_threads)
-        free(off)
-        free(rowptr)
+        _scratch_free(off)
+        _scratch_free(rowptr)
         return rc
     t = <real_t *>_aligned_alloc((pl.n * pl.image + 16) * sizeof(real_t))
     if t == NULL:
-        free(off)
-        free(rowptr)
+        _scratch_free(off)
+        _scratch_free(rowptr)
         return -1
     for p in range(nnz):
         off[p] = _tap_offset(g, &pl, indices[p])
@@ -575,9 +575,9 @@ cdef int _csr_conv2d(const sk_conv2d_geom *g, const index_t *indptr, const index
     if rc == 0:
         rc = _conv_planes(&pl, g.out_h, g.out_w, g.out_c, g.stride_h * pl.s * pl.wq, rowptr, off,
                       data, t, out, n_threads)
-    free(t)
-    free(off)
-    free(rowptr)
+    _scratch_free(t)
+    _scratch_free(off)
+    _scratch_free(rowptr)
     return rc
 
 
@@ -621,11 +621,11 @@ cdef int _csr_conv2d_grad_input(const sk_conv2d_geom *g, const index_t *indptr,
         t = <real_t *>_aligned_alloc((pl.n * pl.image + 16) * sizeof(real_t))
     if (rowptr == NULL or fill == NULL or off == NULL or val == NULL
             or (t == NULL and not _is_pointwise(g) and band == 0)):
-        free(rowptr)
-        free(fill)
-        free(off)
-        free(val)
-        free(t)
+        _scratch_free(rowptr)
+        _scratch_free(fill)
+        _scratch_free(off)
+        _scratch_free(val)
+        _scratch_free(t)
         return -1
     for p in range(nnz):
         rowptr[indices[p] % g.in_c + 1] += 1
@@ -648,11 +648,11 @@ cdef int _csr_conv2d_grad_input(const sk_conv2d_geom *g, const index_t *indptr,
     if _is_pointwise(g):
         rc = _pointwise(g.batch * g.in_h * g.in_w, g.out_c, g.in_c, rowptr, off, val, dy, dx,
                         n_threads)
-        free(t)
-        free(val)
-        free(off)
-        free(fill)
-        free(rowptr)
+        _scratch_free(t)
+        _scratch_free(val)
+        _scratch_free(off)
+        _scratch_free(fill)
+        _scratch_free(rowptr)
         return rc
     if band > 0:
         rc = _conv_banded(&pl, g.in_h, g.in_w, g.in_c, band, reach, rowptr, off, val, dy, dx,
@@ -662,11 +662,11 @@ cdef int _csr_conv2d_grad_input(const sk_conv2d_geom *g, const index_t *indptr,
         if rc == 0:
             rc = _conv_planes(&pl, g.in_h, g.in_w, g.in_c, pl.wq, rowptr, off, val, t, dx,
                               n_threads)
-    free(t)
-    free(val)
-    free(off)
-    free(fill)
-    free(rowptr)
+    _scratch_free(t)
+    _scratch_free(val)
+    _scratch_free(off)
+    _scratch_free(fill)
+    _scratch_free(rowptr)
     return rc
 
 
@@ -712,7 +712,7 @@ cdef int _csr_conv2d_grad_values(const sk_conv2d_geom *g, const index_t *indptr,
                 off[p] = _tap_offset(g, &pl, indices[p])
             rc = _grad_values_banded(g, &pl, indptr, off, x, dy, band, (g.k_h - 1) * g.dil_h,
                                      out_values, n_threads)
-            free(off)
+            _scratch_free(off)
             return rc
     # Stride 1: dy planes get T's row stride (zero padding columns), so dots run over the
     # flattened rows, tile after tile (see _conv_planes).
@@ -727,19 +727,19 @@ cdef int _csr_conv2d_grad_values(const sk_conv2d_geom *g, const index_t *indptr,
     t = <real_t *>_aligned_alloc((pl.n * pl.image + 16) * sizeof(real_t))
     u = <real_t *>_aligned_alloc((pu.n * pu.image + 16) * sizeof(real_t))
     if off == NULL or bounds == NULL or t == NULL or u == NULL:
-        free(off)
-        free(bounds)
-        free(t)
-        free(u)
+        _scratch_free(off)
+        _scratch_free(bounds)
+        _scratch_free(t)
+        _scratch_free(u)
         return -1
     for p in range(nnz):
         off[p] = _tap_offset(g, &pl, indices[p])
     _balanced_bounds(g.out_c, indptr, 1, 1, n_parts, bounds)
     if _to_planes(&pl, x, t, n_threads) != 0 or _to_planes(&pu, dy, u, n_threads) != 0:
-        free(u)
-        free(t)
-        free(bounds)
-        free(off)
+        _scratch_free(u)
+        _scratch_free(t)
+        _scratch_free(bounds)
+        _scratch_free(off)
         return -1
     memset(out_values, 0, nnz * sizeof(real_t))
     row_step = g.stride_h * pl.s * pl.wq
@@ -789,10 +789,10 @@ cdef int _csr_conv2d_grad_values(const sk_conv2d_geom *g, const index_t *indptr,
                                   t + b * pl.image + oh0 * row_step + ow0, row_step, nr, w,
                                   out_values + p0)
                 oh0 = oh0 + nr
-    free(u)
-    free(t)
-    free(bounds)
-    free(off)
+    _scratch_free(u)
+    _scratch_free(t)
+    _scratch_free(bounds)
+    _scratch_free(off)
     return 0
 
 

@@ -140,14 +140,14 @@ cdef int _csr_matmul(int64_t n_rows, int64_t n_cols, int64_t n_out, const index_
     if n_out > tile and indptr[n_rows] >= 2 * n_cols:
         panels = <real_t *>_aligned_alloc(n_cols * n_out * sizeof(real_t))
         if panels == NULL:
-            free(bounds)
+            _scratch_free(bounds)
             return -1
         _pack_columns(n_cols, n_out, b, tile, panels, n_threads)
     _spmm_panels(n_rows, n_cols, n_out, indptr, indices, data,
                  panels if panels != NULL else b, tile, panels != NULL, out, n_out, 1,
                  NULL, bounds, n_threads)
-    free(panels)
-    free(bounds)
+    _scratch_free(panels)
+    _scratch_free(bounds)
     return 0
 
 
@@ -179,17 +179,17 @@ cdef int _dense_csc_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, cons
     panels = <real_t *>_aligned_alloc(n_inner * n_rows * sizeof(real_t))
     scratch = <real_t *>_aligned_alloc(n_threads * SK_ROW_GROUP * tile * sizeof(real_t))
     if panels == NULL or scratch == NULL:
-        free(panels)
-        free(scratch)
-        free(bounds)
+        _scratch_free(panels)
+        _scratch_free(scratch)
+        _scratch_free(bounds)
         return -1
     _balanced_bounds(n_cols, indptr, 1, 4, n_threads, bounds)
     _pack_transposed(n_rows, n_inner, x, tile, panels, n_threads)
     _spmm_panels(n_cols, n_inner, n_rows, indptr, indices, data, panels, tile, True, out, 1,
                  n_cols, scratch, bounds, n_threads)
-    free(scratch)
-    free(panels)
-    free(bounds)
+    _scratch_free(scratch)
+    _scratch_free(panels)
+    _scratch_free(bounds)
     return 0
 
 
@@ -231,9 +231,9 @@ cdef int _dense_csr_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, cons
     panels = <real_t *>_aligned_alloc(n_inner * n_rows * sizeof(real_t))
     acc = <real_t *>_aligned_alloc(n_parts * part_size * sizeof(real_t))
     if bounds == NULL or panels == NULL or acc == NULL:
-        free(bounds)
-        free(panels)
-        free(acc)
+        _scratch_free(bounds)
+        _scratch_free(panels)
+        _scratch_free(acc)
         return -1
     _balanced_bounds(n_inner, indptr, 1, 1, n_parts, bounds)
     _pack_transposed(n_rows, n_inner, x, tile, panels, n_threads)
@@ -265,9 +265,9 @@ cdef int _dense_csr_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, cons
                 for q in range(1, n_parts):
                     ssum = ssum + acc[q * part_size + t * tile * n_cols + k * w + j]
                 out[(t * tile + j) * n_cols + k] = ssum
-    free(acc)
-    free(panels)
-    free(bounds)
+    _scratch_free(acc)
+    _scratch_free(panels)
+    _scratch_free(bounds)
     return 0
 
 

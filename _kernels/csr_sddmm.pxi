@@ -29,7 +29,7 @@ cdef int _csr_sddmm(int64_t n_rows, int64_t n_cols, int64_t depth, const index_t
             urow = u + i * depth
             for p in range(indptr[i], indptr[i + 1]):
                 out[p] = _dot(isa, depth, urow, v + <int64_t>indices[p] * depth)
-    free(bounds)
+    _scratch_free(bounds)
     return 0
 
 
@@ -86,9 +86,9 @@ cdef int _csr_sddmm_t(int64_t n_rows, int64_t n_cols, int64_t depth, const index
     pu = <real_t *>_aligned_alloc(depth * n_rows * sizeof(real_t))
     pv = <real_t *>_aligned_alloc(depth * n_cols * sizeof(real_t))
     if bounds == NULL or pu == NULL or pv == NULL:
-        free(bounds)
-        free(pu)
-        free(pv)
+        _scratch_free(bounds)
+        _scratch_free(pu)
+        _scratch_free(pv)
         return -1
     _pack_transposed(depth, n_rows, ut, tile, pu, n_threads)
     _pack_transposed(depth, n_cols, vt, tile, pv, n_threads)
@@ -105,9 +105,9 @@ cdef int _csr_sddmm_t(int64_t n_rows, int64_t n_cols, int64_t depth, const index
                 p = indptr[i]
                 _sddmm_row(isa, indptr[i + 1] - p, indices + p, pu + t * tile * n_rows + i * w,
                            pvt, w, out + p, t > 0)
-    free(pu)
-    free(pv)
-    free(bounds)
+    _scratch_free(pu)
+    _scratch_free(pv)
+    _scratch_free(bounds)
     return 0
 
 
