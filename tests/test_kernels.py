@@ -89,6 +89,43 @@ def test_csr_sddmm(isa, case, dtype, index_dtype, depth):
                      ref.ref_csr_sddmm(ip, ix, shape, _abs(u), _abs(v)), dtype, depth)
 
 
+@pytest.mark.parametrize("depth", [1, 7, 17, 64, 129, 200])
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("dtype", VALUE_DTYPES)
+@pytest.mark.parametrize("case", SHAPES, ids=SHAPE_IDS)
+def test_csr_sddmm_t(isa, case, dtype, index_dtype, depth):
+    """The Dense-layer gradient form: both dense operands transposed (depth-major)."""
+    ip, ix, _, shape = ref.make_csr(case, index_dtype, dtype)
+    rng = np.random.default_rng(6)
+    ut, vt = _dense(rng, (depth, shape[0]), dtype), _dense(rng, (depth, shape[1]), dtype)
+    out = _kernels.csr_sddmm_t(ip, ix, shape, ut, vt)
+    ref.assert_close(out, ref.ref_csr_sddmm(ip, ix, shape, ut.T, vt.T),
+                     ref.ref_csr_sddmm(ip, ix, shape, _abs(ut.T), _abs(vt.T)), dtype, depth)
+
+
+@pytest.mark.parametrize("depth", [64, 128, 130, 256])
+@pytest.mark.parametrize("dtype", VALUE_DTYPES)
+def test_csr_sddmm_t_sixteen_entry_steps(isa, dtype, depth):
+    """Rows of 0..70 entries: the AVX-512 float path does 16 entries per step (one lane-tree
+    reduction) and finishes the rest one by one; every full 64-deep tile takes it, the
+    accumulating ones (tiles after the first) too, a short last tile (130) does not."""
+    rng = np.random.default_rng(7)
+    lengths = [0, 1, 15, 16, 17, 31, 32, 33, 48, 63, 64, 70]
+    n_cols = 97
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    indices = np.concatenate([np.sort(rng.choice(n_cols, k, replace=False))
+                              for k in lengths]).astype(np.int32)
+    shape = (len(lengths), n_cols)
+    ut, vt = _dense(rng, (depth, shape[0]), dtype), _dense(rng, (depth, shape[1]), dtype)
+    out = _kernels.csr_sddmm_t(indptr, indices, shape, ut, vt)
+    ref.assert_close(out, ref.ref_csr_sddmm(indptr, indices, shape, ut.T, vt.T),
+                     ref.ref_csr_sddmm(indptr, indices, shape, _abs(ut.T), _abs(vt.T)), dtype,
+                     depth)
+    for n_threads in (1, 3):  # same bits for any thread count
+        np.testing.assert_array_equal(
+            _kernels.csr_sddmm_t(indptr, indices, shape, ut, vt, n_threads=n_threads), out)
+
+
 @pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
 @pytest.mark.parametrize("dtype", VALUE_DTYPES)
 @pytest.mark.parametrize("case", SHAPES, ids=SHAPE_IDS)
