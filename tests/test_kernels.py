@@ -76,31 +76,32 @@ def test_dense_csc_matmul_vector(isa, case, dtype, index_dtype):
 
 # ---- sddmm, transpose, to_dense, canonicalize --------------------------------------------
 
-@pytest.mark.parametrize("depth", [1, 7, 17, 64, 129])
-@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
-@pytest.mark.parametrize("dtype", VALUE_DTYPES)
-@pytest.mark.parametrize("case", SHAPES, ids=SHAPE_IDS)
-def test_csr_sddmm(isa, case, dtype, index_dtype, depth):
-    ip, ix, _, shape = ref.make_csr(case, index_dtype, dtype)
-    rng = np.random.default_rng(5)
-    u, v = _dense(rng, (shape[0], depth), dtype), _dense(rng, (shape[1], depth), dtype)
-    out = _kernels.csr_sddmm(ip, ix, shape, u, v)
+def _check_sddmm(ip, ix, shape, u, v, dtype, depth, transposed):
+    """csr_sddmm (u: rows x depth, v: cols x depth) or, transposed, csr_sddmm_t (the Dense-layer
+    gradient form, u: depth x rows, v: depth x cols) against the float64 reference."""
+    if transposed:
+        out = _kernels.csr_sddmm_t(ip, ix, shape, u, v)
+        u, v = u.T, v.T
+    else:
+        out = _kernels.csr_sddmm(ip, ix, shape, u, v)
     ref.assert_close(out, ref.ref_csr_sddmm(ip, ix, shape, u, v),
                      ref.ref_csr_sddmm(ip, ix, shape, _abs(u), _abs(v)), dtype, depth)
+    return out
 
 
+@pytest.mark.parametrize("transposed", [False, True], ids=["rows", "transposed"])
 @pytest.mark.parametrize("depth", [1, 7, 17, 64, 129, 200])
 @pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
 @pytest.mark.parametrize("dtype", VALUE_DTYPES)
 @pytest.mark.parametrize("case", SHAPES, ids=SHAPE_IDS)
-def test_csr_sddmm_t(isa, case, dtype, index_dtype, depth):
-    """The Dense-layer gradient form: both dense operands transposed (depth-major)."""
+def test_csr_sddmm(isa, case, dtype, index_dtype, depth, transposed):
     ip, ix, _, shape = ref.make_csr(case, index_dtype, dtype)
-    rng = np.random.default_rng(6)
-    ut, vt = _dense(rng, (depth, shape[0]), dtype), _dense(rng, (depth, shape[1]), dtype)
-    out = _kernels.csr_sddmm_t(ip, ix, shape, ut, vt)
-    ref.assert_close(out, ref.ref_csr_sddmm(ip, ix, shape, ut.T, vt.T),
-                     ref.ref_csr_sddmm(ip, ix, shape, _abs(ut.T), _abs(vt.T)), dtype, depth)
+    rng = np.random.default_rng(5)
+    u_shape, v_shape = (depth, shape[0]), (depth, shape[1])
+    if not transposed:
+        u_shape, v_shape = u_shape[::-1], v_shape[::-1]
+    _check_sddmm(ip, ix, shape, _dense(rng, u_shape, dtype), _dense(rng, v_shape, dtype), dtype,
+                 depth, transposed)
 
 
 @pytest.mark.parametrize("depth", [64, 128, 130, 256])
@@ -117,10 +118,7 @@ def test_csr_sddmm_t_sixteen_entry_steps(isa, dtype, depth):
                               for k in lengths]).astype(np.int32)
     shape = (len(lengths), n_cols)
     ut, vt = _dense(rng, (depth, shape[0]), dtype), _dense(rng, (depth, shape[1]), dtype)
-    out = _kernels.csr_sddmm_t(indptr, indices, shape, ut, vt)
-    ref.assert_close(out, ref.ref_csr_sddmm(indptr, indices, shape, ut.T, vt.T),
-                     ref.ref_csr_sddmm(indptr, indices, shape, _abs(ut.T), _abs(vt.T)), dtype,
-                     depth)
+    out = _check_sddmm(indptr, indices, shape, ut, vt, dtype, depth, transposed=True)
     for n_threads in (1, 3):  # same bits for any thread count
         np.testing.assert_array_equal(
             _kernels.csr_sddmm_t(indptr, indices, shape, ut, vt, n_threads=n_threads), out)
