@@ -397,7 +397,10 @@ class DenseCsrMatMulOp : public OpKernel {
   }
 };
 
-template <typename T, typename I>
+// SDDMM on a CSR pattern: out[p] = u[i, :] . v[j, :] for each stored (i, j). kTransposed: the
+// dense operands come depth-major (ut: depth x rows, vt: depth x cols), the layout of a Dense
+// layer's gradient; otherwise row-major (u: rows x depth, v: cols x depth).
+template <typename T, typename I, bool kTransposed>
 class CsrSddmmOp : public OpKernel {
  public:
   explicit CsrSddmmOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
@@ -407,63 +410,38 @@ class CsrSddmmOp : public OpKernel {
     const Tensor& dense_shape = ctx->input(2);
     const Tensor& u = ctx->input(3);
     const Tensor& v = ctx->input(4);
+    const char* un = kTransposed ? "ut" : "u";
+    const char* vn = kTransposed ? "vt" : "v";
+    const int axis = kTransposed ? 1 : 0;  // the axis that runs over the pattern's rows / cols
+    const char* along = kTransposed ? "columns" : "rows";
+    const char* across = kTransposed ? "rows" : "columns";
     CsrDims d;
     OP_REQUIRES_OK(ctx, ValidateCsr<I>(indptr, indices, nullptr, dense_shape, "pattern", false, &d));
-    OP_REQUIRES(ctx, u.dims() == 2 && u.dim_size(0) == d.rows,
+    OP_REQUIRES(ctx, u.dims() == 2 && u.dim_size(axis) == d.rows,
                 absl::InvalidArgumentError(absl::StrCat(
-                    "u must be a matrix with ", d.rows, " rows (pattern.dense_shape [", d.rows,
-                    ", ", d.cols, "]); received u.shape ", u.shape().DebugString())));
-    OP_REQUIRES(ctx, v.dims() == 2 && v.dim_size(0) == d.cols,
+                    un, " must be a matrix with ", d.rows, " ", along, " (pattern.dense_shape [",
+                    d.rows, ", ", d.cols, "]); received ", un, ".shape ", u.shape().DebugString())));
+    OP_REQUIRES(ctx, v.dims() == 2 && v.dim_size(axis) == d.cols,
                 absl::InvalidArgumentError(absl::StrCat(
-                    "v must be a matrix with ", d.cols, " rows (pattern.dense_shape [", d.rows,
-                    ", ", d.cols, "]); received v.shape ", v.shape().DebugString())));
-    OP_REQUIRES(ctx, u.dim_size(1) == v.dim_size(1),
+                    vn, " must be a matrix with ", d.cols, " ", along, " (pattern.dense_shape [",
+                    d.rows, ", ", d.cols, "]); received ", vn, ".shape ", v.shape().DebugString())));
+    OP_REQUIRES(ctx, u.dim_size(1 - axis) == v.dim_size(1 - axis),
                 absl::InvalidArgumentError(absl::StrCat(
-                    "u and v must have the same number of columns; received u.shape ",
-                    u.shape().DebugString(), ", v.shape ", v.shape().DebugString())));
+                    un, " and ", vn, " must have the same number of ", across, "; received ", un,
+                    ".shape ", u.shape().DebugString(), ", ", vn, ".shape ",
+                    v.shape().DebugString())));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({d.nnz}), &out));
     if (d.nnz == 0) return;
-    const int64_t depth = u.dim_size(1);
+    const int64_t depth = u.dim_size(1 - axis);
     ThreadLease lease(ctx, d.nnz * depth);
-    int rc = CsrSddmm(d.rows, d.cols, depth, indptr.flat<I>().data(), indices.flat<I>().data(),
-                      u.flat<T>().data(), v.flat<T>().data(), out->flat<T>().data(), lease.n());
-    OP_REQUIRES(ctx, rc == 0, Allocation("CsrSddmm"));
-  }
-};
-
-template <typename T, typename I>
-class CsrSddmmTOp : public OpKernel {
- public:
-  explicit CsrSddmmTOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
-  void Compute(OpKernelContext* ctx) override {
-    const Tensor& indptr = ctx->input(0);
-    const Tensor& indices = ctx->input(1);
-    const Tensor& dense_shape = ctx->input(2);
-    const Tensor& ut = ctx->input(3);
-    const Tensor& vt = ctx->input(4);
-    CsrDims d;
-    OP_REQUIRES_OK(ctx, ValidateCsr<I>(indptr, indices, nullptr, dense_shape, "pattern", false, &d));
-    OP_REQUIRES(ctx, ut.dims() == 2 && ut.dim_size(1) == d.rows,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "ut must be a matrix with ", d.rows, " columns (pattern.dense_shape [", d.rows,
-                    ", ", d.cols, "]); received ut.shape ", ut.shape().DebugString())));
-    OP_REQUIRES(ctx, vt.dims() == 2 && vt.dim_size(1) == d.cols,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "vt must be a matrix with ", d.cols, " columns (pattern.dense_shape [", d.rows,
-                    ", ", d.cols, "]); received vt.shape ", vt.shape().DebugString())));
-    OP_REQUIRES(ctx, ut.dim_size(0) == vt.dim_size(0),
-                absl::InvalidArgumentError(absl::StrCat(
-                    "ut and vt must have the same number of rows; received ut.shape ",
-                    ut.shape().DebugString(), ", vt.shape ", vt.shape().DebugString())));
-    Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({d.nnz}), &out));
-    if (d.nnz == 0) return;
-    const int64_t depth = ut.dim_size(0);
-    ThreadLease lease(ctx, d.nnz * depth);
-    int rc = CsrSddmmT(d.rows, d.cols, depth, indptr.flat<I>().data(), indices.flat<I>().data(),
-                       ut.flat<T>().data(), vt.flat<T>().data(), out->flat<T>().data(), lease.n());
-    OP_REQUIRES(ctx, rc == 0, Allocation("CsrSddmmT"));
+    const I* ip = indptr.flat<I>().data();
+    const I* ix = indices.flat<I>().data();
+    int rc = kTransposed ? CsrSddmmT(d.rows, d.cols, depth, ip, ix, u.flat<T>().data(),
+                                     v.flat<T>().data(), out->flat<T>().data(), lease.n())
+                         : CsrSddmm(d.rows, d.cols, depth, ip, ix, u.flat<T>().data(),
+                                    v.flat<T>().data(), out->flat<T>().data(), lease.n());
+    OP_REQUIRES(ctx, rc == 0, Allocation(kTransposed ? "CsrSddmmT" : "CsrSddmm"));
   }
 };
 
@@ -509,12 +487,12 @@ class CsrTransposeStructureOp : public OpKernel {
                               .Device(DEVICE_CPU)                                       \
                               .TypeConstraint<T>("T")                                   \
                               .TypeConstraint<I>("Tindex"),                             \
-                          CsrSddmmOp<T, I>);                                            \
+                          CsrSddmmOp<T, I, false>);                                     \
   REGISTER_KERNEL_BUILDER(Name("SparseKeras>CsrSddmmT")                                 \
                               .Device(DEVICE_CPU)                                       \
                               .TypeConstraint<T>("T")                                   \
                               .TypeConstraint<I>("Tindex"),                             \
-                          CsrSddmmTOp<T, I>);                                           \
+                          CsrSddmmOp<T, I, true>);                                      \
   REGISTER_KERNEL_BUILDER(Name("SparseKeras>TakeValues")                                \
                               .Device(DEVICE_CPU)                                       \
                               .TypeConstraint<T>("T")                                   \

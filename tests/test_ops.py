@@ -661,6 +661,24 @@ def test_shape_mismatch(run):
                        match=r"u and v must have the same number of columns; received u.shape \[3,2\], "
                              r"v.shape \[5,3\]"):
         run(lambda aa, u, v: ops.sddmm(aa, u, v).values, a, tf.ones((3, 2)), tf.ones((5, 3)))
+    # the transposed (depth-major) SDDMM of the Dense gradient: same checks along the other axis
+    sddmm_t = _lib.load().sparse_keras_csr_sddmm_t
+    ip, ix, _, shape = _csr_args()
+
+    def t(ut, vt):
+        return run(lambda u, v: sddmm_t(ip, ix, shape, u, v), ut, vt)
+
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"ut must be a matrix with 3 columns \(pattern.dense_shape \[3, 5\]\); "
+                             r"received ut.shape \[2,4\]"):
+        t(tf.ones((2, 4)), tf.ones((2, 5)))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"vt must be a matrix with 5 columns .*received vt.shape \[2,6\]"):
+        t(tf.ones((2, 3)), tf.ones((2, 6)))
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"ut and vt must have the same number of rows; received ut.shape "
+                             r"\[2,3\], vt.shape \[4,5\]"):
+        t(tf.ones((2, 3)), tf.ones((4, 5)))
 
 
 def test_operand_types():
