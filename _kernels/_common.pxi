@@ -179,9 +179,9 @@ cdef extern from "sk_scratch.h" nogil:
     void sk_scratch_release()
 
 
-cdef inline void *_aligned_alloc(size_t nbytes) noexcept nogil:
-    """64-byte aligned scratch from the calling thread's cache (sk_scratch.h); release it with
-    _scratch_free (which also frees any malloc'd pointer)."""
+cdef inline void *_scratch_alloc(size_t nbytes) noexcept nogil:
+    """A 64-byte aligned buffer for packed panels and accumulators, from the calling thread's
+    cache (sk_scratch.h); return it with _scratch_free. Small arrays use malloc / free."""
     return sk_scratch_alloc(nbytes)
 
 

@@ -168,7 +168,7 @@ cdef int _to_planes(const _Planes *pl, const real_t *x, real_t *t, int n_threads
                         else:
                             dst[c * pl.plane + ph * pl.wq + q] = 0
                 q0 = q1
-    _scratch_free(colsrc)
+    free(colsrc)
     return 0
 
 
@@ -281,7 +281,7 @@ cdef int _conv_banded(const _Planes *pl, int64_t out_h, int64_t out_w, int64_t o
     if n_parts > n_items:
         n_parts = <int>n_items
     stride = (stride + 15) // 16 * 16
-    scratch = <real_t *>_aligned_alloc(n_parts * stride * sizeof(real_t))
+    scratch = <real_t *>_scratch_alloc(n_parts * stride * sizeof(real_t))
     if scratch == NULL:
         return -1
     for it in prange(n_items, nogil=True, schedule='dynamic', chunksize=1, num_threads=n_parts):
@@ -355,11 +355,11 @@ cdef int _grad_values_banded(const sk_conv2d_geom *g, _Planes *pl, const index_t
     _planes_init(&pu, g.batch, g.out_c, g.out_h, g.out_w, 1, 1, 0, 0, band, 1, pl.wq)
     if n_parts > n_items:
         n_parts = <int>n_items
-    scratch = <real_t *>_aligned_alloc(n_parts * stride * sizeof(real_t))
+    scratch = <real_t *>_scratch_alloc(n_parts * stride * sizeof(real_t))
     partial = <real_t *>malloc(n_items * nnz * sizeof(real_t))
     if scratch == NULL or partial == NULL:
         _scratch_free(scratch)
-        _scratch_free(partial)
+        free(partial)
         return -1
     for it in prange(n_items, nogil=True, schedule='dynamic', chunksize=1, num_threads=n_parts):
         panel = scratch + threadid() * stride
@@ -381,7 +381,7 @@ cdef int _grad_values_banded(const sk_conv2d_geom *g, _Planes *pl, const index_t
         for it in range(n_items):
             acc = acc + partial[it * nnz + p]
         out_values[p] = acc
-    _scratch_free(partial)
+    free(partial)
     _scratch_free(scratch)
     return 0
 
@@ -419,7 +419,7 @@ cdef int _conv_planes(const _Planes *pl, int64_t out_h, int64_t out_w, int64_t o
     n_items = pl.n * (n_chunks if flat else out_h * n_chunks)
     if n_parts > n_items:
         n_parts = <int>n_items
-    scratch = <real_t *>_aligned_alloc(n_parts * out_c * tile * sizeof(real_t))
+    scratch = <real_t *>_scratch_alloc(n_parts * out_c * tile * sizeof(real_t))
     if scratch == NULL:
         return -1
     # Dynamic schedule over tiles: on a shared machine a descheduled thread holds back one
@@ -473,7 +473,7 @@ cdef int _pointwise(int64_t n_pix, int64_t c_in, int64_t c_out, const int64_t *r
         return 0
     if n_parts > n_items:
         n_parts = <int>n_items
-    scratch = <real_t *>_aligned_alloc(n_parts * (c_in + c_out) * tile * sizeof(real_t) + 64)
+    scratch = <real_t *>_scratch_alloc(n_parts * (c_in + c_out) * tile * sizeof(real_t) + 64)
     if scratch == NULL:
         return -1
     for it in prange(n_items, nogil=True, schedule='dynamic', chunksize=1, num_threads=n_parts):
@@ -537,8 +537,8 @@ cdef int _csr_conv2d(const sk_conv2d_geom *g, const index_t *indptr, const index
     rowptr = <int64_t *>malloc((g.out_c + 1) * sizeof(int64_t))
     off = <int64_t *>malloc((nnz + 1) * sizeof(int64_t))
     if rowptr == NULL or off == NULL:
-        _scratch_free(rowptr)
-        _scratch_free(off)
+        free(rowptr)
+        free(off)
         return -1
     for o in range(g.out_c + 1):
         rowptr[o] = indptr[o]
@@ -547,8 +547,8 @@ cdef int _csr_conv2d(const sk_conv2d_geom *g, const index_t *indptr, const index
             off[p] = indices[p]
         rc = _pointwise(g.batch * g.in_h * g.in_w, g.in_c, g.out_c, rowptr, off, data, x, out,
                         n_threads)
-        _scratch_free(off)
-        _scratch_free(rowptr)
+        free(off)
+        free(rowptr)
         return rc
     reach = (g.k_h - 1) * g.dil_h
     band = 0
@@ -561,13 +561,13 @@ cdef int _csr_conv2d(const sk_conv2d_geom *g, const index_t *indptr, const index
             off[p] = _tap_offset(g, &pl, indices[p])
         rc = _conv_banded(&pl, g.out_h, g.out_w, g.out_c, band, reach, rowptr, off, data, x,
                           out, n_threads)
-        _scratch_free(off)
-        _scratch_free(rowptr)
+        free(off)
+        free(rowptr)
         return rc
-    t = <real_t *>_aligned_alloc((pl.n * pl.image + 16) * sizeof(real_t))
+    t = <real_t *>_scratch_alloc((pl.n * pl.image + 16) * sizeof(real_t))
     if t == NULL:
-        _scratch_free(off)
-        _scratch_free(rowptr)
+        free(off)
+        free(rowptr)
         return -1
     for p in range(nnz):
         off[p] = _tap_offset(g, &pl, indices[p])
@@ -576,8 +576,8 @@ cdef int _csr_conv2d(const sk_conv2d_geom *g, const index_t *indptr, const index
         rc = _conv_planes(&pl, g.out_h, g.out_w, g.out_c, g.stride_h * pl.s * pl.wq, rowptr, off,
                       data, t, out, n_threads)
     _scratch_free(t)
-    _scratch_free(off)
-    _scratch_free(rowptr)
+    free(off)
+    free(rowptr)
     return rc
 
 
@@ -618,13 +618,13 @@ cdef int _csr_conv2d_grad_input(const sk_conv2d_geom *g, const index_t *indptr,
     val = <real_t *>malloc(nnz * sizeof(real_t))
     t = NULL
     if not _is_pointwise(g) and band == 0:
-        t = <real_t *>_aligned_alloc((pl.n * pl.image + 16) * sizeof(real_t))
+        t = <real_t *>_scratch_alloc((pl.n * pl.image + 16) * sizeof(real_t))
     if (rowptr == NULL or fill == NULL or off == NULL or val == NULL
             or (t == NULL and not _is_pointwise(g) and band == 0)):
-        _scratch_free(rowptr)
-        _scratch_free(fill)
-        _scratch_free(off)
-        _scratch_free(val)
+        free(rowptr)
+        free(fill)
+        free(off)
+        free(val)
         _scratch_free(t)
         return -1
     for p in range(nnz):
@@ -649,10 +649,10 @@ cdef int _csr_conv2d_grad_input(const sk_conv2d_geom *g, const index_t *indptr,
         rc = _pointwise(g.batch * g.in_h * g.in_w, g.out_c, g.in_c, rowptr, off, val, dy, dx,
                         n_threads)
         _scratch_free(t)
-        _scratch_free(val)
-        _scratch_free(off)
-        _scratch_free(fill)
-        _scratch_free(rowptr)
+        free(val)
+        free(off)
+        free(fill)
+        free(rowptr)
         return rc
     if band > 0:
         rc = _conv_banded(&pl, g.in_h, g.in_w, g.in_c, band, reach, rowptr, off, val, dy, dx,
@@ -663,10 +663,10 @@ cdef int _csr_conv2d_grad_input(const sk_conv2d_geom *g, const index_t *indptr,
             rc = _conv_planes(&pl, g.in_h, g.in_w, g.in_c, pl.wq, rowptr, off, val, t, dx,
                               n_threads)
     _scratch_free(t)
-    _scratch_free(val)
-    _scratch_free(off)
-    _scratch_free(fill)
-    _scratch_free(rowptr)
+    free(val)
+    free(off)
+    free(fill)
+    free(rowptr)
     return rc
 
 
@@ -712,7 +712,7 @@ cdef int _csr_conv2d_grad_values(const sk_conv2d_geom *g, const index_t *indptr,
                 off[p] = _tap_offset(g, &pl, indices[p])
             rc = _grad_values_banded(g, &pl, indptr, off, x, dy, band, (g.k_h - 1) * g.dil_h,
                                      out_values, n_threads)
-            _scratch_free(off)
+            free(off)
             return rc
     # Stride 1: dy planes get T's row stride (zero padding columns), so dots run over the
     # flattened rows, tile after tile (see _conv_planes).
@@ -724,11 +724,11 @@ cdef int _csr_conv2d_grad_values(const sk_conv2d_geom *g, const index_t *indptr,
         n_parts = <int>g.out_c
     off = <int64_t *>malloc(nnz * sizeof(int64_t))
     bounds = <int64_t *>malloc((n_parts + 1) * sizeof(int64_t))
-    t = <real_t *>_aligned_alloc((pl.n * pl.image + 16) * sizeof(real_t))
-    u = <real_t *>_aligned_alloc((pu.n * pu.image + 16) * sizeof(real_t))
+    t = <real_t *>_scratch_alloc((pl.n * pl.image + 16) * sizeof(real_t))
+    u = <real_t *>_scratch_alloc((pu.n * pu.image + 16) * sizeof(real_t))
     if off == NULL or bounds == NULL or t == NULL or u == NULL:
-        _scratch_free(off)
-        _scratch_free(bounds)
+        free(off)
+        free(bounds)
         _scratch_free(t)
         _scratch_free(u)
         return -1
@@ -738,8 +738,8 @@ cdef int _csr_conv2d_grad_values(const sk_conv2d_geom *g, const index_t *indptr,
     if _to_planes(&pl, x, t, n_threads) != 0 or _to_planes(&pu, dy, u, n_threads) != 0:
         _scratch_free(u)
         _scratch_free(t)
-        _scratch_free(bounds)
-        _scratch_free(off)
+        free(bounds)
+        free(off)
         return -1
     memset(out_values, 0, nnz * sizeof(real_t))
     row_step = g.stride_h * pl.s * pl.wq
@@ -791,8 +791,8 @@ cdef int _csr_conv2d_grad_values(const sk_conv2d_geom *g, const index_t *indptr,
                 oh0 = oh0 + nr
     _scratch_free(u)
     _scratch_free(t)
-    _scratch_free(bounds)
-    _scratch_free(off)
+    free(bounds)
+    free(off)
     return 0
 
 

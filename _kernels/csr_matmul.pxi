@@ -138,16 +138,16 @@ cdef int _csr_matmul(int64_t n_rows, int64_t n_cols, int64_t n_out, const index_
     # Packing b into column panels copies all of b; it pays only when b's rows are reused
     # (nnz >= 2 n_cols). A bag-of-words batch touches few of b's rows: read b in place.
     if n_out > tile and indptr[n_rows] >= 2 * n_cols:
-        panels = <real_t *>_aligned_alloc(n_cols * n_out * sizeof(real_t))
+        panels = <real_t *>_scratch_alloc(n_cols * n_out * sizeof(real_t))
         if panels == NULL:
-            _scratch_free(bounds)
+            free(bounds)
             return -1
         _pack_columns(n_cols, n_out, b, tile, panels, n_threads)
     _spmm_panels(n_rows, n_cols, n_out, indptr, indices, data,
                  panels if panels != NULL else b, tile, panels != NULL, out, n_out, 1,
                  NULL, bounds, n_threads)
     _scratch_free(panels)
-    _scratch_free(bounds)
+    free(bounds)
     return 0
 
 
@@ -176,12 +176,12 @@ cdef int _dense_csc_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, cons
     bounds = <int64_t *>malloc((n_threads + 1) * sizeof(int64_t))
     if bounds == NULL:
         return -1
-    panels = <real_t *>_aligned_alloc(n_inner * n_rows * sizeof(real_t))
-    scratch = <real_t *>_aligned_alloc(n_threads * SK_ROW_GROUP * tile * sizeof(real_t))
+    panels = <real_t *>_scratch_alloc(n_inner * n_rows * sizeof(real_t))
+    scratch = <real_t *>_scratch_alloc(n_threads * SK_ROW_GROUP * tile * sizeof(real_t))
     if panels == NULL or scratch == NULL:
         _scratch_free(panels)
         _scratch_free(scratch)
-        _scratch_free(bounds)
+        free(bounds)
         return -1
     _balanced_bounds(n_cols, indptr, 1, 4, n_threads, bounds)
     _pack_transposed(n_rows, n_inner, x, tile, panels, n_threads)
@@ -189,7 +189,7 @@ cdef int _dense_csc_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, cons
                  n_cols, scratch, bounds, n_threads)
     _scratch_free(scratch)
     _scratch_free(panels)
-    _scratch_free(bounds)
+    free(bounds)
     return 0
 
 
@@ -228,10 +228,10 @@ cdef int _dense_csr_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, cons
     if n_threads < 1:
         n_threads = 1
     bounds = <int64_t *>malloc((n_parts + 1) * sizeof(int64_t))
-    panels = <real_t *>_aligned_alloc(n_inner * n_rows * sizeof(real_t))
-    acc = <real_t *>_aligned_alloc(n_parts * part_size * sizeof(real_t))
+    panels = <real_t *>_scratch_alloc(n_inner * n_rows * sizeof(real_t))
+    acc = <real_t *>_scratch_alloc(n_parts * part_size * sizeof(real_t))
     if bounds == NULL or panels == NULL or acc == NULL:
-        _scratch_free(bounds)
+        free(bounds)
         _scratch_free(panels)
         _scratch_free(acc)
         return -1
@@ -267,7 +267,7 @@ cdef int _dense_csr_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, cons
                 out[(t * tile + j) * n_cols + k] = ssum
     _scratch_free(acc)
     _scratch_free(panels)
-    _scratch_free(bounds)
+    free(bounds)
     return 0
 
 

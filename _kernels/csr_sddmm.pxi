@@ -29,7 +29,7 @@ cdef int _csr_sddmm(int64_t n_rows, int64_t n_cols, int64_t depth, const index_t
             urow = u + i * depth
             for p in range(indptr[i], indptr[i + 1]):
                 out[p] = _dot(isa, depth, urow, v + <int64_t>indices[p] * depth)
-    _scratch_free(bounds)
+    free(bounds)
     return 0
 
 
@@ -83,10 +83,10 @@ cdef int _csr_sddmm_t(int64_t n_rows, int64_t n_cols, int64_t depth, const index
     if n_threads < 1:
         n_threads = 1
     bounds = <int64_t *>malloc((n_threads + 1) * sizeof(int64_t))
-    pu = <real_t *>_aligned_alloc(depth * n_rows * sizeof(real_t))
-    pv = <real_t *>_aligned_alloc(depth * n_cols * sizeof(real_t))
+    pu = <real_t *>_scratch_alloc(depth * n_rows * sizeof(real_t))
+    pv = <real_t *>_scratch_alloc(depth * n_cols * sizeof(real_t))
     if bounds == NULL or pu == NULL or pv == NULL:
-        _scratch_free(bounds)
+        free(bounds)
         _scratch_free(pu)
         _scratch_free(pv)
         return -1
@@ -107,7 +107,7 @@ cdef int _csr_sddmm_t(int64_t n_rows, int64_t n_cols, int64_t depth, const index
                            pvt, w, out + p, t > 0)
     _scratch_free(pu)
     _scratch_free(pv)
-    _scratch_free(bounds)
+    free(bounds)
     return 0
 
 
