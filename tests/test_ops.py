@@ -13,7 +13,7 @@ import tensorflow as tf
 
 import sparsekeras
 from sparsekeras import ops
-from sparsekeras.ops import CSRTensor, _lib
+from sparsekeras.ops import CSRTensor, _gradients, _lib
 
 import reference as R
 
@@ -429,14 +429,18 @@ def test_grad_matmul_dense_sparse(case, vdt, idt, rank, run):
     assert_grad_close(dx, e_dx, vdt)
 
 
-@pytest.mark.parametrize("cached", [False, True], ids=["", "cached"])
+@pytest.mark.parametrize("cached", ["", "cached", "cached-gather"])
 @pytest.mark.parametrize("idt", IDTS, ids=IDT_IDS)
 @pytest.mark.parametrize("vdt", VDTS, ids=VDT_IDS)
 @pytest.mark.parametrize("case", GRAD_CASES, ids=lambda c: c.name)
-def test_grad_dense_csc_matmul(case, vdt, idt, cached, run):
+def test_grad_dense_csc_matmul(case, vdt, idt, cached, run, monkeypatch):
     """W (K=case.k, N=case.m) given in CSC by the case's arrays: W^T is the CSR matrix.
 
-    cached: the caller passes W's CSR structure (`transpose_structure`) for the gradient."""
+    cached: the caller passes W's CSR structure (`transpose_structure`) for the gradient, which
+    then picks the dX product by batch and density (batch 4: the scatter one); cached-gather
+    forces the gather product over the cached structure."""
+    if cached == "cached-gather":
+        monkeypatch.setattr(_gradients, "_dx_by_gather", lambda *a: True)
     ip, ix, data, shape = make(case, idt, vdt)
     k, n = case.k, case.m
     x = dense_rand((4, k), vdt)
@@ -457,6 +461,47 @@ def test_grad_dense_csc_matmul(case, vdt, idt, cached, run):
     dv, dx = run(fn, tf.constant(ip), tf.constant(ix), tf.constant(data), tf.constant(x))
     assert_grad_close(dv, e_dv, vdt)
     assert_grad_close(dx, e_dx, vdt)
+
+
+def test_dx_by_gather_rule():
+    """The measured crossover of the dX products (scatter below, gather from the batch on)."""
+    rule = _gradients._dx_by_gather
+    n = 4096 * 4096
+    assert not rule(32, int(0.5 * n), 4096, 4096) and rule(300, int(0.5 * n), 4096, 4096)
+    assert not rule(32, int(0.1 * n), 4096, 4096) and rule(128, int(0.1 * n), 4096, 4096)
+    assert rule(32, int(0.01 * n), 4096, 4096) and not rule(8, int(0.01 * n), 4096, 4096)
+    as_tensor = rule(tf.constant(128), tf.constant(int(0.1 * n)), tf.constant(4096),
+                     tf.constant(4096))
+    assert as_tensor.dtype == tf.bool and bool(as_tensor.numpy())
+
+
+@pytest.mark.parametrize("batch", [5, 700])
+def test_grad_dense_csc_matmul_dynamic_batch(batch):
+    """Batch unknown when traced: the gradient chooses its dX product at run time (tf.cond);
+    a dense 8 x 6 kernel takes the scatter product at batch 5 and the gather one at 700."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((8, 6)).astype(np.float32)
+    csc = sp.csc_matrix(w)
+    ip, ix = tf.constant(csc.indptr.astype(np.int32)), tf.constant(csc.indices.astype(np.int32))
+    values = tf.constant(csc.data)
+    ts = ops.transpose_structure(ip, ix, [6, 8])
+    assert _gradients._dx_by_gather(700, 48, 8, 6) and not _gradients._dx_by_gather(5, 48, 8, 6)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8], tf.float32)])
+    def grads(x):
+        with tf.GradientTape() as tape:
+            tape.watch([x, values])
+            y = ops.dense_csc_matmul(x, ip, ix, values, [8, 6], transpose_structure=ts)
+            loss = tf.reduce_sum(y * y)
+        return tape.gradient(loss, [x, values])
+
+    x = rng.standard_normal((batch, 8)).astype(np.float32)
+    dx, dv = grads(tf.constant(x))
+    y = x.astype(np.float64) @ w
+    np.testing.assert_allclose(dx.numpy(), 2 * y @ w.T, rtol=1e-4, atol=1e-4)
+    dw = 2 * x.astype(np.float64).T @ y
+    np.testing.assert_allclose(tf.convert_to_tensor(dv).numpy(), dw.T[w.T != 0], rtol=1e-4,
+                               atol=1e-3)
 
 
 @pytest.mark.parametrize("idt", IDTS, ids=IDT_IDS)
