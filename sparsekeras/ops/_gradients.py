@@ -67,8 +67,9 @@ def _dx_by_gather(batch, nnz, n_in, n_out):
     return f[0] >= 25.0 + 600.0 * tf.maximum(density - 0.05, 0.0)
 
 
-def _static_or_tensor(static, tensor):
-    return int(static) if static is not None else tensor
+def _static_or_tensor(static, make_tensor):
+    """The static size as a Python int, else the run-time tensor make_tensor() builds."""
+    return int(static) if static is not None else make_tensor()
 
 
 @tf.RegisterGradient("SparseKeras>DenseCscMatMul")
@@ -95,11 +96,12 @@ def _dense_csc_matmul_grad(op, grad):
         d_x = scatter()  # no cached transpose
     else:
         static_shape = tf.get_static_value(dense_shape)
+        static_shape = (None, None) if static_shape is None else static_shape
         use_gather = _dx_by_gather(
-            _static_or_tensor(grad.shape[0], tf.shape(grad, out_type=tf.int64)[0]),
-            _static_or_tensor(indices.shape[0], tf.size(indices, out_type=tf.int64)),
-            _static_or_tensor(None if static_shape is None else static_shape[0], dense_shape[0]),
-            _static_or_tensor(None if static_shape is None else static_shape[1], dense_shape[1]))
+            _static_or_tensor(grad.shape[0], lambda: tf.shape(grad, out_type=tf.int64)[0]),
+            _static_or_tensor(indices.shape[0], lambda: tf.size(indices, out_type=tf.int64)),
+            _static_or_tensor(static_shape[0], lambda: dense_shape[0]),
+            _static_or_tensor(static_shape[1], lambda: dense_shape[1]))
         if use_gather is True:
             d_x = gather()
         elif use_gather is False:
