@@ -18,7 +18,7 @@ import tensorflow as tf
 from sparsekeras import ops as sk_ops
 from sparsekeras.ops._gradients import take as _take
 # Shared with SparseDense (defined in layers.py before it imports this module).
-from sparsekeras.layers import _PrunableKernel, _structure_from_mask
+from sparsekeras.layers import _PrunableKernel, _pop_unsupported, _structure_from_mask
 
 __all__ = ["SparseConv2D", "SparseDepthwiseConv2D", "CompactConv2D",
            "DEFAULT_CONV_SWITCH_SPARSITY"]
@@ -97,11 +97,7 @@ class SparseConv2D(_PrunableConv, keras.layers.Conv2D):
                  kernel_regularizer=None, bias_regularizer=None, activity_regularizer=None,
                  kernel_constraint=None, bias_constraint=None, switch_sparsity=None,
                  compute="auto", prunable=True, **kwargs):
-        for unsupported in ("lora_rank", "lora_alpha"):
-            if kwargs.get(unsupported) is not None:
-                raise ValueError(f"SparseConv2D does not support `{unsupported}`. "
-                                 f"Received: {unsupported}={kwargs[unsupported]!r}")
-            kwargs.pop(unsupported, None)
+        _pop_unsupported("SparseConv2D", kwargs, ("lora_rank", "lora_alpha"))
         if groups != 1:
             raise ValueError(f"SparseConv2D supports groups=1 only (a grouped kernel is a sparse "
                              f"kernel: prune a groups=1 layer instead). Received: groups={groups}")
@@ -113,8 +109,7 @@ class SparseConv2D(_PrunableConv, keras.layers.Conv2D):
                          activity_regularizer=activity_regularizer,
                          kernel_constraint=kernel_constraint, bias_constraint=bias_constraint,
                          **kwargs)
-        self._init_sparse(switch_sparsity, compute, prunable)
-        self._user_kernel_constraint = self.kernel_constraint
+        self._init_sparse(switch_sparsity, compute, prunable, self.kernel_constraint)
 
     def _kernel_variable(self):
         return self._kernel
@@ -124,7 +119,7 @@ class SparseConv2D(_PrunableConv, keras.layers.Conv2D):
 
     def build(self, input_shape):
         super().build(input_shape)
-        self._build_sparse(self._user_kernel_constraint)
+        self._build_sparse()
 
     def convolution_op(self, inputs, kernel):
         inputs = tf.convert_to_tensor(inputs)
@@ -175,8 +170,7 @@ class SparseDepthwiseConv2D(_PrunableConv, keras.layers.DepthwiseConv2D):
                          activity_regularizer=activity_regularizer,
                          depthwise_constraint=depthwise_constraint,
                          bias_constraint=bias_constraint, **kwargs)
-        self._init_sparse(switch_sparsity, compute, prunable)
-        self._user_kernel_constraint = self.depthwise_constraint
+        self._init_sparse(switch_sparsity, compute, prunable, self.depthwise_constraint)
 
     def _kernel_variable(self):
         return self.kernel
@@ -195,7 +189,7 @@ class SparseDepthwiseConv2D(_PrunableConv, keras.layers.DepthwiseConv2D):
 
     def build(self, input_shape):
         super().build(input_shape)
-        self._build_sparse(self._user_kernel_constraint)
+        self._build_sparse()
 
     def call(self, inputs):
         x = tf.convert_to_tensor(inputs)

@@ -56,6 +56,16 @@ def _structure_from_mask(mask):
     return dict(indptr=csc_indptr, indices=csc_indices, positions=rows * n + cols)
 
 
+def _pop_unsupported(layer_name, kwargs, keys):
+    """Drop the Keras options in `keys` that the layer does not implement from kwargs; raise if
+    one was actually set (None is what the Keras layers' own configs carry)."""
+    for key in keys:
+        if kwargs.get(key) is not None:
+            raise ValueError(f"{layer_name} does not support `{key}`. "
+                             f"Received: {key}={kwargs[key]!r}")
+        kwargs.pop(key, None)
+
+
 class _MaskConstraint(keras.constraints.Constraint):
     """Kernel constraint that zeroes pruned weights after each optimizer step (then applies the
     user's own constraint, if any). Internal: not serialized (the layer recreates it)."""
@@ -82,7 +92,9 @@ class _PrunableKernel:
 
     _default_switch_sparsity = None
 
-    def _init_sparse(self, switch_sparsity, compute, prunable):
+    def _init_sparse(self, switch_sparsity, compute, prunable, user_constraint):
+        """Validate and keep the sparse options; `user_constraint` is the user's own kernel
+        constraint, which `_build_sparse` chains after the mask (and get_config reports)."""
         if switch_sparsity is None:
             switch_sparsity = self._default_switch_sparsity
         if not 0.0 <= float(switch_sparsity) <= 1.0:
@@ -96,13 +108,14 @@ class _PrunableKernel:
         self.switch_sparsity = float(switch_sparsity)
         self.compute = compute
         self.prunable = bool(prunable)
+        self._user_kernel_constraint = user_constraint
 
-    def _build_sparse(self, user_constraint):
+    def _build_sparse(self):
         kernel = self._kernel_variable()
         self.mask = self.add_weight(name="mask", shape=tuple(kernel.shape), initializer="ones",
                                     trainable=False, dtype=self.variable_dtype)
         self._hook_mask_assign()
-        kernel.constraint = _MaskConstraint(self, user_constraint)
+        kernel.constraint = _MaskConstraint(self, self._user_kernel_constraint)
         self._sparse_on = tf.Variable(False, trainable=False, name="sparse_on")
         self._csc_indptr = _dynamic_variable(np.zeros(1), np.int32, "csc_indptr")
         self._csc_indices = _dynamic_variable(np.zeros(0), np.int32, "csc_indices")
@@ -214,19 +227,14 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
                  activity_regularizer=None, kernel_constraint=None, bias_constraint=None,
                  switch_sparsity=None, compute="auto", prunable=True, **kwargs):
-        for unsupported in ("lora_rank", "lora_alpha", "quantization_config"):
-            if kwargs.get(unsupported) is not None:
-                raise ValueError(f"SparseDense does not support `{unsupported}`. "
-                                 f"Received: {unsupported}={kwargs[unsupported]!r}")
-            kwargs.pop(unsupported, None)
+        _pop_unsupported("SparseDense", kwargs, ("lora_rank", "lora_alpha", "quantization_config"))
         super().__init__(units, activation=activation, use_bias=use_bias,
                          kernel_initializer=kernel_initializer, bias_initializer=bias_initializer,
                          kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer,
                          activity_regularizer=activity_regularizer,
                          kernel_constraint=kernel_constraint, bias_constraint=bias_constraint,
                          **kwargs)
-        self._init_sparse(switch_sparsity, compute, prunable)
-        self._user_kernel_constraint = self.kernel_constraint
+        self._init_sparse(switch_sparsity, compute, prunable, self.kernel_constraint)
 
     # ---- weights ------------------------------------------------------------------------
 
@@ -237,7 +245,7 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
         # CSR (row-major) structure of the mask: sparse inputs times the pruned kernel.
         self._csr_indptr = _dynamic_variable(np.zeros(k + 1), np.int32, "csr_indptr")
         self._csr_indices = _dynamic_variable(np.zeros(0), np.int32, "csr_indices")
-        self._build_sparse(self._user_kernel_constraint)
+        self._build_sparse()
 
     def _kernel_variable(self):
         return self._kernel
