@@ -39,6 +39,29 @@ static inline void SK_FN(sk_spmm_row, generic)(int64_t nnz, const SK_I *idx, con
     }
 }
 
+/* Block-CSC SpMM, one tile of a group of G outputs (1 x G blocks of W: the G consecutive outputs
+ * of a group share each stored input row):
+ *   out[g * ldo + j] = sum_{b < nb} val[b * vs + g] * panel[idx[b] * ldp + j]   (g < G, j < w).
+ * Each panel row loaded serves G outputs (G FMAs per load where the CSC kernel does one), which
+ * is what lifts a block-pruned layer off the L2 bandwidth bound. One FMA chain per output element
+ * over the blocks in storage order, as in sk_spmm_row. Complexity O(nb * G * w). */
+static inline void SK_FN(sk_bspmm, generic)(int64_t nb, const SK_I *idx, const SK_T *val, int64_t vs,
+                                          int G, const SK_T *panel, int64_t ldp, int64_t w,
+                                          SK_T *out, int64_t ldo) {
+    for (int g = 0; g < G; g++)
+        for (int64_t j0 = 0; j0 < w; j0 += SK_GT) {
+            int64_t n = w - j0 < SK_GT ? w - j0 : SK_GT;
+            SK_T acc[SK_GT];
+            for (int64_t j = 0; j < SK_GT; j++) acc[j] = 0;
+            for (int64_t b = 0; b < nb; b++) {
+                const SK_T *r = panel + (int64_t)idx[b] * ldp + j0;
+                SK_T a = val[b * vs + g];
+                for (int64_t j = 0; j < n; j++) acc[j] += a * r[j];
+            }
+            for (int64_t j = 0; j < n; j++) out[g * ldo + j0 + j] = acc[j];
+        }
+}
+
 #if !SK_I64
 /* Dense dot product, fixed summation order (8 partial sums), for SDDMM. */
 static inline SK_T SK_FNT(sk_dot, generic)(int64_t n, const SK_T *a, const SK_T *b) {
@@ -389,6 +412,64 @@ SK_FNT(sk_dot_run, avx2)(int64_t nnz, const int64_t *off, const SK_T *u, const S
 }
 #endif
 
+/* Block-CSC SpMM (avx2): gc (1, 2, 4 or 8) outputs x nv vectors of accumulators (the last vector
+ * masked by m), one pass over the group's blocks. */
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+SK_FN(sk_bspmm_gv, avx2)(const int gc, const int nv, int64_t nb, const SK_I *idx, const SK_T *val,
+                        int64_t vs, const SK_T *panel, int64_t ldp, __m256i m, SK_T *out,
+                        int64_t ldo) {
+    SK_V2 acc[16];
+    for (int i = 0; i < gc * nv; i++) acc[i] = SK_V2_ZERO();
+    for (int64_t b = 0; b < nb; b++) {
+        const SK_T *r = panel + (int64_t)idx[b] * ldp;
+        if (ldp >= SK_L2 && b + SK_SPMM_PREFETCH < nb) {
+            const char *f = (const char *)(panel + (int64_t)idx[b + SK_SPMM_PREFETCH] * ldp);
+            for (int v = 0; v < (nv * SK_L2 * (int)sizeof(SK_T) + 63) / 64; v++)
+                _mm_prefetch(f + v * 64, _MM_HINT_T0);
+        }
+        SK_V2 x[4];
+        for (int v = 0; v < nv - 1; v++) x[v] = SK_V2_LOAD(r + v * SK_L2);
+        x[nv - 1] = SK_V2_MLOAD(r + (nv - 1) * SK_L2, m);
+        const SK_T *a = val + b * vs;
+        for (int g = 0; g < gc; g++) {
+            SK_V2 s = SK_V2_SET1(a[g]);
+            for (int v = 0; v < nv; v++) acc[g * nv + v] = SK_V2_FMA(s, x[v], acc[g * nv + v]);
+        }
+    }
+    for (int g = 0; g < gc; g++) {
+        for (int v = 0; v < nv - 1; v++) SK_V2_STORE(out + g * ldo + v * SK_L2, acc[g * nv + v]);
+        SK_V2_MSTORE(out + g * ldo + (nv - 1) * SK_L2, m, acc[g * nv + nv - 1]);
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void
+SK_FN(sk_bspmm, avx2)(int64_t nb, const SK_I *idx, const SK_T *val, int64_t vs, int G,
+                     const SK_T *panel, int64_t ldp, int64_t w, SK_T *out, int64_t ldo) {
+    for (int g0 = 0; g0 < G;) {
+        const int gc = G - g0 >= 8 ? 8 : G - g0 >= 4 ? 4 : G - g0 >= 2 ? 2 : 1;
+        const int nvmax = 8 / gc < 4 ? 8 / gc : 4;
+        for (int64_t j = 0; j < w; j += nvmax * SK_L2) {
+            int64_t rem = w - j;
+            int nv = rem >= nvmax * SK_L2 ? nvmax : (int)((rem + SK_L2 - 1) / SK_L2);
+            int64_t last = rem - (int64_t)(nv - 1) * SK_L2;
+            if (last > SK_L2) last = SK_L2;
+            __m256i m = SK_V2_MASK(last);
+            const SK_T *pj = panel + j;
+            SK_T *oj = out + (int64_t)g0 * ldo + j;
+            switch (gc * 16 + nv) {
+#define SK_CASE(G_, V_) case G_ * 16 + V_: SK_FN(sk_bspmm_gv, avx2)(G_, V_, nb, idx, val + g0, vs, pj, ldp, m, oj, ldo); break;
+                SK_CASE(1, 1) SK_CASE(1, 2) SK_CASE(1, 3) SK_CASE(1, 4)
+                SK_CASE(2, 1) SK_CASE(2, 2) SK_CASE(2, 3) SK_CASE(2, 4)
+                SK_CASE(4, 1) SK_CASE(4, 2) SK_CASE(4, 3) SK_CASE(4, 4)
+                SK_CASE(8, 1) SK_CASE(8, 2)
+#undef SK_CASE
+                default: break;
+            }
+        }
+        g0 += gc;
+    }
+}
+
 #undef SK_V2
 #undef SK_L2
 #undef SK_V2_ZERO
@@ -701,6 +782,64 @@ SK_FNT(sk_dot_run, avx512)(int64_t nnz, const int64_t *off, const SK_T *u, const
 }
 #endif
 
+/* Block-CSC SpMM (avx512): gc (1, 2, 4 or 8) outputs x nv vectors of accumulators (the last vector
+ * masked by m), one pass over the group's blocks. */
+__attribute__((target("avx512f"), always_inline)) static inline void
+SK_FN(sk_bspmm_gv, avx512)(const int gc, const int nv, int64_t nb, const SK_I *idx, const SK_T *val,
+                        int64_t vs, const SK_T *panel, int64_t ldp, SK_M5 m, SK_T *out,
+                        int64_t ldo) {
+    SK_V5 acc[16];
+    for (int i = 0; i < gc * nv; i++) acc[i] = SK_V5_ZERO();
+    for (int64_t b = 0; b < nb; b++) {
+        const SK_T *r = panel + (int64_t)idx[b] * ldp;
+        if (ldp >= SK_L5 && b + SK_SPMM_PREFETCH < nb) {
+            const char *f = (const char *)(panel + (int64_t)idx[b + SK_SPMM_PREFETCH] * ldp);
+            for (int v = 0; v < (nv * SK_L5 * (int)sizeof(SK_T) + 63) / 64; v++)
+                _mm_prefetch(f + v * 64, _MM_HINT_T0);
+        }
+        SK_V5 x[4];
+        for (int v = 0; v < nv - 1; v++) x[v] = SK_V5_LOAD(r + v * SK_L5);
+        x[nv - 1] = SK_V5_MLOAD(r + (nv - 1) * SK_L5, m);
+        const SK_T *a = val + b * vs;
+        for (int g = 0; g < gc; g++) {
+            SK_V5 s = SK_V5_SET1(a[g]);
+            for (int v = 0; v < nv; v++) acc[g * nv + v] = SK_V5_FMA(s, x[v], acc[g * nv + v]);
+        }
+    }
+    for (int g = 0; g < gc; g++) {
+        for (int v = 0; v < nv - 1; v++) SK_V5_STORE(out + g * ldo + v * SK_L5, acc[g * nv + v]);
+        SK_V5_MSTORE(out + g * ldo + (nv - 1) * SK_L5, m, acc[g * nv + nv - 1]);
+    }
+}
+
+__attribute__((target("avx512f"))) static void
+SK_FN(sk_bspmm, avx512)(int64_t nb, const SK_I *idx, const SK_T *val, int64_t vs, int G,
+                     const SK_T *panel, int64_t ldp, int64_t w, SK_T *out, int64_t ldo) {
+    for (int g0 = 0; g0 < G;) {
+        const int gc = G - g0 >= 8 ? 8 : G - g0 >= 4 ? 4 : G - g0 >= 2 ? 2 : 1;
+        const int nvmax = 16 / gc < 4 ? 16 / gc : 4;
+        for (int64_t j = 0; j < w; j += nvmax * SK_L5) {
+            int64_t rem = w - j;
+            int nv = rem >= nvmax * SK_L5 ? nvmax : (int)((rem + SK_L5 - 1) / SK_L5);
+            int64_t last = rem - (int64_t)(nv - 1) * SK_L5;
+            if (last > SK_L5) last = SK_L5;
+            SK_M5 m = (SK_M5)((1u << last) - 1u);
+            const SK_T *pj = panel + j;
+            SK_T *oj = out + (int64_t)g0 * ldo + j;
+            switch (gc * 16 + nv) {
+#define SK_CASE(G_, V_) case G_ * 16 + V_: SK_FN(sk_bspmm_gv, avx512)(G_, V_, nb, idx, val + g0, vs, pj, ldp, m, oj, ldo); break;
+                SK_CASE(1, 1) SK_CASE(1, 2) SK_CASE(1, 3) SK_CASE(1, 4)
+                SK_CASE(2, 1) SK_CASE(2, 2) SK_CASE(2, 3) SK_CASE(2, 4)
+                SK_CASE(4, 1) SK_CASE(4, 2) SK_CASE(4, 3) SK_CASE(4, 4)
+                SK_CASE(8, 1) SK_CASE(8, 2)
+#undef SK_CASE
+                default: break;
+            }
+        }
+        g0 += gc;
+    }
+}
+
 #undef SK_V5
 #undef SK_L5
 #undef SK_M5
@@ -760,6 +899,17 @@ static inline void SK_CAT3(sk_spmm_row, SK_TS, SK_IS)(int isa, int64_t nnz, cons
     if (isa == SK_ISA_AVX2) { SK_FN(sk_spmm_row, avx2)(nnz, idx, val, panel, ldp, w, out, os); return; }
 #endif
     SK_FN(sk_spmm_row, generic)(nnz, idx, val, panel, ldp, w, out, os);
+}
+
+static inline void SK_CAT3(sk_bspmm, SK_TS, SK_IS)(int isa, int64_t nb, const SK_I *idx,
+                                                  const SK_T *val, int64_t vs, int G,
+                                                  const SK_T *panel, int64_t ldp, int64_t w,
+                                                  SK_T *out, int64_t ldo) {
+#ifdef SK_X86
+    if (isa == SK_ISA_AVX512) { SK_FN(sk_bspmm, avx512)(nb, idx, val, vs, G, panel, ldp, w, out, ldo); return; }
+    if (isa == SK_ISA_AVX2) { SK_FN(sk_bspmm, avx2)(nb, idx, val, vs, G, panel, ldp, w, out, ldo); return; }
+#endif
+    SK_FN(sk_bspmm, generic)(nb, idx, val, vs, G, panel, ldp, w, out, ldo);
 }
 
 static inline void SK_CAT3(sk_axpy_rows, SK_TS, SK_IS)(int isa, int64_t nnz, const SK_I *idx,

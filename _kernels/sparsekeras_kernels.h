@@ -147,6 +147,24 @@ SK_SPGEMM_DECL(f64, i64, double, int64_t)
 #undef SK_SPGEMM_DECL
 /* ---- end csr_spgemm ---------------------------------------------------------------------- */
 
+/* ---- bcsc_matmul (bcsc_matmul.pxi) -------------------------------------------------------
+ * sk_dense_bcsc_matmul: out (n_rows x n_cols) = x (n_rows x n_inner) @ W, W in block-CSC form:
+ *   groups of `block` consecutive columns (n_cols a multiple of block); indptr has
+ *   n_cols / block + 1 entries over groups, indices one input row in [0, n_inner) per block,
+ *   data block values block-major (data[b * block + g] = W[indices[b], q * block + g] for a
+ *   block b of group q). A layer pruned in (1, block) blocks. Complexity O(nblocks * block *
+ *   n_rows). Bitwise identical for every n_threads.
+ */
+#define SK_BCSC_DECL(TS, IS, T, I)                                                                \
+  int sk_dense_bcsc_matmul_##TS##_##IS(int64_t n_rows, int64_t n_inner, int64_t n_cols,          \
+      int64_t block, const I *indptr, const I *indices, const T *data, const T *x, T *out,        \
+      int n_threads);
+SK_BCSC_DECL(f32, i32, float, int32_t)
+SK_BCSC_DECL(f32, i64, float, int64_t)
+SK_BCSC_DECL(f64, i32, double, int32_t)
+SK_BCSC_DECL(f64, i64, double, int64_t)
+#undef SK_BCSC_DECL
+
 /* ---- take (take.pxi) ----------------------------------------------------------------------
  * sk_take_values: out[p] = params[idx[p]] for p < n (params has n_params entries): the value
  *   permutations of the gradients (CSC -> CSR order) and the kept-weight gathers of the layers.

@@ -1,0 +1,195 @@
+# bcsc_matmul: dense x block-sparse product, the weight stored in 1 x G blocks ("block-CSC").
+#
+# W (n_inner x n_cols) is cut into groups of G consecutive columns (outputs); a block is one input
+# row k of one group, stored when any of its G weights is nonzero. Arrays: indptr (n_cols / G + 1
+# entries over groups), indices (one input row per block, in [0, n_inner)), data (G values per
+# block, block-major: data[b * G + g] = W[indices[b], q * G + g] for block b of group q). This is
+# the CSC kernel with G columns sharing one index list: each packed panel row loaded from L2 feeds
+# G accumulators instead of one, so a layer pruned in (1, G) blocks computes at up to G times the
+# arithmetic intensity of an unstructured one.
+
+cdef extern from "sk_simd.h" nogil:
+    void sk_bspmm_f32_i32(int isa, int64_t nb, const int32_t *idx, const float *val, int64_t vs,
+                          int G, const float *panel, int64_t ldp, int64_t w, float *out,
+                          int64_t ldo)
+    void sk_bspmm_f32_i64(int isa, int64_t nb, const int64_t *idx, const float *val, int64_t vs,
+                          int G, const float *panel, int64_t ldp, int64_t w, float *out,
+                          int64_t ldo)
+    void sk_bspmm_f64_i32(int isa, int64_t nb, const int32_t *idx, const double *val, int64_t vs,
+                          int G, const double *panel, int64_t ldp, int64_t w, double *out,
+                          int64_t ldo)
+    void sk_bspmm_f64_i64(int isa, int64_t nb, const int64_t *idx, const double *val, int64_t vs,
+                          int G, const double *panel, int64_t ldp, int64_t w, double *out,
+                          int64_t ldo)
+
+
+cdef inline void _bspmm(int isa, int64_t nb, const index_t *idx, const real_t *val, int64_t vs,
+                        int G, const real_t *panel, int64_t ldp, int64_t w, real_t *out,
+                        int64_t ldo) noexcept nogil:
+    if real_t is float:
+        if index_t is int32_t:
+            sk_bspmm_f32_i32(isa, nb, idx, val, vs, G, panel, ldp, w, out, ldo)
+        else:
+            sk_bspmm_f32_i64(isa, nb, idx, val, vs, G, panel, ldp, w, out, ldo)
+    else:
+        if index_t is int32_t:
+            sk_bspmm_f64_i32(isa, nb, idx, val, vs, G, panel, ldp, w, out, ldo)
+        else:
+            sk_bspmm_f64_i64(isa, nb, idx, val, vs, G, panel, ldp, w, out, ldo)
+
+
+cdef int _dense_bcsc_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, int64_t block,
+                            const index_t *indptr, const index_t *indices, const real_t *data,
+                            const real_t *x, real_t *out, int n_threads) noexcept nogil:
+    """out (n_rows x n_cols) = x (n_rows x n_inner) @ W, W in block-CSC form (see above).
+
+    As the CSC kernel: x^T packed in panels of `tile` batch rows; a thread owns a range of groups
+    balanced by blocks; per panel, the groups' outputs are buffered (SK_ROW_GROUP rows or one
+    group) and stored transposed into out. Complexity O(nblocks * block * n_rows)."""
+    cdef int isa = sk_isa()
+    cdef int64_t tile = _tile(out)
+    cdef int64_t n_groups = n_cols // block
+    cdef int64_t gpc = SK_ROW_GROUP // block
+    cdef int64_t n_tiles = (n_rows + tile - 1) // tile
+    cdef Py_ssize_t c, qq
+    cdef int64_t q, q0, q1, gq, t, w, j, r, rows, b, g
+    cdef int64_t *bounds
+    cdef real_t *panels
+    cdef real_t *scratch
+    cdef real_t *buf
+    cdef real_t *o
+    cdef const real_t *pt
+    cdef real_t acc
+    if n_rows == 0 or n_cols == 0:
+        return 0
+    if n_threads < 1:
+        n_threads = 1
+    if gpc < 1:
+        gpc = 1
+    if n_rows == 1:
+        for qq in prange(n_groups, nogil=True, schedule='guided', num_threads=n_threads):
+            for g in range(block):
+                acc = 0
+                for b in range(indptr[qq], indptr[qq + 1]):
+                    acc = acc + data[b * block + g] * x[indices[b]]
+                out[qq * block + g] = acc
+        return 0
+    bounds = <int64_t *>malloc((n_threads + 1) * sizeof(int64_t))
+    if bounds == NULL:
+        return -1
+    panels = <real_t *>_scratch_alloc(n_inner * n_rows * sizeof(real_t))
+    scratch = <real_t *>_scratch_alloc(n_threads * gpc * block * tile * sizeof(real_t))
+    if panels == NULL or scratch == NULL:
+        _scratch_free(panels)
+        _scratch_free(scratch)
+        free(bounds)
+        return -1
+    _balanced_bounds(n_groups, indptr, block, 4 * block, n_threads, bounds)
+    _pack_transposed(n_rows, n_inner, x, tile, panels, n_threads)
+    for c in prange(n_threads, nogil=True, schedule='static', chunksize=1, num_threads=n_threads):
+        q0 = bounds[c]
+        q1 = bounds[c + 1]
+        buf = scratch + c * gpc * block * tile
+        for t in range(n_tiles):
+            w = n_rows - t * tile
+            if w > tile:
+                w = tile
+            pt = panels + t * tile * n_inner
+            q = q0
+            while q < q1:
+                gq = q1 - q
+                if gq > gpc:
+                    gq = gpc
+                for r in range(gq):
+                    _bspmm(isa, indptr[q + r + 1] - indptr[q + r], indices + indptr[q + r],
+                           data + indptr[q + r] * block, block, <int>block, pt, w, w,
+                           buf + r * block * w, w)
+                rows = gq * block
+                for j in range(w):
+                    o = out + (t * tile + j) * n_cols + q * block
+                    for r in range(rows):
+                        o[r] = buf[r * w + j]
+                q = q + gq
+    _scratch_free(scratch)
+    _scratch_free(panels)
+    free(bounds)
+    return 0
+
+
+cdef public int sk_dense_bcsc_matmul_f32_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols,
+        int64_t block, const int32_t *indptr, const int32_t *indices, const float *data,
+        const float *x, float *out, int n_threads) noexcept nogil:
+    return _dense_bcsc_matmul(n_rows, n_inner, n_cols, block, indptr, indices, data, x, out,
+                              n_threads)
+
+cdef public int sk_dense_bcsc_matmul_f32_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols,
+        int64_t block, const int64_t *indptr, const int64_t *indices, const float *data,
+        const float *x, float *out, int n_threads) noexcept nogil:
+    return _dense_bcsc_matmul(n_rows, n_inner, n_cols, block, indptr, indices, data, x, out,
+                              n_threads)
+
+cdef public int sk_dense_bcsc_matmul_f64_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols,
+        int64_t block, const int32_t *indptr, const int32_t *indices, const double *data,
+        const double *x, double *out, int n_threads) noexcept nogil:
+    return _dense_bcsc_matmul(n_rows, n_inner, n_cols, block, indptr, indices, data, x, out,
+                              n_threads)
+
+cdef public int sk_dense_bcsc_matmul_f64_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols,
+        int64_t block, const int64_t *indptr, const int64_t *indices, const double *data,
+        const double *x, double *out, int n_threads) noexcept nogil:
+    return _dense_bcsc_matmul(n_rows, n_inner, n_cols, block, indptr, indices, data, x, out,
+                              n_threads)
+
+
+def dense_bcsc_matmul(x, indptr, indices, data, shape, block, *, n_threads=None):
+    """Y = X @ W with X dense (M x K, or K for a vector) and W (K x N) in block-CSC form:
+    groups of `block` consecutive columns, one index list per group (see `bcsc_from_dense`).
+
+    indptr: N / block + 1 entries over groups; indices: input rows in [0, K), one per block;
+    data: block values, shape (nblocks * block,) or (nblocks, block), data[b, g] the weight of
+    column q * block + g of block b's group q. Returns (M, N) (or (N,)).
+    Complexity O(nblocks * block * M).
+    """
+    n_inner, n_cols = _shape2(shape, "w.shape")
+    if isinstance(block, (bool, np.bool_)) or not isinstance(block, (int, np.integer)) or block < 1:
+        raise ValueError(f"block must be a positive integer; received block={block!r}")
+    if n_cols % block:
+        raise ValueError(f"w.shape[1] must be a multiple of block={block}; "
+                         f"received w.shape={(n_inner, n_cols)}")
+    indptr, indices, _, _ = check_csr(indptr, indices, None, (n_cols // block, n_inner), "w")
+    nb = indices.shape[0]
+    data_arr = np.asarray(data)
+    if data_arr.shape not in ((nb * block,), (nb, block)):
+        raise ValueError(f"w.data must have block={block} values per block ({nb} blocks): shape "
+                         f"({nb * block},) or ({nb}, {block}); received shape {data_arr.shape}")
+    x_arr = np.asarray(x)
+    if x_arr.ndim not in (1, 2):
+        raise ValueError(f"x must be 1-D or 2-D; received shape {x_arr.shape}")
+    if x_arr.shape[x_arr.ndim - 1] != n_inner:
+        raise ValueError(f"x must have {n_inner} columns to match w.shape={(n_inner, n_cols)}; "
+                         f"received x.shape={x_arr.shape}")
+    dt = result_dtype(data_arr.dtype, x_arr.dtype, name="w.data and x")
+    cdef cnp.ndarray d = _values(data_arr.reshape(nb * block), dt, "w.data")
+    cdef cnp.ndarray xx = _values(x_arr.reshape(x_arr.shape[0] if x_arr.ndim == 2 else 1, n_inner), dt, "x")
+    cdef int64_t m = xx.shape[0], k = n_inner, n = n_cols, g = block
+    cdef cnp.ndarray out = np.empty((m, n), dtype=dt)
+    cdef cnp.ndarray ip = indptr, ix = indices
+    cdef int nt = _threads(n_threads, nb * block * m + m * k)
+    cdef bint f32 = dt == np.float32, i32 = indptr.dtype == np.int32
+    cdef int rc
+    with nogil:
+        if f32 and i32:
+            rc = sk_dense_bcsc_matmul_f32_i32(m, k, n, g, <int32_t *>_ptr(ip), <int32_t *>_ptr(ix),
+                                              <float *>_ptr(d), <float *>_ptr(xx), <float *>_ptr(out), nt)
+        elif f32:
+            rc = sk_dense_bcsc_matmul_f32_i64(m, k, n, g, <int64_t *>_ptr(ip), <int64_t *>_ptr(ix),
+                                              <float *>_ptr(d), <float *>_ptr(xx), <float *>_ptr(out), nt)
+        elif i32:
+            rc = sk_dense_bcsc_matmul_f64_i32(m, k, n, g, <int32_t *>_ptr(ip), <int32_t *>_ptr(ix),
+                                              <double *>_ptr(d), <double *>_ptr(xx), <double *>_ptr(out), nt)
+        else:
+            rc = sk_dense_bcsc_matmul_f64_i64(m, k, n, g, <int64_t *>_ptr(ip), <int64_t *>_ptr(ix),
+                                              <double *>_ptr(d), <double *>_ptr(xx), <double *>_ptr(out), nt)
+    if rc:
+        raise MemoryError("dense_bcsc_matmul: could not allocate scratch memory")
+    return out.reshape(n) if x_arr.ndim == 1 else out
