@@ -413,7 +413,8 @@ SK_FNT(sk_dot_run, avx2)(int64_t nnz, const int64_t *off, const SK_T *u, const S
 #endif
 
 /* Block-CSC SpMM (avx2): gc (1, 2, 4 or 8) outputs x nv vectors of accumulators (the last vector
- * masked by m), one pass over the group's blocks. */
+ * masked by m), one pass over the group's blocks. The dispatcher passes the value stride vs as a
+ * constant where it can (vs == gc, or 16): a run-time stride cost ~30% at 4096 x 4096, G = 8. */
 __attribute__((target("avx2,fma"), always_inline)) static inline void
 SK_FN(sk_bspmm_gv, avx2)(const int gc, const int nv, int64_t nb, const SK_I *idx, const SK_T *val,
                         int64_t vs, const SK_T *panel, int64_t ldp, __m256i m, SK_T *out,
@@ -457,7 +458,11 @@ SK_FN(sk_bspmm, avx2)(int64_t nb, const SK_I *idx, const SK_T *val, int64_t vs, 
             const SK_T *pj = panel + j;
             SK_T *oj = out + (int64_t)g0 * ldo + j;
             switch (gc * 16 + nv) {
-#define SK_CASE(G_, V_) case G_ * 16 + V_: SK_FN(sk_bspmm_gv, avx2)(G_, V_, nb, idx, val + g0, vs, pj, ldp, m, oj, ldo); break;
+#define SK_CASE(G_, V_) case G_ * 16 + V_:                                               \
+                if (vs == G_) SK_FN(sk_bspmm_gv, avx2)(G_, V_, nb, idx, val + g0, G_, pj, ldp, m, oj, ldo);   \
+                else if (vs == 16) SK_FN(sk_bspmm_gv, avx2)(G_, V_, nb, idx, val + g0, 16, pj, ldp, m, oj, ldo); \
+                else SK_FN(sk_bspmm_gv, avx2)(G_, V_, nb, idx, val + g0, vs, pj, ldp, m, oj, ldo);           \
+                break;
                 SK_CASE(1, 1) SK_CASE(1, 2) SK_CASE(1, 3) SK_CASE(1, 4)
                 SK_CASE(2, 1) SK_CASE(2, 2) SK_CASE(2, 3) SK_CASE(2, 4)
                 SK_CASE(4, 1) SK_CASE(4, 2) SK_CASE(4, 3) SK_CASE(4, 4)
@@ -783,7 +788,8 @@ SK_FNT(sk_dot_run, avx512)(int64_t nnz, const int64_t *off, const SK_T *u, const
 #endif
 
 /* Block-CSC SpMM (avx512): gc (1, 2, 4 or 8) outputs x nv vectors of accumulators (the last vector
- * masked by m), one pass over the group's blocks. */
+ * masked by m), one pass over the group's blocks. The dispatcher passes the value stride vs as a
+ * constant where it can (vs == gc, or 16): a run-time stride cost ~30% at 4096 x 4096, G = 8. */
 __attribute__((target("avx512f"), always_inline)) static inline void
 SK_FN(sk_bspmm_gv, avx512)(const int gc, const int nv, int64_t nb, const SK_I *idx, const SK_T *val,
                         int64_t vs, const SK_T *panel, int64_t ldp, SK_M5 m, SK_T *out,
@@ -827,7 +833,11 @@ SK_FN(sk_bspmm, avx512)(int64_t nb, const SK_I *idx, const SK_T *val, int64_t vs
             const SK_T *pj = panel + j;
             SK_T *oj = out + (int64_t)g0 * ldo + j;
             switch (gc * 16 + nv) {
-#define SK_CASE(G_, V_) case G_ * 16 + V_: SK_FN(sk_bspmm_gv, avx512)(G_, V_, nb, idx, val + g0, vs, pj, ldp, m, oj, ldo); break;
+#define SK_CASE(G_, V_) case G_ * 16 + V_:                                               \
+                if (vs == G_) SK_FN(sk_bspmm_gv, avx512)(G_, V_, nb, idx, val + g0, G_, pj, ldp, m, oj, ldo);   \
+                else if (vs == 16) SK_FN(sk_bspmm_gv, avx512)(G_, V_, nb, idx, val + g0, 16, pj, ldp, m, oj, ldo); \
+                else SK_FN(sk_bspmm_gv, avx512)(G_, V_, nb, idx, val + g0, vs, pj, ldp, m, oj, ldo);           \
+                break;
                 SK_CASE(1, 1) SK_CASE(1, 2) SK_CASE(1, 3) SK_CASE(1, 4)
                 SK_CASE(2, 1) SK_CASE(2, 2) SK_CASE(2, 3) SK_CASE(2, 4)
                 SK_CASE(4, 1) SK_CASE(4, 2) SK_CASE(4, 3) SK_CASE(4, 4)
