@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <string>
 #include <cstdint>
 
 #include "absl/status/status.h"
@@ -68,10 +69,13 @@ struct CsrDims {
 };
 
 // Checks dense_shape, lengths and the CSR structure. `name` names the operand in messages;
-// `csc` means the structure is the CSC form of a dense_shape = [K, N] matrix.
+// `csc` means the structure is the CSC form of a dense_shape = [K, N] matrix; `block` > 1 (with
+// csc) the block-CSC form: one structure row per group of `block` columns, `block` values per
+// stored index (dims->rows is then the number of groups, dims->nnz the number of blocks).
 template <typename I>
 absl::Status ValidateCsr(const Tensor& indptr, const Tensor& indices, const Tensor* values,
-                         const Tensor& dense_shape, const char* name, bool csc, CsrDims* dims) {
+                         const Tensor& dense_shape, const char* name, bool csc, CsrDims* dims,
+                         int64_t block = 1) {
   if (dense_shape.dims() != 1 || dense_shape.NumElements() != 2) {
     return absl::InvalidArgumentError(absl::StrCat(
         name, ".dense_shape must be a vector of 2 sizes; received shape ",
@@ -84,21 +88,33 @@ absl::Status ValidateCsr(const Tensor& indptr, const Tensor& indices, const Tens
   }
   dims->rows = csc ? ds(1) : ds(0);
   dims->cols = csc ? ds(0) : ds(1);
+  if (block > 1) {
+    if (ds(1) % block != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          name, ".dense_shape[1] must be a multiple of block=", block, "; received [", ds(0),
+          ", ", ds(1), "]"));
+    }
+    dims->rows = ds(1) / block;
+  }
   if (indptr.dims() != 1 || indptr.NumElements() != dims->rows + 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         name, ".indptr must be a vector of ", dims->rows + 1, " entries for dense_shape [", ds(0),
-        ", ", ds(1), "]", csc ? " (CSC: one per column, plus one)" : "", "; received shape ",
-        indptr.shape().DebugString()));
+        ", ", ds(1), "]",
+        block > 1 ? absl::StrCat(" (block-CSC: one per group of ", block, " columns, plus one)")
+                  : std::string(csc ? " (CSC: one per column, plus one)" : ""),
+        "; received shape ", indptr.shape().DebugString()));
   }
   if (indices.dims() != 1) {
     return absl::InvalidArgumentError(absl::StrCat(name, ".indices must be a vector; received shape ",
                                                    indices.shape().DebugString()));
   }
   dims->nnz = indices.NumElements();
-  if (values != nullptr && (values->dims() != 1 || values->NumElements() != dims->nnz)) {
+  if (values != nullptr && (values->dims() != 1 || values->NumElements() != dims->nnz * block)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        name, ".values must be a vector with one entry per index (", dims->nnz,
-        "); received shape ", values->shape().DebugString()));
+        name, ".values must be a vector with ",
+        block > 1 ? absl::StrCat(block, " entries per index (", dims->nnz * block, ")")
+                  : absl::StrCat("one entry per index (", dims->nnz, ")"),
+        "; received shape ", values->shape().DebugString()));
   }
   const I* ip = indptr.flat<I>().data();
   const I* ix = indices.flat<I>().data();

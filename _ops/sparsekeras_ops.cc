@@ -8,6 +8,7 @@
 //   CsrMatMul(indptr, indices, values, dense_shape, b) -> A @ b               A: M x K (CSR)
 //   DenseCscMatMul(x, indptr, indices, values, dense_shape) -> x @ W         W: K x N (CSC)
 //   DenseCsrMatMul(x, indptr, indices, values, dense_shape) -> x @ B         B: N x K (CSR)
+//   DenseBcscMatMul(x, indptr, indices, values, dense_shape; block) -> x @ W  W: K x N (1 x block blocks)
 //   CsrSddmm(indptr, indices, dense_shape, u, v) -> values, out[p] = u[i] . v[j]
 //   CsrSddmmT(indptr, indices, dense_shape, ut, vt) -> values, out[p] = ut[:, i] . vt[:, j]
 //   CsrTransposeStructure(indptr, indices, dense_shape) -> (indptr_t, indices_t, perm)
@@ -68,6 +69,22 @@ absl::Status DenseCscMatMulShape(InferenceContext* c) {
   TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 1, &dense_shape));
   DimensionHandle n;
   TF_RETURN_IF_ERROR(c->Subtract(c->Dim(indptr, 0), 1, &n));
+  c->set_output(0, c->Matrix(c->Dim(x, 0), n));
+  return absl::OkStatus();
+}
+
+absl::Status DenseBcscMatMulShape(InferenceContext* c) {
+  ShapeHandle x, indptr, indices, values, dense_shape;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &x));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &indptr));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &indices));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &values));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 1, &dense_shape));
+  int64_t block = 1;
+  TF_RETURN_IF_ERROR(c->GetAttr("block", &block));
+  DimensionHandle groups, n;
+  TF_RETURN_IF_ERROR(c->Subtract(c->Dim(indptr, 0), 1, &groups));
+  TF_RETURN_IF_ERROR(c->Multiply(groups, block, &n));
   c->set_output(0, c->Matrix(c->Dim(x, 0), n));
   return absl::OkStatus();
 }
@@ -166,6 +183,21 @@ REGISTER_OP("SparseKeras>DenseCscMatMul")
          "the permutation CSC -> CSR (CsrTransposeStructure of the CSC arrays), read only by the "
          "gradient; empty tensors make the gradient compute them.");
 
+REGISTER_OP("SparseKeras>DenseBcscMatMul")
+    .Input("x: T")
+    .Input("indptr: Tindex")
+    .Input("indices: Tindex")
+    .Input("values: T")
+    .Input("dense_shape: int64")
+    .Output("out: T")
+    .Attr("block: int >= 1")
+    .Attr("T: {float, double}")
+    .Attr("Tindex: {int32, int64}")
+    .SetShapeFn(sparsekeras::DenseBcscMatMulShape)
+    .Doc("out = x @ W, W sparse (K x N) in block-CSC form: groups of `block` consecutive "
+         "columns, indptr over the N / block groups, indices one row id per stored block, values "
+         "`block` weights per block (block-major); dense_shape = [K, N].");
+
 REGISTER_OP("SparseKeras>DenseCsrMatMul")
     .Input("x: T")
     .Input("indptr: Tindex")
@@ -239,6 +271,10 @@ namespace {
   inline int DenseCscMatMul(int64_t m, int64_t k, int64_t n, const I* ip, const I* ix, const T* d, \
                             const T* x, T* out, int nt) {                                          \
     return sk_dense_csc_matmul_##TS##_##IS(m, k, n, ip, ix, d, x, out, nt);                        \
+  }                                                                                                \
+  inline int DenseBcscMatMul(int64_t m, int64_t k, int64_t n, int64_t block, const I* ip,      \
+                             const I* ix, const T* d, const T* x, T* out, int nt) {               \
+    return sk_dense_bcsc_matmul_##TS##_##IS(m, k, n, block, ip, ix, d, x, out, nt);             \
   }                                                                                                \
   inline int DenseCsrMatMul(int64_t m, int64_t k, int64_t n, const I* ip, const I* ix, const T* d, \
                             const T* x, T* out, int nt) {                                          \
@@ -367,6 +403,44 @@ class DenseCscMatMulOp : public OpKernel {
 };
 
 template <typename T, typename I>
+class DenseBcscMatMulOp : public OpKernel {
+ public:
+  explicit DenseBcscMatMulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("block", &block_));
+  }
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& x = ctx->input(0);
+    const Tensor& indptr = ctx->input(1);
+    const Tensor& indices = ctx->input(2);
+    const Tensor& values = ctx->input(3);
+    const Tensor& dense_shape = ctx->input(4);
+    CsrDims d;  // rows = N / block groups, cols = K, nnz = blocks
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(indptr, indices, &values, dense_shape, "w", true, &d,
+                                       block_));
+    OP_REQUIRES(ctx, x.dims() == 2,
+                absl::InvalidArgumentError(absl::StrCat("x must be a matrix; received shape ",
+                                                        x.shape().DebugString())));
+    const int64_t n = d.rows * block_;
+    OP_REQUIRES(ctx, x.dim_size(1) == d.cols,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "x must have ", d.cols, " columns to match w.dense_shape [", d.cols, ", ", n,
+                    "]; received x.shape ", x.shape().DebugString())));
+    const int64_t m = x.dim_size(0);
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({m, n}), &out));
+    if (m == 0 || n == 0) return;
+    ThreadLease lease(ctx, d.nnz * block_ * m + m * d.cols);
+    int rc = DenseBcscMatMul(m, d.cols, n, block_, indptr.flat<I>().data(),
+                             indices.flat<I>().data(), values.flat<T>().data(),
+                             x.flat<T>().data(), out->flat<T>().data(), lease.n());
+    OP_REQUIRES(ctx, rc == 0, Allocation("DenseBcscMatMul"));
+  }
+
+ private:
+  int64_t block_ = 1;
+};
+
+template <typename T, typename I>
 class DenseCsrMatMulOp : public OpKernel {
  public:
   explicit DenseCsrMatMulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
@@ -478,6 +552,11 @@ class CsrTransposeStructureOp : public OpKernel {
                               .TypeConstraint<T>("T")                                   \
                               .TypeConstraint<I>("Tindex"),                             \
                           DenseCscMatMulOp<T, I>);                                      \
+  REGISTER_KERNEL_BUILDER(Name("SparseKeras>DenseBcscMatMul")                           \
+                              .Device(DEVICE_CPU)                                       \
+                              .TypeConstraint<T>("T")                                   \
+                              .TypeConstraint<I>("Tindex"),                             \
+                          DenseBcscMatMulOp<T, I>);                                     \
   REGISTER_KERNEL_BUILDER(Name("SparseKeras>DenseCsrMatMul")                            \
                               .Device(DEVICE_CPU)                                       \
                               .TypeConstraint<T>("T")                                   \
