@@ -2,9 +2,12 @@
 
 1. One training step (forward + backward + Adam) of a 4096 -> 4096 layer at 90% sparsity,
    batch 256: keras.layers.Dense vs SparseDense (dense kernel + mask, sparse compute) vs
-   CompactDense (CSC values only: the optimizer updates the nonzeros only).
-2. A 784-4096-4096-10 MLP pruned to 90% (hidden layers): `predict` latency on batch 256 and 1,
-   dense vs stripped (`sparsekeras.strip`), and the `.keras` file sizes (weights only).
+   CompactDense (CSC values only: the optimizer updates the nonzeros only) vs CompactDense in
+   (1, 8) blocks (block-CSC).
+2. A 784-4096-4096-10 MLP pruned to 90% (hidden layers), by weight magnitude, unstructured and
+   in (1, 8) blocks (GradualPruning(granularity="block", block_shape=(1, 8))'s masks):
+   `predict` latency on batch 256 and 1, dense vs stripped (`sparsekeras.strip`, which stores the
+   block-pruned kernels in block-CSC form), and the `.keras` file sizes.
 
 Usage: python benchmarks/bench_layers.py --out DIR [--quick]
 Writes DIR/bench_layers.json and prints a table. Medians of repeated runs, same process.
@@ -46,6 +49,8 @@ def train_step_bench(width, batch, sparsity, repeats):
         "Dense": lambda: keras.layers.Dense(width),
         "SparseDense": lambda: sparsekeras.layers.SparseDense(width),
         "CompactDense": lambda: sparsekeras.layers.CompactDense(width, sparsity=sparsity, seed=0),
+        "CompactDense1x8": lambda: sparsekeras.layers.CompactDense(width, sparsity=sparsity, seed=0,
+                                                                   block=8),
     }
     for name, make in makers.items():
         layer = make()
@@ -56,8 +61,12 @@ def train_step_bench(width, batch, sparsity, repeats):
             assert layer.uses_sparse_kernels
         med, best = _median_ms(lambda: model.train_on_batch(x, y), repeats)
         results[name] = {"median_ms": med, "min_ms": best}
-        print(f"  train step {name:13s} {med:9.2f} ms (min {best:.2f})", file=sys.stderr, flush=True)
+        print(f"  train step {name:15s} {med:9.2f} ms (min {best:.2f})", file=sys.stderr, flush=True)
     return results
+
+
+GRANULARITIES = {"unstructured": dict(granularity="unstructured"),
+                 "block1x8": dict(granularity="block", block_shape=(1, 8))}
 
 
 def mlp_bench(sparsity, repeats, quick):
@@ -65,6 +74,7 @@ def mlp_bench(sparsity, repeats, quick):
     import tensorflow as tf
 
     import sparsekeras
+    from sparsekeras import _masks
 
     hidden = 1024 if quick else 4096
     rng = np.random.default_rng(0)
@@ -74,27 +84,30 @@ def mlp_bench(sparsity, repeats, quick):
         keras.layers.Dense(hidden, activation="relu", name="hidden2"),
         keras.layers.Dense(10, name="logits"),
     ])
-    sparse = sparsekeras.sparsify(dense, layer_names=["hidden1", "hidden2"])
-    for layer in sparse.layers:
-        if isinstance(layer, sparsekeras.layers.SparseDense):
-            w = keras.ops.convert_to_numpy(layer.kernel)
-            from sparsekeras import _masks
-
-            layer.set_mask(_masks.magnitude_mask(w, sparsity))
-    stripped = sparsekeras.strip(sparse)
-    out = {"hidden": hidden}
+    models = {"dense": dense}
+    blocks = {}
+    for gname, options in GRANULARITIES.items():
+        sparse = sparsekeras.sparsify(dense, layer_names=["hidden1", "hidden2"])
+        for layer in sparse.layers:
+            if isinstance(layer, sparsekeras.layers.SparseDense):
+                w = keras.ops.convert_to_numpy(layer.kernel)
+                layer.set_mask(_masks.magnitude_mask(w, sparsity, **options))
+        models[gname] = sparsekeras.strip(sparse)
+        blocks[gname] = [layer.block for layer in models[gname].layers
+                         if isinstance(layer, sparsekeras.layers.CompactDense)]
+    out = {"hidden": hidden, "granularities": list(GRANULARITIES), "blocks": blocks}
     for batch in (1, 256):
         x = tf.constant(rng.standard_normal((batch, 784), dtype=np.float32))
-        for name, model in (("dense", dense), ("stripped", stripped)):
+        for name, model in models.items():
             fn = tf.function(lambda t, m=model: m(t, training=False))
             med, best = _median_ms(lambda: fn(x).numpy(), repeats)
             out[f"{name}_b{batch}_ms"] = med
             pred_med, _ = _median_ms(lambda: model.predict_on_batch(x), repeats)
             out[f"{name}_b{batch}_predict_on_batch_ms"] = pred_med
-            print(f"  MLP {name:9s} batch {batch:3d}: call {med:8.3f} ms, predict_on_batch "
+            print(f"  MLP {name:12s} batch {batch:3d}: call {med:8.3f} ms, predict_on_batch "
                   f"{pred_med:8.3f} ms", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for name, model in (("dense", dense), ("stripped", stripped)):
+        for name, model in models.items():
             path = os.path.join(tmp, f"{name}.keras")
             model.save(path)
             out[f"{name}_file_bytes"] = os.path.getsize(path)
@@ -132,17 +145,19 @@ def main(argv=None):
     d = step["Dense"]["median_ms"]
     print(f"\nTraining step ({width} -> {width}, batch 256, 90% sparse, Adam), median ms")
     for name, r in step.items():
-        print(f"  {name:13s} {r['median_ms']:9.2f} ms   {d / r['median_ms']:5.2f}x vs Dense")
+        print(f"  {name:15s} {r['median_ms']:9.2f} ms   {d / r['median_ms']:5.2f}x vs Dense")
     h = mlp["hidden"]
-    print(f"\n784-{h}-{h}-10 MLP, hidden layers 90% sparse (stripped)")
-    for b in (1, 256):
-        dm, sm = mlp[f"dense_b{b}_ms"], mlp[f"stripped_b{b}_ms"]
-        print(f"  batch {b:3d}: dense {dm:8.3f} ms  stripped {sm:8.3f} ms  {dm / sm:5.2f}x   "
-              f"(predict_on_batch: {mlp[f'dense_b{b}_predict_on_batch_ms']:.3f} vs "
-              f"{mlp[f'stripped_b{b}_predict_on_batch_ms']:.3f} ms)")
-    ratio = mlp["stripped_file_bytes"] / mlp["dense_file_bytes"]
-    print(f"  .keras file: dense {mlp['dense_file_bytes'] / 1e6:.2f} MB, stripped "
-          f"{mlp['stripped_file_bytes'] / 1e6:.2f} MB ({ratio:.1%} of dense)")
+    for g in mlp["granularities"]:
+        print(f"\n784-{h}-{h}-10 MLP, hidden layers 90% sparse, {g} (stripped; CompactDense "
+              f"blocks {mlp['blocks'][g]})")
+        for b in (1, 256):
+            dm, sm = mlp[f"dense_b{b}_ms"], mlp[f"{g}_b{b}_ms"]
+            print(f"  batch {b:3d}: dense {dm:8.3f} ms  stripped {sm:8.3f} ms  {dm / sm:5.2f}x   "
+                  f"(predict_on_batch: {mlp[f'dense_b{b}_predict_on_batch_ms']:.3f} vs "
+                  f"{mlp[f'{g}_b{b}_predict_on_batch_ms']:.3f} ms)")
+        ratio = mlp[f"{g}_file_bytes"] / mlp["dense_file_bytes"]
+        print(f"  .keras file: dense {mlp['dense_file_bytes'] / 1e6:.2f} MB, stripped "
+              f"{mlp[f'{g}_file_bytes'] / 1e6:.2f} MB ({ratio:.1%} of dense)")
     return 0
 
 

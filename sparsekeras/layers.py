@@ -15,10 +15,12 @@ import keras
 import tensorflow as tf
 
 from sparsekeras import _kernels
+from sparsekeras import linalg as _linalg
 from sparsekeras import ops as sk_ops
 from sparsekeras.ops._gradients import take as _take
 
 __all__ = ["SparseDense", "CompactDense", "DEFAULT_SWITCH_SPARSITY", "SPARSE_INPUT_SWITCH_SPARSITY",
+           "AUTO_BLOCKS", "AUTO_BLOCK_MAX_FILL",
            "SparseConv2D", "SparseDepthwiseConv2D", "CompactConv2D", "DEFAULT_CONV_SWITCH_SPARSITY"]
 
 # Sparsity from which the sparse kernels beat dense tf.matmul for a Dense layer: measured by
@@ -32,6 +34,14 @@ _COMPUTE_MODES = ("auto", "dense", "sparse")
 # per row times a 50,000 x 256 kernel, 2 threads: dense rows 0.42-0.45 ms at every sparsity;
 # kept weights only 1.51 ms at 0.9, 0.69 at 0.95, 0.31 at 0.98, 0.23 at 0.99.
 SPARSE_INPUT_SWITCH_SPARSITY = 0.97
+# Block widths CompactDense.from_kernel(block="auto") tries, widest first: a kernel whose nonzeros
+# come in (1, G) blocks (GradualPruning(granularity="block", block_shape=(1, G)) or (r, G)) is
+# stored in block-CSC form. 4096 x 4096 at 90%, batch 256, 2 threads, NumPy level: G=8 2.3 ms,
+# G=4 2.4, G=2 3.4, unstructured (CSC) 5.4-5.9; 16 is no faster than 8.
+AUTO_BLOCKS = (8, 4, 2)
+# Stored entries per nonzero up to which "auto" takes a block width (zeros inside stored blocks
+# are computed; a kept weight that trained to exactly 0 should not rule the blocks out).
+AUTO_BLOCK_MAX_FILL = 1.02
 
 
 def _dynamic_variable(value, dtype, name):
@@ -406,10 +416,20 @@ class CompactDense(keras.layers.Layer):
     Build it with `CompactDense.from_kernel(kernel, bias, ...)` (what `sparsekeras.strip` does),
     or let it draw a random pattern of the given `sparsity` when built (static sparse training).
 
+    With `block` = G > 1 the kernel is stored in block-CSC form: groups of G consecutive
+    outputs share their list of input rows (one (1, G) block per stored row), and the product
+    feeds G outputs from each input row it loads (`sparsekeras.ops.dense_bcsc_matmul`). A
+    kernel pruned in (1, G) blocks computes ~2.4x faster this way than unstructured at the
+    same density (90%, 4096 x 4096, batch 256, G=8). `from_kernel(block="auto")` picks G
+    from the kernel's nonzeros.
+
     Args:
         units: output size.
         nnz: number of stored weights (set by from_kernel; None: from `sparsity` at build time).
-        sparsity: fraction of zeros of a random pattern drawn at build time, when nnz is None.
+            With block > 1, a multiple of block (whole blocks are stored).
+        sparsity: fraction of zeros of a random pattern drawn at build time, when nnz is None
+            (random blocks when block > 1).
+        block: 1 (CSC, unstructured) or the width G of the (1, G) blocks; divides `units`.
         activation, use_bias, kernel_initializer (for the values of a random pattern),
         bias_initializer, kernel_regularizer (on the values), bias_regularizer: as in Dense.
         seed: seed of the random pattern.
@@ -417,10 +437,16 @@ class CompactDense(keras.layers.Layer):
 
     def __init__(self, units, nnz=None, sparsity=None, activation=None, use_bias=True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
-                 kernel_regularizer=None, bias_regularizer=None, seed=None, **kwargs):
+                 kernel_regularizer=None, bias_regularizer=None, seed=None, block=1, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(units, int) or units <= 0:
             raise ValueError(f"Expected a positive integer `units`. Received: units={units}")
+        if isinstance(block, bool) or not isinstance(block, int) or block < 1 or units % block:
+            raise ValueError("Expected `block` a positive integer dividing `units`. "
+                             f"Received: block={block!r}, units={units}")
+        if nnz is not None and int(nnz) % block:
+            raise ValueError(f"Expected `nnz` a multiple of block={block}. Received: nnz={nnz}")
+        self.block = block
         if nnz is None and sparsity is None:
             raise ValueError("CompactDense needs `nnz` (use CompactDense.from_kernel) or "
                              "`sparsity` (random pattern). Received: nnz=None, sparsity=None")
@@ -440,19 +466,28 @@ class CompactDense(keras.layers.Layer):
         self._pending = None
 
     def build(self, input_shape):
-        k, n = int(input_shape[-1]), self.units
+        k, n, g = int(input_shape[-1]), self.units, self.block
         pattern = None
         if self.nnz is None:
             rng = np.random.default_rng(self.seed)
-            self.nnz = int(round((1.0 - self.target_sparsity) * k * n))
-            flat = np.sort(rng.choice(k * n, size=self.nnz, replace=False))
-            mask = np.zeros(k * n, bool)
-            mask[flat] = True
-            pattern = _structure_from_mask(mask.reshape(k, n))
+            n_blocks = int(round((1.0 - self.target_sparsity) * k * n / g))
+            self.nnz = n_blocks * g
+            flat = np.sort(rng.choice(k * (n // g), size=n_blocks, replace=False))
+            block_mask = np.zeros(k * (n // g), bool)
+            block_mask[flat] = True
+            mask = np.repeat(block_mask.reshape(k, n // g), g, axis=1)
+            if g == 1:
+                pattern = _structure_from_mask(mask)
+            else:
+                ip, ix, _ = _linalg.bcsc_from_dense(mask, g)
+                rows = np.repeat(ix.astype(np.int64), g)
+                cols = (np.repeat(np.repeat(np.arange(n // g), np.diff(ip)), g) * g
+                        + np.tile(np.arange(g), len(ix)))
+                pattern = dict(indptr=ip, indices=ix, positions=rows * n + cols)
         self.input_dim = k
-        self.indptr = self.add_weight(name="indptr", shape=(n + 1,), dtype="int32",
+        self.indptr = self.add_weight(name="indptr", shape=(n // g + 1,), dtype="int32",
                                       initializer="zeros", trainable=False)
-        self.indices = self.add_weight(name="indices", shape=(self.nnz,), dtype="int32",
+        self.indices = self.add_weight(name="indices", shape=(self.nnz // g,), dtype="int32",
                                        initializer="zeros", trainable=False)
         self.values = self.add_weight(name="values", shape=(self.nnz,), initializer="zeros",
                                       regularizer=self.kernel_regularizer, trainable=True)
@@ -467,13 +502,31 @@ class CompactDense(keras.layers.Layer):
             self.values.assign(dense_init.reshape(-1)[pattern["positions"]])
 
     @classmethod
-    def from_kernel(cls, kernel, bias=None, name=None, **kwargs):
-        """A built CompactDense holding the nonzeros of `kernel` (input_dim, units) exactly."""
+    def from_kernel(cls, kernel, bias=None, name=None, block="auto", **kwargs):
+        """A built CompactDense holding the nonzeros of `kernel` (input_dim, units) exactly.
+
+        block: 1 (CSC), a block width G dividing units (block-CSC; zeros inside stored blocks
+        are kept), or "auto": the widest of AUTO_BLOCKS whose blocks hold the nonzeros with at
+        most AUTO_BLOCK_MAX_FILL stored entries per nonzero, else 1."""
         kernel = np.asarray(kernel)
+        if kernel.ndim != 2:
+            raise ValueError(f"Expected a 2-D kernel (input_dim, units). Received: "
+                             f"kernel.shape={kernel.shape}")
         k, n = kernel.shape
-        csc_indptr, csc_indices, csc_values = _kernels.dense_to_csr(
-            np.ascontiguousarray(kernel.T), index_dtype=np.int32)
-        layer = cls(units=n, nnz=len(csc_values), use_bias=bias is not None, name=name, **kwargs)
+        if isinstance(block, str):
+            if block != "auto":
+                raise ValueError(f"Expected `block` an int or 'auto'. Received: block={block!r}")
+            block = next((g for g in AUTO_BLOCKS
+                          if _linalg.block_fill(kernel, g) <= AUTO_BLOCK_MAX_FILL), 1)
+        if block > 1:
+            if n % block:
+                raise ValueError(f"Expected `block` dividing units={n}. Received: block={block}")
+            csc_indptr, csc_indices, csc_values = _linalg.bcsc_from_dense(kernel, block)
+        else:
+            csc_indptr, csc_indices, csc_values = _kernels.dense_to_csr(
+                np.ascontiguousarray(kernel.T), index_dtype=np.int32)
+        layer = cls(units=n, nnz=len(csc_values), use_bias=bias is not None, name=name,
+                    block=block, **kwargs)
         layer.build((None, k))
         layer.indptr.assign(csc_indptr)
         layer.indices.assign(csc_indices)
@@ -488,6 +541,11 @@ class CompactDense(keras.layers.Layer):
 
     def to_dense_kernel(self):
         """The kernel as a dense (input_dim, units) array (for inspection)."""
+        if self.block > 1:
+            return _linalg.bcsc_to_dense(keras.ops.convert_to_numpy(self.indptr),
+                                         keras.ops.convert_to_numpy(self.indices),
+                                         keras.ops.convert_to_numpy(self.values),
+                                         (self.input_dim, self.units), self.block)
         return _kernels.csr_to_dense(keras.ops.convert_to_numpy(self.indptr),
                                      keras.ops.convert_to_numpy(self.indices),
                                      keras.ops.convert_to_numpy(self.values),
@@ -505,8 +563,12 @@ class CompactDense(keras.layers.Layer):
         if values.dtype not in (tf.float32, tf.float64):
             values = tf.cast(values, tf.float32)
         csr = sk_ops.to_csr(inputs, index_dtype=tf.int32)
+        indptr, indices = self.indptr, self.indices
+        if self.block > 1:  # the CSC form of the blocks
+            indptr, indices, positions, _ = sk_ops.bcsc_expand(indptr, indices, self.block)
+            values = _take(values, positions)
         t_indptr, t_indices, perm = sk_ops.transpose_structure(
-            self.indptr, self.indices, [self.units, self.input_dim])
+            indptr, indices, [self.units, self.input_dim])
         y = sk_ops._ops.sparse_keras_csr_csr_mat_mul(
             csr.indptr, csr.indices, tf.cast(csr.values, values.dtype), csr.dense_shape,
             t_indptr, t_indices, _take(values, perm),
@@ -522,8 +584,11 @@ class CompactDense(keras.layers.Layer):
             return self.activation(y) if self.activation is not None else y
         x = tf.convert_to_tensor(inputs)
         values = tf.cast(self.values, x.dtype)
-        y = sk_ops.dense_csc_matmul(x, self.indptr, self.indices, values,
-                                    tf.constant([self.input_dim, self.units], tf.int64))
+        shape = tf.constant([self.input_dim, self.units], tf.int64)
+        if self.block > 1:
+            y = sk_ops.dense_bcsc_matmul(x, self.indptr, self.indices, values, shape, self.block)
+        else:
+            y = sk_ops.dense_csc_matmul(x, self.indptr, self.indices, values, shape)
         if self.bias is not None:
             y = y + tf.cast(self.bias, y.dtype)
         if self.activation is not None:
@@ -542,7 +607,7 @@ class CompactDense(keras.layers.Layer):
             bias_initializer=keras.initializers.serialize(self.bias_initializer),
             kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
             bias_regularizer=keras.regularizers.serialize(self.bias_regularizer),
-            seed=self.seed)
+            seed=self.seed, block=self.block)
         return config
 
 
