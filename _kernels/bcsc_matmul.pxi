@@ -193,3 +193,68 @@ def dense_bcsc_matmul(x, indptr, indices, data, shape, block, *, n_threads=None)
     if rc:
         raise MemoryError("dense_bcsc_matmul: could not allocate scratch memory")
     return out.reshape(n) if x_arr.ndim == 1 else out
+
+
+cdef void _bcsc_expand(int64_t n_groups, int64_t block, const index_t *indptr,
+                       const index_t *indices, index_t *e_indptr, index_t *e_indices,
+                       int64_t *positions, int64_t *inverse, int n_threads) noexcept nogil:
+    """The CSC form of a block-CSC structure: column n = q * block + g holds group q's rows.
+    e_indptr (n_groups * block + 1), e_indices and positions (CSC entry -> block value
+    b * block + g), inverse (block value -> CSC entry); nblocks * block entries each.
+    Complexity O(nblocks * block)."""
+    cdef Py_ssize_t qq
+    cdef int64_t g, b, p, c, q
+    e_indptr[0] = 0
+    for q in range(n_groups):
+        c = indptr[q + 1] - indptr[q]
+        for g in range(block):
+            e_indptr[q * block + g + 1] = e_indptr[q * block + g] + c
+    for qq in prange(n_groups, nogil=True, schedule='guided', num_threads=n_threads):
+        for g in range(block):
+            p = e_indptr[qq * block + g]
+            for b in range(indptr[qq], indptr[qq + 1]):
+                e_indices[p] = indices[b]
+                positions[p] = b * block + g
+                inverse[b * block + g] = p
+                p = p + 1
+
+
+cdef public void sk_bcsc_expand_i32(int64_t n_groups, int64_t block, const int32_t *indptr,
+        const int32_t *indices, int32_t *e_indptr, int32_t *e_indices, int64_t *positions,
+        int64_t *inverse, int n_threads) noexcept nogil:
+    _bcsc_expand(n_groups, block, indptr, indices, e_indptr, e_indices, positions, inverse,
+                 n_threads)
+
+cdef public void sk_bcsc_expand_i64(int64_t n_groups, int64_t block, const int64_t *indptr,
+        const int64_t *indices, int64_t *e_indptr, int64_t *e_indices, int64_t *positions,
+        int64_t *inverse, int n_threads) noexcept nogil:
+    _bcsc_expand(n_groups, block, indptr, indices, e_indptr, e_indices, positions, inverse,
+                 n_threads)
+
+
+def bcsc_expand(indptr, indices, block, n_inner, *, n_threads=None):
+    """(e_indptr, e_indices, positions, inverse): the CSC form of a block-CSC structure with
+    n_inner input rows (see `_bcsc_expand`); validates the structure first."""
+    if isinstance(block, (bool, np.bool_)) or not isinstance(block, (int, np.integer)) or block < 1:
+        raise ValueError(f"block must be a positive integer; received block={block!r}")
+    indptr, indices, n_groups, _ = check_csr(indptr, indices, None,
+                                             (len(np.asarray(indptr)) - 1, n_inner), "w")
+    nb = indices.shape[0]
+    cdef int64_t c_groups = n_groups, g = block
+    cdef cnp.ndarray ip = indptr, ix = indices
+    cdef cnp.ndarray e_ip = np.empty(n_groups * block + 1, dtype=indptr.dtype)
+    cdef cnp.ndarray e_ix = np.empty(nb * block, dtype=indptr.dtype)
+    cdef cnp.ndarray pos = np.empty(nb * block, dtype=np.int64)
+    cdef cnp.ndarray inv = np.empty(nb * block, dtype=np.int64)
+    cdef int nt = _threads(n_threads, nb * block // 4)
+    cdef bint i32 = indptr.dtype == np.int32
+    with nogil:
+        if i32:
+            sk_bcsc_expand_i32(c_groups, g, <int32_t *>_ptr(ip), <int32_t *>_ptr(ix),
+                               <int32_t *>_ptr(e_ip), <int32_t *>_ptr(e_ix), <int64_t *>_ptr(pos),
+                               <int64_t *>_ptr(inv), nt)
+        else:
+            sk_bcsc_expand_i64(c_groups, g, <int64_t *>_ptr(ip), <int64_t *>_ptr(ix),
+                               <int64_t *>_ptr(e_ip), <int64_t *>_ptr(e_ix), <int64_t *>_ptr(pos),
+                               <int64_t *>_ptr(inv), nt)
+    return e_ip, e_ix, pos, inv

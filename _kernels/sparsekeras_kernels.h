@@ -154,7 +154,17 @@ SK_SPGEMM_DECL(f64, i64, double, int64_t)
  *   data block values block-major (data[b * block + g] = W[indices[b], q * block + g] for a
  *   block b of group q). A layer pruned in (1, block) blocks. Complexity O(nblocks * block *
  *   n_rows). Bitwise identical for every n_threads.
+ * sk_bcsc_expand: the CSC form of a block-CSC structure (n_groups groups): e_indptr
+ *   (n_groups * block + 1), e_indices, positions (CSC entry -> block value) and inverse (block
+ *   value -> CSC entry), nblocks * block entries each; the caller validates the structure. The
+ *   gradients of the block product run on this form. Complexity O(nblocks * block).
  */
+void sk_bcsc_expand_i32(int64_t n_groups, int64_t block, const int32_t *indptr,
+    const int32_t *indices, int32_t *e_indptr, int32_t *e_indices, int64_t *positions,
+    int64_t *inverse, int n_threads);
+void sk_bcsc_expand_i64(int64_t n_groups, int64_t block, const int64_t *indptr,
+    const int64_t *indices, int64_t *e_indptr, int64_t *e_indices, int64_t *positions,
+    int64_t *inverse, int n_threads);
 #define SK_BCSC_DECL(TS, IS, T, I)                                                                \
   int sk_dense_bcsc_matmul_##TS##_##IS(int64_t n_rows, int64_t n_inner, int64_t n_cols,          \
       int64_t block, const I *indptr, const I *indices, const T *data, const T *x, T *out,        \

@@ -9,6 +9,7 @@
 //   DenseCscMatMul(x, indptr, indices, values, dense_shape) -> x @ W         W: K x N (CSC)
 //   DenseCsrMatMul(x, indptr, indices, values, dense_shape) -> x @ B         B: N x K (CSR)
 //   DenseBcscMatMul(x, indptr, indices, values, dense_shape; block) -> x @ W  W: K x N (1 x block blocks)
+//   BcscExpand(indptr, indices, dense_shape; block) -> (e_indptr, e_indices, positions, inverse)
 //   CsrSddmm(indptr, indices, dense_shape, u, v) -> values, out[p] = u[i] . v[j]
 //   CsrSddmmT(indptr, indices, dense_shape, ut, vt) -> values, out[p] = ut[:, i] . vt[:, j]
 //   CsrTransposeStructure(indptr, indices, dense_shape) -> (indptr_t, indices_t, perm)
@@ -86,6 +87,23 @@ absl::Status DenseBcscMatMulShape(InferenceContext* c) {
   TF_RETURN_IF_ERROR(c->Subtract(c->Dim(indptr, 0), 1, &groups));
   TF_RETURN_IF_ERROR(c->Multiply(groups, block, &n));
   c->set_output(0, c->Matrix(c->Dim(x, 0), n));
+  return absl::OkStatus();
+}
+
+absl::Status BcscExpandShape(InferenceContext* c) {
+  ShapeHandle indptr, indices, dense_shape;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &indptr));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &indices));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &dense_shape));
+  int64_t block = 1;
+  TF_RETURN_IF_ERROR(c->GetAttr("block", &block));
+  DimensionHandle groups, cols, n_indptr, entries;
+  TF_RETURN_IF_ERROR(c->Subtract(c->Dim(indptr, 0), 1, &groups));
+  TF_RETURN_IF_ERROR(c->Multiply(groups, block, &cols));
+  TF_RETURN_IF_ERROR(c->Add(cols, 1, &n_indptr));
+  TF_RETURN_IF_ERROR(c->Multiply(c->Dim(indices, 0), block, &entries));
+  c->set_output(0, c->Vector(n_indptr));
+  for (int i = 1; i < 4; i++) c->set_output(i, c->Vector(entries));
   return absl::OkStatus();
 }
 
@@ -198,6 +216,20 @@ REGISTER_OP("SparseKeras>DenseBcscMatMul")
          "columns, indptr over the N / block groups, indices one row id per stored block, values "
          "`block` weights per block (block-major); dense_shape = [K, N].");
 
+REGISTER_OP("SparseKeras>BcscExpand")
+    .Input("indptr: Tindex")
+    .Input("indices: Tindex")
+    .Input("dense_shape: int64")
+    .Output("e_indptr: Tindex")
+    .Output("e_indices: Tindex")
+    .Output("positions: int64")
+    .Output("inverse: int64")
+    .Attr("block: int >= 1")
+    .Attr("Tindex: {int32, int64}")
+    .SetShapeFn(sparsekeras::BcscExpandShape)
+    .Doc("The CSC form of a block-CSC structure (see DenseBcscMatMul): column q * block + g "
+         "holds group q's rows; positions maps a CSC entry to its block value, inverse back.");
+
 REGISTER_OP("SparseKeras>DenseCsrMatMul")
     .Input("x: T")
     .Input("indptr: Tindex")
@@ -297,6 +329,15 @@ SK_OVERLOADS(float, int64_t, f32, i64)
 SK_OVERLOADS(double, int32_t, f64, i32)
 SK_OVERLOADS(double, int64_t, f64, i64)
 #undef SK_OVERLOADS
+
+inline void BcscExpand(int64_t groups, int64_t block, const int32_t* ip, const int32_t* ix,
+                       int32_t* e_ip, int32_t* e_ix, int64_t* pos, int64_t* inv, int nt) {
+  sk_bcsc_expand_i32(groups, block, ip, ix, e_ip, e_ix, pos, inv, nt);
+}
+inline void BcscExpand(int64_t groups, int64_t block, const int64_t* ip, const int64_t* ix,
+                       int64_t* e_ip, int64_t* e_ix, int64_t* pos, int64_t* inv, int nt) {
+  sk_bcsc_expand_i64(groups, block, ip, ix, e_ip, e_ix, pos, inv, nt);
+}
 
 // Structure-only transpose (no values: they are gathered with perm by the caller, which keeps
 // that step differentiable).
@@ -440,6 +481,35 @@ class DenseBcscMatMulOp : public OpKernel {
   int64_t block_ = 1;
 };
 
+template <typename I>
+class BcscExpandOp : public OpKernel {
+ public:
+  explicit BcscExpandOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("block", &block_));
+  }
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& indptr = ctx->input(0);
+    const Tensor& indices = ctx->input(1);
+    const Tensor& dense_shape = ctx->input(2);
+    CsrDims d;
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(indptr, indices, nullptr, dense_shape, "w", true, &d,
+                                       block_));
+    const int64_t entries = d.nnz * block_;
+    Tensor *e_indptr = nullptr, *e_indices = nullptr, *positions = nullptr, *inverse = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({d.rows * block_ + 1}), &e_indptr));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({entries}), &e_indices));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({entries}), &positions));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({entries}), &inverse));
+    ThreadLease lease(ctx, entries / 4);
+    BcscExpand(d.rows, block_, indptr.flat<I>().data(), indices.flat<I>().data(),
+               e_indptr->flat<I>().data(), e_indices->flat<I>().data(),
+               positions->flat<int64_t>().data(), inverse->flat<int64_t>().data(), lease.n());
+  }
+
+ private:
+  int64_t block_ = 1;
+};
+
 template <typename T, typename I>
 class DenseCsrMatMulOp : public OpKernel {
  public:
@@ -540,6 +610,15 @@ class CsrTransposeStructureOp : public OpKernel {
     OP_REQUIRES(ctx, rc == 0, Allocation("CsrTransposeStructure"));
   }
 };
+
+#define SK_REGISTER_EXPAND(I)                                                          \
+  REGISTER_KERNEL_BUILDER(Name("SparseKeras>BcscExpand")                                \
+                              .Device(DEVICE_CPU)                                       \
+                              .TypeConstraint<I>("Tindex"),                             \
+                          BcscExpandOp<I>);
+SK_REGISTER_EXPAND(int32_t)
+SK_REGISTER_EXPAND(int64_t)
+#undef SK_REGISTER_EXPAND
 
 #define SK_REGISTER(T, I)                                                               \
   REGISTER_KERNEL_BUILDER(Name("SparseKeras>CsrMatMul")                                 \

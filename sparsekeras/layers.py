@@ -565,7 +565,8 @@ class CompactDense(keras.layers.Layer):
         csr = sk_ops.to_csr(inputs, index_dtype=tf.int32)
         indptr, indices = self.indptr, self.indices
         if self.block > 1:  # the CSC form of the blocks
-            indptr, indices, positions, _ = sk_ops.bcsc_expand(indptr, indices, self.block)
+            indptr, indices, positions, _ = sk_ops.bcsc_expand(
+                indptr, indices, self.block, [self.input_dim, self.units])
             values = _take(values, positions)
         t_indptr, t_indices, perm = sk_ops.transpose_structure(
             indptr, indices, [self.units, self.input_dim])

@@ -212,6 +212,19 @@ def test_bcsc_expand_matches_the_csc_form():
     np.testing.assert_array_equal(v[positions], csc_v)
     np.testing.assert_array_equal(positions[inverse], np.arange(len(v)))
     assert e_indptr.dtype == np.int64 and e_indices.dtype == np.int64
+    # the same from the NumPy-level kernel, and with the shape given
+    for got, want in zip(_kernels.bcsc_expand(ip, ix, 4, w.shape[0]),
+                         (e_indptr, e_indices, positions, inverse)):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(ops.bcsc_expand(ip, ix, 4, w.shape), (e_indptr, e_indices, positions,
+                                                                inverse)):
+        np.testing.assert_array_equal(got.numpy(), want)
+    bad = ix.copy()
+    bad[0] = w.shape[0]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=rf"indices\[0\]={w.shape[0]}"):
+        ops.bcsc_expand(ip, bad, 4, w.shape)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"indices\[0\]=-1"):
+        ops.bcsc_expand(ip, np.where(np.arange(len(ix)) == 0, -1, ix), 4)
 
 
 @pytest.mark.parametrize("graph", [False, True])
