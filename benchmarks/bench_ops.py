@@ -28,6 +28,14 @@ is dense; gradients w.r.t. X and the trainable parameters:
                  be rebuilt from them inside the function (SparseTensorToCSRSparseMatrix) because
                  that is where the gradient flows; this conversion is part of its training step
 
+Block-sparse rows (--block, default 8; 0 skips them): W pruned in (1, G) blocks (G consecutive
+outputs share each stored input row: GradualPruning(granularity="block", block_shape=(1, G))) at
+the sparsities --block-sparsities (default 0.9) and batches --block-batches (default 32 256):
+    sk_block_fn  sparsekeras.ops.dense_bcsc_matmul(X, indptr, indices, values_var, [K, N], G) in
+                 a tf.function (forward, and forward+backward w.r.t. X and values_var)
+    tf_matmul    tf.matmul(X, W_var) on the same W, dense, as above
+checked against np.matmul / the dense TF gradient like the unstructured rows.
+
 Per-call overhead: a tiny 1x16 @ 16x16 product (W 50% sparse) in a tf.function, sparsekeras op vs
 tf.matmul, median of OVERHEAD_CALLS calls, in microseconds; timed both as `f(X)` (the call alone)
 and `f(X).numpy()`.
@@ -423,6 +431,7 @@ def run(args):
                                                for k in ("tf_matmul", "tf_sparse", "tf_csr")}
                 results.append(row)
             del o
+        block_rows = run_block(tf, args, timing, rng) if args.block else []
         n_calls = 200 if quick else OVERHEAD_CALLS
         for attempt in range(1 + args.retries):
             overhead = measure_overhead(tf, args, n_calls)
@@ -432,8 +441,89 @@ def run(args):
             if overhead["other_procs_cpus"] <= 0.1:
                 break
         overhead["attempts"] = attempt + 1
-    return tf, results, overhead, {"target_s": timing[0], "min_repeats": timing[1],
-                                   "max_repeats": timing[2]}
+    return tf, results, block_rows, overhead, {"target_s": timing[0], "min_repeats": timing[1],
+                                               "max_repeats": timing[2]}
+
+
+def run_block(tf, args, timing, rng):
+    """Forward and fwd+bwd of W pruned in (1, G) blocks: the block-CSC product vs tf.matmul."""
+    target_s, min_reps, max_reps = timing
+    G = args.block
+    ops = sparsekeras.ops
+    rows = []
+    for si, s in enumerate(args.block_sparsities):
+        brng = np.random.default_rng(2000 + si)
+        keep = brng.random((K, N // G)) >= s
+        w = (brng.random((K, N), dtype=np.float32) * np.repeat(keep, G, axis=1)).astype(np.float32)
+        ip, ix, v = sparsekeras.linalg.bcsc_from_dense(w, G)
+        indptr, indices = tf.constant(ip), tf.constant(ix)
+        values = tf.Variable(v, name="block_values")
+        W_var = tf.Variable(w, name="dense_W")
+        shape = tf.constant([K, N], tf.int64)
+
+        def sk(X):
+            return ops.dense_bcsc_matmul(X, indptr, indices, values, shape, G)
+
+        def step(fwd, param):
+            def f(X, Gr):
+                with tf.GradientTape() as tape:
+                    tape.watch(X)
+                    loss = tf.reduce_sum(fwd(X) * Gr)
+                dX, dp = tape.gradient(loss, [X, param])
+                return dX, dp
+            return tf.function(f)
+
+        fwd = {"sk_block_fn": tf.function(sk), "tf_matmul": tf.function(lambda X: tf.matmul(X, W_var))}
+        bwd = {"sk_block_fn": step(sk, values), "tf_matmul": step(lambda X: tf.matmul(X, W_var), W_var)}
+        stored = np.nonzero(sparsekeras.linalg.bcsc_to_dense(ip, ix, np.ones_like(v), (K, N), G))
+        for B in args.block_batches:
+            if args.wait_idle > 0:
+                wait_idle(args.wait_idle)
+            x = rng.standard_normal((B, K), dtype=np.float32)
+            g = rng.standard_normal((B, N), dtype=np.float32)
+            X, Gr = tf.constant(x), tf.constant(g)
+            row = {"sparsity": s, "B": B, "block": G, "stored": int(v.size), "forward": {},
+                   "fwd_bwd": {}}
+            tracker = BusyTracker()
+            tracker.start()
+            check_close(fwd["sk_block_fn"](X).numpy(), x @ w, "block forward", True)
+            ref_dx, ref_dw = (t.numpy() for t in bwd["tf_matmul"](X, Gr))
+            dx, dv = (t.numpy() for t in bwd["sk_block_fn"](X, Gr))
+            check_close(dx, ref_dx, "block fwd_bwd dX", True)
+            dense_dv = sparsekeras.linalg.bcsc_to_dense(ip, ix, dv, (K, N), G)
+            check_close(dense_dv[stored], ref_dw[stored], "block fwd_bwd dvalues", True)
+            for name, f in fwd.items():
+                row["forward"][name] = time_fn(lambda f=f: f(X).numpy(), target_s, min_reps,
+                                               max_reps)
+            for name, f in bwd.items():
+                row["fwd_bwd"][name] = time_fn(lambda f=f: [t.numpy() for t in f(X, Gr)],
+                                               target_s, min_reps, max_reps)
+            row["other_procs_cpus"] = tracker.stop()
+            for phase in ("forward", "fwd_bwd"):
+                row[f"{phase}_speedup"] = {"tf_matmul": ratio(med(row, phase, "tf_matmul"),
+                                                              med(row, phase, "sk_block_fn"))}
+            log(f"block (1, {G}) s={s} B={B}: fwd sk {med(row, 'forward', 'sk_block_fn'):.3f} vs "
+                f"tf.matmul {med(row, 'forward', 'tf_matmul'):.3f} ms | fwd+bwd sk "
+                f"{med(row, 'fwd_bwd', 'sk_block_fn'):.3f} vs {med(row, 'fwd_bwd', 'tf_matmul'):.3f}"
+                f" ms; other processes used {row['other_procs_cpus']:.2f} CPUs")
+            rows.append(row)
+        del values, W_var
+    return rows
+
+
+def print_block_table(rows):
+    if not rows:
+        return
+    print(f"\nW pruned in (1, G) blocks, block-CSC product (sk_block_fn) vs dense tf.matmul, "
+          "tf.function, median ms")
+    print(f"{'s':>5} {'B':>4} {'G':>3} | {'fwd sk':>8} {'tf.matmul':>9} {'ratio':>6} | "
+          f"{'fwd+bwd sk':>10} {'tf.matmul':>9} {'ratio':>6}")
+    for r in rows:
+        print(f"{r['sparsity']:5.2f} {r['B']:4d} {r['block']:3d} | "
+              f"{fmt(med(r, 'forward', 'sk_block_fn'))} {fmt(med(r, 'forward', 'tf_matmul'), 9)} "
+              f"{fmt(r['forward_speedup']['tf_matmul'], 5, 2)}x | "
+              f"{fmt(med(r, 'fwd_bwd', 'sk_block_fn'), 10)} {fmt(med(r, 'fwd_bwd', 'tf_matmul'), 9)} "
+              f"{fmt(r['fwd_bwd_speedup']['tf_matmul'], 5, 2)}x")
 
 
 def fmt(v, w=8, p=3):
@@ -553,12 +643,20 @@ def main():
     ap.add_argument("--retries", type=int, default=0,
                     help="re-measure a configuration up to this many times if other processes"
                          " used > 0.1 CPU while it ran (the last attempt is kept)")
+    ap.add_argument("--block", type=int, default=8,
+                    help="width G of the (1, G) blocks of the block-sparse rows (0: skip them)")
+    ap.add_argument("--block-sparsities", type=float, nargs="+", default=[0.9])
+    ap.add_argument("--block-batches", type=int, nargs="+", default=None,
+                    help="batches of the block-sparse rows (default 32 256; 32 with --quick)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
     t0 = time.perf_counter()
     load_before = os.getloadavg()
-    tf, results, overhead, timing = run(args)
+    if args.quick and args.block_batches is None:
+        args.block_batches = [32]
+    args.block_batches = args.block_batches or [32, 256]
+    tf, results, block_rows, overhead, timing = run(args)
     try:
         from sparsekeras import _kernels
 
@@ -611,8 +709,10 @@ def main():
     }
     info["wall_time_s"] = round(time.perf_counter() - t0, 1)
     with open(os.path.join(args.out, "bench_ops.json"), "w") as f:
-        json.dump({"info": info, "results": results, "overhead": overhead}, f, indent=1)
+        json.dump({"info": info, "results": results, "block": block_rows, "overhead": overhead},
+                  f, indent=1)
     print_table(results, overhead)
+    print_block_table(block_rows)
     plot(results, info, os.path.join(args.out, "bench_ops.png"))
     log(f"wrote {args.out}/bench_ops.json and {args.out}/bench_ops.png ({info['wall_time_s']} s)")
 

@@ -35,3 +35,6 @@ def test_benchmark_quick(tmp_path, script, outputs):
              for part in ("forward", "fwd_bwd") for stats in row.get(part, {}).values()
              if isinstance(stats, dict)]
     assert False not in flags, proc.stdout[-3000:]
+    if script == "bench_ops.py":  # the block-sparse rows ran (their checks abort on a mismatch)
+        assert [r["block"] for r in data["block"]] == [8]
+        assert data["block"][0]["forward"]["sk_block_fn"]["median_ms"] > 0
