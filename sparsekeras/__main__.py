@@ -63,6 +63,8 @@ def main(argv=None):
     p_demo.add_argument("--epochs-dense", type=int, default=15)
     p_demo.add_argument("--epochs-prune", type=int, default=25)
     p_demo.add_argument("--sparsity", type=float, default=0.9, help="target sparsity")
+    p_demo.add_argument("--block", type=int, default=1,
+                        help="prune in (1, BLOCK) blocks (e.g. 8: faster sparse layers)")
     p_demo.add_argument("--out", default=".", help="folder for the plot")
     p_demo.add_argument("--quick", action="store_true", help="a small, fast run (CI)")
     p_demo.add_argument("--cnn", action="store_true",
@@ -90,10 +92,11 @@ def main(argv=None):
                 _demo.run_cnn(target=target)
         elif args.quick:
             _demo.run(hidden=256, epochs_dense=3, epochs_prune=4, target=args.sparsity,
-                      repeats=5, out_dir=args.out, verbose=2)
+                      repeats=5, out_dir=args.out, verbose=2, block=args.block)
         else:
             _demo.run(hidden=args.hidden, epochs_dense=args.epochs_dense,
-                      epochs_prune=args.epochs_prune, target=args.sparsity, out_dir=args.out)
+                      epochs_prune=args.epochs_prune, target=args.sparsity, out_dir=args.out,
+                      block=args.block)
     return 0
 
 

@@ -53,8 +53,9 @@ class _History:
 
 
 def run(hidden=2048, epochs_dense=15, epochs_prune=25, target=0.9, batch_size=64, repeats=20,
-        out_dir=".", seed=0, verbose=1):
-    """Train dense, prune to `target` during fit, strip; print the comparison; return a dict."""
+        out_dir=".", seed=0, verbose=1, block=1):
+    """Train dense, prune to `target` during fit, strip; print the comparison; return a dict.
+    block > 1 prunes in (1, block) blocks (strip then stores the layers in block-CSC form)."""
     import keras
     import tensorflow as tf
 
@@ -85,10 +86,13 @@ def run(hidden=2048, epochs_dense=15, epochs_prune=25, target=0.9, batch_size=64
                                          begin_step=0, end_step=end_step,
                                          frequency=max(1, steps_per_epoch // 2))
     history = _History(x_test, y_test)
-    print(f"\n2/3  pruning to {target:.0%} during fit: PolynomialDecay over {end_step} steps, "
-          f"then fine-tuning; {epochs_prune} epochs")
+    granularity = dict(granularity="block", block_shape=(1, block)) if block > 1 else {}
+    print(f"\n2/3  pruning to {target:.0%} during fit"
+          f"{f' in (1, {block}) blocks' if block > 1 else ''}: PolynomialDecay over {end_step} "
+          f"steps, then fine-tuning; {epochs_prune} epochs")
     sparse.fit(x_train, y_train, batch_size=batch_size, epochs=epochs_prune, verbose=verbose,
-               callbacks=[callbacks.GradualPruning(schedule, log_layers=False), history.callback])
+               callbacks=[callbacks.GradualPruning(schedule, log_layers=False, **granularity),
+                          history.callback])
     _, acc_sparse = sparse.evaluate(x_test, y_test, verbose=0)
     # Fair baseline: the dense network trained for the same total number of epochs.
     dense.compile(optimizer=keras.optimizers.Adam(5e-4), loss=loss, metrics=["accuracy"])
