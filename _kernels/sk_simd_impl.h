@@ -850,6 +850,58 @@ SK_FN(sk_bspmm, avx512)(int64_t nb, const SK_I *idx, const SK_T *val, int64_t vs
     }
 }
 
+#if !SK_F64
+/* Block-CSC SDDMM, one group, AVX-512 float: out[b * G + g] (+)= dot(xt + idx[b] * depth,
+ * y + g * depth) over `depth` entries, for G in {1, 2, 4, 8, 16}: 16 / G blocks per step, whose
+ * 16 values are consecutive in out, reduced at once by the lane tree (dot s of the step goes to
+ * a[(s >> 2) + 4 * (s & 3)]). Each y vector loaded serves 16 / G blocks and each x vector G
+ * outputs. Returns the number of blocks done (whole steps); the caller does the rest. */
+__attribute__((target("avx512f"), always_inline)) static inline int64_t
+SK_FN(sk_bsddmm_g, avx512)(const int G, int64_t nb, const SK_I *idx, const float *xt,
+                           const float *y, int64_t depth, float *out, int accumulate) {
+    const int per = 16 / G;
+    const int64_t nvec = (depth + 15) / 16;
+    const int64_t rem = depth - (nvec - 1) * 16;
+    const __mmask16 mlast = (__mmask16)((1u << rem) - 1u);
+    int64_t b = 0;
+    for (; b + per <= nb; b += per) {
+        __m512 a[16];
+        const float *xr[16];
+        for (int s = 0; s < 16; s++) a[s] = _mm512_setzero_ps();
+        for (int j = 0; j < per; j++) xr[j] = xt + (int64_t)idx[b + j] * depth;
+        for (int64_t d = 0; d < nvec; d++) {
+            const __mmask16 m = d == nvec - 1 ? mlast : (__mmask16)0xFFFF;
+            __m512 xv[16];
+            for (int j = 0; j < per; j++) xv[j] = _mm512_maskz_loadu_ps(m, xr[j] + d * 16);
+            for (int g = 0; g < G; g++) {
+                const __m512 yv = _mm512_maskz_loadu_ps(m, y + (int64_t)g * depth + d * 16);
+                for (int j = 0; j < per; j++) {
+                    const int q = j * G + g;
+                    a[(q >> 2) + 4 * (q & 3)] = _mm512_fmadd_ps(xv[j], yv, a[(q >> 2) + 4 * (q & 3)]);
+                }
+            }
+        }
+        __m512 sums = sk_hsum16_avx512_f32(a);
+        if (accumulate) sums = _mm512_add_ps(sums, _mm512_loadu_ps(out + b * G));
+        _mm512_storeu_ps(out + b * G, sums);
+    }
+    return b;
+}
+
+__attribute__((target("avx512f"))) static int64_t
+SK_FN(sk_bsddmm, avx512)(int64_t nb, const SK_I *idx, const float *xt, const float *y, int G,
+                         int64_t depth, float *out, int accumulate) {
+    switch (G) {  /* G a constant in each case: the accumulators stay in registers */
+        case 1: return SK_FN(sk_bsddmm_g, avx512)(1, nb, idx, xt, y, depth, out, accumulate);
+        case 2: return SK_FN(sk_bsddmm_g, avx512)(2, nb, idx, xt, y, depth, out, accumulate);
+        case 4: return SK_FN(sk_bsddmm_g, avx512)(4, nb, idx, xt, y, depth, out, accumulate);
+        case 8: return SK_FN(sk_bsddmm_g, avx512)(8, nb, idx, xt, y, depth, out, accumulate);
+        case 16: return SK_FN(sk_bsddmm_g, avx512)(16, nb, idx, xt, y, depth, out, accumulate);
+        default: return 0;
+    }
+}
+#endif
+
 #undef SK_V5
 #undef SK_L5
 #undef SK_M5
@@ -920,6 +972,18 @@ static inline void SK_CAT3(sk_bspmm, SK_TS, SK_IS)(int isa, int64_t nb, const SK
     if (isa == SK_ISA_AVX2) { SK_FN(sk_bspmm, avx2)(nb, idx, val, vs, G, panel, ldp, w, out, ldo); return; }
 #endif
     SK_FN(sk_bspmm, generic)(nb, idx, val, vs, G, panel, ldp, w, out, ldo);
+}
+
+/* Block-CSC SDDMM fast path (see sk_bsddmm, avx512): blocks done, 0 where there is none. */
+static inline int64_t SK_CAT3(sk_bsddmm, SK_TS, SK_IS)(int isa, int64_t nb, const SK_I *idx,
+                                                      const SK_T *xt, const SK_T *y, int G,
+                                                      int64_t depth, SK_T *out, int accumulate) {
+#if defined(SK_X86) && !SK_F64
+    if (isa == SK_ISA_AVX512) return SK_FN(sk_bsddmm, avx512)(nb, idx, xt, y, G, depth, out, accumulate);
+#endif
+    (void)isa; (void)nb; (void)idx; (void)xt; (void)y; (void)G; (void)depth; (void)out;
+    (void)accumulate;
+    return 0;
 }
 
 static inline void SK_CAT3(sk_axpy_rows, SK_TS, SK_IS)(int isa, int64_t nnz, const SK_I *idx,
