@@ -38,6 +38,31 @@ cdef extern from "sk_simd.h" nogil:
                               int accumulate)
 
 
+cdef extern from "sk_simd.h" nogil:
+    void sk_bscatter_f32_i32(int isa, int64_t nb, const int32_t *idx, const float *val, int64_t vs,
+                             int G, const float *y, int64_t w, float *acc)
+    void sk_bscatter_f32_i64(int isa, int64_t nb, const int64_t *idx, const float *val, int64_t vs,
+                             int G, const float *y, int64_t w, float *acc)
+    void sk_bscatter_f64_i32(int isa, int64_t nb, const int32_t *idx, const double *val,
+                             int64_t vs, int G, const double *y, int64_t w, double *acc)
+    void sk_bscatter_f64_i64(int isa, int64_t nb, const int64_t *idx, const double *val,
+                             int64_t vs, int G, const double *y, int64_t w, double *acc)
+
+
+cdef inline void _bscatter(int isa, int64_t nb, const index_t *idx, const real_t *val, int64_t vs,
+                           int G, const real_t *y, int64_t w, real_t *acc) noexcept nogil:
+    if real_t is float:
+        if index_t is int32_t:
+            sk_bscatter_f32_i32(isa, nb, idx, val, vs, G, y, w, acc)
+        else:
+            sk_bscatter_f32_i64(isa, nb, idx, val, vs, G, y, w, acc)
+    else:
+        if index_t is int32_t:
+            sk_bscatter_f64_i32(isa, nb, idx, val, vs, G, y, w, acc)
+        else:
+            sk_bscatter_f64_i64(isa, nb, idx, val, vs, G, y, w, acc)
+
+
 cdef inline int64_t _bsddmm(int isa, int64_t nb, const index_t *idx, const real_t *xt,
                             const real_t *y, int G, int64_t depth, real_t *out,
                             int accumulate) noexcept nogil:
@@ -421,3 +446,151 @@ def bcsc_sddmm(indptr, indices, shape, block, x, dy, *, n_threads=None):
     if rc:
         raise MemoryError("bcsc_sddmm: could not allocate scratch memory")
     return out
+
+
+cdef int _dense_bcsc_matmul_t(int64_t n_rows, int64_t n_inner, int64_t n_cols, int64_t block,
+                              const index_t *indptr, const index_t *indices, const real_t *data,
+                              const real_t *dy, real_t *out, int n_threads) noexcept nogil:
+    """out (n_rows x n_inner) = dy (n_rows x n_cols) @ W^T, W (n_inner x n_cols) block-CSC: the
+    input gradient of the block product, with no transpose of W. For each group, its `block`
+    rows of the packed dy^T tile stay in registers while the group's blocks scatter-add
+    sum_g W[k, q * block + g] * dy^T[q * block + g, :] into row k of an accumulator panel
+    (n_inner x tile, in L2): `block` FMAs per accumulator row loaded. Work items, parts and the
+    final sum + transposed store as in _dense_csr_matmul (the part count depends on the shape
+    only: the same bits for any thread count). Complexity O(nblocks * block * n_rows)."""
+    cdef int isa = sk_isa()
+    cdef int64_t tile = _tile(out)
+    cdef int64_t n_tiles = (n_rows + tile - 1) // tile
+    cdef int64_t n_groups = n_cols // block
+    cdef int n_parts = 1 if n_tiles >= 2 else 2
+    cdef int64_t n_items = n_tiles * n_parts
+    cdef int64_t kb = 16
+    cdef int64_t n_kblocks = (n_inner + kb - 1) // kb
+    cdef int64_t part_size = n_inner * n_rows
+    cdef int64_t *bounds
+    cdef real_t *panels
+    cdef real_t *acc
+    cdef Py_ssize_t item, blk
+    cdef int64_t t, p, w, q, p0, k0, k1, k, j
+    cdef real_t *a
+    cdef const real_t *yp
+    cdef real_t ssum
+    if n_rows == 0 or n_inner == 0:
+        return 0
+    if n_threads < 1:
+        n_threads = 1
+    bounds = <int64_t *>malloc((n_parts + 1) * sizeof(int64_t))
+    panels = <real_t *>_scratch_alloc(n_cols * n_rows * sizeof(real_t) + sizeof(real_t))
+    acc = <real_t *>_scratch_alloc(n_parts * part_size * sizeof(real_t))
+    if bounds == NULL or panels == NULL or acc == NULL:
+        free(bounds)
+        _scratch_free(panels)
+        _scratch_free(acc)
+        return -1
+    _balanced_bounds(n_groups, indptr, block, 4 * block, n_parts, bounds)
+    _pack_transposed(n_rows, n_cols, dy, tile, panels, n_threads)
+    for item in prange(n_items, nogil=True, schedule='dynamic', chunksize=1, num_threads=n_threads):
+        t = item // n_parts
+        p = item % n_parts
+        w = n_rows - t * tile
+        if w > tile:
+            w = tile
+        a = acc + p * part_size + t * tile * n_inner
+        memset(a, 0, w * n_inner * sizeof(real_t))
+        yp = panels + t * tile * n_cols
+        for q in range(bounds[p], bounds[p + 1]):
+            p0 = indptr[q]
+            _bscatter(isa, indptr[q + 1] - p0, indices + p0, data + p0 * block, block,
+                      <int>block, yp + q * block * w, w, a)
+    # Sum the parts and store transposed: 16 consecutive columns of out per store run.
+    for blk in prange(n_tiles * n_kblocks, nogil=True, schedule='static', num_threads=n_threads):
+        t = blk // n_kblocks
+        k0 = (blk % n_kblocks) * kb
+        k1 = k0 + kb
+        if k1 > n_inner:
+            k1 = n_inner
+        w = n_rows - t * tile
+        if w > tile:
+            w = tile
+        for j in range(w):
+            for k in range(k0, k1):
+                ssum = acc[t * tile * n_inner + k * w + j]
+                for p in range(1, n_parts):
+                    ssum = ssum + acc[p * part_size + t * tile * n_inner + k * w + j]
+                out[(t * tile + j) * n_inner + k] = ssum
+    _scratch_free(acc)
+    _scratch_free(panels)
+    free(bounds)
+    return 0
+
+
+cdef public int sk_dense_bcsc_matmul_t_f32_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols,
+        int64_t block, const int32_t *indptr, const int32_t *indices, const float *data,
+        const float *dy, float *out, int n_threads) noexcept nogil:
+    return _dense_bcsc_matmul_t(n_rows, n_inner, n_cols, block, indptr, indices, data, dy, out,
+                                n_threads)
+
+cdef public int sk_dense_bcsc_matmul_t_f32_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols,
+        int64_t block, const int64_t *indptr, const int64_t *indices, const float *data,
+        const float *dy, float *out, int n_threads) noexcept nogil:
+    return _dense_bcsc_matmul_t(n_rows, n_inner, n_cols, block, indptr, indices, data, dy, out,
+                                n_threads)
+
+cdef public int sk_dense_bcsc_matmul_t_f64_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols,
+        int64_t block, const int32_t *indptr, const int32_t *indices, const double *data,
+        const double *dy, double *out, int n_threads) noexcept nogil:
+    return _dense_bcsc_matmul_t(n_rows, n_inner, n_cols, block, indptr, indices, data, dy, out,
+                                n_threads)
+
+cdef public int sk_dense_bcsc_matmul_t_f64_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols,
+        int64_t block, const int64_t *indptr, const int64_t *indices, const double *data,
+        const double *dy, double *out, int n_threads) noexcept nogil:
+    return _dense_bcsc_matmul_t(n_rows, n_inner, n_cols, block, indptr, indices, data, dy, out,
+                                n_threads)
+
+
+def dense_bcsc_matmul_t(dy, indptr, indices, data, shape, block, *, n_threads=None):
+    """dX = dY @ W^T with W (K x N) block-CSC (as in dense_bcsc_matmul) and dY (M x N, or N):
+    the input gradient of the block product. Returns (M, K) (or (K,)).
+    Complexity O(nblocks * block * M)."""
+    n_inner, n_cols = _shape2(shape, "w.shape")
+    if isinstance(block, (bool, np.bool_)) or not isinstance(block, (int, np.integer)) or block < 1:
+        raise ValueError(f"block must be a positive integer; received block={block!r}")
+    if n_cols % block:
+        raise ValueError(f"w.shape[1] must be a multiple of block={block}; "
+                         f"received w.shape={(n_inner, n_cols)}")
+    indptr, indices, _, _ = check_csr(indptr, indices, None, (n_cols // block, n_inner), "w")
+    nb = indices.shape[0]
+    data_arr = np.asarray(data)
+    if data_arr.shape not in ((nb * block,), (nb, block)):
+        raise ValueError(f"w.data must have block={block} values per block ({nb} blocks): shape "
+                         f"({nb * block},) or ({nb}, {block}); received shape {data_arr.shape}")
+    dy_arr = np.asarray(dy)
+    if dy_arr.ndim not in (1, 2) or dy_arr.shape[dy_arr.ndim - 1] != n_cols:
+        raise ValueError(f"dy must have {n_cols} columns to match w.shape={(n_inner, n_cols)}; "
+                         f"received dy.shape={dy_arr.shape}")
+    dt = result_dtype(data_arr.dtype, dy_arr.dtype, name="w.data and dy")
+    cdef cnp.ndarray d = _values(data_arr.reshape(nb * block), dt, "w.data")
+    cdef cnp.ndarray yy = _values(dy_arr.reshape(dy_arr.shape[0] if dy_arr.ndim == 2 else 1, n_cols), dt, "dy")
+    cdef int64_t m = yy.shape[0], k = n_inner, n = n_cols, g = block
+    cdef cnp.ndarray out = np.empty((m, k), dtype=dt)
+    cdef cnp.ndarray ip = indptr, ix = indices
+    cdef int nt = _threads(n_threads, nb * block * m + m * (k + n))
+    cdef bint f32 = dt == np.float32, i32 = indptr.dtype == np.int32
+    cdef int rc
+    with nogil:
+        if f32 and i32:
+            rc = sk_dense_bcsc_matmul_t_f32_i32(m, k, n, g, <int32_t *>_ptr(ip), <int32_t *>_ptr(ix),
+                                                <float *>_ptr(d), <float *>_ptr(yy), <float *>_ptr(out), nt)
+        elif f32:
+            rc = sk_dense_bcsc_matmul_t_f32_i64(m, k, n, g, <int64_t *>_ptr(ip), <int64_t *>_ptr(ix),
+                                                <float *>_ptr(d), <float *>_ptr(yy), <float *>_ptr(out), nt)
+        elif i32:
+            rc = sk_dense_bcsc_matmul_t_f64_i32(m, k, n, g, <int32_t *>_ptr(ip), <int32_t *>_ptr(ix),
+                                                <double *>_ptr(d), <double *>_ptr(yy), <double *>_ptr(out), nt)
+        else:
+            rc = sk_dense_bcsc_matmul_t_f64_i64(m, k, n, g, <int64_t *>_ptr(ip), <int64_t *>_ptr(ix),
+                                                <double *>_ptr(d), <double *>_ptr(yy), <double *>_ptr(out), nt)
+    if rc:
+        raise MemoryError("dense_bcsc_matmul_t: could not allocate scratch memory")
+    return out.reshape(k) if dy_arr.ndim == 1 else out

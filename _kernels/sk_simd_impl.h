@@ -62,6 +62,23 @@ static inline void SK_FN(sk_bspmm, generic)(int64_t nb, const SK_I *idx, const S
         }
 }
 
+/* Block-CSC scatter product (dX = dY @ W^T for a block-CSC W), one group and one batch tile:
+ *   acc[idx[b] * w + j] += sum_{g < G} val[b * vs + g] * y[g * w + j]   (b < nb, j < w),
+ * y: the group's G rows of the packed dY^T tile (contiguous, w entries each); acc: K rows of w.
+ * The G rows stay in registers while the blocks stream by: G FMAs per accumulator row loaded. */
+static inline void SK_FN(sk_bscatter, generic)(int64_t nb, const SK_I *idx, const SK_T *val,
+                                             int64_t vs, int G, const SK_T *y, int64_t w,
+                                             SK_T *acc) {
+    for (int64_t b = 0; b < nb; b++) {
+        SK_T *o = acc + (int64_t)idx[b] * w;
+        for (int64_t j = 0; j < w; j++) {
+            SK_T t = o[j];
+            for (int g = 0; g < G; g++) t += val[b * vs + g] * y[g * w + j];
+            o[j] = t;
+        }
+    }
+}
+
 #if !SK_I64
 /* Dense dot product, fixed summation order (8 partial sums), for SDDMM. */
 static inline SK_T SK_FNT(sk_dot, generic)(int64_t n, const SK_T *a, const SK_T *b) {
@@ -462,6 +479,63 @@ SK_FN(sk_bspmm, avx2)(int64_t nb, const SK_I *idx, const SK_T *val, int64_t vs, 
                 if (vs == G_) SK_FN(sk_bspmm_gv, avx2)(G_, V_, nb, idx, val + g0, G_, pj, ldp, m, oj, ldo);   \
                 else if (vs == 16) SK_FN(sk_bspmm_gv, avx2)(G_, V_, nb, idx, val + g0, 16, pj, ldp, m, oj, ldo); \
                 else SK_FN(sk_bspmm_gv, avx2)(G_, V_, nb, idx, val + g0, vs, pj, ldp, m, oj, ldo);           \
+                break;
+                SK_CASE(1, 1) SK_CASE(1, 2) SK_CASE(1, 3) SK_CASE(1, 4)
+                SK_CASE(2, 1) SK_CASE(2, 2) SK_CASE(2, 3) SK_CASE(2, 4)
+                SK_CASE(4, 1) SK_CASE(4, 2) SK_CASE(4, 3) SK_CASE(4, 4)
+                SK_CASE(8, 1) SK_CASE(8, 2)
+#undef SK_CASE
+                default: break;
+            }
+        }
+        g0 += gc;
+    }
+}
+
+/* Block-CSC scatter product (avx2): gc (1, 2, 4 or 8) rows of y x nv vectors in registers (the
+ * last vector masked by m), one pass over the group's blocks. */
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+SK_FN(sk_bscatter_gv, avx2)(const int gc, const int nv, int64_t nb, const SK_I *idx,
+                           const SK_T *val, const int64_t vs, const SK_T *y, int64_t w,
+                           __m256i m, SK_T *acc) {
+    SK_V2 yy[16];
+    for (int g = 0; g < gc; g++) {
+        for (int v = 0; v < nv - 1; v++) yy[g * nv + v] = SK_V2_LOAD(y + g * w + v * SK_L2);
+        yy[g * nv + nv - 1] = SK_V2_MLOAD(y + g * w + (nv - 1) * SK_L2, m);
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        SK_T *o = acc + (int64_t)idx[b] * w;
+        const SK_T *a = val + b * vs;
+        SK_V2 t[4];
+        for (int v = 0; v < nv - 1; v++) t[v] = SK_V2_LOAD(o + v * SK_L2);
+        t[nv - 1] = SK_V2_MLOAD(o + (nv - 1) * SK_L2, m);
+        for (int g = 0; g < gc; g++) {
+            SK_V2 s = SK_V2_SET1(a[g]);
+            for (int v = 0; v < nv; v++) t[v] = SK_V2_FMA(s, yy[g * nv + v], t[v]);
+        }
+        for (int v = 0; v < nv - 1; v++) SK_V2_STORE(o + v * SK_L2, t[v]);
+        SK_V2_MSTORE(o + (nv - 1) * SK_L2, m, t[nv - 1]);
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void
+SK_FN(sk_bscatter, avx2)(int64_t nb, const SK_I *idx, const SK_T *val, int64_t vs, int G,
+                        const SK_T *y, int64_t w, SK_T *acc) {
+    for (int g0 = 0; g0 < G;) {
+        const int gc = G - g0 >= 8 ? 8 : G - g0 >= 4 ? 4 : G - g0 >= 2 ? 2 : 1;
+        const int nvmax = 8 / gc < 4 ? 8 / gc : 4;
+        for (int64_t j = 0; j < w; j += nvmax * SK_L2) {
+            int64_t rem = w - j;
+            int nv = rem >= nvmax * SK_L2 ? nvmax : (int)((rem + SK_L2 - 1) / SK_L2);
+            int64_t last = rem - (int64_t)(nv - 1) * SK_L2;
+            if (last > SK_L2) last = SK_L2;
+            __m256i m = SK_V2_MASK(last);
+            const SK_T *yj = y + (int64_t)g0 * w + j;
+            switch (gc * 16 + nv) {
+#define SK_CASE(G_, V_) case G_ * 16 + V_:                                                        \
+                if (vs == G_) SK_FN(sk_bscatter_gv, avx2)(G_, V_, nb, idx, val + g0, G_, yj, w, m, acc + j);   \
+                else if (vs == 16) SK_FN(sk_bscatter_gv, avx2)(G_, V_, nb, idx, val + g0, 16, yj, w, m, acc + j); \
+                else SK_FN(sk_bscatter_gv, avx2)(G_, V_, nb, idx, val + g0, vs, yj, w, m, acc + j);           \
                 break;
                 SK_CASE(1, 1) SK_CASE(1, 2) SK_CASE(1, 3) SK_CASE(1, 4)
                 SK_CASE(2, 1) SK_CASE(2, 2) SK_CASE(2, 3) SK_CASE(2, 4)
@@ -902,6 +976,63 @@ SK_FN(sk_bsddmm, avx512)(int64_t nb, const SK_I *idx, const float *xt, const flo
 }
 #endif
 
+/* Block-CSC scatter product (avx512): gc (1, 2, 4 or 8) rows of y x nv vectors in registers (the
+ * last vector masked by m), one pass over the group's blocks. */
+__attribute__((target("avx512f"), always_inline)) static inline void
+SK_FN(sk_bscatter_gv, avx512)(const int gc, const int nv, int64_t nb, const SK_I *idx,
+                           const SK_T *val, const int64_t vs, const SK_T *y, int64_t w,
+                           SK_M5 m, SK_T *acc) {
+    SK_V5 yy[16];
+    for (int g = 0; g < gc; g++) {
+        for (int v = 0; v < nv - 1; v++) yy[g * nv + v] = SK_V5_LOAD(y + g * w + v * SK_L5);
+        yy[g * nv + nv - 1] = SK_V5_MLOAD(y + g * w + (nv - 1) * SK_L5, m);
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        SK_T *o = acc + (int64_t)idx[b] * w;
+        const SK_T *a = val + b * vs;
+        SK_V5 t[4];
+        for (int v = 0; v < nv - 1; v++) t[v] = SK_V5_LOAD(o + v * SK_L5);
+        t[nv - 1] = SK_V5_MLOAD(o + (nv - 1) * SK_L5, m);
+        for (int g = 0; g < gc; g++) {
+            SK_V5 s = SK_V5_SET1(a[g]);
+            for (int v = 0; v < nv; v++) t[v] = SK_V5_FMA(s, yy[g * nv + v], t[v]);
+        }
+        for (int v = 0; v < nv - 1; v++) SK_V5_STORE(o + v * SK_L5, t[v]);
+        SK_V5_MSTORE(o + (nv - 1) * SK_L5, m, t[nv - 1]);
+    }
+}
+
+__attribute__((target("avx512f"))) static void
+SK_FN(sk_bscatter, avx512)(int64_t nb, const SK_I *idx, const SK_T *val, int64_t vs, int G,
+                        const SK_T *y, int64_t w, SK_T *acc) {
+    for (int g0 = 0; g0 < G;) {
+        const int gc = G - g0 >= 8 ? 8 : G - g0 >= 4 ? 4 : G - g0 >= 2 ? 2 : 1;
+        const int nvmax = 16 / gc < 4 ? 16 / gc : 4;
+        for (int64_t j = 0; j < w; j += nvmax * SK_L5) {
+            int64_t rem = w - j;
+            int nv = rem >= nvmax * SK_L5 ? nvmax : (int)((rem + SK_L5 - 1) / SK_L5);
+            int64_t last = rem - (int64_t)(nv - 1) * SK_L5;
+            if (last > SK_L5) last = SK_L5;
+            SK_M5 m = (SK_M5)((1u << last) - 1u);
+            const SK_T *yj = y + (int64_t)g0 * w + j;
+            switch (gc * 16 + nv) {
+#define SK_CASE(G_, V_) case G_ * 16 + V_:                                                        \
+                if (vs == G_) SK_FN(sk_bscatter_gv, avx512)(G_, V_, nb, idx, val + g0, G_, yj, w, m, acc + j);   \
+                else if (vs == 16) SK_FN(sk_bscatter_gv, avx512)(G_, V_, nb, idx, val + g0, 16, yj, w, m, acc + j); \
+                else SK_FN(sk_bscatter_gv, avx512)(G_, V_, nb, idx, val + g0, vs, yj, w, m, acc + j);           \
+                break;
+                SK_CASE(1, 1) SK_CASE(1, 2) SK_CASE(1, 3) SK_CASE(1, 4)
+                SK_CASE(2, 1) SK_CASE(2, 2) SK_CASE(2, 3) SK_CASE(2, 4)
+                SK_CASE(4, 1) SK_CASE(4, 2) SK_CASE(4, 3) SK_CASE(4, 4)
+                SK_CASE(8, 1) SK_CASE(8, 2)
+#undef SK_CASE
+                default: break;
+            }
+        }
+        g0 += gc;
+    }
+}
+
 #undef SK_V5
 #undef SK_L5
 #undef SK_M5
@@ -984,6 +1115,16 @@ static inline int64_t SK_CAT3(sk_bsddmm, SK_TS, SK_IS)(int isa, int64_t nb, cons
     (void)isa; (void)nb; (void)idx; (void)xt; (void)y; (void)G; (void)depth; (void)out;
     (void)accumulate;
     return 0;
+}
+
+static inline void SK_CAT3(sk_bscatter, SK_TS, SK_IS)(int isa, int64_t nb, const SK_I *idx,
+                                                     const SK_T *val, int64_t vs, int G,
+                                                     const SK_T *y, int64_t w, SK_T *acc) {
+#ifdef SK_X86
+    if (isa == SK_ISA_AVX512) { SK_FN(sk_bscatter, avx512)(nb, idx, val, vs, G, y, w, acc); return; }
+    if (isa == SK_ISA_AVX2) { SK_FN(sk_bscatter, avx2)(nb, idx, val, vs, G, y, w, acc); return; }
+#endif
+    SK_FN(sk_bscatter, generic)(nb, idx, val, vs, G, y, w, acc);
 }
 
 static inline void SK_CAT3(sk_axpy_rows, SK_TS, SK_IS)(int isa, int64_t nnz, const SK_I *idx,

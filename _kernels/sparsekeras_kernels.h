@@ -154,6 +154,9 @@ SK_SPGEMM_DECL(f64, i64, double, int64_t)
  *   data block values block-major (data[b * block + g] = W[indices[b], q * block + g] for a
  *   block b of group q). A layer pruned in (1, block) blocks. Complexity O(nblocks * block *
  *   n_rows). Bitwise identical for every n_threads.
+ * sk_dense_bcsc_matmul_t: out (n_rows x n_inner) = dy (n_rows x n_cols) @ W^T, W block-CSC as
+ *   above: the input gradient of the block product (no transpose of W). Bitwise identical for
+ *   every n_threads. Complexity O(nblocks * block * n_rows).
  * sk_bcsc_sddmm: the block values' gradient of out = x @ W: out[b * block + g] =
  *   sum_i x[i, indices[b]] * dy[i, q * block + g] for block b of group q (x n_rows x n_inner, dy
  *   n_rows x n_cols, out nblocks * block). Complexity O(nblocks * block * n_rows).
@@ -173,7 +176,10 @@ void sk_bcsc_expand_i64(int64_t n_groups, int64_t block, const int64_t *indptr,
       int64_t block, const I *indptr, const I *indices, const T *data, const T *x, T *out,        \
       int n_threads);                                                                             \
   int sk_bcsc_sddmm_##TS##_##IS(int64_t n_rows, int64_t n_inner, int64_t n_cols, int64_t block,  \
-      const I *indptr, const I *indices, const T *x, const T *dy, T *out, int n_threads);
+      const I *indptr, const I *indices, const T *x, const T *dy, T *out, int n_threads);         \
+  int sk_dense_bcsc_matmul_t_##TS##_##IS(int64_t n_rows, int64_t n_inner, int64_t n_cols,       \
+      int64_t block, const I *indptr, const I *indices, const T *data, const T *dy, T *out,       \
+      int n_threads);
 SK_BCSC_DECL(f32, i32, float, int32_t)
 SK_BCSC_DECL(f32, i64, float, int64_t)
 SK_BCSC_DECL(f64, i32, double, int32_t)
