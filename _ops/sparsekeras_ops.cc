@@ -10,6 +10,8 @@
 //   DenseCsrMatMul(x, indptr, indices, values, dense_shape) -> x @ B         B: N x K (CSR)
 //   DenseBcscMatMul(x, indptr, indices, values, dense_shape; block) -> x @ W  W: K x N (1 x block blocks)
 //   BcscExpand(indptr, indices, dense_shape; block) -> (e_indptr, e_indices, positions, inverse)
+//   DenseBcscMatMulT(dy, indptr, indices, values, dense_shape; block) -> dy @ W^T
+//   BcscSddmm(indptr, indices, dense_shape, x, dy; block) -> block values of x^T dy
 //   CsrSddmm(indptr, indices, dense_shape, u, v) -> values, out[p] = u[i] . v[j]
 //   CsrSddmmT(indptr, indices, dense_shape, ut, vt) -> values, out[p] = ut[:, i] . vt[:, j]
 //   CsrTransposeStructure(indptr, indices, dense_shape) -> (indptr_t, indices_t, perm)
@@ -87,6 +89,32 @@ absl::Status DenseBcscMatMulShape(InferenceContext* c) {
   TF_RETURN_IF_ERROR(c->Subtract(c->Dim(indptr, 0), 1, &groups));
   TF_RETURN_IF_ERROR(c->Multiply(groups, block, &n));
   c->set_output(0, c->Matrix(c->Dim(x, 0), n));
+  return absl::OkStatus();
+}
+
+absl::Status DenseBcscMatMulTShape(InferenceContext* c) {
+  ShapeHandle dy, indptr, indices, values, dense_shape;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &dy));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &indptr));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &indices));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &values));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 1, &dense_shape));
+  c->set_output(0, c->Matrix(c->Dim(dy, 0), c->UnknownDim()));
+  return absl::OkStatus();
+}
+
+absl::Status BcscSddmmShape(InferenceContext* c) {
+  ShapeHandle indptr, indices, dense_shape, x, dy;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &indptr));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &indices));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &dense_shape));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 2, &x));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 2, &dy));
+  int64_t block = 1;
+  TF_RETURN_IF_ERROR(c->GetAttr("block", &block));
+  DimensionHandle n;
+  TF_RETURN_IF_ERROR(c->Multiply(c->Dim(indices, 0), block, &n));
+  c->set_output(0, c->Vector(n));
   return absl::OkStatus();
 }
 
@@ -216,6 +244,34 @@ REGISTER_OP("SparseKeras>DenseBcscMatMul")
          "columns, indptr over the N / block groups, indices one row id per stored block, values "
          "`block` weights per block (block-major); dense_shape = [K, N].");
 
+REGISTER_OP("SparseKeras>DenseBcscMatMulT")
+    .Input("dy: T")
+    .Input("indptr: Tindex")
+    .Input("indices: Tindex")
+    .Input("values: T")
+    .Input("dense_shape: int64")
+    .Output("out: T")
+    .Attr("block: int >= 1")
+    .Attr("T: {float, double}")
+    .Attr("Tindex: {int32, int64}")
+    .SetShapeFn(sparsekeras::DenseBcscMatMulTShape)
+    .Doc("out = dy @ W^T, W (K x N) block-CSC as in DenseBcscMatMul: the input gradient of the "
+         "block product; dy is (M, N), out (M, K).");
+
+REGISTER_OP("SparseKeras>BcscSddmm")
+    .Input("indptr: Tindex")
+    .Input("indices: Tindex")
+    .Input("dense_shape: int64")
+    .Input("x: T")
+    .Input("dy: T")
+    .Output("out: T")
+    .Attr("block: int >= 1")
+    .Attr("T: {float, double}")
+    .Attr("Tindex: {int32, int64}")
+    .SetShapeFn(sparsekeras::BcscSddmmShape)
+    .Doc("The block values of x^T @ dy on W's block-CSC pattern (the values' gradient of "
+         "x @ W): out[b * block + g] = x[:, indices[b]] . dy[:, q * block + g].");
+
 REGISTER_OP("SparseKeras>BcscExpand")
     .Input("indptr: Tindex")
     .Input("indices: Tindex")
@@ -307,6 +363,14 @@ namespace {
   inline int DenseBcscMatMul(int64_t m, int64_t k, int64_t n, int64_t block, const I* ip,      \
                              const I* ix, const T* d, const T* x, T* out, int nt) {               \
     return sk_dense_bcsc_matmul_##TS##_##IS(m, k, n, block, ip, ix, d, x, out, nt);             \
+  }                                                                                                \
+  inline int DenseBcscMatMulT(int64_t m, int64_t k, int64_t n, int64_t block, const I* ip,     \
+                              const I* ix, const T* d, const T* dy, T* out, int nt) {             \
+    return sk_dense_bcsc_matmul_t_##TS##_##IS(m, k, n, block, ip, ix, d, dy, out, nt);          \
+  }                                                                                                \
+  inline int BcscSddmm(int64_t m, int64_t k, int64_t n, int64_t block, const I* ip, const I* ix,  \
+                       const T* x, const T* dy, T* out, int nt) {                                  \
+    return sk_bcsc_sddmm_##TS##_##IS(m, k, n, block, ip, ix, x, dy, out, nt);                   \
   }                                                                                                \
   inline int DenseCsrMatMul(int64_t m, int64_t k, int64_t n, const I* ip, const I* ix, const T* d, \
                             const T* x, T* out, int nt) {                                          \
@@ -481,6 +545,81 @@ class DenseBcscMatMulOp : public OpKernel {
   int64_t block_ = 1;
 };
 
+template <typename T, typename I>
+class DenseBcscMatMulTOp : public OpKernel {
+ public:
+  explicit DenseBcscMatMulTOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("block", &block_));
+  }
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& dy = ctx->input(0);
+    const Tensor& indptr = ctx->input(1);
+    const Tensor& indices = ctx->input(2);
+    const Tensor& values = ctx->input(3);
+    const Tensor& dense_shape = ctx->input(4);
+    CsrDims d;  // rows = N / block groups, cols = K
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(indptr, indices, &values, dense_shape, "w", true, &d,
+                                       block_));
+    const int64_t n = d.rows * block_;
+    OP_REQUIRES(ctx, dy.dims() == 2 && dy.dim_size(1) == n,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "dy must be a matrix of ", n, " columns to match w.dense_shape [", d.cols,
+                    ", ", n, "]; received dy.shape ", dy.shape().DebugString())));
+    const int64_t m = dy.dim_size(0);
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({m, d.cols}), &out));
+    if (m == 0 || d.cols == 0) return;
+    ThreadLease lease(ctx, d.nnz * block_ * m + m * (d.cols + n));
+    int rc = DenseBcscMatMulT(m, d.cols, n, block_, indptr.flat<I>().data(),
+                              indices.flat<I>().data(), values.flat<T>().data(),
+                              dy.flat<T>().data(), out->flat<T>().data(), lease.n());
+    OP_REQUIRES(ctx, rc == 0, Allocation("DenseBcscMatMulT"));
+  }
+
+ private:
+  int64_t block_ = 1;
+};
+
+template <typename T, typename I>
+class BcscSddmmOp : public OpKernel {
+ public:
+  explicit BcscSddmmOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("block", &block_));
+  }
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& indptr = ctx->input(0);
+    const Tensor& indices = ctx->input(1);
+    const Tensor& dense_shape = ctx->input(2);
+    const Tensor& x = ctx->input(3);
+    const Tensor& dy = ctx->input(4);
+    CsrDims d;  // rows = N / block groups, cols = K
+    OP_REQUIRES_OK(ctx, ValidateCsr<I>(indptr, indices, nullptr, dense_shape, "w", true, &d,
+                                       block_));
+    const int64_t n = d.rows * block_;
+    OP_REQUIRES(ctx, x.dims() == 2 && x.dim_size(1) == d.cols,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "x must be a matrix of ", d.cols, " columns to match w.dense_shape [", d.cols,
+                    ", ", n, "]; received x.shape ", x.shape().DebugString())));
+    OP_REQUIRES(ctx, dy.dims() == 2 && dy.dim_size(0) == x.dim_size(0) && dy.dim_size(1) == n,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "dy must be a matrix of shape [", x.dim_size(0), ", ", n,
+                    "] to match x and w.dense_shape; received dy.shape ",
+                    dy.shape().DebugString())));
+    const int64_t m = x.dim_size(0);
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({d.nnz * block_}), &out));
+    if (d.nnz == 0) return;
+    ThreadLease lease(ctx, d.nnz * block_ * m + m * (d.cols + n));
+    int rc = BcscSddmm(m, d.cols, n, block_, indptr.flat<I>().data(), indices.flat<I>().data(),
+                       x.flat<T>().data(), dy.flat<T>().data(), out->flat<T>().data(),
+                       lease.n());
+    OP_REQUIRES(ctx, rc == 0, Allocation("BcscSddmm"));
+  }
+
+ private:
+  int64_t block_ = 1;
+};
+
 template <typename I>
 class BcscExpandOp : public OpKernel {
  public:
@@ -636,6 +775,16 @@ SK_REGISTER_EXPAND(int64_t)
                               .TypeConstraint<T>("T")                                   \
                               .TypeConstraint<I>("Tindex"),                             \
                           DenseBcscMatMulOp<T, I>);                                     \
+  REGISTER_KERNEL_BUILDER(Name("SparseKeras>DenseBcscMatMulT")                          \
+                              .Device(DEVICE_CPU)                                       \
+                              .TypeConstraint<T>("T")                                   \
+                              .TypeConstraint<I>("Tindex"),                             \
+                          DenseBcscMatMulTOp<T, I>);                                    \
+  REGISTER_KERNEL_BUILDER(Name("SparseKeras>BcscSddmm")                                 \
+                              .Device(DEVICE_CPU)                                       \
+                              .TypeConstraint<T>("T")                                   \
+                              .TypeConstraint<I>("Tindex"),                             \
+                          BcscSddmmOp<T, I>);                                           \
   REGISTER_KERNEL_BUILDER(Name("SparseKeras>DenseCsrMatMul")                            \
                               .Device(DEVICE_CPU)                                       \
                               .TypeConstraint<T>("T")                                   \

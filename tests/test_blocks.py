@@ -112,6 +112,69 @@ def test_dense_bcsc_matmul_rejects_bad_input(call, match):
         call(np.ones((2, 6), np.float32), ip, ix, v)
 
 
+@pytest.mark.parametrize("batch", [1, 17, 129])
+@pytest.mark.parametrize("block", BLOCKS)
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("dtype", VALUE_DTYPES)
+@pytest.mark.parametrize("case", SHAPES, ids=SHAPE_IDS)
+def test_bcsc_gradient_kernels(isa, case, dtype, index_dtype, block, batch):
+    """dX = dY @ W^T (dense_bcsc_matmul_t) and the block values' gradient (bcsc_sddmm)."""
+    ip, ix, v, shape = make_bcsc(case, block, index_dtype, dtype, seed=batch)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((batch, shape[0])).astype(dtype)
+    dy = rng.standard_normal((batch, shape[1])).astype(dtype)
+    w = ref_bcsc_dense(ip, ix, v, shape, block)
+    w_abs = ref_bcsc_dense(ip, ix, np.abs(v), shape, block)
+    dx = _kernels.dense_bcsc_matmul_t(dy, ip, ix, v, shape, block)
+    R.assert_close(dx, dy.astype(np.float64) @ w.T, np.abs(dy.astype(np.float64)) @ w_abs.T,
+                   dtype, shape[1])
+    dv = _kernels.bcsc_sddmm(ip, ix, shape, block, x, dy)
+    group = R.row_ids(ip)
+    cols = group[:, None] * block + np.arange(block)[None, :]
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    ref = np.einsum("ib,ibg->bg", x64[:, ix], dy64[:, cols]).reshape(-1)
+    mag = np.einsum("ib,ibg->bg", np.abs(x64[:, ix]), np.abs(dy64[:, cols])).reshape(-1)
+    R.assert_close(dv, ref, mag, dtype, batch)
+
+
+@pytest.mark.parametrize("block", [1, 4, 8, 16])
+@pytest.mark.parametrize("dtype", VALUE_DTYPES)
+def test_bcsc_gradient_kernels_same_bits_for_any_thread_count(isa, dtype, block):
+    rng = np.random.default_rng(1)
+    k, n, batch = 300, 48 * block, 200  # 200: four batch tiles, the last partial
+    keep = rng.random((k, n // block)) < 0.2
+    w = rng.standard_normal((k, n)).astype(dtype) * np.repeat(keep, block, axis=1)
+    ip, ix, v = linalg.bcsc_from_dense(w, block)
+    x = rng.standard_normal((batch, k)).astype(dtype)
+    dy = rng.standard_normal((batch, n)).astype(dtype)
+    for small in (dy[:40], dy):  # one batch tile (two parts) and several
+        one = _kernels.dense_bcsc_matmul_t(small, ip, ix, v, (k, n), block, n_threads=1)
+        for nt in (2, 3):
+            np.testing.assert_array_equal(
+                _kernels.dense_bcsc_matmul_t(small, ip, ix, v, (k, n), block, n_threads=nt), one)
+    one = _kernels.bcsc_sddmm(ip, ix, (k, n), block, x, dy, n_threads=1)
+    for nt in (2, 3):
+        np.testing.assert_array_equal(
+            _kernels.bcsc_sddmm(ip, ix, (k, n), block, x, dy, n_threads=nt), one)
+
+
+def test_bcsc_gradient_kernels_reject_bad_input():
+    w = np.zeros((6, 8), np.float32)
+    w[1, :4] = 1.0
+    ip, ix, v = linalg.bcsc_from_dense(w, 4)
+    x, dy = np.ones((2, 6), np.float32), np.ones((2, 8), np.float32)
+    with pytest.raises(ValueError, match=r"dy must have 8 columns.*received dy.shape=\(2, 7\)"):
+        _kernels.dense_bcsc_matmul_t(dy[:, :7], ip, ix, v, (6, 8), 4)
+    with pytest.raises(ValueError, match=r"dy must be \(2, 8\); received shape \(3, 8\)"):
+        _kernels.bcsc_sddmm(ip, ix, (6, 8), 4, x, np.ones((3, 8), np.float32))
+    with pytest.raises(ValueError, match=r"x must be \(M, 6\); received shape \(2, 5\)"):
+        _kernels.bcsc_sddmm(ip, ix, (6, 8), 4, x[:, :5], dy)
+    with pytest.raises(ValueError, match=r"indices\[0\]=6"):
+        _kernels.bcsc_sddmm(ip, np.array([6], np.int32), (6, 8), 4, x, dy)
+    with pytest.raises(ValueError, match=r"4 values per block"):
+        _kernels.dense_bcsc_matmul_t(dy, ip, ix, v[:3], (6, 8), 4)
+
+
 # ---- NumPy helpers ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("block", [1, 2, 4, 8])
@@ -198,6 +261,52 @@ def test_dense_bcsc_matmul_gradient_error():
     for t, n in zip(theoretical, numerical):
         assert t.shape == n.shape and np.abs(t).max() > 0
         np.testing.assert_allclose(t, n, atol=1e-7)
+
+
+def test_block_gradient_ops_have_gradients():
+    """The ops the gradient uses (DenseBcscMatMulT, BcscSddmm) are differentiable too."""
+    from sparsekeras.ops._gradients import _ops as raw
+
+    w, ip, ix, v = _case(4, np.int64, np.float64, k=5, groups=3, keep=0.6)
+    rng = np.random.default_rng(3)
+    x, dy = rng.standard_normal((3, 5)), rng.standard_normal((3, w.shape[1]))
+    shape = tf.constant(w.shape, tf.int64)
+    for fn, args in [
+        (lambda dy, v: raw.sparse_keras_dense_bcsc_mat_mul_t(dy, ip, ix, v, shape, block=4),
+         [dy, v]),
+        (lambda x, dy: raw.sparse_keras_bcsc_sddmm(ip, ix, shape, x, dy, block=4), [x, dy]),
+    ]:
+        theoretical, numerical = tf.test.compute_gradient(fn, args)
+        for t, n in zip(theoretical, numerical):
+            assert np.abs(t).max() > 0
+            np.testing.assert_allclose(t, n, atol=1e-7)
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_block_gradient_ops_reject_bad_input(graph):
+    from sparsekeras.ops._gradients import _ops as raw
+
+    w, ip, ix, v = _case(4, np.int32, np.float32)
+    k, n = w.shape
+    shape = tf.constant(w.shape, tf.int64)
+    wrap = tf.function if graph else (lambda f: f)
+    cases = [
+        (lambda: raw.sparse_keras_dense_bcsc_mat_mul_t(tf.ones((2, n - 1)), ip, ix, v, shape,
+                                                       block=4),
+         rf"dy must be a matrix of {n} columns"),
+        (lambda: raw.sparse_keras_bcsc_sddmm(ip, ix, shape, tf.ones((2, k)), tf.ones((3, n)),
+                                             block=4),
+         rf"dy must be a matrix of shape \[2, {n}\]"),
+        (lambda: raw.sparse_keras_bcsc_sddmm(ip, ix, shape, tf.ones((2, k + 1)), tf.ones((2, n)),
+                                             block=4),
+         rf"x must be a matrix of {k} columns"),
+        (lambda: raw.sparse_keras_bcsc_sddmm(ip, np.full_like(ix, -1), shape, tf.ones((2, k)),
+                                             tf.ones((2, n)), block=4),
+         r"indices\[0\]=-1"),
+    ]
+    for fn, match in cases:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+            wrap(fn)()
 
 
 def test_bcsc_expand_matches_the_csc_form():

@@ -132,16 +132,36 @@ def bcsc_expand(indptr, indices, block, dense_shape=None):
 
 @tf.RegisterGradient("SparseKeras>DenseBcscMatMul")
 def _dense_bcsc_matmul_grad(op, grad):
-    """Y = X @ W, W in block-CSC form: on W's CSC structure (`bcsc_expand`), dX = dY @ W^T by
-    the scatter product and dW's stored values by SDDMM_T, permuted back to block order."""
+    """Y = X @ W, W block-CSC: dX = dY @ W^T by the block scatter product (DenseBcscMatMulT),
+    the block values' gradient by the block SDDMM (BcscSddmm): no expansion, no permutation."""
     x, indptr, indices, values, dense_shape = op.inputs
-    e_indptr, e_indices, positions, inverse = bcsc_expand(indptr, indices, op.get_attr("block"),
-                                                          dense_shape)
-    shape_t = _reverse(dense_shape)
-    d_x = _ops.sparse_keras_dense_csr_mat_mul(grad, e_indptr, e_indices, take(values, positions),
-                                              shape_t)
-    d_values = take(_ops.sparse_keras_csr_sddmm_t(e_indptr, e_indices, shape_t, grad, x), inverse)
+    block = op.get_attr("block")
+    d_x = _ops.sparse_keras_dense_bcsc_mat_mul_t(grad, indptr, indices, values, dense_shape,
+                                                 block=block)
+    d_values = _ops.sparse_keras_bcsc_sddmm(indptr, indices, dense_shape, x, grad, block=block)
     return [d_x, None, None, d_values, None]
+
+
+@tf.RegisterGradient("SparseKeras>DenseBcscMatMulT")
+def _dense_bcsc_matmul_t_grad(op, grad):
+    """out = dY @ W^T: d(dY) = grad @ W; the values' gradient = BcscSddmm(grad, dY)."""
+    dy, indptr, indices, values, dense_shape = op.inputs
+    block = op.get_attr("block")
+    d_dy = _ops.sparse_keras_dense_bcsc_mat_mul(grad, indptr, indices, values, dense_shape,
+                                                block=block)
+    d_values = _ops.sparse_keras_bcsc_sddmm(indptr, indices, dense_shape, grad, dy, block=block)
+    return [d_dy, None, None, d_values, None]
+
+
+@tf.RegisterGradient("SparseKeras>BcscSddmm")
+def _bcsc_sddmm_grad(op, grad):
+    """out = block values of x^T dY: dx = dY @ S^T, d(dY) = x @ S (S: the pattern holding grad)."""
+    indptr, indices, dense_shape, x, dy = op.inputs
+    block = op.get_attr("block")
+    d_x = _ops.sparse_keras_dense_bcsc_mat_mul_t(dy, indptr, indices, grad, dense_shape,
+                                                 block=block)
+    d_dy = _ops.sparse_keras_dense_bcsc_mat_mul(x, indptr, indices, grad, dense_shape, block=block)
+    return [None, None, None, d_x, d_dy]
 
 
 @tf.RegisterGradient("SparseKeras>DenseCsrMatMul")
