@@ -464,13 +464,14 @@ def run_block(tf, args, timing, rng):
         def sk(X):
             return ops.dense_bcsc_matmul(X, indptr, indices, values, shape, G)
 
-        def step(fwd, param):
+        def step(fwd, param):  # (Y, dX, dparam), as the unstructured rows
             def f(X, Gr):
                 with tf.GradientTape() as tape:
                     tape.watch(X)
-                    loss = tf.reduce_sum(fwd(X) * Gr)
+                    Y = fwd(X)
+                    loss = tf.reduce_sum(Y * Gr)
                 dX, dp = tape.gradient(loss, [X, param])
-                return dX, dp
+                return Y, dX, dp
             return tf.function(f)
 
         fwd = {"sk_block_fn": tf.function(sk), "tf_matmul": tf.function(lambda X: tf.matmul(X, W_var))}
@@ -487,8 +488,8 @@ def run_block(tf, args, timing, rng):
             tracker = BusyTracker()
             tracker.start()
             check_close(fwd["sk_block_fn"](X).numpy(), x @ w, "block forward", True)
-            ref_dx, ref_dw = (t.numpy() for t in bwd["tf_matmul"](X, Gr))
-            dx, dv = (t.numpy() for t in bwd["sk_block_fn"](X, Gr))
+            _, ref_dx, ref_dw = (t.numpy() for t in bwd["tf_matmul"](X, Gr))
+            _, dx, dv = (t.numpy() for t in bwd["sk_block_fn"](X, Gr))
             check_close(dx, ref_dx, "block fwd_bwd dX", True)
             dense_dv = sparsekeras.linalg.bcsc_to_dense(ip, ix, dv, (K, N), G)
             check_close(dense_dv[stored], ref_dw[stored], "block fwd_bwd dvalues", True)
