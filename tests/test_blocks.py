@@ -464,3 +464,27 @@ def test_block_layer_takes_sparse_inputs():
     x = (rng.standard_normal((6, 20)) * (rng.random((6, 20)) < 0.3)).astype(np.float32)
     st = tf.sparse.from_dense(x)
     np.testing.assert_allclose(layer(st), x @ kernel, rtol=1e-5, atol=1e-5)
+
+
+def test_gradual_block_pruning_then_strip_gives_block_layers():
+    """The pruning guide's recipe: GradualPruning in (1, 8) blocks during fit, then strip."""
+    from sparsekeras import callbacks, schedules
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 24)).astype(np.float32)
+    y = rng.integers(0, 4, 256)
+    model = keras.Sequential([keras.Input((24,)),
+                              sparsekeras.layers.SparseDense(64, activation="relu"),
+                              keras.layers.Dense(4)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    schedule = schedules.PolynomialDecay(0.0, 0.75, begin_step=0, end_step=12, frequency=4)
+    model.fit(x, y, batch_size=32, epochs=3, verbose=0,
+              callbacks=[callbacks.GradualPruning(schedule, granularity="block",
+                                                  block_shape=(1, 8))])
+    sparse = model.layers[0]
+    assert sparse.sparsity == pytest.approx(0.75, abs=0.02)
+    small = sparsekeras.strip(model)
+    compact = small.layers[0]
+    assert isinstance(compact, CompactDense) and compact.block == 8
+    assert compact.nnz == np.count_nonzero(keras.ops.convert_to_numpy(sparse.mask))
+    np.testing.assert_allclose(small(x), model(x), rtol=1e-5, atol=1e-5)
