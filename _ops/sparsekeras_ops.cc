@@ -507,14 +507,15 @@ class DenseCscMatMulOp : public OpKernel {
   }
 };
 
-template <typename T, typename I>
+// x @ W (kTransposed = false: DenseBcscMatMul) or dy @ W^T (true: DenseBcscMatMulT), W block-CSC.
+template <typename T, typename I, bool kTransposed>
 class DenseBcscMatMulOp : public OpKernel {
  public:
   explicit DenseBcscMatMulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("block", &block_));
   }
   void Compute(OpKernelContext* ctx) override {
-    const Tensor& x = ctx->input(0);
+    const Tensor& dense = ctx->input(0);
     const Tensor& indptr = ctx->input(1);
     const Tensor& indices = ctx->input(2);
     const Tensor& values = ctx->input(3);
@@ -522,58 +523,24 @@ class DenseBcscMatMulOp : public OpKernel {
     CsrDims d;  // rows = N / block groups, cols = K, nnz = blocks
     OP_REQUIRES_OK(ctx, ValidateCsr<I>(indptr, indices, &values, dense_shape, "w", true, &d,
                                        block_));
-    OP_REQUIRES(ctx, x.dims() == 2,
-                absl::InvalidArgumentError(absl::StrCat("x must be a matrix; received shape ",
-                                                        x.shape().DebugString())));
     const int64_t n = d.rows * block_;
-    OP_REQUIRES(ctx, x.dim_size(1) == d.cols,
+    const int64_t width_in = kTransposed ? n : d.cols, width_out = kTransposed ? d.cols : n;
+    const char* name = kTransposed ? "dy" : "x";
+    OP_REQUIRES(ctx, dense.dims() == 2 && dense.dim_size(1) == width_in,
                 absl::InvalidArgumentError(absl::StrCat(
-                    "x must have ", d.cols, " columns to match w.dense_shape [", d.cols, ", ", n,
-                    "]; received x.shape ", x.shape().DebugString())));
-    const int64_t m = x.dim_size(0);
+                    name, " must be a matrix of ", width_in, " columns to match w.dense_shape [",
+                    d.cols, ", ", n, "]; received ", name, ".shape ",
+                    dense.shape().DebugString())));
+    const int64_t m = dense.dim_size(0);
     Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({m, n}), &out));
-    if (m == 0 || n == 0) return;
-    ThreadLease lease(ctx, d.nnz * block_ * m + m * d.cols);
-    int rc = DenseBcscMatMul(m, d.cols, n, block_, indptr.flat<I>().data(),
-                             indices.flat<I>().data(), values.flat<T>().data(),
-                             x.flat<T>().data(), out->flat<T>().data(), lease.n());
-    OP_REQUIRES(ctx, rc == 0, Allocation("DenseBcscMatMul"));
-  }
-
- private:
-  int64_t block_ = 1;
-};
-
-template <typename T, typename I>
-class DenseBcscMatMulTOp : public OpKernel {
- public:
-  explicit DenseBcscMatMulTOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("block", &block_));
-  }
-  void Compute(OpKernelContext* ctx) override {
-    const Tensor& dy = ctx->input(0);
-    const Tensor& indptr = ctx->input(1);
-    const Tensor& indices = ctx->input(2);
-    const Tensor& values = ctx->input(3);
-    const Tensor& dense_shape = ctx->input(4);
-    CsrDims d;  // rows = N / block groups, cols = K
-    OP_REQUIRES_OK(ctx, ValidateCsr<I>(indptr, indices, &values, dense_shape, "w", true, &d,
-                                       block_));
-    const int64_t n = d.rows * block_;
-    OP_REQUIRES(ctx, dy.dims() == 2 && dy.dim_size(1) == n,
-                absl::InvalidArgumentError(absl::StrCat(
-                    "dy must be a matrix of ", n, " columns to match w.dense_shape [", d.cols,
-                    ", ", n, "]; received dy.shape ", dy.shape().DebugString())));
-    const int64_t m = dy.dim_size(0);
-    Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({m, d.cols}), &out));
-    if (m == 0 || d.cols == 0) return;
-    ThreadLease lease(ctx, d.nnz * block_ * m + m * (d.cols + n));
-    int rc = DenseBcscMatMulT(m, d.cols, n, block_, indptr.flat<I>().data(),
-                              indices.flat<I>().data(), values.flat<T>().data(),
-                              dy.flat<T>().data(), out->flat<T>().data(), lease.n());
-    OP_REQUIRES(ctx, rc == 0, Allocation("DenseBcscMatMulT"));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({m, width_out}), &out));
+    if (m == 0 || width_out == 0) return;
+    ThreadLease lease(ctx, d.nnz * block_ * m + m * (d.cols + (kTransposed ? n : 0)));
+    const auto run = kTransposed ? DenseBcscMatMulT : DenseBcscMatMul;
+    int rc = run(m, d.cols, n, block_, indptr.flat<I>().data(), indices.flat<I>().data(),
+                 values.flat<T>().data(), dense.flat<T>().data(), out->flat<T>().data(),
+                 lease.n());
+    OP_REQUIRES(ctx, rc == 0, Allocation(kTransposed ? "DenseBcscMatMulT" : "DenseBcscMatMul"));
   }
 
  private:
@@ -774,12 +741,12 @@ SK_REGISTER_EXPAND(int64_t)
                               .Device(DEVICE_CPU)                                       \
                               .TypeConstraint<T>("T")                                   \
                               .TypeConstraint<I>("Tindex"),                             \
-                          DenseBcscMatMulOp<T, I>);                                     \
+                          DenseBcscMatMulOp<T, I, false>);                                     \
   REGISTER_KERNEL_BUILDER(Name("SparseKeras>DenseBcscMatMulT")                          \
                               .Device(DEVICE_CPU)                                       \
                               .TypeConstraint<T>("T")                                   \
                               .TypeConstraint<I>("Tindex"),                             \
-                          DenseBcscMatMulTOp<T, I>);                                    \
+                          DenseBcscMatMulOp<T, I, true>);                                    \
   REGISTER_KERNEL_BUILDER(Name("SparseKeras>BcscSddmm")                                 \
                               .Device(DEVICE_CPU)                                       \
                               .TypeConstraint<T>("T")                                   \

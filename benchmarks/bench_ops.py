@@ -224,38 +224,40 @@ def build_forward(tf, o):
     return out
 
 
+def grad_step(tf, fwd, param):
+    """A tf.function (X, G) -> (Y, dX, dparam) with loss = reduce_sum(fwd(X) * G)."""
+    def f(X, G):
+        with tf.GradientTape() as tape:
+            tape.watch(X)
+            Y = fwd(X)
+            loss = tf.reduce_sum(Y * G)
+        dX, dp = tape.gradient(loss, [X, param])
+        return Y, dX, dp
+    return tf.function(f)
+
+
 def build_backward(tf, o, with_nots):
     """{name: callable(X, G) -> (Y, dX, dparams)}; dparams are the gradient on W's stored
     values in that method's own value order (for tf_matmul: the dense K x N gradient)."""
     dcm = sparsekeras.ops.dense_csc_matmul
 
-    def step(fwd, param):
-        def f(X, G):
-            with tf.GradientTape() as tape:
-                tape.watch(X)
-                Y = fwd(X)
-                loss = tf.reduce_sum(Y * G)
-            dX, dp = tape.gradient(loss, [X, param])
-            return Y, dX, dp
-        return tf.function(f)
-
     out = {
-        "sk_fn": step(lambda X: dcm(X, o.indptr, o.indices, o.values, o.dense_shape,
-                                    transpose_structure=o.ts), o.values),
-        "tf_matmul": step(lambda X: tf.matmul(X, o.W_var), o.W_var),
-        "tf_sparse": step(lambda X: tf.sparse.sparse_dense_matmul(
+        "sk_fn": grad_step(tf, lambda X: dcm(X, o.indptr, o.indices, o.values, o.dense_shape,
+                                             transpose_structure=o.ts), o.values),
+        "tf_matmul": grad_step(tf, lambda X: tf.matmul(X, o.W_var), o.W_var),
+        "tf_sparse": grad_step(tf, lambda X: tf.sparse.sparse_dense_matmul(
             X, tf.SparseTensor(o.sp_idx, o.sp_values, [K, N])), o.sp_values),
     }
     if with_nots:
-        out["sk_fn_nots"] = step(lambda X: dcm(X, o.indptr, o.indices, o.values,
-                                               o.dense_shape), o.values)
+        out["sk_fn_nots"] = grad_step(tf, lambda X: dcm(X, o.indptr, o.indices, o.values,
+                                                        o.dense_shape), o.values)
     if o.csr_ops is None:
         out["tf_csr"] = o.csr_error
     else:
         def csr_fwd(X):
             m = o.csr_ops.CSRSparseMatrix(tf.SparseTensor(o.wt_idx, o.wt_values, [N, K]))
             return tf.transpose(o.csr_ops.matmul(m, X, transpose_b=True))
-        out["tf_csr"] = step(csr_fwd, o.wt_values)
+        out["tf_csr"] = grad_step(tf, csr_fwd, o.wt_values)
     return out
 
 
@@ -464,18 +466,9 @@ def run_block(tf, args, timing, rng):
         def sk(X):
             return ops.dense_bcsc_matmul(X, indptr, indices, values, shape, G)
 
-        def step(fwd, param):  # (Y, dX, dparam), as the unstructured rows
-            def f(X, Gr):
-                with tf.GradientTape() as tape:
-                    tape.watch(X)
-                    Y = fwd(X)
-                    loss = tf.reduce_sum(Y * Gr)
-                dX, dp = tape.gradient(loss, [X, param])
-                return Y, dX, dp
-            return tf.function(f)
-
         fwd = {"sk_block_fn": tf.function(sk), "tf_matmul": tf.function(lambda X: tf.matmul(X, W_var))}
-        bwd = {"sk_block_fn": step(sk, values), "tf_matmul": step(lambda X: tf.matmul(X, W_var), W_var)}
+        bwd = {"sk_block_fn": grad_step(tf, sk, values),
+               "tf_matmul": grad_step(tf, lambda X: tf.matmul(X, W_var), W_var)}
         stored = np.nonzero(sparsekeras.linalg.bcsc_to_dense(ip, ix, np.ones_like(v), (K, N), G))
         for B in args.block_batches:
             if args.wait_idle > 0:

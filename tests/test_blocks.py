@@ -353,7 +353,7 @@ def test_dense_bcsc_matmul_op_rejects_bad_input(graph):
         (lambda: ops.dense_bcsc_matmul(x, ip[:-1], ix, v, w.shape, 4),
          r"block-CSC: one per group of 4 columns"),
         (lambda: ops.dense_bcsc_matmul(tf.ones((2, 3)), ip, ix, v, w.shape, 4),
-         rf"x must have {w.shape[0]} columns"),
+         rf"x must be a matrix of {w.shape[0]} columns to match w.dense_shape"),
     ]
     for fn, match in cases:
         with pytest.raises(tf.errors.InvalidArgumentError, match=match):
