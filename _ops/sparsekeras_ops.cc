@@ -536,10 +536,17 @@ class DenseBcscMatMulOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({m, width_out}), &out));
     if (m == 0 || width_out == 0) return;
     ThreadLease lease(ctx, d.nnz * block_ * m + m * (d.cols + (kTransposed ? n : 0)));
-    const auto run = kTransposed ? DenseBcscMatMulT : DenseBcscMatMul;
-    int rc = run(m, d.cols, n, block_, indptr.flat<I>().data(), indices.flat<I>().data(),
-                 values.flat<T>().data(), dense.flat<T>().data(), out->flat<T>().data(),
-                 lease.n());
+    const I* ip = indptr.flat<I>().data();
+    const I* ix = indices.flat<I>().data();
+    const T* v = values.flat<T>().data();
+    int rc;
+    if constexpr (kTransposed) {
+      rc = DenseBcscMatMulT(m, d.cols, n, block_, ip, ix, v, dense.flat<T>().data(),
+                            out->flat<T>().data(), lease.n());
+    } else {
+      rc = DenseBcscMatMul(m, d.cols, n, block_, ip, ix, v, dense.flat<T>().data(),
+                           out->flat<T>().data(), lease.n());
+    }
     OP_REQUIRES(ctx, rc == 0, Allocation(kTransposed ? "DenseBcscMatMulT" : "DenseBcscMatMul"));
   }
 
