@@ -107,18 +107,23 @@ def sparsify(model, layer_names=None, switch_sparsity=None, compute="auto"):
     return clone
 
 
-def strip(model):
+def strip(model, block="auto"):
     """A compact inference copy of a Sequential/Functional model: every `SparseDense` becomes a
     `CompactDense`, every `SparseConv2D` / `SparseDepthwiseConv2D` a `CompactConv2D`, holding only
     its nonzeros (CSC arrays), so memory and the saved `.keras` file scale with the number of
     nonzeros. Other layers are copied unchanged. The copy is not
     compiled (no optimizer state to carry); compile it to fine-tune its nonzero values.
+
+    block: how the Dense kernels are stored: "auto" (default) takes the block-CSC form with
+    (1, G) blocks where the kernel's nonzeros come in such blocks (pruned with
+    `granularity="block", block_shape=(1, G)`; see `CompactDense.from_kernel`), else CSC; 1
+    forces CSC; an int G forces (1, G) blocks (zeros inside stored blocks are kept).
     """
     def replace(layer):
         if isinstance(layer, SparseDense):
             kernel = keras.ops.convert_to_numpy(layer.kernel) * keras.ops.convert_to_numpy(layer.mask)
             bias = keras.ops.convert_to_numpy(layer.bias) if layer.bias is not None else None
-            return CompactDense.from_kernel(kernel, bias, name=layer.name,
+            return CompactDense.from_kernel(kernel, bias, name=layer.name, block=block,
                                             activation=keras.activations.serialize(layer.activation),
                                             dtype=layer.dtype_policy)
         if isinstance(layer, (SparseConv2D, SparseDepthwiseConv2D)):

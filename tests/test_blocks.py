@@ -448,6 +448,11 @@ def test_strip_stores_block_pruned_layers_in_blocks(tmp_path):
     h2.set_mask(_masks.magnitude_mask(keras.ops.convert_to_numpy(h2.kernel), 0.75))
     stripped = sparsekeras.strip(model)
     assert [layer.block for layer in stripped.layers] == [8, 1]
+    assert [layer.block for layer in sparsekeras.strip(model, block=1).layers] == [1, 1]
+    forced = sparsekeras.strip(model, block=4)
+    assert [layer.block for layer in forced.layers] == [4, 4]
+    x0 = np.random.default_rng(1).standard_normal((3, 24)).astype(np.float32)
+    np.testing.assert_allclose(forced(x0), model(x0), rtol=1e-5, atol=1e-5)
     x = np.random.default_rng(0).standard_normal((5, 24)).astype(np.float32)
     np.testing.assert_allclose(stripped(x), model(x), rtol=1e-5, atol=1e-5)
     path = tmp_path / "s.keras"
