@@ -147,6 +147,23 @@ cdef inline real_t _dot(int isa, int64_t n, const real_t *a, const real_t *b) no
         return sk_dot_f64_any(isa, n, a, b)
 
 
+cdef extern from "sk_simd.h" nogil:
+    void sk_transpose_f32(int isa, const float *src, int64_t lds, float *dst, int64_t ldd,
+                          int64_t rows, int64_t cols)
+    void sk_transpose_f64(int isa, const double *src, int64_t lds, double *dst, int64_t ldd,
+                          int64_t rows, int64_t cols)
+
+
+cdef inline void _transpose(int isa, const real_t *src, int64_t lds, real_t *dst, int64_t ldd,
+                            int64_t rows, int64_t cols) noexcept nogil:
+    """dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols: 8 x 8 register transposes
+    (AVX2 and up) for float32; the panel packing and transposed stores of every product."""
+    if real_t is float:
+        sk_transpose_f32(isa, src, lds, dst, ldd, rows, cols)
+    else:
+        sk_transpose_f64(isa, src, lds, dst, ldd, rows, cols)
+
+
 cdef void _balanced_bounds(int64_t n_rows, const index_t *indptr, int64_t nnz_weight,
                            int64_t row_cost, int n_parts, int64_t *bounds) noexcept nogil:
     """Split rows [0, n_rows) into n_parts contiguous ranges of about equal cost.

@@ -42,22 +42,6 @@ cdef extern from "sk_simd.h" nogil:
                             const double *base, int64_t len, double *out)
 
 
-cdef extern from "sk_simd.h" nogil:
-    void sk_transpose_f32(int isa, const float *src, int64_t lds, float *dst, int64_t ldd,
-                          int64_t rows, int64_t cols)
-    void sk_transpose_f64(int isa, const double *src, int64_t lds, double *dst, int64_t ldd,
-                          int64_t rows, int64_t cols)
-
-
-cdef inline void _transpose(int isa, const real_t *src, int64_t lds, real_t *dst, int64_t ldd,
-                            int64_t rows, int64_t cols) noexcept nogil:
-    """dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols."""
-    if real_t is float:
-        sk_transpose_f32(isa, src, lds, dst, ldd, rows, cols)
-    else:
-        sk_transpose_f64(isa, src, lds, dst, ldd, rows, cols)
-
-
 cdef enum:
     SK_CONV_ROW_BLOCK = 8   # output rows per hsum in the values gradient
 

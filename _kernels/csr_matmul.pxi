@@ -90,13 +90,12 @@ cdef void _pack_transposed(int64_t m, int64_t k, const real_t *x, int64_t tile, 
                            int n_threads) noexcept nogil:
     """Pack x^T (x is m x k, row-major) into panels: panel t holds x[t*tile : t*tile + w_t, :]^T
     as a k x w_t row-major block. Blocked over k so reads and writes both stay in cache."""
+    cdef int isa = sk_isa()
     cdef int64_t n_tiles = (m + tile - 1) // tile
     cdef int64_t kb = 64
     cdef int64_t n_kblocks = (k + kb - 1) // kb
     cdef Py_ssize_t blk
-    cdef int64_t t, w, k0, k1, j, r
-    cdef real_t *dst
-    cdef const real_t *src
+    cdef int64_t t, w, k0, k1
     for blk in prange(n_tiles * n_kblocks, nogil=True, schedule='static', num_threads=n_threads):
         t = blk // n_kblocks
         k0 = (blk % n_kblocks) * kb
@@ -106,11 +105,7 @@ cdef void _pack_transposed(int64_t m, int64_t k, const real_t *x, int64_t tile, 
         w = m - t * tile
         if w > tile:
             w = tile
-        dst = panels + t * tile * k
-        for j in range(w):
-            src = x + (t * tile + j) * k
-            for r in range(k0, k1):
-                dst[r * w + j] = src[r]
+        _transpose(isa, x + t * tile * k + k0, k, panels + t * tile * k + k0 * w, w, w, k1 - k0)
 
 
 cdef int _csr_matmul(int64_t n_rows, int64_t n_cols, int64_t n_out, const index_t *indptr,
