@@ -507,13 +507,22 @@ class DenseCscMatMulOp : public OpKernel {
   }
 };
 
-// x @ W (kTransposed = false: DenseBcscMatMul) or dy @ W^T (true: DenseBcscMatMulT), W block-CSC.
-template <typename T, typename I, bool kTransposed>
-class DenseBcscMatMulOp : public OpKernel {
+// The block-CSC ops: their group width, attr "block".
+class BlockOpKernel : public OpKernel {
  public:
-  explicit DenseBcscMatMulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  explicit BlockOpKernel(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("block", &block_));
   }
+
+ protected:
+  int64_t block_ = 1;
+};
+
+// x @ W (kTransposed = false: DenseBcscMatMul) or dy @ W^T (true: DenseBcscMatMulT), W block-CSC.
+template <typename T, typename I, bool kTransposed>
+class DenseBcscMatMulOp : public BlockOpKernel {
+ public:
+  explicit DenseBcscMatMulOp(OpKernelConstruction* ctx) : BlockOpKernel(ctx) {}
   void Compute(OpKernelContext* ctx) override {
     const Tensor& dense = ctx->input(0);
     const Tensor& indptr = ctx->input(1);
@@ -550,16 +559,12 @@ class DenseBcscMatMulOp : public OpKernel {
     OP_REQUIRES(ctx, rc == 0, Allocation(kTransposed ? "DenseBcscMatMulT" : "DenseBcscMatMul"));
   }
 
- private:
-  int64_t block_ = 1;
 };
 
 template <typename T, typename I>
-class BcscSddmmOp : public OpKernel {
+class BcscSddmmOp : public BlockOpKernel {
  public:
-  explicit BcscSddmmOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("block", &block_));
-  }
+  explicit BcscSddmmOp(OpKernelConstruction* ctx) : BlockOpKernel(ctx) {}
   void Compute(OpKernelContext* ctx) override {
     const Tensor& indptr = ctx->input(0);
     const Tensor& indices = ctx->input(1);
@@ -590,16 +595,12 @@ class BcscSddmmOp : public OpKernel {
     OP_REQUIRES(ctx, rc == 0, Allocation("BcscSddmm"));
   }
 
- private:
-  int64_t block_ = 1;
 };
 
 template <typename I>
-class BcscExpandOp : public OpKernel {
+class BcscExpandOp : public BlockOpKernel {
  public:
-  explicit BcscExpandOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("block", &block_));
-  }
+  explicit BcscExpandOp(OpKernelConstruction* ctx) : BlockOpKernel(ctx) {}
   void Compute(OpKernelContext* ctx) override {
     const Tensor& indptr = ctx->input(0);
     const Tensor& indices = ctx->input(1);
@@ -619,8 +620,6 @@ class BcscExpandOp : public OpKernel {
                positions->flat<int64_t>().data(), inverse->flat<int64_t>().data(), lease.n());
   }
 
- private:
-  int64_t block_ = 1;
 };
 
 template <typename T, typename I>
