@@ -518,6 +518,8 @@ class CompactDense(keras.layers.Layer):
                 raise ValueError(f"Expected `block` an int or 'auto'. Received: block={block!r}")
             block = next((g for g in AUTO_BLOCKS
                           if _linalg.block_fill(kernel, g) <= AUTO_BLOCK_MAX_FILL), 1)
+        elif isinstance(block, (int, np.integer)) and not isinstance(block, (bool, np.bool_)):
+            block = int(block)  # a NumPy integer is fine here
         if block > 1:
             if n % block:
                 raise ValueError(f"Expected `block` dividing units={n}. Received: block={block}")

@@ -395,6 +395,7 @@ def test_from_kernel_auto_block():
     unstructured = (rng.standard_normal((30, 32)) * (rng.random((30, 32)) < 0.1)).astype(np.float32)
     assert CompactDense.from_kernel(unstructured).block == 1
     assert CompactDense.from_kernel(kernel, block=1).block == 1
+    assert CompactDense.from_kernel(kernel, block=np.int64(4)).block == 4
     forced = CompactDense.from_kernel(unstructured, block=4)  # zeros inside blocks are stored
     assert forced.block == 4 and forced.nnz > np.count_nonzero(unstructured)
     np.testing.assert_allclose(forced(x), x @ unstructured, rtol=1e-5, atol=1e-5)
