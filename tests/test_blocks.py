@@ -494,3 +494,27 @@ def test_gradual_block_pruning_then_strip_gives_block_layers():
     assert isinstance(compact, CompactDense) and compact.block == 8
     assert compact.nnz == np.count_nonzero(keras.ops.convert_to_numpy(sparse.mask))
     np.testing.assert_allclose(small(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_block_products_batch_one_and_empty_batch():
+    rng = np.random.default_rng(0)
+    k, n, g = 50, 64, 8
+    keep = rng.random((k, n // g)) < 0.3
+    w = (rng.standard_normal((k, n)) * np.repeat(keep, g, 1)).astype(np.float32)
+    ip, ix, v = linalg.bcsc_from_dense(w, g)
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    one = _kernels.dense_bcsc_matmul(x, ip, ix, v, (k, n), g, n_threads=1)
+    for nt in (2, 3):  # the batch-1 path has its own loop
+        np.testing.assert_array_equal(_kernels.dense_bcsc_matmul(x, ip, ix, v, (k, n), g,
+                                                                 n_threads=nt), one)
+    np.testing.assert_allclose(one, x @ w, rtol=1e-5, atol=1e-5)
+    x0, vv = tf.zeros((0, k)), tf.Variable(v)
+    with tf.GradientTape() as tape:
+        tape.watch(x0)
+        y = ops.dense_bcsc_matmul(x0, ip, ix, vv, (k, n), g)
+        loss = tf.reduce_sum(y)
+    dx, dv = tape.gradient(loss, [x0, vv])
+    assert y.shape == (0, n) and dx.shape == (0, k)
+    np.testing.assert_array_equal(dv.numpy(), np.zeros_like(v))
+    assert not _kernels.bcsc_sddmm(ip, ix, (k, n), g, np.zeros((0, k), np.float32),
+                                   np.zeros((0, n), np.float32)).any()
