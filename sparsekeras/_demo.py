@@ -149,6 +149,9 @@ def run(hidden=2048, epochs_dense=15, epochs_prune=25, target=0.9, batch_size=64
     plot_path = _plot(history.rows, acc_dense, target, out_dir)
     if plot_path:
         print(f"plot of sparsity and accuracy over the steps: {plot_path}")
+    if block == 1:
+        print("faster sparse layers: prune in (1, 8) blocks (`sparsekeras demo --block 8`; "
+              "docs/pruning-guide.md)")
     return dict(acc_dense=float(acc_dense), acc_pruned=float(acc_sparse),
                 acc_stripped=acc_compact, sparsity=layer_rows, size_dense=size_dense,
                 size_stripped=size_compact, latency_ms={f"{k[0]}_b{k[1]}": v for k, v in lat.items()},
