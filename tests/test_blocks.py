@@ -518,3 +518,23 @@ def test_block_products_batch_one_and_empty_batch():
     np.testing.assert_array_equal(dv.numpy(), np.zeros_like(v))
     assert not _kernels.bcsc_sddmm(ip, ix, (k, n), g, np.zeros((0, k), np.float32),
                                    np.zeros((0, n), np.float32)).any()
+
+
+@pytest.mark.parametrize("policy, compute", [("mixed_float16", "float16"),
+                                             ("mixed_bfloat16", "bfloat16")])
+def test_block_layer_mixed_precision_trains(policy, compute):
+    keras.config.set_dtype_policy(policy)
+    try:
+        layer = CompactDense(32, sparsity=0.75, block=8, seed=0)
+        inputs = keras.Input((24,))
+        model = keras.Model(inputs, keras.layers.Dense(4)(layer(inputs)))
+        model.compile(keras.optimizers.Adam(1e-2), "mse")
+        rng = np.random.default_rng(0)
+        x = rng.random((64, 24)).astype("float32")
+        before = keras.ops.convert_to_numpy(layer.values).copy()
+        history = model.fit(x, rng.random((64, 4)).astype("float32"), epochs=3, verbose=0)
+        assert layer.values.dtype == "float32" and str(layer(x).dtype).endswith(compute)
+        assert np.isfinite(history.history["loss"]).all()
+        assert not np.array_equal(keras.ops.convert_to_numpy(layer.values), before)
+    finally:
+        keras.config.set_dtype_policy("float32")
