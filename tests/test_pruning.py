@@ -460,6 +460,18 @@ _MIRRORED = textwrap.dedent("""
         mask = keras.ops.convert_to_numpy(layer.mask)
         assert abs(layer.sparsity - 0.75) <= 1.0 / mask.size, (layer.name, layer.sparsity)
         assert (keras.ops.convert_to_numpy(layer.kernel)[mask == 0] == 0).all(), layer.name
+
+    # A block-CSC CompactDense (the block product and its gradient ops in each replica).
+    from sparsekeras.layers import CompactDense
+    with strategy.scope():
+        bm = keras.Sequential([keras.Input((16,)),
+                               CompactDense(32, sparsity=0.75, block=8, seed=0, activation="relu"),
+                               keras.layers.Dense(4)])
+        bm.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    before = keras.ops.convert_to_numpy(bm.layers[0].values).copy()
+    hb = bm.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False)
+    assert np.isfinite(hb.history["loss"]).all()
+    assert not np.array_equal(keras.ops.convert_to_numpy(bm.layers[0].values), before)
     print("MIRRORED_OK")
 """)
 
