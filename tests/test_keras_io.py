@@ -209,12 +209,15 @@ _SERVE = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("form", ["pruned_mid", "pruned", "stripped"])
+@pytest.mark.parametrize("form", ["pruned_mid", "pruned", "stripped", "stripped_blocks"])
 def test_export_and_serve(tmp_path, form):
     keras.utils.set_random_seed(4)
     model = _prune(_model(), steps=6 if form == "pruned_mid" else 20)
     if form == "stripped":
         model = sparsekeras.strip(model)
+    if form == "stripped_blocks":  # the block-CSC op in a served SavedModel
+        model = sparsekeras.strip(model, block=2)
+        assert [layer.block for layer in model.layers[:2]] == [2, 2]
     x, _ = _data(6, seed=5)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", _np(model(x)))
