@@ -122,12 +122,16 @@ cdef int _dense_bcsc_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, int
     if gpc < 1:
         gpc = 1
     if n_rows == 1:
+        # One input row: per group, the blocks' G contiguous values scale x[row] into the G
+        # outputs (a G-wide vector update per block; the weights are read once, in order).
         for qq in prange(n_groups, nogil=True, schedule='guided', num_threads=n_threads):
+            o = out + qq * block
             for g in range(block):
-                acc = 0
-                for b in range(indptr[qq], indptr[qq + 1]):
-                    acc = acc + data[b * block + g] * x[indices[b]]
-                out[qq * block + g] = acc
+                o[g] = 0
+            for b in range(indptr[qq], indptr[qq + 1]):
+                acc = x[indices[b]]
+                for g in range(block):
+                    o[g] = o[g] + data[b * block + g] * acc
         return 0
     bounds = <int64_t *>malloc((n_threads + 1) * sizeof(int64_t))
     if bounds == NULL:
