@@ -429,125 +429,22 @@ SK_FNT(sk_dot_run, avx2)(int64_t nnz, const int64_t *off, const SK_T *u, const S
 }
 #endif
 
-/* Block-CSC SpMM (avx2): gc (1, 2, 4 or 8) outputs x nv vectors of accumulators (the last vector
- * masked by m), one pass over the group's blocks. The dispatcher passes the value stride vs as a
- * constant where it can (vs == gc, or 16): a run-time stride cost ~30% at 4096 x 4096, G = 8. */
-__attribute__((target("avx2,fma"), always_inline)) static inline void
-SK_FN(sk_bspmm_gv, avx2)(const int gc, const int nv, int64_t nb, const SK_I *idx, const SK_T *val,
-                        int64_t vs, const SK_T *panel, int64_t ldp, __m256i m, SK_T *out,
-                        int64_t ldo) {
-    SK_V2 acc[16];
-    for (int i = 0; i < gc * nv; i++) acc[i] = SK_V2_ZERO();
-    for (int64_t b = 0; b < nb; b++) {
-        const SK_T *r = panel + (int64_t)idx[b] * ldp;
-        if (ldp >= SK_L2 && b + SK_SPMM_PREFETCH < nb) {
-            const char *f = (const char *)(panel + (int64_t)idx[b + SK_SPMM_PREFETCH] * ldp);
-            for (int v = 0; v < (nv * SK_L2 * (int)sizeof(SK_T) + 63) / 64; v++)
-                _mm_prefetch(f + v * 64, _MM_HINT_T0);
-        }
-        SK_V2 x[4];
-        for (int v = 0; v < nv - 1; v++) x[v] = SK_V2_LOAD(r + v * SK_L2);
-        x[nv - 1] = SK_V2_MLOAD(r + (nv - 1) * SK_L2, m);
-        const SK_T *a = val + b * vs;
-        for (int g = 0; g < gc; g++) {
-            SK_V2 s = SK_V2_SET1(a[g]);
-            for (int v = 0; v < nv; v++) acc[g * nv + v] = SK_V2_FMA(s, x[v], acc[g * nv + v]);
-        }
-    }
-    for (int g = 0; g < gc; g++) {
-        for (int v = 0; v < nv - 1; v++) SK_V2_STORE(out + g * ldo + v * SK_L2, acc[g * nv + v]);
-        SK_V2_MSTORE(out + g * ldo + (nv - 1) * SK_L2, m, acc[g * nv + nv - 1]);
-    }
-}
-
-__attribute__((target("avx2,fma"))) static void
-SK_FN(sk_bspmm, avx2)(int64_t nb, const SK_I *idx, const SK_T *val, int64_t vs, int G,
-                     const SK_T *panel, int64_t ldp, int64_t w, SK_T *out, int64_t ldo) {
-    for (int g0 = 0; g0 < G;) {
-        const int gc = G - g0 >= 8 ? 8 : G - g0 >= 4 ? 4 : G - g0 >= 2 ? 2 : 1;
-        const int nvmax = 8 / gc < 4 ? 8 / gc : 4;
-        for (int64_t j = 0; j < w; j += nvmax * SK_L2) {
-            int64_t rem = w - j;
-            int nv = rem >= nvmax * SK_L2 ? nvmax : (int)((rem + SK_L2 - 1) / SK_L2);
-            int64_t last = rem - (int64_t)(nv - 1) * SK_L2;
-            if (last > SK_L2) last = SK_L2;
-            __m256i m = SK_V2_MASK(last);
-            const SK_T *pj = panel + j;
-            SK_T *oj = out + (int64_t)g0 * ldo + j;
-            switch (gc * 16 + nv) {
-#define SK_CASE(G_, V_) case G_ * 16 + V_:                                               \
-                if (vs == G_) SK_FN(sk_bspmm_gv, avx2)(G_, V_, nb, idx, val + g0, G_, pj, ldp, m, oj, ldo);   \
-                else if (vs == 16) SK_FN(sk_bspmm_gv, avx2)(G_, V_, nb, idx, val + g0, 16, pj, ldp, m, oj, ldo); \
-                else SK_FN(sk_bspmm_gv, avx2)(G_, V_, nb, idx, val + g0, vs, pj, ldp, m, oj, ldo);           \
-                break;
-                SK_CASE(1, 1) SK_CASE(1, 2) SK_CASE(1, 3) SK_CASE(1, 4)
-                SK_CASE(2, 1) SK_CASE(2, 2) SK_CASE(2, 3) SK_CASE(2, 4)
-                SK_CASE(4, 1) SK_CASE(4, 2) SK_CASE(4, 3) SK_CASE(4, 4)
-                SK_CASE(8, 1) SK_CASE(8, 2)
-#undef SK_CASE
-                default: break;
-            }
-        }
-        g0 += gc;
-    }
-}
-
-/* Block-CSC scatter product (avx2): gc (1, 2, 4 or 8) rows of y x nv vectors in registers (the
- * last vector masked by m), one pass over the group's blocks. */
-__attribute__((target("avx2,fma"), always_inline)) static inline void
-SK_FN(sk_bscatter_gv, avx2)(const int gc, const int nv, int64_t nb, const SK_I *idx,
-                           const SK_T *val, const int64_t vs, const SK_T *y, int64_t w,
-                           __m256i m, SK_T *acc) {
-    SK_V2 yy[16];
-    for (int g = 0; g < gc; g++) {
-        for (int v = 0; v < nv - 1; v++) yy[g * nv + v] = SK_V2_LOAD(y + g * w + v * SK_L2);
-        yy[g * nv + nv - 1] = SK_V2_MLOAD(y + g * w + (nv - 1) * SK_L2, m);
-    }
-    for (int64_t b = 0; b < nb; b++) {
-        SK_T *o = acc + (int64_t)idx[b] * w;
-        const SK_T *a = val + b * vs;
-        SK_V2 t[4];
-        for (int v = 0; v < nv - 1; v++) t[v] = SK_V2_LOAD(o + v * SK_L2);
-        t[nv - 1] = SK_V2_MLOAD(o + (nv - 1) * SK_L2, m);
-        for (int g = 0; g < gc; g++) {
-            SK_V2 s = SK_V2_SET1(a[g]);
-            for (int v = 0; v < nv; v++) t[v] = SK_V2_FMA(s, yy[g * nv + v], t[v]);
-        }
-        for (int v = 0; v < nv - 1; v++) SK_V2_STORE(o + v * SK_L2, t[v]);
-        SK_V2_MSTORE(o + (nv - 1) * SK_L2, m, t[nv - 1]);
-    }
-}
-
-__attribute__((target("avx2,fma"))) static void
-SK_FN(sk_bscatter, avx2)(int64_t nb, const SK_I *idx, const SK_T *val, int64_t vs, int G,
-                        const SK_T *y, int64_t w, SK_T *acc) {
-    for (int g0 = 0; g0 < G;) {
-        const int gc = G - g0 >= 8 ? 8 : G - g0 >= 4 ? 4 : G - g0 >= 2 ? 2 : 1;
-        const int nvmax = 8 / gc < 4 ? 8 / gc : 4;
-        for (int64_t j = 0; j < w; j += nvmax * SK_L2) {
-            int64_t rem = w - j;
-            int nv = rem >= nvmax * SK_L2 ? nvmax : (int)((rem + SK_L2 - 1) / SK_L2);
-            int64_t last = rem - (int64_t)(nv - 1) * SK_L2;
-            if (last > SK_L2) last = SK_L2;
-            __m256i m = SK_V2_MASK(last);
-            const SK_T *yj = y + (int64_t)g0 * w + j;
-            switch (gc * 16 + nv) {
-#define SK_CASE(G_, V_) case G_ * 16 + V_:                                                        \
-                if (vs == G_) SK_FN(sk_bscatter_gv, avx2)(G_, V_, nb, idx, val + g0, G_, yj, w, m, acc + j);   \
-                else if (vs == 16) SK_FN(sk_bscatter_gv, avx2)(G_, V_, nb, idx, val + g0, 16, yj, w, m, acc + j); \
-                else SK_FN(sk_bscatter_gv, avx2)(G_, V_, nb, idx, val + g0, vs, yj, w, m, acc + j);           \
-                break;
-                SK_CASE(1, 1) SK_CASE(1, 2) SK_CASE(1, 3) SK_CASE(1, 4)
-                SK_CASE(2, 1) SK_CASE(2, 2) SK_CASE(2, 3) SK_CASE(2, 4)
-                SK_CASE(4, 1) SK_CASE(4, 2) SK_CASE(4, 3) SK_CASE(4, 4)
-                SK_CASE(8, 1) SK_CASE(8, 2)
-#undef SK_CASE
-                default: break;
-            }
-        }
-        g0 += gc;
-    }
-}
+/* The block-CSC inner loops (sk_bspmm, sk_bscatter) for AVX2: sk_block_isa.h. */
+#define SK_BISA avx2
+#define SK_BTARGET "avx2,fma"
+#define SK_BACC 8
+#define SK_BV SK_V2
+#define SK_BL SK_L2
+#define SK_BMASK __m256i
+#define SK_BMASK_MAKE(last) SK_V2_MASK(last)
+#define SK_BV_ZERO SK_V2_ZERO
+#define SK_BV_SET1 SK_V2_SET1
+#define SK_BV_LOAD SK_V2_LOAD
+#define SK_BV_STORE SK_V2_STORE
+#define SK_BV_FMA SK_V2_FMA
+#define SK_BV_MLOAD SK_V2_MLOAD
+#define SK_BV_MSTORE SK_V2_MSTORE
+#include "sk_block_isa.h"
 
 #undef SK_V2
 #undef SK_L2
@@ -861,68 +758,22 @@ SK_FNT(sk_dot_run, avx512)(int64_t nnz, const int64_t *off, const SK_T *u, const
 }
 #endif
 
-/* Block-CSC SpMM (avx512): gc (1, 2, 4 or 8) outputs x nv vectors of accumulators (the last vector
- * masked by m), one pass over the group's blocks. The dispatcher passes the value stride vs as a
- * constant where it can (vs == gc, or 16): a run-time stride cost ~30% at 4096 x 4096, G = 8. */
-__attribute__((target("avx512f"), always_inline)) static inline void
-SK_FN(sk_bspmm_gv, avx512)(const int gc, const int nv, int64_t nb, const SK_I *idx, const SK_T *val,
-                        int64_t vs, const SK_T *panel, int64_t ldp, SK_M5 m, SK_T *out,
-                        int64_t ldo) {
-    SK_V5 acc[16];
-    for (int i = 0; i < gc * nv; i++) acc[i] = SK_V5_ZERO();
-    for (int64_t b = 0; b < nb; b++) {
-        const SK_T *r = panel + (int64_t)idx[b] * ldp;
-        if (ldp >= SK_L5 && b + SK_SPMM_PREFETCH < nb) {
-            const char *f = (const char *)(panel + (int64_t)idx[b + SK_SPMM_PREFETCH] * ldp);
-            for (int v = 0; v < (nv * SK_L5 * (int)sizeof(SK_T) + 63) / 64; v++)
-                _mm_prefetch(f + v * 64, _MM_HINT_T0);
-        }
-        SK_V5 x[4];
-        for (int v = 0; v < nv - 1; v++) x[v] = SK_V5_LOAD(r + v * SK_L5);
-        x[nv - 1] = SK_V5_MLOAD(r + (nv - 1) * SK_L5, m);
-        const SK_T *a = val + b * vs;
-        for (int g = 0; g < gc; g++) {
-            SK_V5 s = SK_V5_SET1(a[g]);
-            for (int v = 0; v < nv; v++) acc[g * nv + v] = SK_V5_FMA(s, x[v], acc[g * nv + v]);
-        }
-    }
-    for (int g = 0; g < gc; g++) {
-        for (int v = 0; v < nv - 1; v++) SK_V5_STORE(out + g * ldo + v * SK_L5, acc[g * nv + v]);
-        SK_V5_MSTORE(out + g * ldo + (nv - 1) * SK_L5, m, acc[g * nv + nv - 1]);
-    }
-}
-
-__attribute__((target("avx512f"))) static void
-SK_FN(sk_bspmm, avx512)(int64_t nb, const SK_I *idx, const SK_T *val, int64_t vs, int G,
-                     const SK_T *panel, int64_t ldp, int64_t w, SK_T *out, int64_t ldo) {
-    for (int g0 = 0; g0 < G;) {
-        const int gc = G - g0 >= 8 ? 8 : G - g0 >= 4 ? 4 : G - g0 >= 2 ? 2 : 1;
-        const int nvmax = 16 / gc < 4 ? 16 / gc : 4;
-        for (int64_t j = 0; j < w; j += nvmax * SK_L5) {
-            int64_t rem = w - j;
-            int nv = rem >= nvmax * SK_L5 ? nvmax : (int)((rem + SK_L5 - 1) / SK_L5);
-            int64_t last = rem - (int64_t)(nv - 1) * SK_L5;
-            if (last > SK_L5) last = SK_L5;
-            SK_M5 m = (SK_M5)((1u << last) - 1u);
-            const SK_T *pj = panel + j;
-            SK_T *oj = out + (int64_t)g0 * ldo + j;
-            switch (gc * 16 + nv) {
-#define SK_CASE(G_, V_) case G_ * 16 + V_:                                               \
-                if (vs == G_) SK_FN(sk_bspmm_gv, avx512)(G_, V_, nb, idx, val + g0, G_, pj, ldp, m, oj, ldo);   \
-                else if (vs == 16) SK_FN(sk_bspmm_gv, avx512)(G_, V_, nb, idx, val + g0, 16, pj, ldp, m, oj, ldo); \
-                else SK_FN(sk_bspmm_gv, avx512)(G_, V_, nb, idx, val + g0, vs, pj, ldp, m, oj, ldo);           \
-                break;
-                SK_CASE(1, 1) SK_CASE(1, 2) SK_CASE(1, 3) SK_CASE(1, 4)
-                SK_CASE(2, 1) SK_CASE(2, 2) SK_CASE(2, 3) SK_CASE(2, 4)
-                SK_CASE(4, 1) SK_CASE(4, 2) SK_CASE(4, 3) SK_CASE(4, 4)
-                SK_CASE(8, 1) SK_CASE(8, 2)
-#undef SK_CASE
-                default: break;
-            }
-        }
-        g0 += gc;
-    }
-}
+/* The block-CSC inner loops (sk_bspmm, sk_bscatter) for AVX-512: sk_block_isa.h. */
+#define SK_BISA avx512
+#define SK_BTARGET "avx512f"
+#define SK_BACC 16
+#define SK_BV SK_V5
+#define SK_BL SK_L5
+#define SK_BMASK SK_M5
+#define SK_BMASK_MAKE(last) ((SK_M5)((1u << (last)) - 1u))
+#define SK_BV_ZERO SK_V5_ZERO
+#define SK_BV_SET1 SK_V5_SET1
+#define SK_BV_LOAD SK_V5_LOAD
+#define SK_BV_STORE SK_V5_STORE
+#define SK_BV_FMA SK_V5_FMA
+#define SK_BV_MLOAD SK_V5_MLOAD
+#define SK_BV_MSTORE SK_V5_MSTORE
+#include "sk_block_isa.h"
 
 #if !SK_F64
 /* Block-CSC SDDMM, one group, AVX-512 float: out[b * G + g] (+)= dot(xt + idx[b] * depth,
@@ -975,63 +826,6 @@ SK_FN(sk_bsddmm, avx512)(int64_t nb, const SK_I *idx, const float *xt, const flo
     }
 }
 #endif
-
-/* Block-CSC scatter product (avx512): gc (1, 2, 4 or 8) rows of y x nv vectors in registers (the
- * last vector masked by m), one pass over the group's blocks. */
-__attribute__((target("avx512f"), always_inline)) static inline void
-SK_FN(sk_bscatter_gv, avx512)(const int gc, const int nv, int64_t nb, const SK_I *idx,
-                           const SK_T *val, const int64_t vs, const SK_T *y, int64_t w,
-                           SK_M5 m, SK_T *acc) {
-    SK_V5 yy[16];
-    for (int g = 0; g < gc; g++) {
-        for (int v = 0; v < nv - 1; v++) yy[g * nv + v] = SK_V5_LOAD(y + g * w + v * SK_L5);
-        yy[g * nv + nv - 1] = SK_V5_MLOAD(y + g * w + (nv - 1) * SK_L5, m);
-    }
-    for (int64_t b = 0; b < nb; b++) {
-        SK_T *o = acc + (int64_t)idx[b] * w;
-        const SK_T *a = val + b * vs;
-        SK_V5 t[4];
-        for (int v = 0; v < nv - 1; v++) t[v] = SK_V5_LOAD(o + v * SK_L5);
-        t[nv - 1] = SK_V5_MLOAD(o + (nv - 1) * SK_L5, m);
-        for (int g = 0; g < gc; g++) {
-            SK_V5 s = SK_V5_SET1(a[g]);
-            for (int v = 0; v < nv; v++) t[v] = SK_V5_FMA(s, yy[g * nv + v], t[v]);
-        }
-        for (int v = 0; v < nv - 1; v++) SK_V5_STORE(o + v * SK_L5, t[v]);
-        SK_V5_MSTORE(o + (nv - 1) * SK_L5, m, t[nv - 1]);
-    }
-}
-
-__attribute__((target("avx512f"))) static void
-SK_FN(sk_bscatter, avx512)(int64_t nb, const SK_I *idx, const SK_T *val, int64_t vs, int G,
-                        const SK_T *y, int64_t w, SK_T *acc) {
-    for (int g0 = 0; g0 < G;) {
-        const int gc = G - g0 >= 8 ? 8 : G - g0 >= 4 ? 4 : G - g0 >= 2 ? 2 : 1;
-        const int nvmax = 16 / gc < 4 ? 16 / gc : 4;
-        for (int64_t j = 0; j < w; j += nvmax * SK_L5) {
-            int64_t rem = w - j;
-            int nv = rem >= nvmax * SK_L5 ? nvmax : (int)((rem + SK_L5 - 1) / SK_L5);
-            int64_t last = rem - (int64_t)(nv - 1) * SK_L5;
-            if (last > SK_L5) last = SK_L5;
-            SK_M5 m = (SK_M5)((1u << last) - 1u);
-            const SK_T *yj = y + (int64_t)g0 * w + j;
-            switch (gc * 16 + nv) {
-#define SK_CASE(G_, V_) case G_ * 16 + V_:                                                        \
-                if (vs == G_) SK_FN(sk_bscatter_gv, avx512)(G_, V_, nb, idx, val + g0, G_, yj, w, m, acc + j);   \
-                else if (vs == 16) SK_FN(sk_bscatter_gv, avx512)(G_, V_, nb, idx, val + g0, 16, yj, w, m, acc + j); \
-                else SK_FN(sk_bscatter_gv, avx512)(G_, V_, nb, idx, val + g0, vs, yj, w, m, acc + j);           \
-                break;
-                SK_CASE(1, 1) SK_CASE(1, 2) SK_CASE(1, 3) SK_CASE(1, 4)
-                SK_CASE(2, 1) SK_CASE(2, 2) SK_CASE(2, 3) SK_CASE(2, 4)
-                SK_CASE(4, 1) SK_CASE(4, 2) SK_CASE(4, 3) SK_CASE(4, 4)
-                SK_CASE(8, 1) SK_CASE(8, 2)
-#undef SK_CASE
-                default: break;
-            }
-        }
-        g0 += gc;
-    }
-}
 
 #undef SK_V5
 #undef SK_L5
