@@ -371,22 +371,10 @@ REGISTER_OP("SparseKeras>CsrConv2DBackpropValues")
 namespace sparsekeras {
 namespace {
 
-#define SK_REGISTER_CONV(T, I)                                                          \
-  REGISTER_KERNEL_BUILDER(Name("SparseKeras>CsrConv2D")                                 \
-                              .Device(DEVICE_CPU)                                       \
-                              .TypeConstraint<T>("T")                                   \
-                              .TypeConstraint<I>("Tindex"),                             \
-                          CsrConv2DOp<T, I>);                                           \
-  REGISTER_KERNEL_BUILDER(Name("SparseKeras>CsrConv2DBackpropInput")                    \
-                              .Device(DEVICE_CPU)                                       \
-                              .TypeConstraint<T>("T")                                   \
-                              .TypeConstraint<I>("Tindex"),                             \
-                          CsrConv2DBackpropInputOp<T, I>);                              \
-  REGISTER_KERNEL_BUILDER(Name("SparseKeras>CsrConv2DBackpropValues")                   \
-                              .Device(DEVICE_CPU)                                       \
-                              .TypeConstraint<T>("T")                                   \
-                              .TypeConstraint<I>("Tindex"),                             \
-                          CsrConv2DBackpropValuesOp<T, I>);
+#define SK_REGISTER_CONV(T, I)                                                              \
+  SK_REGISTER_CPU_TI("CsrConv2D", T, I, CsrConv2DOp<T, I>);                                 \
+  SK_REGISTER_CPU_TI("CsrConv2DBackpropInput", T, I, CsrConv2DBackpropInputOp<T, I>);       \
+  SK_REGISTER_CPU_TI("CsrConv2DBackpropValues", T, I, CsrConv2DBackpropValuesOp<T, I>);
 SK_REGISTER_CONV(float, int32_t)
 SK_REGISTER_CONV(float, int64_t)
 SK_REGISTER_CONV(double, int32_t)

@@ -141,6 +141,15 @@ absl::Status ValidateCsr(const Tensor& indptr, const Tensor& indices, const Tens
   }
 }
 
+// Registers the CPU kernel class (a template-id; commas allowed) of op "SparseKeras>" name for
+// value type T (attr "T") and index type I (attr "Tindex").
+#define SK_REGISTER_CPU_TI(name, T, I, ...)                                               \
+  REGISTER_KERNEL_BUILDER(Name("SparseKeras>" name)                                       \
+                              .Device(::tensorflow::DEVICE_CPU)                           \
+                              .TypeConstraint<T>("T")                                     \
+                              .TypeConstraint<I>("Tindex"),                               \
+                          __VA_ARGS__)
+
 inline absl::Status Allocation(const char* op) {
   return absl::ResourceExhaustedError(absl::StrCat(op, ": could not allocate kernel scratch memory"));
 }

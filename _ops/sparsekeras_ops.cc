@@ -732,52 +732,16 @@ SK_REGISTER_EXPAND(int32_t)
 SK_REGISTER_EXPAND(int64_t)
 #undef SK_REGISTER_EXPAND
 
-#define SK_REGISTER(T, I)                                                               \
-  REGISTER_KERNEL_BUILDER(Name("SparseKeras>CsrMatMul")                                 \
-                              .Device(DEVICE_CPU)                                       \
-                              .TypeConstraint<T>("T")                                   \
-                              .TypeConstraint<I>("Tindex"),                             \
-                          CsrMatMulOp<T, I>);                                           \
-  REGISTER_KERNEL_BUILDER(Name("SparseKeras>DenseCscMatMul")                            \
-                              .Device(DEVICE_CPU)                                       \
-                              .TypeConstraint<T>("T")                                   \
-                              .TypeConstraint<I>("Tindex"),                             \
-                          DenseCscMatMulOp<T, I>);                                      \
-  REGISTER_KERNEL_BUILDER(Name("SparseKeras>DenseBcscMatMul")                           \
-                              .Device(DEVICE_CPU)                                       \
-                              .TypeConstraint<T>("T")                                   \
-                              .TypeConstraint<I>("Tindex"),                             \
-                          DenseBcscMatMulOp<T, I, false>);                                     \
-  REGISTER_KERNEL_BUILDER(Name("SparseKeras>DenseBcscMatMulT")                          \
-                              .Device(DEVICE_CPU)                                       \
-                              .TypeConstraint<T>("T")                                   \
-                              .TypeConstraint<I>("Tindex"),                             \
-                          DenseBcscMatMulOp<T, I, true>);                                    \
-  REGISTER_KERNEL_BUILDER(Name("SparseKeras>BcscSddmm")                                 \
-                              .Device(DEVICE_CPU)                                       \
-                              .TypeConstraint<T>("T")                                   \
-                              .TypeConstraint<I>("Tindex"),                             \
-                          BcscSddmmOp<T, I>);                                           \
-  REGISTER_KERNEL_BUILDER(Name("SparseKeras>DenseCsrMatMul")                            \
-                              .Device(DEVICE_CPU)                                       \
-                              .TypeConstraint<T>("T")                                   \
-                              .TypeConstraint<I>("Tindex"),                             \
-                          DenseCsrMatMulOp<T, I>);                                      \
-  REGISTER_KERNEL_BUILDER(Name("SparseKeras>CsrSddmm")                                  \
-                              .Device(DEVICE_CPU)                                       \
-                              .TypeConstraint<T>("T")                                   \
-                              .TypeConstraint<I>("Tindex"),                             \
-                          CsrSddmmOp<T, I, false>);                                     \
-  REGISTER_KERNEL_BUILDER(Name("SparseKeras>CsrSddmmT")                                 \
-                              .Device(DEVICE_CPU)                                       \
-                              .TypeConstraint<T>("T")                                   \
-                              .TypeConstraint<I>("Tindex"),                             \
-                          CsrSddmmOp<T, I, true>);                                      \
-  REGISTER_KERNEL_BUILDER(Name("SparseKeras>TakeValues")                                \
-                              .Device(DEVICE_CPU)                                       \
-                              .TypeConstraint<T>("T")                                   \
-                              .TypeConstraint<I>("Tindex"),                             \
-                          TakeValuesOp<T, I>);
+#define SK_REGISTER(T, I)                                                                   \
+  SK_REGISTER_CPU_TI("CsrMatMul", T, I, CsrMatMulOp<T, I>);                                 \
+  SK_REGISTER_CPU_TI("DenseCscMatMul", T, I, DenseCscMatMulOp<T, I>);                       \
+  SK_REGISTER_CPU_TI("DenseBcscMatMul", T, I, DenseBcscMatMulOp<T, I, false>);              \
+  SK_REGISTER_CPU_TI("DenseBcscMatMulT", T, I, DenseBcscMatMulOp<T, I, true>);              \
+  SK_REGISTER_CPU_TI("BcscSddmm", T, I, BcscSddmmOp<T, I>);                                 \
+  SK_REGISTER_CPU_TI("DenseCsrMatMul", T, I, DenseCsrMatMulOp<T, I>);                       \
+  SK_REGISTER_CPU_TI("CsrSddmm", T, I, CsrSddmmOp<T, I, false>);                            \
+  SK_REGISTER_CPU_TI("CsrSddmmT", T, I, CsrSddmmOp<T, I, true>);                            \
+  SK_REGISTER_CPU_TI("TakeValues", T, I, TakeValuesOp<T, I>);
 SK_REGISTER(float, int32_t)
 SK_REGISTER(float, int64_t)
 SK_REGISTER(double, int32_t)
@@ -1068,22 +1032,12 @@ class CsrSddmmVariableOp : public OpKernel {
   }
 };
 
-#define SK_REGISTER_SPGEMM(T, I)                                                             \
-  REGISTER_KERNEL_BUILDER(                                                                   \
-      Name("SparseKeras>CsrCsrMatMul").Device(DEVICE_CPU).TypeConstraint<T>("T")             \
-          .TypeConstraint<I>("Tindex"), CsrCsrMatMulOp<T, I>);                               \
-  REGISTER_KERNEL_BUILDER(                                                                   \
-      Name("SparseKeras>CsrCsrMatMulGradA").Device(DEVICE_CPU).TypeConstraint<T>("T")        \
-          .TypeConstraint<I>("Tindex"), CsrCsrMatMulGradAOp<T, I>);                          \
-  REGISTER_KERNEL_BUILDER(                                                                   \
-      Name("SparseKeras>CsrCsrMatMulGradW").Device(DEVICE_CPU).TypeConstraint<T>("T")        \
-          .TypeConstraint<I>("Tindex"), CsrCsrMatMulGradWOp<T, I>);                          \
-  REGISTER_KERNEL_BUILDER(                                                                   \
-      Name("SparseKeras>CsrMatMulVariable").Device(DEVICE_CPU).TypeConstraint<T>("T")        \
-          .TypeConstraint<I>("Tindex"), CsrMatMulVariableOp<T, I>);                          \
-  REGISTER_KERNEL_BUILDER(                                                                   \
-      Name("SparseKeras>CsrSddmmVariable").Device(DEVICE_CPU).TypeConstraint<T>("T")         \
-          .TypeConstraint<I>("Tindex"), CsrSddmmVariableOp<T, I>);
+#define SK_REGISTER_SPGEMM(T, I)                                                            \
+  SK_REGISTER_CPU_TI("CsrCsrMatMul", T, I, CsrCsrMatMulOp<T, I>);                           \
+  SK_REGISTER_CPU_TI("CsrCsrMatMulGradA", T, I, CsrCsrMatMulGradAOp<T, I>);                 \
+  SK_REGISTER_CPU_TI("CsrCsrMatMulGradW", T, I, CsrCsrMatMulGradWOp<T, I>);                 \
+  SK_REGISTER_CPU_TI("CsrMatMulVariable", T, I, CsrMatMulVariableOp<T, I>);                 \
+  SK_REGISTER_CPU_TI("CsrSddmmVariable", T, I, CsrSddmmVariableOp<T, I>);
 SK_REGISTER_SPGEMM(float, int32_t)
 SK_REGISTER_SPGEMM(float, int64_t)
 SK_REGISTER_SPGEMM(double, int32_t)
