@@ -200,6 +200,35 @@ cdef public int sk_dense_bcsc_matmul_f64_i64(int64_t n_rows, int64_t n_inner, in
                               n_threads)
 
 
+def check_block(block):
+    """`block` as an int: a positive integer (NumPy integers too), else ValueError naming it."""
+    if isinstance(block, (bool, np.bool_)) or not isinstance(block, (int, np.integer)) or block < 1:
+        raise ValueError(f"block must be a positive integer; received block={block!r}")
+    return int(block)
+
+
+def _check_bcsc(indptr, indices, shape, block):
+    """(indptr, indices, n_inner, n_cols, block) of a validated block-CSC structure of
+    w.shape = shape: ValueError naming the argument for a bad block, a width it does not divide,
+    or a malformed structure (checked as the CSR of the n_cols / block groups)."""
+    n_inner, n_cols = _shape2(shape, "w.shape")
+    block = check_block(block)
+    if n_cols % block:
+        raise ValueError(f"w.shape[1] must be a multiple of block={block}; "
+                         f"received w.shape={(n_inner, n_cols)}")
+    indptr, indices, _, _ = check_csr(indptr, indices, None, (n_cols // block, n_inner), "w")
+    return indptr, indices, n_inner, n_cols, block
+
+
+def _bcsc_data(data, nb, block):
+    """The block values as an array, of shape (nb * block,) or (nb, block), else ValueError."""
+    data_arr = np.asarray(data)
+    if data_arr.shape not in ((nb * block,), (nb, block)):
+        raise ValueError(f"w.data must have block={block} values per block ({nb} blocks): shape "
+                         f"({nb * block},) or ({nb}, {block}); received shape {data_arr.shape}")
+    return data_arr
+
+
 def dense_bcsc_matmul(x, indptr, indices, data, shape, block, *, n_threads=None):
     """Y = X @ W with X dense (M x K, or K for a vector) and W (K x N) in block-CSC form:
     groups of `block` consecutive columns, one index list per group (see `bcsc_from_dense`).
@@ -209,18 +238,9 @@ def dense_bcsc_matmul(x, indptr, indices, data, shape, block, *, n_threads=None)
     column q * block + g of block b's group q. Returns (M, N) (or (N,)).
     Complexity O(nblocks * block * M).
     """
-    n_inner, n_cols = _shape2(shape, "w.shape")
-    if isinstance(block, (bool, np.bool_)) or not isinstance(block, (int, np.integer)) or block < 1:
-        raise ValueError(f"block must be a positive integer; received block={block!r}")
-    if n_cols % block:
-        raise ValueError(f"w.shape[1] must be a multiple of block={block}; "
-                         f"received w.shape={(n_inner, n_cols)}")
-    indptr, indices, _, _ = check_csr(indptr, indices, None, (n_cols // block, n_inner), "w")
+    indptr, indices, n_inner, n_cols, block = _check_bcsc(indptr, indices, shape, block)
     nb = indices.shape[0]
-    data_arr = np.asarray(data)
-    if data_arr.shape not in ((nb * block,), (nb, block)):
-        raise ValueError(f"w.data must have block={block} values per block ({nb} blocks): shape "
-                         f"({nb * block},) or ({nb}, {block}); received shape {data_arr.shape}")
+    data_arr = _bcsc_data(data, nb, block)
     x_arr = np.asarray(x)
     if x_arr.ndim not in (1, 2):
         raise ValueError(f"x must be 1-D or 2-D; received shape {x_arr.shape}")
@@ -294,8 +314,7 @@ cdef public void sk_bcsc_expand_i64(int64_t n_groups, int64_t block, const int64
 def bcsc_expand(indptr, indices, block, n_inner, *, n_threads=None):
     """(e_indptr, e_indices, positions, inverse): the CSC form of a block-CSC structure with
     n_inner input rows (see `_bcsc_expand`); validates the structure first."""
-    if isinstance(block, (bool, np.bool_)) or not isinstance(block, (int, np.integer)) or block < 1:
-        raise ValueError(f"block must be a positive integer; received block={block!r}")
+    block = check_block(block)
     indptr, indices, n_groups, _ = check_csr(indptr, indices, None,
                                              (len(np.asarray(indptr)) - 1, n_inner), "w")
     nb = indices.shape[0]
@@ -412,13 +431,7 @@ def bcsc_sddmm(indptr, indices, shape, block, x, dy, *, n_threads=None):
     """Gradient of the block values of Y = X @ W, W (K x N) block-CSC: for block b of group q,
     out[b * block + g] = X[:, indices[b]] . dY[:, q * block + g]. x: (M, K), dy: (M, N).
     Returns (nblocks * block,). Complexity O(nblocks * block * M)."""
-    n_inner, n_cols = _shape2(shape, "w.shape")
-    if isinstance(block, (bool, np.bool_)) or not isinstance(block, (int, np.integer)) or block < 1:
-        raise ValueError(f"block must be a positive integer; received block={block!r}")
-    if n_cols % block:
-        raise ValueError(f"w.shape[1] must be a multiple of block={block}; "
-                         f"received w.shape={(n_inner, n_cols)}")
-    indptr, indices, _, _ = check_csr(indptr, indices, None, (n_cols // block, n_inner), "w")
+    indptr, indices, n_inner, n_cols, block = _check_bcsc(indptr, indices, shape, block)
     x_arr, dy_arr = np.asarray(x), np.asarray(dy)
     if x_arr.ndim != 2 or x_arr.shape[1] != n_inner:
         raise ValueError(f"x must be (M, {n_inner}); received shape {x_arr.shape}")
@@ -459,32 +472,30 @@ cdef int _dense_bcsc_matmul_t(int64_t n_rows, int64_t n_inner, int64_t n_cols, i
     input gradient of the block product, with no transpose of W. For each group, its `block`
     rows of the packed dy^T tile stay in registers while the group's blocks scatter-add
     sum_g W[k, q * block + g] * dy^T[q * block + g, :] into row k of an accumulator panel
-    (n_inner x tile, in L2): `block` FMAs per accumulator row loaded. Work items, parts and the
-    final sum + transposed store as in _dense_csr_matmul (the part count depends on the shape
-    only: the same bits for any thread count). Complexity O(nblocks * block * n_rows)."""
+    (n_inner x tile, in L2): `block` FMAs per accumulator row loaded. Work items and parts as in
+    _dense_csr_matmul, and its final sum + transposed store (_sum_parts_transposed); the part
+    count depends on the shape only: the same bits for any thread count.
+    Complexity O(nblocks * block * n_rows)."""
     cdef int isa = sk_isa()
     cdef int64_t tile = _tile(out)
     cdef int64_t n_tiles = (n_rows + tile - 1) // tile
     cdef int64_t n_groups = n_cols // block
     cdef int n_parts = 1 if n_tiles >= 2 else 2
     cdef int64_t n_items = n_tiles * n_parts
-    cdef int64_t kb = 16
-    cdef int64_t n_kblocks = (n_inner + kb - 1) // kb
     cdef int64_t part_size = n_inner * n_rows
     cdef int64_t *bounds
     cdef real_t *panels
     cdef real_t *acc
-    cdef Py_ssize_t item, blk
-    cdef int64_t t, p, w, q, p0, k0, k1, k, j
+    cdef Py_ssize_t item
+    cdef int64_t t, p, w, q, p0
     cdef real_t *a
     cdef const real_t *yp
-    cdef real_t ssum
     if n_rows == 0 or n_inner == 0:
         return 0
     if n_threads < 1:
         n_threads = 1
     bounds = <int64_t *>malloc((n_parts + 1) * sizeof(int64_t))
-    panels = <real_t *>_scratch_alloc(n_cols * n_rows * sizeof(real_t) + sizeof(real_t))
+    panels = <real_t *>_scratch_alloc(n_cols * n_rows * sizeof(real_t))
     acc = <real_t *>_scratch_alloc(n_parts * part_size * sizeof(real_t))
     if bounds == NULL or panels == NULL or acc == NULL:
         free(bounds)
@@ -506,22 +517,7 @@ cdef int _dense_bcsc_matmul_t(int64_t n_rows, int64_t n_inner, int64_t n_cols, i
             p0 = indptr[q]
             _bscatter(isa, indptr[q + 1] - p0, indices + p0, data + p0 * block, block,
                       <int>block, yp + q * block * w, w, a)
-    # Sum the parts and store transposed: 16 consecutive columns of out per store run.
-    for blk in prange(n_tiles * n_kblocks, nogil=True, schedule='static', num_threads=n_threads):
-        t = blk // n_kblocks
-        k0 = (blk % n_kblocks) * kb
-        k1 = k0 + kb
-        if k1 > n_inner:
-            k1 = n_inner
-        w = n_rows - t * tile
-        if w > tile:
-            w = tile
-        for j in range(w):
-            for k in range(k0, k1):
-                ssum = acc[t * tile * n_inner + k * w + j]
-                for p in range(1, n_parts):
-                    ssum = ssum + acc[p * part_size + t * tile * n_inner + k * w + j]
-                out[(t * tile + j) * n_inner + k] = ssum
+    _sum_parts_transposed(acc, n_parts, part_size, n_rows, n_inner, tile, out, n_threads)
     _scratch_free(acc)
     _scratch_free(panels)
     free(bounds)
@@ -557,18 +553,9 @@ def dense_bcsc_matmul_t(dy, indptr, indices, data, shape, block, *, n_threads=No
     """dX = dY @ W^T with W (K x N) block-CSC (as in dense_bcsc_matmul) and dY (M x N, or N):
     the input gradient of the block product. Returns (M, K) (or (K,)).
     Complexity O(nblocks * block * M)."""
-    n_inner, n_cols = _shape2(shape, "w.shape")
-    if isinstance(block, (bool, np.bool_)) or not isinstance(block, (int, np.integer)) or block < 1:
-        raise ValueError(f"block must be a positive integer; received block={block!r}")
-    if n_cols % block:
-        raise ValueError(f"w.shape[1] must be a multiple of block={block}; "
-                         f"received w.shape={(n_inner, n_cols)}")
-    indptr, indices, _, _ = check_csr(indptr, indices, None, (n_cols // block, n_inner), "w")
+    indptr, indices, n_inner, n_cols, block = _check_bcsc(indptr, indices, shape, block)
     nb = indices.shape[0]
-    data_arr = np.asarray(data)
-    if data_arr.shape not in ((nb * block,), (nb, block)):
-        raise ValueError(f"w.data must have block={block} values per block ({nb} blocks): shape "
-                         f"({nb * block},) or ({nb}, {block}); received shape {data_arr.shape}")
+    data_arr = _bcsc_data(data, nb, block)
     dy_arr = np.asarray(dy)
     if dy_arr.ndim not in (1, 2) or dy_arr.shape[dy_arr.ndim - 1] != n_cols:
         raise ValueError(f"dy must have {n_cols} columns to match w.shape={(n_inner, n_cols)}; "

@@ -188,6 +188,36 @@ cdef int _dense_csc_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, cons
     return 0
 
 
+cdef void _sum_parts_transposed(const real_t *acc, int n_parts, int64_t part_size,
+                                int64_t n_rows, int64_t width, int64_t tile, real_t *out,
+                                int n_threads) noexcept nogil:
+    """The last step of the scatter products: out (n_rows x width) = the sum, in part order, of
+    n_parts accumulator panels (part q at acc + q * part_size; batch tile t of a part is a
+    width x w_t block at t * tile * width, row k holding out[t * tile + j, k] at k * w_t + j),
+    stored transposed 16 consecutive columns of out per store run."""
+    cdef int64_t n_tiles = (n_rows + tile - 1) // tile
+    cdef int64_t kb = 16
+    cdef int64_t n_kblocks = (width + kb - 1) // kb
+    cdef Py_ssize_t blk
+    cdef int64_t t, k0, k1, w, j, k, q
+    cdef real_t ssum
+    for blk in prange(n_tiles * n_kblocks, nogil=True, schedule='static', num_threads=n_threads):
+        t = blk // n_kblocks
+        k0 = (blk % n_kblocks) * kb
+        k1 = k0 + kb
+        if k1 > width:
+            k1 = width
+        w = n_rows - t * tile
+        if w > tile:
+            w = tile
+        for j in range(w):
+            for k in range(k0, k1):
+                ssum = acc[t * tile * width + k * w + j]
+                for q in range(1, n_parts):
+                    ssum = ssum + acc[q * part_size + t * tile * width + k * w + j]
+                out[(t * tile + j) * width + k] = ssum
+
+
 cdef int _dense_csr_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, const index_t *indptr,
                            const index_t *indices, const real_t *data, const real_t *x,
                            real_t *out, int n_threads) noexcept nogil:
@@ -207,17 +237,14 @@ cdef int _dense_csr_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, cons
     cdef int64_t n_tiles = (n_rows + tile - 1) // tile
     cdef int n_parts = 1 if n_tiles >= 2 else 2
     cdef int64_t n_items = n_tiles * n_parts
-    cdef int64_t kb = 16
-    cdef int64_t n_kblocks = (n_cols + kb - 1) // kb
     cdef int64_t part_size = n_cols * n_rows
     cdef int64_t *bounds
     cdef real_t *panels
     cdef real_t *acc
-    cdef Py_ssize_t item, blk
-    cdef int64_t t, q, w, n, p0, k0, k1, k, j
+    cdef Py_ssize_t item
+    cdef int64_t t, q, w, n, p0
     cdef real_t *a
     cdef const real_t *xp
-    cdef real_t ssum
     if n_rows == 0 or n_cols == 0:
         return 0
     if n_threads < 1:
@@ -244,22 +271,7 @@ cdef int _dense_csr_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, cons
         for n in range(bounds[q], bounds[q + 1]):
             p0 = indptr[n]
             _axpy_rows(isa, indptr[n + 1] - p0, indices + p0, data + p0, xp + n * w, w, a)
-    # Sum the parts and store transposed: 16 consecutive columns of out per store run.
-    for blk in prange(n_tiles * n_kblocks, nogil=True, schedule='static', num_threads=n_threads):
-        t = blk // n_kblocks
-        k0 = (blk % n_kblocks) * kb
-        k1 = k0 + kb
-        if k1 > n_cols:
-            k1 = n_cols
-        w = n_rows - t * tile
-        if w > tile:
-            w = tile
-        for j in range(w):
-            for k in range(k0, k1):
-                ssum = acc[t * tile * n_cols + k * w + j]
-                for q in range(1, n_parts):
-                    ssum = ssum + acc[q * part_size + t * tile * n_cols + k * w + j]
-                out[(t * tile + j) * n_cols + k] = ssum
+    _sum_parts_transposed(acc, n_parts, part_size, n_rows, n_cols, tile, out, n_threads)
     _scratch_free(acc)
     _scratch_free(panels)
     free(bounds)

@@ -178,7 +178,7 @@ def bcsc_from_dense(w, block, *, index_dtype=np.int32):
     w = np.asarray(w)
     if w.ndim != 2:
         raise ValueError(f"w must be 2-D (input, output); received shape {w.shape}")
-    block = _check_block(block)
+    block = _kernels.check_block(block)
     k, n = w.shape
     if n % block:
         raise ValueError(f"w.shape[1] must be a multiple of block={block}; received shape {w.shape}")
@@ -194,7 +194,7 @@ def bcsc_from_dense(w, block, *, index_dtype=np.int32):
 def bcsc_to_dense(indptr, indices, values, shape, block):
     """The dense `(K, N)` kernel of block-CSC arrays (inverse of `bcsc_from_dense`)."""
     k, n = (int(s) for s in shape)
-    block = _check_block(block)
+    block = _kernels.check_block(block)
     indptr = np.asarray(indptr)
     indices = np.asarray(indices)
     _kernels.check_csr(indptr, indices, None, (n // block if n % block == 0 else -1, k), "w")
@@ -210,15 +210,9 @@ def block_fill(w, block):
     """Stored entries of `bcsc_from_dense(w, block)` per nonzero of w (1.0: the nonzeros come
     in whole (1, block) blocks; an unstructured 90%-sparse kernel gives ~4 at block=8)."""
     w = np.asarray(w)
-    block = _check_block(block)
+    block = _kernels.check_block(block)
     nnz = int(np.count_nonzero(w))
     if w.shape[1] % block:
         return float("inf")
     stored = (w.T.reshape(w.shape[1] // block, block, w.shape[0]) != 0).any(axis=1).sum()
     return float(stored * block) / max(nnz, 1)
-
-
-def _check_block(block):
-    if isinstance(block, (bool, np.bool_)) or not isinstance(block, (int, np.integer)) or block < 1:
-        raise ValueError(f"block must be a positive integer; received block={block!r}")
-    return int(block)

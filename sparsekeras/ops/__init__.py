@@ -10,9 +10,9 @@ compute natively; float16 and bfloat16 (mixed precision) compute in float32 and 
 Not supported: XLA. `tf.function(jit_compile=True)` cannot compile these ops (TensorFlow raises
 an InvalidArgumentError naming the op); Keras only turns XLA on by itself on GPUs.
 """
-import numpy as np
 import tensorflow as tf
 
+from sparsekeras import _kernels
 from sparsekeras.ops import _gradients
 from sparsekeras.ops._lib import load as _load
 from sparsekeras.ops.csr import CSRTensor
@@ -247,9 +247,7 @@ def dense_bcsc_matmul(x, indptr, indices, values, dense_shape, block, name=None)
         `(..., N)`. Differentiable w.r.t. x and values (the gradients run on the equivalent CSC
         structure, `bcsc_expand`).
     """
-    if isinstance(block, (bool, np.bool_)) or not isinstance(block, (int, np.integer)) or block < 1:
-        raise ValueError(f"block must be a positive integer; received block={block!r}")
-    block = int(block)
+    block = _kernels.check_block(block)
     with tf.name_scope(name or "sparsekeras_dense_bcsc_matmul"):
         def op(x2, indptr, indices, values, dense_shape):
             return _ops.sparse_keras_dense_bcsc_mat_mul(x2, indptr, indices, values, dense_shape,
