@@ -50,14 +50,22 @@ def _dynamic_variable(value, dtype, name):
                        trainable=False, name=name)
 
 
-def _structure_from_mask(mask):
-    """CSC structure of a (K, N) boolean mask.
+def _structure_from_mask(mask, block=1):
+    """CSC structure of a (K, N) boolean mask, or with block > 1 its block-CSC structure
+    (groups of `block` outputs; a block is stored where any of its entries is set).
 
-    Returns dict: indptr (N+1), indices (nnz, row ids), positions (nnz, flat k*N + n of
-    each CSC entry into the row-major kernel). The gradient needs nothing more: dX comes from
-    the scatter product over the same CSC arrays.
+    Returns dict: indptr (N/block + 1), indices (row ids, one per entry or block), positions
+    (flat k*N + n, into the row-major kernel, of each stored value in storage order). The
+    gradient needs nothing more: dX comes from the scatter product over the same arrays.
     """
     k, n = mask.shape
+    if block > 1:
+        indptr, indices, _ = _linalg.bcsc_from_dense(mask, block)
+        groups = np.repeat(np.arange(n // block, dtype=np.int64), np.diff(indptr))
+        rows = np.repeat(indices.astype(np.int64), block)
+        cols = (np.repeat(groups, block) * block
+                + np.tile(np.arange(block, dtype=np.int64), len(indices)))
+        return dict(indptr=indptr, indices=indices, positions=rows * n + cols)
     csc_indptr, csc_indices, _ = _kernels.dense_to_csr(np.ascontiguousarray(mask.T),
                                                        mask=np.ascontiguousarray(mask.T),
                                                        index_dtype=np.int32)
@@ -475,15 +483,7 @@ class CompactDense(keras.layers.Layer):
             flat = np.sort(rng.choice(k * (n // g), size=n_blocks, replace=False))
             block_mask = np.zeros(k * (n // g), bool)
             block_mask[flat] = True
-            mask = np.repeat(block_mask.reshape(k, n // g), g, axis=1)
-            if g == 1:
-                pattern = _structure_from_mask(mask)
-            else:
-                ip, ix, _ = _linalg.bcsc_from_dense(mask, g)
-                rows = np.repeat(ix.astype(np.int64), g)
-                cols = (np.repeat(np.repeat(np.arange(n // g), np.diff(ip)), g) * g
-                        + np.tile(np.arange(g), len(ix)))
-                pattern = dict(indptr=ip, indices=ix, positions=rows * n + cols)
+            pattern = _structure_from_mask(np.repeat(block_mask.reshape(k, n // g), g, axis=1), g)
         self.input_dim = k
         self.indptr = self.add_weight(name="indptr", shape=(n // g + 1,), dtype="int32",
                                       initializer="zeros", trainable=False)
