@@ -15,6 +15,17 @@ from reference import SHAPE_IDS, SHAPES, VALUE_DTYPES, INDEX_DTYPES
 BLOCKS = [1, 3, 4, 8, 16]
 
 
+def kernel_grid(test):
+    """The kernel tests' grid: every shared shape x value type x index type x block x batch."""
+    for mark in (pytest.mark.parametrize("case", SHAPES, ids=SHAPE_IDS),
+                 pytest.mark.parametrize("dtype", VALUE_DTYPES),
+                 pytest.mark.parametrize("index_dtype", INDEX_DTYPES),
+                 pytest.mark.parametrize("block", BLOCKS),
+                 pytest.mark.parametrize("batch", [1, 17, 129])):
+        test = mark(test)
+    return test
+
+
 def make_bcsc(case, block, index_dtype, dtype, seed=0):
     """A case's CSR arrays read as block-CSC: its m rows are the groups, its k columns the
     input rows; G random values per stored index. Returns (indptr, indices, values, (K, N))."""
@@ -36,11 +47,7 @@ def ref_bcsc_dense(indptr, indices, values, shape, block):
 
 # ---- kernel -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("batch", [1, 17, 129])
-@pytest.mark.parametrize("block", BLOCKS)
-@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
-@pytest.mark.parametrize("dtype", VALUE_DTYPES)
-@pytest.mark.parametrize("case", SHAPES, ids=SHAPE_IDS)
+@kernel_grid
 def test_dense_bcsc_matmul(isa, case, dtype, index_dtype, block, batch):
     ip, ix, v, shape = make_bcsc(case, block, index_dtype, dtype, seed=batch)
     x = np.random.default_rng(3).standard_normal((batch, shape[0])).astype(dtype)
@@ -112,11 +119,7 @@ def test_dense_bcsc_matmul_rejects_bad_input(call, match):
         call(np.ones((2, 6), np.float32), ip, ix, v)
 
 
-@pytest.mark.parametrize("batch", [1, 17, 129])
-@pytest.mark.parametrize("block", BLOCKS)
-@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
-@pytest.mark.parametrize("dtype", VALUE_DTYPES)
-@pytest.mark.parametrize("case", SHAPES, ids=SHAPE_IDS)
+@kernel_grid
 def test_bcsc_gradient_kernels(isa, case, dtype, index_dtype, block, batch):
     """dX = dY @ W^T (dense_bcsc_matmul_t) and the block values' gradient (bcsc_sddmm)."""
     ip, ix, v, shape = make_bcsc(case, block, index_dtype, dtype, seed=batch)
