@@ -4,7 +4,7 @@ import keras
 from sparsekeras.layers import (CompactConv2D, CompactDense, SparseConv2D, SparseDense,
                                 SparseDepthwiseConv2D)
 
-__all__ = ["sparsify", "strip"]
+__all__ = ["sparsify", "strip", "compact", "decompact"]
 
 
 def _clone_with(model, replace):
@@ -139,3 +139,62 @@ def strip(model, block="auto"):
 
     clone, _ = _clone_with(model, replace)
     return uncompiled(clone)
+
+
+def _retrace(model):
+    """Drop the model's traced train/test/predict steps (they read the variables it trained)."""
+    if hasattr(model, "make_train_function"):
+        model.train_function = None
+        model.test_function = None
+        model.predict_function = None
+
+
+def _model_optimizer(model):
+    optimizer = getattr(model, "optimizer", None)
+    return optimizer if optimizer is not None and getattr(optimizer, "built", False) else None
+
+
+def compact(model, block="auto"):
+    """Compact every `SparseDense` layer of `model` (nested ones too) that computes through the
+    sparse kernels: it freezes its mask and trains its nonzero values only, carrying the
+    state of `model.optimizer` over (see `SparseDense.compact`). Works on any model, subclassed
+    included. Returns the names of the layers compacted.
+
+    `GradualPruning(compact=True)` does this by itself when its schedule ends; call it to
+    fine-tune a pruned model (fast), or before `fit` on a model loaded pruned.
+
+    Example:
+        >>> sparsekeras.compact(model)      # after pruning
+        >>> model.fit(x, y, epochs=5)       # trains the nonzeros only
+    """
+    from sparsekeras.callbacks import prunable_layers
+    optimizer = _model_optimizer(model)
+    names = []
+    strategy = getattr(model, "distribute_strategy", None)
+    import contextlib
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        for layer in prunable_layers(model):
+            if (isinstance(layer, SparseDense) and not layer.compacted
+                    and layer.uses_sparse_kernels):
+                layer.compact(optimizer, block=block)
+                names.append(layer.name)
+    if names:
+        _retrace(model)
+    return names
+
+
+def decompact(model):
+    """Undo `compact` on every compacted `SparseDense` of `model` (dense trainable kernels again,
+    e.g. to prune further). Returns the names of the layers decompacted."""
+    optimizer = _model_optimizer(model)
+    names = []
+    strategy = getattr(model, "distribute_strategy", None)
+    import contextlib
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        for layer in model._flatten_layers(include_self=True, recursive=True):
+            if isinstance(layer, SparseDense) and layer.compacted:
+                layer.decompact(optimizer)
+                names.append(layer.name)
+    if names:
+        _retrace(model)
+    return names

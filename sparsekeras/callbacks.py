@@ -4,13 +4,17 @@ The callback only orchestrates: the schedule (`sparsekeras.schedules`) says when
 the mask maths (`sparsekeras._masks`) say which weights, and the layers apply their masks inside
 the training step (as a kernel constraint), so every checkpoint is sparse.
 """
+import contextlib
+import warnings
+
 import numpy as np
 import keras
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from sparsekeras import _masks
-from sparsekeras.layers import _PrunableKernel
+from sparsekeras import _compact
+from sparsekeras.layers import SparseDense, _PrunableKernel
 
 __all__ = ["GradualPruning", "ActivationSparsity", "prunable_layers"]
 
@@ -43,12 +47,19 @@ class GradualPruning(keras.callbacks.Callback):
             across layers, the total reaching the target).
         log_dir: if given, per-layer and overall sparsity go to TensorBoard scalars there.
         log_layers: also put each layer's sparsity into `logs` (progress bar, History).
+        compact: once the schedule has ended (the step after its `end_step`), compact every
+            SparseDense layer that computes through the sparse kernels
+            (`SparseDense.compact`): it then trains its nonzero values only, so the rest of the
+            fit (fine-tuning at the final sparsity) steps several times faster. Needs an
+            elementwise optimizer (SGD, Adam, AdamW, RMSprop, ...: the optimizer's state is
+            carried over exactly); with another, the callback warns and does not compact. A
+            later prune that changes a compacted layer's mask decompacts it first.
 
     Logs: `sparsity` (overall, weighted by size) and `sparsity/<layer name>` per layer.
     """
 
     def __init__(self, schedule, granularity="unstructured", block_shape=(1, 1), n_m=(2, 4),
-                 scope="layer", log_dir=None, log_layers=True):
+                 scope="layer", log_dir=None, log_layers=True, compact=True):
         super().__init__()
         if granularity not in _GRANULARITIES:
             raise ValueError(f"Expected `granularity` in {_GRANULARITIES}. "
@@ -64,6 +75,7 @@ class GradualPruning(keras.callbacks.Callback):
         self.scope = scope
         self.log_dir = log_dir
         self.log_layers = log_layers
+        self.compact = bool(compact)
         self._layers = []
         self._writer = None
         self._last_step = -1
@@ -84,8 +96,13 @@ class GradualPruning(keras.callbacks.Callback):
             return
         self._last_step = step
         should_prune, sparsity = self.schedule(step)
-        if should_prune:
-            self.prune(sparsity)
+        changed = self.prune(sparsity) if should_prune else False
+        if self.compact and self._schedule_over(step):
+            changed = self._compact_layers() or changed
+        if changed:  # the traced step read the variables the layers no longer train
+            self.model.make_train_function(force=True)
+            self.model.test_function = None
+            self.model.predict_function = None
 
     def on_train_batch_end(self, batch, logs=None):
         if logs is not None:
@@ -115,8 +132,34 @@ class GradualPruning(keras.callbacks.Callback):
     def _mask_kwargs(self):
         return dict(granularity=self.granularity, block_shape=self.block_shape, n_m=self.n_m)
 
+    def _schedule_over(self, step):
+        end = getattr(self.schedule, "end_step", None)
+        return isinstance(end, int) and 0 <= end < step
+
+    def _compact_layers(self):
+        """Compact the SparseDense layers on the sparse path; True if any was."""
+        todo = [layer for layer in self._layers
+                if isinstance(layer, SparseDense) and not layer.compacted
+                and layer.uses_sparse_kernels and layer._user_kernel_constraint is None]
+        if not todo:
+            return False
+        optimizer = self.model.optimizer
+        try:
+            _compact.check_optimizer(optimizer)
+        except ValueError as e:
+            warnings.warn(f"GradualPruning does not compact the layers: {e}", stacklevel=2)
+            self.compact = False
+            return False
+        with self.model.distribute_strategy.scope():
+            for layer in todo:
+                layer.compact(optimizer)
+        return True
+
     def prune(self, sparsity):
-        """Prune every layer to `sparsity` now (masks only shrink: pruned weights stay pruned)."""
+        """Prune every layer to `sparsity` now (masks only shrink: pruned weights stay pruned).
+
+        A compacted layer whose mask would change is decompacted first (its optimizer state
+        scattered back). Returns whether a layer was decompacted (the traced step is stale)."""
         layers = self._layers or prunable_layers(self.model)
         # A layer may present its kernel in another shape for scoring (a depthwise kernel as
         # (kh, kw, 1, channels * multiplier), so "channel" prunes whole depthwise filters).
@@ -129,9 +172,18 @@ class GradualPruning(keras.callbacks.Callback):
         else:
             masks = [_masks.magnitude_mask(k, sparsity, previous_mask=p, **self._mask_kwargs())
                      for k, p in zip(kernels, previous)]
+        decompacted = False
         for layer, mask in zip(layers, masks):
-            layer.set_mask(layer.from_pruning_view(mask) if hasattr(layer, "from_pruning_view")
-                           else mask)
+            mask = layer.from_pruning_view(mask) if hasattr(layer, "from_pruning_view") else mask
+            if getattr(layer, "compacted", False):
+                if np.array_equal(mask != 0, keras.ops.convert_to_numpy(layer.mask) != 0):
+                    continue  # same pattern: stays compacted
+                with self.model.distribute_strategy.scope() if self.model is not None else \
+                        contextlib.nullcontext():
+                    layer.decompact(self.model.optimizer if self.model is not None else None)
+                decompacted = True
+            layer.set_mask(mask)
+        return decompacted
 
     def sparsity_logs(self):
         layers = self._layers or prunable_layers(self.model)

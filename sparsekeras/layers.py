@@ -74,6 +74,39 @@ def _structure_from_mask(mask, block=1):
     return dict(indptr=csc_indptr, indices=csc_indices, positions=rows * n + cols)
 
 
+def _stored_product(x, values, indptr, indices, block, k, n):
+    """x (..., k) times the kernel stored as (block-)CSC arrays: the compiled product, whose
+    registered gradients give dX (scatter product) and the values' gradient (SDDMM)."""
+    values = tf.cast(values, x.dtype)
+    shape = tf.constant([k, n], tf.int64)
+    if block > 1:
+        return sk_ops.dense_bcsc_matmul(x, indptr, indices, values, shape, block)
+    return sk_ops.dense_csc_matmul(x, indptr, indices, values, shape)
+
+
+def _stored_sparse_input_product(layer, inputs, values, indptr, indices, block, k, n):
+    """A sparse input (tf.SparseTensor or CSRTensor, rank 2) times the kernel stored as
+    (block-)CSC arrays, with the sparse x sparse kernel: neither is densified. The kernel's CSR
+    structure comes from a transpose of the CSC arrays (O(nnz + k) per call); the values'
+    gradient is A^T dY on the kernel's pattern."""
+    if inputs.shape.rank is not None and inputs.shape.rank != 2:
+        raise ValueError(f"{type(layer).__name__} supports sparse inputs of rank 2 (batch, "
+                         f"features). Received: inputs.shape={inputs.shape}")
+    values = tf.convert_to_tensor(values)
+    if values.dtype not in (tf.float32, tf.float64):
+        values = tf.cast(values, tf.float32)
+    csr = sk_ops.to_csr(inputs, index_dtype=tf.int32)
+    if block > 1:  # the CSC form of the blocks
+        indptr, indices, positions, _ = sk_ops.bcsc_expand(indptr, indices, block, [k, n])
+        values = _take(values, positions)
+    t_indptr, t_indices, perm = sk_ops.transpose_structure(indptr, indices, [n, k])
+    y = sk_ops._ops.sparse_keras_csr_csr_mat_mul(
+        csr.indptr, csr.indices, tf.cast(csr.values, values.dtype), csr.dense_shape,
+        t_indptr, t_indices, _take(values, perm), tf.constant([k, n], tf.int64))
+    y.set_shape([inputs.shape[0], n])
+    return tf.cast(y, layer.compute_dtype)
+
+
 def _pop_unsupported(layer_name, kwargs, keys):
     """Drop the Keras options in `keys` that the layer does not implement from kwargs; raise if
     one was actually set (None is what the Keras layers' own configs carry)."""
@@ -98,6 +131,32 @@ class _MaskConstraint(keras.constraints.Constraint):
 
     def get_config(self):
         return {}
+
+
+class _KeepConstraint(keras.constraints.Constraint):
+    """Keeps the pruned entries inside the stored blocks of a compacted layer at zero."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def __call__(self, w):
+        return w * keras.ops.cast(self.state.keep, w.dtype)
+
+    def get_config(self):
+        return {}
+
+
+class _CompactState:
+    """What a compacted SparseDense trains and computes with (see SparseDense.compact). The
+    structure lives in untracked tf.Variables (not saved: it is a function of the mask)."""
+
+    def __init__(self, block):
+        self.block = block      # 1 (CSC) or the width of the (1, G) blocks
+        self.values = None      # trainable: the stored values, in storage order
+        self.indptr = None      # (block-)CSC structure
+        self.indices = None
+        self.positions = None   # flat k * units + n of each stored value (int64)
+        self.keep = None        # block > 1: 1.0 where the mask keeps a stored value, else 0.0
 
 
 class _PrunableKernel:
@@ -176,8 +235,8 @@ class _PrunableKernel:
         if mask.shape != tuple(self.mask.shape):
             raise ValueError(f"mask must have the kernel's shape {tuple(self.mask.shape)}. "
                              f"Received: mask.shape={mask.shape}")
-        self.mask.assign((mask != 0).astype(self.mask.dtype))  # the hook refreshes the structure
         kernel = self._kernel_variable()
+        self.mask.assign((mask != 0).astype(self.mask.dtype))  # the hook refreshes the structure
         kernel.assign(kernel * keras.ops.cast(self.mask, kernel.dtype))
 
     def refresh_structure(self):
@@ -244,7 +303,7 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
                  activity_regularizer=None, kernel_constraint=None, bias_constraint=None,
-                 switch_sparsity=None, compute="auto", prunable=True, **kwargs):
+                 switch_sparsity=None, compute="auto", prunable=True, compacted=None, **kwargs):
         _pop_unsupported("SparseDense", kwargs, ("lora_rank", "lora_alpha", "quantization_config"))
         super().__init__(units, activation=activation, use_bias=use_bias,
                          kernel_initializer=kernel_initializer, bias_initializer=bias_initializer,
@@ -253,27 +312,212 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
                          kernel_constraint=kernel_constraint, bias_constraint=bias_constraint,
                          **kwargs)
         self._init_sparse(switch_sparsity, compute, prunable, self.kernel_constraint)
+        self._compact = None
+        if compacted is not None:  # from the config of a compacted layer: {block, nnz}
+            if not (isinstance(compacted, dict) and set(compacted) == {"block", "nnz"}):
+                raise ValueError("Expected `compacted` None or a dict with keys 'block' and "
+                                 f"'nnz'. Received: compacted={compacted!r}")
+            compacted = {key: int(value) for key, value in compacted.items()}
+        self._compacted_spec = compacted
 
     # ---- weights ------------------------------------------------------------------------
 
     def build(self, input_shape):
         super().build(input_shape)
         k = int(input_shape[-1])
+        self._input_dim = k
         self._sparse_input_on = tf.Variable(False, trainable=False, name="sparse_input_on")
         # CSR (row-major) structure of the mask: sparse inputs times the pruned kernel.
         self._csr_indptr = _dynamic_variable(np.zeros(k + 1), np.int32, "csr_indptr")
         self._csr_indices = _dynamic_variable(np.zeros(0), np.int32, "csr_indices")
         self._build_sparse()
+        if self._compacted_spec is not None:  # a saved compacted layer: loading sets the mask
+            spec = self._compacted_spec
+            if spec["block"] < 1 or self.units % spec["block"]:
+                raise ValueError(f"Expected compacted['block'] dividing units={self.units}. "
+                                 f"Received: compacted={spec}")
+            self._compact_in(spec["block"], spec["nnz"])
 
     def _kernel_variable(self):
+        if self._compact is not None:
+            raise ValueError(f"Layer {self.name!r} is compacted (it trains its nonzero values "
+                             "only): call decompact(optimizer) before changing its mask or kernel.")
         return self._kernel
 
     def _structure(self, mask):
         return _structure_from_mask(mask)
 
+    @property
+    def kernel(self):
+        """The (input_dim, units) kernel: the variable, or while compacted a dense tensor made
+        from the trained nonzero values (read-only)."""
+        if self._compact is None:
+            return super().kernel
+        c = self._compact
+        flat = tf.scatter_nd(tf.reshape(tf.convert_to_tensor(c.positions), [-1, 1]),
+                             tf.convert_to_tensor(c.values), [self._input_dim * self.units])
+        return tf.reshape(flat, [self._input_dim, self.units])
+
+    # ---- compaction ---------------------------------------------------------------------
+
+    @property
+    def compacted(self):
+        """Whether the layer trains its nonzero values only (see `compact`)."""
+        return self._compact is not None
+
+    @property
+    def compact_block(self):
+        """While compacted, the width G of the (1, G) blocks the values are stored in (1: CSC)."""
+        return None if self._compact is None else self._compact.block
+
+    def compact(self, optimizer=None, block="auto"):
+        """Train the kept weights only: freeze the mask and replace the dense trainable kernel
+        by a variable of its nonzero values (block-CSC with (1, G) blocks where the mask comes
+        in such blocks, else CSC).
+
+        The optimizer then updates nnz weights instead of input_dim x units, and the product,
+        its input gradient and its values gradient go through the compiled sparse kernels:
+        a training step at 90% sparsity costs what `CompactDense`'s does. Eager only; the
+        `GradualPruning` callback calls it once its schedule has ended (`compact=True`), and
+        `sparsekeras.compact(model)` for a whole model.
+
+        Args:
+            optimizer: the built optimizer training this layer (e.g. `model.optimizer`), whose
+                state of the kernel (momentum...) is carried over to the values, exactly: it
+                must be elementwise (SGD, Adam, AdamW, RMSprop, ...). None if it has not been
+                built yet. Retrace the training function afterwards
+                (`model.make_train_function(force=True)`); the callback does.
+            block: "auto", 1 or a width G dividing units, as in `CompactDense.from_kernel`.
+
+        While compacted, `kernel` is a read-only tensor made from the values, the weights are
+        (values, bias, mask), and the config says `compacted`, so that a saved model loads
+        compacted (its optimizer state too). The saved layout is Dense's (kernel, bias, mask)
+        in both states, so `load_weights` works across them.
+        """
+        if self._compact is not None:
+            return
+        if not self.built:
+            raise ValueError(f"Layer {self.name!r} must be built before compact().")
+        if self._user_kernel_constraint is not None:
+            raise ValueError(f"Layer {self.name!r} has a kernel_constraint, which applies to the "
+                             "dense kernel: it cannot be compacted. Received: kernel_constraint="
+                             f"{self._user_kernel_constraint!r}")
+        if optimizer is not None:
+            from sparsekeras import _compact
+            _compact.check_optimizer(optimizer)
+        mask = np.asarray(keras.ops.convert_to_numpy(self.mask)) != 0
+        n = mask.shape[1]
+        if isinstance(block, str):
+            if block != "auto":
+                raise ValueError(f"Expected `block` an int or 'auto'. Received: block={block!r}")
+            block = next((g for g in AUTO_BLOCKS if n % g == 0
+                          and _linalg.block_fill(mask, g) <= AUTO_BLOCK_MAX_FILL), 1)
+        elif (isinstance(block, (bool, np.bool_)) or not isinstance(block, (int, np.integer))
+              or block < 1 or n % int(block)):
+            raise ValueError(f"Expected `block` 'auto' or a positive integer dividing units={n}. "
+                             f"Received: block={block!r}")
+        kernel = self._kernel
+        kernel_np = keras.ops.convert_to_numpy(kernel)
+        nnz = len(_structure_from_mask(mask, int(block))["positions"])
+        self._compact_in(int(block), nnz)
+        self._refresh_compact(mask)
+        c = self._compact
+        positions = keras.ops.convert_to_numpy(c.positions)
+        c.values.assign(self._keep_values(kernel_np.reshape(-1)[positions]))
+        if optimizer is not None:
+            _compact.swap_variable(optimizer, kernel, c.values,
+                                   lambda state: state.reshape(-1)[positions])
+
+    def _compact_in(self, block, nnz):
+        """Put a trainable `values` variable of nnz entries in the kernel's place (its position
+        in the layer's variables, so that the layer's and the optimizer's variable orders keep
+        their layout) and drop the kernel; the structure is filled by _refresh_compact."""
+        state = _CompactState(block)
+        values = self._new_weight("values", (nnz,), _KeepConstraint(state) if block > 1 else None)
+        self._replace_tracked(self._kernel, values)
+        state.values = values
+        state.indptr = _dynamic_variable(np.zeros(1), np.int32, "compact_indptr")
+        state.indices = _dynamic_variable(np.zeros(0), np.int32, "compact_indices")
+        state.positions = _dynamic_variable(np.zeros(0), np.int64, "compact_positions")
+        state.keep = (_dynamic_variable(np.zeros(0), np.float32, "compact_keep")
+                      if block > 1 else None)
+        self._compact = state
+        self._kernel = None
+
+    def _refresh_compact(self, mask):
+        """The compacted layer's structure from the (boolean) mask, its block width fixed."""
+        c = self._compact
+        s = _structure_from_mask(mask, c.block)
+        nnz = int(c.values.shape[0])
+        if len(s["positions"]) != nnz:
+            raise ValueError(f"Layer {self.name!r} is compacted with {nnz} stored values; the "
+                             f"mask assigned to it needs {len(s['positions'])}: decompact it "
+                             "before changing its mask.")
+        c.indptr.assign(s["indptr"])
+        c.indices.assign(s["indices"])
+        c.positions.assign(s["positions"])
+        if c.keep is not None:
+            c.keep.assign(mask.reshape(-1)[s["positions"]].astype(np.float32))
+
+    def _keep_values(self, values):
+        c = self._compact
+        return values if c.keep is None else values * keras.ops.convert_to_numpy(c.keep)
+
+    def decompact(self, optimizer=None):
+        """Undo `compact`: a dense trainable kernel again, holding the trained values (and the
+        optimizer's state of the values scattered back into the kernel's). Eager only."""
+        c = self._compact
+        if c is None:
+            return
+        positions = keras.ops.convert_to_numpy(c.positions)
+        size, shape = self._input_dim * self.units, (self._input_dim, self.units)
+
+        def scatter(flat_values):
+            dense = np.zeros(size, dtype=flat_values.dtype)
+            dense[positions] = flat_values
+            return dense.reshape(shape)
+
+        kernel = self._new_weight("kernel", shape, None)
+        self._replace_tracked(c.values, kernel)
+        kernel.assign(scatter(keras.ops.convert_to_numpy(c.values)))
+        kernel.constraint = _MaskConstraint(self, self._user_kernel_constraint)
+        self._kernel = kernel
+        self._compact = None
+        if optimizer is not None:
+            from sparsekeras import _compact
+            _compact.swap_variable(optimizer, c.values, kernel, scatter)
+
+    def _new_weight(self, name, shape, constraint):
+        locked = self._tracker.locked
+        self._tracker.unlock()
+        try:
+            return self.add_weight(name=name, shape=shape, initializer="zeros",
+                                   regularizer=self.kernel_regularizer, constraint=constraint,
+                                   dtype=self.variable_dtype, trainable=True)
+        finally:
+            if locked:
+                self._tracker.lock()
+
+    def _replace_tracked(self, old, new):
+        """Put `new` (just appended to the trainable variables) where `old` was; untrack `old`."""
+        store = self._trainable_variables
+        for i in range(len(store) - 1, -1, -1):
+            if store[i] is new:
+                del store[i]
+                break
+        for i, v in enumerate(store):
+            if v is old:
+                store[i] = new
+                break
+        ids = self._tracker.stored_ids["trainable_variables"]
+        ids.discard(id(old))
+        ids.add(id(new))
+
     # ---- mask ---------------------------------------------------------------------------
 
     def _refresh_more(self, m):
+        if self._compact is not None:
+            self._refresh_compact(m)
         counts = np.count_nonzero(m, axis=1)
         self._csr_indptr.assign(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
         self._csr_indices.assign(np.nonzero(m)[1].astype(np.int32))  # row-major: CSR order
@@ -377,25 +621,67 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
         return y
 
     def call(self, inputs, training=None):
+        c = self._compact
         if isinstance(inputs, (tf.SparseTensor, sk_ops.CSRTensor)):
-            y = self._sparse_input_matmul(inputs)
+            if c is not None:
+                y = _stored_sparse_input_product(self, inputs, c.values, c.indptr, c.indices,
+                                                 c.block, self._input_dim, self.units)
+            else:
+                y = self._sparse_input_matmul(inputs)
             y = tf.cast(y, self.compute_dtype)
             if self.bias is not None:
                 y = y + tf.cast(self.bias, y.dtype)
             return self.activation(y) if self.activation is not None else y
         x = tf.convert_to_tensor(inputs)
-        y = self._switch(lambda: self._sparse_matmul(x), lambda: self._dense_matmul(x))
+        if c is not None:
+            y = _stored_product(x, c.values, c.indptr, c.indices, c.block, self._input_dim,
+                                self.units)
+        else:
+            y = self._switch(lambda: self._sparse_matmul(x), lambda: self._dense_matmul(x))
         if self.bias is not None:
             y = y + tf.cast(self.bias, y.dtype)
         if self.activation is not None:
             y = self.activation(y)
         return y
 
+    def save_own_variables(self, store):
+        """Dense's layout (kernel, bias, mask) in either state: a compacted layer writes its
+        kernel made from the values."""
+        c = self._compact
+        all_vars = self._trainable_variables + self._non_trainable_variables
+        for i, v in enumerate(all_vars):
+            store[f"{i}"] = (keras.ops.convert_to_numpy(self.kernel)
+                             if c is not None and v is c.values else v)
+
+    def load_own_variables(self, store):
+        """Dense's layout (kernel, bias, mask), into either state: a compacted layer takes its
+        values from the kernel on the loaded mask's pattern."""
+        c = self._compact
+        all_vars = self._trainable_variables + self._non_trainable_variables
+        if len(store.keys()) != len(all_vars):
+            raise ValueError(f"Layer {self.name!r} expected {len(all_vars)} variables, but the "
+                             f"saved layer has {len(store.keys())}.")
+        kernel = None
+        for i, v in enumerate(all_vars):
+            if c is not None and v is c.values:
+                kernel = np.asarray(store[f"{i}"])
+            else:
+                v.assign(store[f"{i}"])  # the mask's assign refreshes the structure (hook)
+        if kernel is not None:
+            if kernel.shape != (self._input_dim, self.units):
+                raise ValueError(f"Layer {self.name!r} expected a saved kernel of shape "
+                                 f"{(self._input_dim, self.units)}. Received: {kernel.shape}")
+            positions = keras.ops.convert_to_numpy(c.positions)
+            c.values.assign(self._keep_values(kernel.reshape(-1)[positions]))
+
     def get_config(self):
         config = super().get_config()
         config["kernel_constraint"] = keras.constraints.serialize(self._user_kernel_constraint)
         for key in ("quantization_config", "lora_rank", "lora_alpha"):
             config.pop(key, None)
+        if self._compact is not None:
+            config["compacted"] = {"block": self._compact.block,
+                                   "nnz": int(self._compact.values.shape[0])}
         return self._sparse_config(config)
 
     @classmethod
@@ -554,30 +840,8 @@ class CompactDense(keras.layers.Layer):
                                      (self.units, self.input_dim)).T
 
     def _sparse_input_matmul(self, inputs):
-        """A sparse input (tf.SparseTensor or CSRTensor, rank 2) times the CSC-held kernel with
-        the sparse x sparse kernel: neither is densified. The kernel's CSR structure comes from
-        a transpose of the CSC arrays (O(nnz + input_dim) per call); the values' gradient is
-        A^T dY on the kernel's pattern."""
-        if inputs.shape.rank is not None and inputs.shape.rank != 2:
-            raise ValueError("CompactDense supports sparse inputs of rank 2 (batch, features). "
-                             f"Received: inputs.shape={inputs.shape}")
-        values = tf.convert_to_tensor(self.values)
-        if values.dtype not in (tf.float32, tf.float64):
-            values = tf.cast(values, tf.float32)
-        csr = sk_ops.to_csr(inputs, index_dtype=tf.int32)
-        indptr, indices = self.indptr, self.indices
-        if self.block > 1:  # the CSC form of the blocks
-            indptr, indices, positions, _ = sk_ops.bcsc_expand(
-                indptr, indices, self.block, [self.input_dim, self.units])
-            values = _take(values, positions)
-        t_indptr, t_indices, perm = sk_ops.transpose_structure(
-            indptr, indices, [self.units, self.input_dim])
-        y = sk_ops._ops.sparse_keras_csr_csr_mat_mul(
-            csr.indptr, csr.indices, tf.cast(csr.values, values.dtype), csr.dense_shape,
-            t_indptr, t_indices, _take(values, perm),
-            tf.constant([self.input_dim, self.units], tf.int64))
-        y.set_shape([inputs.shape[0], self.units])
-        return tf.cast(y, self.compute_dtype)
+        return _stored_sparse_input_product(self, inputs, self.values, self.indptr, self.indices,
+                                            self.block, self.input_dim, self.units)
 
     def call(self, inputs):
         if isinstance(inputs, (tf.SparseTensor, sk_ops.CSRTensor)):
@@ -586,12 +850,8 @@ class CompactDense(keras.layers.Layer):
                 y = y + tf.cast(self.bias, y.dtype)
             return self.activation(y) if self.activation is not None else y
         x = tf.convert_to_tensor(inputs)
-        values = tf.cast(self.values, x.dtype)
-        shape = tf.constant([self.input_dim, self.units], tf.int64)
-        if self.block > 1:
-            y = sk_ops.dense_bcsc_matmul(x, self.indptr, self.indices, values, shape, self.block)
-        else:
-            y = sk_ops.dense_csc_matmul(x, self.indptr, self.indices, values, shape)
+        y = _stored_product(x, self.values, self.indptr, self.indices, self.block,
+                            self.input_dim, self.units)
         if self.bias is not None:
             y = y + tf.cast(self.bias, y.dtype)
         if self.activation is not None:
