@@ -2,14 +2,15 @@
 
 1. One training step (forward + backward + Adam) of a 4096 -> 4096 layer at 90% sparsity,
    batch 256: keras.layers.Dense vs SparseDense (dense kernel + mask, sparse compute) vs
-   CompactDense (CSC values only: the optimizer updates the nonzeros only) vs CompactDense in
-   (1, 8) blocks (block-CSC).
+   SparseDense compacted (`sparsekeras.compact`, what GradualPruning does when its schedule
+   ends: the optimizer updates the nonzeros only), unstructured and with a (1, 8) block mask, vs
+   CompactDense (CSC values only) and CompactDense in (1, 8) blocks (block-CSC).
 2. A 784-4096-4096-10 MLP pruned to 90% (hidden layers), by weight magnitude, unstructured and
    in (1, 8) blocks (GradualPruning(granularity="block", block_shape=(1, 8))'s masks):
    `predict` latency on batch 256 and 1, dense vs stripped (`sparsekeras.strip`, which stores the
    block-pruned kernels in block-CSC form), and the `.keras` file sizes.
 
-Usage: python benchmarks/bench_layers.py --out DIR [--quick]
+Usage: python benchmarks/bench_layers.py --out DIR [--quick] [--step-only]
 Writes DIR/bench_layers.json and prints a table. Medians of repeated runs, same process.
 """
 import argparse
@@ -44,10 +45,14 @@ def train_step_bench(width, batch, sparsity, repeats):
     x = tf.constant(rng.standard_normal((batch, width), dtype=np.float32))
     y = tf.constant(rng.standard_normal((batch, width), dtype=np.float32))
     mask = rng.random((width, width)) >= sparsity
+    block_mask = np.repeat(rng.random((width, width // 8)) >= sparsity, 8, axis=1)
+    masks = {"SparseDense": mask, "SparseDenseCompacted": mask, "SparseDenseCompacted1x8": block_mask}
     results = {}
     makers = {
         "Dense": lambda: keras.layers.Dense(width),
         "SparseDense": lambda: sparsekeras.layers.SparseDense(width),
+        "SparseDenseCompacted": lambda: sparsekeras.layers.SparseDense(width),
+        "SparseDenseCompacted1x8": lambda: sparsekeras.layers.SparseDense(width),
         "CompactDense": lambda: sparsekeras.layers.CompactDense(width, sparsity=sparsity, seed=0),
         "CompactDense1x8": lambda: sparsekeras.layers.CompactDense(width, sparsity=sparsity, seed=0,
                                                                    block=8),
@@ -56,12 +61,16 @@ def train_step_bench(width, batch, sparsity, repeats):
         layer = make()
         model = keras.Sequential([keras.Input((width,)), layer])
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
-        if name == "SparseDense":
-            layer.set_mask(mask)
+        if name in masks:
+            layer.set_mask(masks[name])
             assert layer.uses_sparse_kernels
+        if name.startswith("SparseDenseCompacted"):
+            model.train_on_batch(x, y)  # the optimizer is built, as when GradualPruning compacts
+            sparsekeras.compact(model)
+            assert layer.compacted and layer.compact_block == (8 if name.endswith("1x8") else 1)
         med, best = _median_ms(lambda: model.train_on_batch(x, y), repeats)
         results[name] = {"median_ms": med, "min_ms": best}
-        print(f"  train step {name:15s} {med:9.2f} ms (min {best:.2f})", file=sys.stderr, flush=True)
+        print(f"  train step {name:24s} {med:9.2f} ms (min {best:.2f})", file=sys.stderr, flush=True)
     return results
 
 
@@ -118,6 +127,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--step-only", action="store_true",
+                        help="only the training-step part (no MLP)")
     args = parser.parse_args(argv)
     import tensorflow as tf
 
@@ -129,8 +140,10 @@ def main(argv=None):
     width = 1024 if args.quick else 4096
     print(f"training step, {width} -> {width}, batch 256, sparsity 0.9", file=sys.stderr)
     step = train_step_bench(width, 256, 0.9, repeats)
-    print("784-H-H-10 MLP at 90% sparsity", file=sys.stderr)
-    mlp = mlp_bench(0.9, repeats, args.quick)
+    mlp = None
+    if not args.step_only:
+        print("784-H-H-10 MLP at 90% sparsity", file=sys.stderr)
+        mlp = mlp_bench(0.9, repeats, args.quick)
     result = {
         "machine": {"platform": platform.platform(), "isa": sparsekeras._kernels.isa(),
                     "threads": sparsekeras.get_num_threads(), "tensorflow": tf.__version__,
@@ -145,7 +158,9 @@ def main(argv=None):
     d = step["Dense"]["median_ms"]
     print(f"\nTraining step ({width} -> {width}, batch 256, 90% sparse, Adam), median ms")
     for name, r in step.items():
-        print(f"  {name:15s} {r['median_ms']:9.2f} ms   {d / r['median_ms']:5.2f}x vs Dense")
+        print(f"  {name:24s} {r['median_ms']:9.2f} ms   {d / r['median_ms']:5.2f}x vs Dense")
+    if mlp is None:
+        return 0
     h = mlp["hidden"]
     for g in mlp["granularities"]:
         print(f"\n784-{h}-{h}-10 MLP, hidden layers 90% sparse, {g} (stripped; CompactDense "
