@@ -10,8 +10,9 @@ weight depends only on that weight's own gradient and state.
 """
 import numpy as np
 import keras
+from keras.src.utils import tracking
 
-__all__ = ["ELEMENTWISE_OPTIMIZERS", "check_optimizer", "swap_variable"]
+__all__ = ["ELEMENTWISE_OPTIMIZERS", "base_optimizer", "check_optimizer", "replace_in_list", "swap_variable"]
 
 # Keras optimizers whose update is elementwise (each weight's update reads only its own gradient
 # and state), so that a kernel's state restricted to its nonzeros is the state of those weights.
@@ -32,9 +33,14 @@ def _chain(optimizer):
     return chain
 
 
+def base_optimizer(optimizer):
+    """The optimizer a LossScaleOptimizer (or a chain of wrappers) wraps; itself otherwise."""
+    return _chain(optimizer)[-1] if optimizer is not None else None
+
+
 def check_optimizer(optimizer):
     """Raise ValueError unless `optimizer` (or the one a LossScaleOptimizer wraps) is elementwise."""
-    base = _chain(optimizer)[-1]
+    base = base_optimizer(optimizer)
     if not isinstance(base, ELEMENTWISE_OPTIMIZERS):
         names = ", ".join(c.__name__ for c in ELEMENTWISE_OPTIMIZERS)
         raise ValueError(
@@ -47,6 +53,27 @@ def _index_by_identity(items, value):
         if item is value:
             return i
     return -1
+
+
+def replace_in_list(items, old, new):
+    """Replace `old` (by identity) by `new` in `items`, in place; with new=None, remove it.
+
+    A list that Keras/TensorFlow auto-tracking wrapped (a `ListWrapper`) refuses to be saved
+    once an element was replaced: tracking by position assumes append-only lists, so that a
+    checkpoint can be restored as objects are created. Here positions are kept (the new
+    variable takes the old one's place, in the optimizer's variables and its restored copy
+    alike), so the change is made in the wrapped list and acknowledged as the new state."""
+    storage = getattr(items, "_storage", items)
+    position = _index_by_identity(storage, old)
+    if position < 0:
+        return False
+    if new is None:
+        del storage[position]
+    else:
+        storage[position] = new
+    if hasattr(items, "_update_snapshot"):
+        items._update_snapshot()
+    return True
 
 
 def swap_variable(optimizer, old, new, convert):
@@ -68,8 +95,11 @@ def swap_variable(optimizer, old, new, convert):
             continue
         idx = indices.pop(key)
         indices[opt._var_key(new)] = idx
-        if _index_by_identity(opt._trainable_variables, old) == idx:
-            opt._trainable_variables[idx] = new
+        # A list or a (wrapped) tuple, as the optimizer was built: rebuilt, not mutated, and
+        # outside Keras' tracking (as in Optimizer.build: else its variables would be added to
+        # the optimizer's own).
+        with tracking.DotNotTrackScope():
+            opt._trainable_variables = [new if v is old else v for v in opt._trainable_variables]
         n_trainable = len(opt._trainable_variables)
         prefix = old.path.replace("/", "_") + "_" if hasattr(old, "path") else ""
         for attr_name, attr in list(vars(opt).items()):
@@ -85,12 +115,12 @@ def swap_variable(optimizer, old, new, convert):
             new_slot = opt.add_variable_from_reference(new, name=suffix)  # appended to _variables
             new_slot.assign(np.asarray(convert(keras.ops.convert_to_numpy(slot)),
                                        dtype=np.dtype(new_slot.dtype)))
-            attr[idx] = new_slot
-            variables = opt._variables
-            position = _index_by_identity(variables, slot)
-            if position >= 0:
-                variables.pop(_index_by_identity(variables, new_slot))
-                variables[position] = new_slot
+            replace_in_list(attr, slot, new_slot)
+            # add_variable appended new_slot to the optimizer's variables: move it to the old
+            # slot's position (the layout of the optimizer's saved state).
+            if _index_by_identity(opt._variables, slot) >= 0:
+                replace_in_list(opt._variables, new_slot, None)
+                replace_in_list(opt._variables, slot, new_slot)
                 opt._tracker.stored_ids["variables"].discard(id(slot))
             converted += 1
     return converted

@@ -124,6 +124,14 @@ class GradualPruning(keras.callbacks.Callback):
             self._writer.flush()
 
     def on_train_end(self, logs=None):
+        # An optimizer with use_ema=True has just overwritten the kernels with their moving
+        # averages, which remember the weights from before they were pruned: mask them again.
+        # (A compacted layer's values hold its kept weights only.)
+        if getattr(_compact.base_optimizer(self.model.optimizer), "use_ema", False):
+            for layer in self._layers:
+                if not getattr(layer, "compacted", False):
+                    kernel = layer._kernel_variable()
+                    kernel.assign(kernel * keras.ops.cast(layer.mask, kernel.dtype))
         if self._writer is not None:
             self._writer.flush()
 
@@ -160,7 +168,8 @@ class GradualPruning(keras.callbacks.Callback):
 
         A compacted layer whose mask would change is decompacted first (its optimizer state
         scattered back). Returns whether a layer was decompacted (the traced step is stale)."""
-        layers = self._layers or prunable_layers(self.model)
+        # A layer of a subclassed model is built by its first call (the first step).
+        layers = [layer for layer in self._layers or prunable_layers(self.model) if layer.built]
         # A layer may present its kernel in another shape for scoring (a depthwise kernel as
         # (kh, kw, 1, channels * multiplier), so "channel" prunes whole depthwise filters).
         view = [getattr(layer, "pruning_view", np.asarray) for layer in layers]

@@ -366,6 +366,11 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
         return self._compact is not None
 
     @property
+    def values(self):
+        """While compacted, the trainable variable of the stored values (else None)."""
+        return None if self._compact is None else self._compact.values
+
+    @property
     def compact_block(self):
         """While compacted, the width G of the (1, G) blocks the values are stored in (1: CSC)."""
         return None if self._compact is None else self._compact.block
@@ -500,15 +505,10 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
 
     def _replace_tracked(self, old, new):
         """Put `new` (just appended to the trainable variables) where `old` was; untrack `old`."""
+        from sparsekeras._compact import replace_in_list
         store = self._trainable_variables
-        for i in range(len(store) - 1, -1, -1):
-            if store[i] is new:
-                del store[i]
-                break
-        for i, v in enumerate(store):
-            if v is old:
-                store[i] = new
-                break
+        replace_in_list(store, new, None)
+        replace_in_list(store, old, new)
         ids = self._tracker.stored_ids["trainable_variables"]
         ids.discard(id(old))
         ids.add(id(new))
@@ -679,9 +679,8 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
         config["kernel_constraint"] = keras.constraints.serialize(self._user_kernel_constraint)
         for key in ("quantization_config", "lora_rank", "lora_alpha"):
             config.pop(key, None)
-        if self._compact is not None:
-            config["compacted"] = {"block": self._compact.block,
-                                   "nnz": int(self._compact.values.shape[0])}
+        config["compacted"] = None if self._compact is None else {
+            "block": self._compact.block, "nnz": int(self._compact.values.shape[0])}
         return self._sparse_config(config)
 
     @classmethod

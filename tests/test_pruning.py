@@ -442,6 +442,12 @@ _MIRRORED = textwrap.dedent("""
         assert abs(layer.sparsity - 0.8) <= 1.0 / size, (layer.name, layer.sparsity)
         assert abs((1.0 - mask.mean()) - 0.8) <= 1.0 / size
         assert (kernel[mask == 0] == 0).all(), layer.name
+        # The schedule ended at step 8 of 12: the callback compacted the layers under the
+        # strategy (values and optimizer slots created in its scope), and training went on.
+        assert layer.compacted, layer.name
+        assert [v.name for v in layer.trainable_weights] == ["values", "bias"]
+    more = model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    assert np.isfinite(more.history["loss"]).all()
 
     # The sparse convolutions too (compute="sparse": the custom ops run in each replica).
     from sparsekeras.layers import SparseConv2D, SparseDepthwiseConv2D

@@ -4,7 +4,8 @@ from sparsekeras import linalg
 
 EXPECTED_TOP = ["linalg", "ops", "layers", "schedules", "callbacks", "regularizers", "data",
                 "CSRTensor",
-                "sparsify", "strip", "set_num_threads", "get_num_threads", "num_threads",
+                "sparsify", "strip", "compact", "decompact",
+                "set_num_threads", "get_num_threads", "num_threads",
                 "__version__"]
 EXPECTED_OPS = ["CSRTensor", "matmul", "csr_csr_matmul", "dense_csc_matmul", "dense_bcsc_matmul",
                 "bcsc_expand", "dense_csr_matmul", "sddmm",

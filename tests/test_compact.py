@@ -1,0 +1,381 @@
+"""Compaction: a pruned SparseDense trains its nonzero values only (`SparseDense.compact`,
+`sparsekeras.compact`, `GradualPruning(compact=True)`), with the optimizer's state carried over.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import sparsekeras
+from sparsekeras.callbacks import GradualPruning
+from sparsekeras.layers import SparseDense
+from sparsekeras.schedules import ConstantSparsity, PolynomialDecay
+
+from layer_helper import _np
+
+N_IN, N_HIDDEN, N_OUT = 24, 32, 4
+
+
+def _data(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, N_IN)).astype(np.float32)
+    return x, np.tanh(x[:, :N_OUT] + 0.5 * x[:, N_OUT:2 * N_OUT]).astype(np.float32)
+
+
+def _model(name="m", **layer_kwargs):
+    return keras.Sequential([keras.Input((N_IN,)),
+                             SparseDense(N_HIDDEN, activation="relu", name="h1", **layer_kwargs),
+                             SparseDense(N_HIDDEN, activation="relu", name="h2", **layer_kwargs),
+                             keras.layers.Dense(N_OUT, name="out")], name=name)
+
+
+def _pruned(optimizer=None, granularity="unstructured", block_shape=(1, 1), compact=True,
+            epochs=4, seed=3, sparsity=0.8, **layer_kwargs):
+    """A model pruned by GradualPruning whose schedule ends at step 12 of 8 per epoch."""
+    keras.utils.set_random_seed(seed)
+    model = _model(**layer_kwargs)
+    model.compile(optimizer=optimizer or keras.optimizers.Adam(1e-2), loss="mse")
+    x, y = _data()
+    callback = GradualPruning(PolynomialDecay(0.0, sparsity, 0, 12, frequency=4),
+                              granularity=granularity, block_shape=block_shape, compact=compact)
+    history = model.fit(x, y, batch_size=12, epochs=epochs, verbose=0, shuffle=False,
+                        callbacks=[callback])
+    return model, history, callback
+
+
+def _hidden(model):
+    return [model.get_layer("h1"), model.get_layer("h2")]
+
+
+OPTIMIZERS = {
+    "adam": lambda: keras.optimizers.Adam(1e-2),
+    "adamw": lambda: keras.optimizers.AdamW(1e-2, weight_decay=0.05),
+    "sgd_momentum": lambda: keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+    "rmsprop": lambda: keras.optimizers.RMSprop(1e-2),
+    "adam_ema": lambda: keras.optimizers.Adam(1e-2, use_ema=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_compacted_training_equals_dense_training(name):
+    """Compacting when the schedule ends changes nothing but the speed: the optimizer's state of
+    the kept weights is carried over, so the weights match the uncompacted run to rounding."""
+    plain, h_plain, _ = _pruned(OPTIMIZERS[name](), compact=False)
+    comp, h_comp, _ = _pruned(OPTIMIZERS[name](), compact=True)
+    assert [layer.compacted for layer in _hidden(plain)] == [False, False]
+    assert [layer.compacted for layer in _hidden(comp)] == [True, True]
+    np.testing.assert_allclose(h_comp.history["loss"], h_plain.history["loss"], rtol=1e-4)
+    for a, b in zip(plain.layers, comp.layers):
+        np.testing.assert_allclose(_np(b.kernel), _np(a.kernel), rtol=1e-4, atol=1e-5)
+        if a.bias is not None:
+            np.testing.assert_allclose(_np(b.bias), _np(a.bias), rtol=1e-4, atol=1e-5)
+    for layer in _hidden(comp):
+        kernel, mask = _np(layer.kernel), _np(layer.mask)
+        assert (kernel[mask == 0] == 0).all()
+        assert [v.name for v in layer.trainable_weights] == ["values", "bias"]
+        nnz = int(layer.values.shape[0])
+        assert nnz == int(mask.sum())
+    # The optimizer's state of the values, not of the dense kernels: nnz entries per slot.
+    shapes = {tuple(v.shape) for v in comp.optimizer.variables}
+    assert (N_IN, N_HIDDEN) not in shapes and (N_HIDDEN, N_HIDDEN) not in shapes
+
+
+def test_compact_gathers_optimizer_state_exactly():
+    keras.utils.set_random_seed(0)
+    model = _model()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    x, y = _data()
+    layer = model.get_layer("h1")
+    layer.set_mask(np.random.default_rng(1).random((N_IN, N_HIDDEN)) > 0.75)
+    model.fit(x, y, batch_size=12, epochs=1, verbose=0)
+    opt = model.optimizer
+    before = {v.name: _np(v) for v in opt.variables if tuple(v.shape) == (N_IN, N_HIDDEN)}
+    assert len(before) == 2  # momentum and velocity of h1's kernel
+    kernel = _np(layer.kernel)
+    assert sparsekeras.compact(model) == ["h1"]  # h2 is not pruned: dense compute
+    assert layer.compacted and layer.compact_block == 1
+    mask = _np(layer.mask) != 0
+    csc_order = np.argwhere(mask.T)[:, ::-1]  # (row, col) in column-major order
+    flat = csc_order[:, 0] * N_HIDDEN + csc_order[:, 1]
+    np.testing.assert_array_equal(_np(layer.values), kernel.reshape(-1)[flat])
+    after = {v.name: _np(v) for v in opt.variables if v.name.startswith("m_h1_values")}
+    for slot in ("momentum", "velocity"):
+        old = before[f"m_h1_kernel_{slot}"]
+        np.testing.assert_array_equal(after[f"m_h1_values_{slot}"], old.reshape(-1)[flat])
+    # Same count and order of optimizer variables (the saved layout).
+    assert len(opt.variables) == 2 + 2 * len(model.trainable_variables)
+    # Back: the state scattered into dense slots again, the pruned entries zero.
+    sparsekeras.decompact(model)
+    assert not layer.compacted
+    back = {v.name: _np(v) for v in opt.variables if v.name.startswith("m_h1_kernel")}
+    for slot in ("momentum", "velocity"):
+        expected = np.where(mask, before[f"m_h1_kernel_{slot}"], 0)
+        np.testing.assert_array_equal(back[f"m_h1_kernel_{slot}"], expected)
+    np.testing.assert_array_equal(_np(layer.kernel), kernel)
+    model.fit(x, y, batch_size=12, epochs=1, verbose=0)
+    assert (_np(layer.kernel)[~mask] == 0).all()
+
+
+@pytest.mark.parametrize("block", [2, 4, 8])
+def test_block_masks_compact_to_block_storage(block):
+    model, history, _ = _pruned(granularity="block", block_shape=(1, block))
+    for layer in _hidden(model):
+        assert layer.compacted and layer.compact_block == block
+    assert np.isfinite(history.history["loss"]).all()
+
+
+def test_forced_block_keeps_pruned_entries_of_stored_blocks_zero():
+    """An unstructured mask compacted into (1, 4) blocks stores pruned entries inside blocks:
+    training must keep them zero (the pattern is the mask, not the blocks)."""
+    keras.utils.set_random_seed(5)
+    model = _model()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    x, y = _data()
+    rng = np.random.default_rng(2)
+    for layer in _hidden(model):
+        layer.set_mask(rng.random(tuple(layer.mask.shape)) > 0.8)
+    model.fit(x, y, batch_size=12, epochs=1, verbose=0)
+    sparsekeras.compact(model, block=4)
+    for layer in _hidden(model):
+        assert layer.compact_block == 4
+        assert int(layer.values.shape[0]) > int(_np(layer.mask).sum())  # zeros stored in blocks
+    before = [_np(layer.kernel) for layer in _hidden(model)]
+    model.fit(x, y, batch_size=12, epochs=2, verbose=0)
+    for layer, old in zip(_hidden(model), before):
+        kernel, mask = _np(layer.kernel), _np(layer.mask)
+        assert (kernel[mask == 0] == 0).all()
+        assert not np.array_equal(kernel, old)
+
+
+def test_compacted_outputs_and_gradients_match_dense_layer():
+    """Forward and the gradients (input, values, bias) of a compacted layer equal the dense
+    computation with the masked kernel; ranks 2 and 3; sparse inputs too."""
+    rng = np.random.default_rng(7)
+    layer = SparseDense(N_HIDDEN, compute="dense")
+    layer.build((None, N_IN))
+    layer.set_mask(rng.random((N_IN, N_HIDDEN)) > 0.7)
+    kernel = _np(layer.kernel)
+    bias = rng.standard_normal(N_HIDDEN).astype(np.float32)
+    layer.bias.assign(bias)
+    layer.compact()
+    for shape in ((5, N_IN), (2, 3, N_IN)):
+        x = tf.constant(rng.standard_normal(shape).astype(np.float32))
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * y)
+        np.testing.assert_allclose(_np(y), _np(x) @ kernel + bias, rtol=1e-5, atol=1e-5)
+        dy = 2 * (_np(x) @ kernel + bias)
+        np.testing.assert_allclose(_np(tape.gradient(loss, x)), dy @ kernel.T, rtol=1e-4,
+                                   atol=1e-4)
+        dk = _np(x).reshape(-1, N_IN).T @ dy.reshape(-1, N_HIDDEN)
+        positions = _np(layer._compact.positions)
+        np.testing.assert_allclose(_np(tape.gradient(loss, layer.values)),
+                                   dk.reshape(-1)[positions], rtol=1e-4, atol=1e-3)
+    dense_x = np.where(rng.random((6, N_IN)) > 0.6, 1.0, 0.0).astype(np.float32)
+    out = layer(tf.sparse.from_dense(dense_x))
+    np.testing.assert_allclose(_np(out), dense_x @ kernel + bias, rtol=1e-5, atol=1e-5)
+
+
+def test_compacted_layer_saves_and_loads_compacted(tmp_path):
+    model, _, _ = _pruned()
+    x, y = _data(seed=1)
+    expected = _np(model(x))
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    for layer in _hidden(loaded):
+        assert layer.compacted
+    np.testing.assert_allclose(_np(loaded(x)), expected, rtol=1e-6, atol=1e-6)
+    # The optimizer state loaded too (same variables, shapes and values).
+    saved, got = model.optimizer.variables, loaded.optimizer.variables
+    assert len(got) == len(saved)
+    for a, b in zip(saved, got):
+        assert a.name.split("_")[-1] == b.name.split("_")[-1]
+        np.testing.assert_array_equal(_np(b), _np(a))
+    # Training goes on from there the same way in both.
+    model.fit(x, y, batch_size=12, epochs=1, verbose=0, shuffle=False)
+    loaded.fit(x, y, batch_size=12, epochs=1, verbose=0, shuffle=False)
+    np.testing.assert_allclose(_np(loaded(x)), _np(model(x)), rtol=1e-4, atol=1e-5)
+
+
+def test_weights_files_cross_between_states(tmp_path):
+    """The saved weight layout is Dense's (kernel, bias, mask) in both states."""
+    model, _, _ = _pruned()
+    x, _ = _data(seed=2)
+    expected = _np(model(x))
+    model.save_weights(str(tmp_path / "c.weights.h5"))
+    fresh = _model()  # not compacted: loads the dense kernels and masks
+    fresh.load_weights(str(tmp_path / "c.weights.h5"))
+    assert not any(layer.compacted for layer in _hidden(fresh))
+    np.testing.assert_allclose(_np(fresh(x)), expected, rtol=1e-5, atol=1e-5)
+    fresh.save_weights(str(tmp_path / "d.weights.h5"))
+    sparsekeras.compact(fresh)
+    twin = keras.models.clone_model(fresh)  # compacted from its config
+    assert all(layer.compacted for layer in _hidden(twin))
+    twin.load_weights(str(tmp_path / "d.weights.h5"))  # uncompacted file, compacted layers
+    np.testing.assert_allclose(_np(twin(x)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_export_compacted_model_serves(tmp_path):
+    model, _, _ = _pruned()
+    x, _ = _data(8, seed=4)
+    expected = _np(model(x))
+    model.export(str(tmp_path / "exported"), verbose=False)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", expected)
+    script = textwrap.dedent("""
+        import numpy as np, sparsekeras, tensorflow as tf
+        m = tf.saved_model.load("exported")
+        out = m.serve(tf.constant(np.load("x.npy")))
+        np.testing.assert_allclose(out.numpy(), np.load("y.npy"), rtol=1e-5, atol=1e-5)
+        print("SERVE_OK")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 0 and "SERVE_OK" in result.stdout, result.stderr[-4000:]
+
+
+def test_strip_and_kernel_of_compacted_model():
+    model, _, _ = _pruned()
+    x, _ = _data(seed=3)
+    stripped = sparsekeras.strip(model)
+    np.testing.assert_allclose(_np(stripped(x)), _np(model(x)), rtol=1e-5, atol=1e-5)
+    layer = model.get_layer("h1")
+    kernel = layer.kernel
+    assert isinstance(kernel, tf.Tensor) and tuple(kernel.shape) == (N_IN, N_HIDDEN)
+
+
+def test_later_prune_decompacts_then_recompacts():
+    """A schedule that prunes again after compaction: the layer is decompacted (its state
+    scattered back), pruned further, and compacted again once that schedule ends."""
+    model, _, callback = _pruned(sparsity=0.6, compute="sparse")
+    assert all(layer.compacted for layer in _hidden(model))
+    x, y = _data()
+    step = int(model.optimizer.iterations.numpy())
+    more = GradualPruning(PolynomialDecay(0.6, 0.85, step, step + 8, frequency=4))
+    model.fit(x, y, batch_size=12, epochs=2, verbose=0, callbacks=[more])
+    for layer in _hidden(model):
+        assert layer.compacted
+        assert layer.sparsity == pytest.approx(0.85, abs=2e-3)
+        assert (_np(layer.kernel)[_np(layer.mask) == 0] == 0).all()
+    # Re-applying the same sparsity leaves compacted layers as they are.
+    callback.set_model(model)
+    assert callback.prune(0.5) is False
+    assert all(layer.compacted for layer in _hidden(model))
+
+
+def test_compact_false_and_unended_schedule_keep_dense_kernels():
+    model, _, _ = _pruned(compact=False)
+    assert not any(layer.compacted for layer in _hidden(model))
+    keras.utils.set_random_seed(0)
+    model = _model()
+    model.compile(optimizer="adam", loss="mse")
+    x, y = _data()
+    model.fit(x, y, batch_size=12, epochs=2, verbose=0,
+              callbacks=[GradualPruning(ConstantSparsity(0.8, 0, frequency=4))])  # no end
+    assert not any(layer.compacted for layer in _hidden(model))
+
+
+def test_layers_below_switch_are_not_compacted():
+    model, _, _ = _pruned(sparsity=0.5)  # switch_sparsity 0.7: dense compute
+    assert not any(layer.compacted for layer in _hidden(model))
+    model, _, _ = _pruned(sparsity=0.5, compute="sparse")
+    assert all(layer.compacted for layer in _hidden(model))
+
+
+def test_non_elementwise_optimizer_warns_and_does_not_compact():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, history, callback = _pruned(keras.optimizers.Adafactor(1e-2))
+    assert any("elementwise optimizer" in str(w.message) for w in caught)
+    assert not any(layer.compacted for layer in _hidden(model))
+    assert callback.compact is False
+    assert np.isfinite(history.history["loss"]).all()
+    with pytest.raises(ValueError, match="Received: optimizer=Adafactor"):
+        model.get_layer("h1").compact(model.optimizer)
+
+
+def test_mixed_float16_compacts_and_trains():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model, history, _ = _pruned(keras.optimizers.Adam(1e-2))
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        assert all(layer.compacted for layer in _hidden(model))
+        assert np.isfinite(history.history["loss"]).all()
+        x, y = _data()
+        before = _np(model.get_layer("h1").values).copy()
+        model.fit(x, y, batch_size=12, epochs=1, verbose=0)
+        assert not np.array_equal(_np(model.get_layer("h1").values), before)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_subclassed_and_nested_models_compact():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.block = keras.Sequential([SparseDense(N_HIDDEN, activation="relu", name="h1")])
+            self.out = keras.layers.Dense(N_OUT)
+
+        def call(self, x):
+            return self.out(self.block(x))
+
+    keras.utils.set_random_seed(2)
+    model = Net()
+    model.compile(optimizer="adam", loss="mse")
+    x, y = _data()
+    model.fit(x, y, batch_size=12, epochs=3, verbose=0,
+              callbacks=[GradualPruning(PolynomialDecay(0.0, 0.8, 0, 8, frequency=4))])
+    assert model.block.layers[0].compacted
+
+
+def test_kernel_regularizer_applies_to_values():
+    reg = keras.regularizers.L2(0.1)
+    layer = SparseDense(N_HIDDEN, kernel_regularizer=reg, compute="sparse")
+    layer.build((None, N_IN))
+    layer.set_mask(np.random.default_rng(0).random((N_IN, N_HIDDEN)) > 0.7)
+    expected = float(reg(layer.kernel * layer.mask))
+    layer.compact()
+    assert float(sum(layer.losses)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_compact_errors():
+    layer = SparseDense(8)
+    with pytest.raises(ValueError, match="must be built"):
+        layer.compact()
+    layer.build((None, 4))
+    with pytest.raises(ValueError, match="Received: block='wide'"):
+        layer.compact(block="wide")
+    with pytest.raises(ValueError, match="Received: block=3"):
+        layer.compact(block=3)
+    constrained = SparseDense(8, kernel_constraint=keras.constraints.NonNeg())
+    constrained.build((None, 4))
+    with pytest.raises(ValueError, match="kernel_constraint"):
+        constrained.compact()
+    layer.set_mask(np.random.default_rng(0).random((4, 8)) > 0.5)
+    layer.compact()
+    layer.compact()  # a no-op when compacted
+    with pytest.raises(ValueError, match="is compacted"):
+        layer.set_mask(np.ones((4, 8)))
+    with pytest.raises(ValueError, match="Expected `compacted`"):
+        SparseDense(8, compacted={"block": 1})
+    layer.decompact()
+    layer.decompact()  # a no-op when not compacted
+    layer.set_mask(np.ones((4, 8)))
+
+
+def test_mask_with_other_count_is_refused_by_compacted_layer():
+    layer = SparseDense(8, compute="sparse")
+    layer.build((None, 4))
+    layer.set_mask(np.eye(4, 8))
+    layer.compact()
+    with pytest.raises(ValueError, match="compacted with 4 stored values"):
+        layer.mask.assign(np.ones((4, 8), np.float32))
