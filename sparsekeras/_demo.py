@@ -89,10 +89,13 @@ def run(hidden=2048, epochs_dense=15, epochs_prune=25, target=0.9, batch_size=64
     granularity = dict(granularity="block", block_shape=(1, block)) if block > 1 else {}
     print(f"\n2/3  pruning to {target:.0%} during fit"
           f"{f' in (1, {block}) blocks' if block > 1 else ''}: PolynomialDecay over {end_step} "
-          f"steps, then fine-tuning; {epochs_prune} epochs")
+          f"steps, then fine-tuning (the pruned layers compacted: nonzeros only); "
+          f"{epochs_prune} epochs")
     sparse.fit(x_train, y_train, batch_size=batch_size, epochs=epochs_prune, verbose=verbose,
                callbacks=[callbacks.GradualPruning(schedule, log_layers=False, **granularity),
                           history.callback])
+    compacted = [layer.name for layer in sparse.layers if getattr(layer, "compacted", False)]
+    print(f"     compacted after step {end_step}: {', '.join(compacted) or 'none'}")
     _, acc_sparse = sparse.evaluate(x_test, y_test, verbose=0)
     # Fair baseline: the dense network trained for the same total number of epochs.
     dense.compile(optimizer=keras.optimizers.Adam(5e-4), loss=loss, metrics=["accuracy"])
