@@ -1,4 +1,7 @@
-"""Model-level conversions: `sparsify` (Dense -> SparseDense) and `strip` (-> CompactDense)."""
+"""Model-level conversions: `sparsify` (Dense -> SparseDense), `strip` (-> CompactDense) and
+`compact` / `decompact` (SparseDense training its nonzeros only, or its dense kernel)."""
+import contextlib
+
 import keras
 
 from sparsekeras.layers import (CompactConv2D, CompactDense, SparseConv2D, SparseDense,
@@ -141,60 +144,73 @@ def strip(model, block="auto"):
     return uncompiled(clone)
 
 
+
+def _strategy_scope(model):
+    """The model's distribution strategy scope (new variables must be created in it)."""
+    strategy = getattr(model, "distribute_strategy", None)
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+
 def _retrace(model):
-    """Drop the model's traced train/test/predict steps (they read the variables it trained)."""
+    """New traced train step, and test/predict steps traced on their next use: the old ones
+    read the variables the layers trained before. Safe in the middle of `fit`."""
     if hasattr(model, "make_train_function"):
-        model.train_function = None
+        model.make_train_function(force=True)
         model.test_function = None
         model.predict_function = None
 
 
-def _model_optimizer(model):
+def _built_optimizer(model):
     optimizer = getattr(model, "optimizer", None)
     return optimizer if optimizer is not None and getattr(optimizer, "built", False) else None
+
+
+def _sparse_dense_layers(model):
+    return [layer for layer in model._flatten_layers(include_self=True, recursive=True)
+            if isinstance(layer, SparseDense)]
+
+
+def compact_layers(model, layers, block="auto"):
+    """Compact those of `layers` that can be (SparseDense, built, not compacted, computing
+    through the sparse kernels, no kernel constraint), carrying the state of `model.optimizer`
+    over, and retrace `model`'s steps if any was. Returns their names."""
+    todo = [layer for layer in layers
+            if isinstance(layer, SparseDense) and layer.built and not layer.compacted
+            and layer.uses_sparse_kernels and layer._user_kernel_constraint is None]
+    optimizer = _built_optimizer(model)
+    with _strategy_scope(model):
+        for layer in todo:
+            layer.compact(optimizer, block=block)
+    if todo:
+        _retrace(model)
+    return [layer.name for layer in todo]
 
 
 def compact(model, block="auto"):
     """Compact every `SparseDense` layer of `model` (nested ones too) that computes through the
     sparse kernels: it freezes its mask and trains its nonzero values only, carrying the
-    state of `model.optimizer` over (see `SparseDense.compact`). Works on any model, subclassed
-    included. Returns the names of the layers compacted.
+    state of `model.optimizer` over (see `SparseDense.compact`). Layers below their switch
+    sparsity (dense compute) or with a `kernel_constraint` are left as they are. Works on any
+    model, subclassed included. Returns the names of the layers compacted.
 
     `GradualPruning(compact=True)` does this by itself when its schedule ends; call it to
-    fine-tune a pruned model (fast), or before `fit` on a model loaded pruned.
+    fine-tune a pruned model, or before `fit` on a model loaded pruned.
 
     Example:
         >>> sparsekeras.compact(model)      # after pruning
         >>> model.fit(x, y, epochs=5)       # trains the nonzeros only
     """
-    from sparsekeras.callbacks import prunable_layers
-    optimizer = _model_optimizer(model)
-    names = []
-    strategy = getattr(model, "distribute_strategy", None)
-    import contextlib
-    with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        for layer in prunable_layers(model):
-            if (isinstance(layer, SparseDense) and not layer.compacted
-                    and layer.uses_sparse_kernels):
-                layer.compact(optimizer, block=block)
-                names.append(layer.name)
-    if names:
-        _retrace(model)
-    return names
+    return compact_layers(model, _sparse_dense_layers(model), block=block)
 
 
 def decompact(model):
     """Undo `compact` on every compacted `SparseDense` of `model` (dense trainable kernels again,
     e.g. to prune further). Returns the names of the layers decompacted."""
-    optimizer = _model_optimizer(model)
-    names = []
-    strategy = getattr(model, "distribute_strategy", None)
-    import contextlib
-    with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        for layer in model._flatten_layers(include_self=True, recursive=True):
-            if isinstance(layer, SparseDense) and layer.compacted:
-                layer.decompact(optimizer)
-                names.append(layer.name)
-    if names:
+    todo = [layer for layer in _sparse_dense_layers(model) if layer.compacted]
+    optimizer = _built_optimizer(model)
+    with _strategy_scope(model):
+        for layer in todo:
+            layer.decompact(optimizer)
+    if todo:
         _retrace(model)
-    return names
+    return [layer.name for layer in todo]

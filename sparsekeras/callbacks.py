@@ -13,8 +13,8 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from sparsekeras import _masks
-from sparsekeras import _compact
-from sparsekeras.layers import SparseDense, _PrunableKernel
+from sparsekeras import _compact, _convert
+from sparsekeras.layers import _PrunableKernel
 
 __all__ = ["GradualPruning", "ActivationSparsity", "prunable_layers"]
 
@@ -98,11 +98,9 @@ class GradualPruning(keras.callbacks.Callback):
         should_prune, sparsity = self.schedule(step)
         changed = self.prune(sparsity) if should_prune else False
         if self.compact and self._schedule_over(step):
-            changed = self._compact_layers() or changed
-        if changed:  # the traced step read the variables the layers no longer train
-            self.model.make_train_function(force=True)
-            self.model.test_function = None
-            self.model.predict_function = None
+            self._compact_layers()
+        if changed:  # a layer was decompacted: the traced step trains its values no more
+            _convert._retrace(self.model)
 
     def on_train_batch_end(self, batch, logs=None):
         if logs is not None:
@@ -145,23 +143,14 @@ class GradualPruning(keras.callbacks.Callback):
         return isinstance(end, int) and 0 <= end < step
 
     def _compact_layers(self):
-        """Compact the SparseDense layers on the sparse path; True if any was."""
-        todo = [layer for layer in self._layers
-                if isinstance(layer, SparseDense) and not layer.compacted
-                and layer.uses_sparse_kernels and layer._user_kernel_constraint is None]
-        if not todo:
-            return False
-        optimizer = self.model.optimizer
+        """Compact the SparseDense layers on the sparse path (and retrace the step)."""
         try:
-            _compact.check_optimizer(optimizer)
+            _compact.check_optimizer(self.model.optimizer)
         except ValueError as e:
             warnings.warn(f"GradualPruning does not compact the layers: {e}", stacklevel=2)
             self.compact = False
-            return False
-        with self.model.distribute_strategy.scope():
-            for layer in todo:
-                layer.compact(optimizer)
-        return True
+            return
+        _convert.compact_layers(self.model, self._layers)
 
     def prune(self, sparsity):
         """Prune every layer to `sparsity` now (masks only shrink: pruned weights stay pruned).
@@ -187,9 +176,11 @@ class GradualPruning(keras.callbacks.Callback):
             if getattr(layer, "compacted", False):
                 if np.array_equal(mask != 0, keras.ops.convert_to_numpy(layer.mask) != 0):
                     continue  # same pattern: stays compacted
-                with self.model.distribute_strategy.scope() if self.model is not None else \
+                model = self.model
+                with _convert._strategy_scope(model) if model is not None else \
                         contextlib.nullcontext():
-                    layer.decompact(self.model.optimizer if self.model is not None else None)
+                    layer.decompact(_convert._built_optimizer(model) if model is not None
+                                    else None)
                 decompacted = True
             layer.set_mask(mask)
         return decompacted

@@ -14,7 +14,7 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-from sparsekeras import _kernels
+from sparsekeras import _compact, _kernels
 from sparsekeras import linalg as _linalg
 from sparsekeras import ops as sk_ops
 from sparsekeras.ops._gradients import take as _take
@@ -408,7 +408,6 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
                              "dense kernel: it cannot be compacted. Received: kernel_constraint="
                              f"{self._user_kernel_constraint!r}")
         if optimizer is not None:
-            from sparsekeras import _compact
             _compact.check_optimizer(optimizer)
         mask = np.asarray(keras.ops.convert_to_numpy(self.mask)) != 0
         n = mask.shape[1]
@@ -489,7 +488,6 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
         self._kernel = kernel
         self._compact = None
         if optimizer is not None:
-            from sparsekeras import _compact
             _compact.swap_variable(optimizer, c.values, kernel, scatter)
 
     def _new_weight(self, name, shape, constraint):
@@ -505,10 +503,9 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
 
     def _replace_tracked(self, old, new):
         """Put `new` (just appended to the trainable variables) where `old` was; untrack `old`."""
-        from sparsekeras._compact import replace_in_list
         store = self._trainable_variables
-        replace_in_list(store, new, None)
-        replace_in_list(store, old, new)
+        _compact.replace_in_list(store, new, None)
+        _compact.replace_in_list(store, old, new)
         ids = self._tracker.stored_ids["trainable_variables"]
         ids.discard(id(old))
         ids.add(id(new))
