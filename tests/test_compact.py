@@ -379,3 +379,34 @@ def test_mask_with_other_count_is_refused_by_compacted_layer():
     layer.compact()
     with pytest.raises(ValueError, match="compacted with 4 stored values"):
         layer.mask.assign(np.ones((4, 8), np.float32))
+
+
+def test_resume_from_checkpoint_across_compaction(tmp_path):
+    """A ModelCheckpoint taken after the layers were compacted loads compacted, with the
+    optimizer's state of the values; training on from it gives the uninterrupted run's weights."""
+    x, y = _data()
+
+    def fit(model, epochs, callbacks=()):
+        schedule = PolynomialDecay(0.0, 0.8, 0, 12, frequency=4)
+        return model.fit(x, y, batch_size=12, epochs=epochs, verbose=0, shuffle=False,
+                         callbacks=[GradualPruning(schedule), *callbacks])
+
+    keras.utils.set_random_seed(9)
+    full = _model()
+    initial = full.get_weights()
+    full.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    fit(full, 5)
+
+    keras.utils.set_random_seed(9)
+    first = _model()
+    first.set_weights(initial)
+    first.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    path = str(tmp_path / "ckpt.keras")
+    fit(first, 3, [keras.callbacks.ModelCheckpoint(path)])
+    assert all(layer.compacted for layer in _hidden(first))  # compacted at step 13 of 24
+    resumed = keras.models.load_model(path)
+    assert all(layer.compacted for layer in _hidden(resumed))
+    assert int(resumed.optimizer.iterations.numpy()) == 24
+    fit(resumed, 2)
+    for a, b in zip(full.layers, resumed.layers):
+        np.testing.assert_allclose(_np(b.kernel), _np(a.kernel), rtol=1e-4, atol=1e-5)
