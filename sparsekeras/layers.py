@@ -74,6 +74,22 @@ def _structure_from_mask(mask, block=1):
     return dict(indptr=csc_indptr, indices=csc_indices, positions=rows * n + cols)
 
 
+def _resolve_block(kernel, block):
+    """The block width for storing `kernel` (K, N) (or its boolean mask): "auto" gives the
+    widest of AUTO_BLOCKS whose blocks hold the nonzeros with at most AUTO_BLOCK_MAX_FILL stored
+    entries per nonzero, else 1; an int (NumPy's too) must divide N."""
+    n = kernel.shape[1]
+    if isinstance(block, str):
+        if block != "auto":
+            raise ValueError(f"Expected `block` an int or 'auto'. Received: block={block!r}")
+        return next((g for g in AUTO_BLOCKS
+                     if _linalg.block_fill(kernel, g) <= AUTO_BLOCK_MAX_FILL), 1)
+    block = _kernels.check_block(block)
+    if n % block:
+        raise ValueError(f"Expected `block` dividing units={n}. Received: block={block}")
+    return block
+
+
 def _stored_product(x, values, indptr, indices, block, k, n):
     """x (..., k) times the kernel stored as (block-)CSC arrays: the compiled product, whose
     registered gradients give dX (scatter product) and the values' gradient (SDDMM)."""
@@ -410,20 +426,11 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
         if optimizer is not None:
             _compact.check_optimizer(optimizer)
         mask = np.asarray(keras.ops.convert_to_numpy(self.mask)) != 0
-        n = mask.shape[1]
-        if isinstance(block, str):
-            if block != "auto":
-                raise ValueError(f"Expected `block` an int or 'auto'. Received: block={block!r}")
-            block = next((g for g in AUTO_BLOCKS if n % g == 0
-                          and _linalg.block_fill(mask, g) <= AUTO_BLOCK_MAX_FILL), 1)
-        elif (isinstance(block, (bool, np.bool_)) or not isinstance(block, (int, np.integer))
-              or block < 1 or n % int(block)):
-            raise ValueError(f"Expected `block` 'auto' or a positive integer dividing units={n}. "
-                             f"Received: block={block!r}")
+        block = _resolve_block(mask, block)
         kernel = self._kernel
         kernel_np = keras.ops.convert_to_numpy(kernel)
-        nnz = len(_structure_from_mask(mask, int(block))["positions"])
-        self._compact_in(int(block), nnz)
+        nnz = len(_structure_from_mask(mask, block)["positions"])
+        self._compact_in(block, nnz)
         self._refresh_compact(mask)
         c = self._compact
         positions = keras.ops.convert_to_numpy(c.positions)
@@ -795,16 +802,8 @@ class CompactDense(keras.layers.Layer):
             raise ValueError(f"Expected a 2-D kernel (input_dim, units). Received: "
                              f"kernel.shape={kernel.shape}")
         k, n = kernel.shape
-        if isinstance(block, str):
-            if block != "auto":
-                raise ValueError(f"Expected `block` an int or 'auto'. Received: block={block!r}")
-            block = next((g for g in AUTO_BLOCKS
-                          if _linalg.block_fill(kernel, g) <= AUTO_BLOCK_MAX_FILL), 1)
-        elif isinstance(block, (int, np.integer)) and not isinstance(block, (bool, np.bool_)):
-            block = int(block)  # a NumPy integer is fine here
+        block = _resolve_block(kernel, block)
         if block > 1:
-            if n % block:
-                raise ValueError(f"Expected `block` dividing units={n}. Received: block={block}")
             csc_indptr, csc_indices, csc_values = _linalg.bcsc_from_dense(kernel, block)
         else:
             csc_indptr, csc_indices, csc_values = _kernels.dense_to_csr(
