@@ -90,14 +90,17 @@ def _resolve_block(kernel, block):
     return block
 
 
-def _stored_product(x, values, indptr, indices, block, k, n):
+def _stored_product(x, values, indptr, indices, block, k, n, transpose_structure=None):
     """x (..., k) times the kernel stored as (block-)CSC arrays: the compiled product, whose
-    registered gradients give dX (scatter product) and the values' gradient (SDDMM)."""
+    registered gradients give dX and the values' gradient (SDDMM). With the CSC arrays'
+    `transpose_structure` (cached by the caller), dX at large batches comes from the gather
+    product instead of the scatter one (4096 x 4096 at 90%, batch 256: fwd+bwd 1.25x faster)."""
     values = tf.cast(values, x.dtype)
     shape = tf.constant([k, n], tf.int64)
     if block > 1:
         return sk_ops.dense_bcsc_matmul(x, indptr, indices, values, shape, block)
-    return sk_ops.dense_csc_matmul(x, indptr, indices, values, shape)
+    return sk_ops.dense_csc_matmul(x, indptr, indices, values, shape,
+                                   transpose_structure=transpose_structure)
 
 
 def _stored_sparse_input_product(layer, inputs, values, indptr, indices, block, k, n):
@@ -173,6 +176,7 @@ class _CompactState:
         self.indices = None
         self.positions = None   # flat k * units + n of each stored value (int64)
         self.keep = None        # block > 1: 1.0 where the mask keeps a stored value, else 0.0
+        self.transposed = None  # block == 1: the CSC arrays' transpose_structure (for dX)
 
 
 class _PrunableKernel:
@@ -452,6 +456,10 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
         state.positions = _dynamic_variable(np.zeros(0), np.int64, "compact_positions")
         state.keep = (_dynamic_variable(np.zeros(0), np.float32, "compact_keep")
                       if block > 1 else None)
+        if block == 1:
+            state.transposed = (_dynamic_variable(np.zeros(1), np.int32, "compact_t_indptr"),
+                                _dynamic_variable(np.zeros(0), np.int32, "compact_t_indices"),
+                                _dynamic_variable(np.zeros(0), np.int64, "compact_t_perm"))
         self._compact = state
         self._kernel = None
 
@@ -469,6 +477,11 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
         c.positions.assign(s["positions"])
         if c.keep is not None:
             c.keep.assign(mask.reshape(-1)[s["positions"]].astype(np.float32))
+        if c.transposed is not None:
+            k, n = mask.shape
+            for var, value in zip(c.transposed, sk_ops.transpose_structure(
+                    tf.constant(s["indptr"]), tf.constant(s["indices"]), [n, k])):
+                var.assign(value)
 
     def _keep_values(self, values):
         c = self._compact
@@ -639,7 +652,7 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
         x = tf.convert_to_tensor(inputs)
         if c is not None:
             y = _stored_product(x, c.values, c.indptr, c.indices, c.block, self._input_dim,
-                                self.units)
+                                self.units, transpose_structure=c.transposed)
         else:
             y = self._switch(lambda: self._sparse_matmul(x), lambda: self._dense_matmul(x))
         if self.bias is not None:

@@ -164,7 +164,10 @@ def test_compacted_outputs_and_gradients_match_dense_layer():
     bias = rng.standard_normal(N_HIDDEN).astype(np.float32)
     layer.bias.assign(bias)
     layer.compact()
-    for shape in ((5, N_IN), (2, 3, N_IN)):
+    assert _np(layer._compact.transposed[2]).size == int(layer.values.shape[0])
+    # Batch 5 and 6: dX by the scatter product; 400: by the gather product over the cached
+    # transpose structure (_dx_by_gather: 25 + 600 * (0.3 - 0.05) = 175 rows at 30% density).
+    for shape in ((5, N_IN), (2, 3, N_IN), (400, N_IN)):
         x = tf.constant(rng.standard_normal(shape).astype(np.float32))
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(x)
