@@ -8,6 +8,9 @@ index and converts each of its state variables (gathered on the pattern, or scat
 training continues exactly where it was: for an elementwise optimizer, the update of a kept
 weight depends only on that weight's own gradient and state.
 """
+import types
+import weakref
+
 import numpy as np
 import keras
 from keras.src.utils import tracking
@@ -76,12 +79,62 @@ def replace_in_list(items, old, new):
     return True
 
 
-def swap_variable(optimizer, old, new, convert):
+# optimizer -> {id(state variable of a compacted layer's values): (variable, positions, dense
+# shape)}: how the optimizer saves that state (scattered into the kernel's shape) and loads it.
+_DENSE_LAYOUT = weakref.WeakKeyDictionary()
+
+
+def _save_dense_layout(optimizer, store):
+    """Optimizer.save_own_variables, writing the state of compacted values in the kernel's
+    layout (zeros off the pattern): the file is the one an uncompacted model writes."""
+    views = _DENSE_LAYOUT.get(optimizer, {})
+    for i, variable in enumerate(optimizer.variables):
+        entry = views.get(id(variable))
+        if entry is None or entry[0] is not variable:
+            store[str(i)] = variable.numpy()
+        else:
+            _, positions, shape = entry
+            flat = np.zeros(int(np.prod(shape)), dtype=np.dtype(variable.dtype))
+            flat[positions] = variable.numpy()
+            store[str(i)] = flat.reshape(shape)
+
+
+def _load_dense_layout(optimizer, store):
+    """Optimizer.load_own_variables, reading the state of compacted values from the kernel's
+    layout (see _save_dense_layout)."""
+    views = _DENSE_LAYOUT.get(optimizer, {})
+    variables = optimizer.variables
+    if len(store.keys()) != len(variables):
+        return type(optimizer).load_own_variables(optimizer, store)  # Keras' own message
+    for i, variable in enumerate(variables):
+        entry = views.get(id(variable))
+        value = store[str(i)]
+        if entry is not None and entry[0] is variable:
+            _, positions, shape = entry
+            value = np.asarray(value).reshape(-1)[positions]
+        variable.assign(value)
+
+
+def _use_dense_layout(optimizer):
+    """Route the optimizer's save/load through the dense layout (once per optimizer)."""
+    if optimizer.__dict__.get("_sk_dense_layout"):
+        return
+    # object.__setattr__: past Keras' and TensorFlow's attribute tracking (methods hold no state).
+    object.__setattr__(optimizer, "save_own_variables",
+                       types.MethodType(_save_dense_layout, optimizer))
+    object.__setattr__(optimizer, "load_own_variables",
+                       types.MethodType(_load_dense_layout, optimizer))
+    object.__setattr__(optimizer, "_sk_dense_layout", True)
+
+
+def swap_variable(optimizer, old, new, convert, dense_layout=None):
     """In every built optimizer of the chain that trains `old`, train `new` in its place.
 
     Each state variable of `old` (a list entry at old's index, of old's shape) is replaced by a
     state variable of `new`, valued `convert(old state as a NumPy array)`, at the same position
-    of the optimizer's variables, so that a checkpoint of the optimizer keeps its layout. An
+    of the optimizer's variables. dense_layout=(positions, dense shape): `new` holds the values
+    of a kernel at those flat positions; the optimizer then saves and loads the new state in
+    the kernel's layout, so that its checkpoints are those of the uncompacted model. An
     unbuilt optimizer needs nothing (it builds on the model's trainable variables). Returns the
     number of state variables converted.
     """
@@ -116,6 +169,12 @@ def swap_variable(optimizer, old, new, convert):
             new_slot.assign(np.asarray(convert(keras.ops.convert_to_numpy(slot)),
                                        dtype=np.dtype(new_slot.dtype)))
             replace_in_list(attr, slot, new_slot)
+            for o in _chain(optimizer):
+                views = _DENSE_LAYOUT.setdefault(o, {})
+                views.pop(id(slot), None)
+                if dense_layout is not None:
+                    views[id(new_slot)] = (new_slot, dense_layout[0], tuple(dense_layout[1]))
+                    _use_dense_layout(o)
             # add_variable appended new_slot to the optimizer's variables: move it to the old
             # slot's position (the layout of the optimizer's saved state).
             if _index_by_identity(opt._variables, slot) >= 0:

@@ -323,7 +323,7 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
                  activity_regularizer=None, kernel_constraint=None, bias_constraint=None,
-                 switch_sparsity=None, compute="auto", prunable=True, compacted=None, **kwargs):
+                 switch_sparsity=None, compute="auto", prunable=True, **kwargs):
         _pop_unsupported("SparseDense", kwargs, ("lora_rank", "lora_alpha", "quantization_config"))
         super().__init__(units, activation=activation, use_bias=use_bias,
                          kernel_initializer=kernel_initializer, bias_initializer=bias_initializer,
@@ -333,12 +333,6 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
                          **kwargs)
         self._init_sparse(switch_sparsity, compute, prunable, self.kernel_constraint)
         self._compact = None
-        if compacted is not None:  # from the config of a compacted layer: {block, nnz}
-            if not (isinstance(compacted, dict) and set(compacted) == {"block", "nnz"}):
-                raise ValueError("Expected `compacted` None or a dict with keys 'block' and "
-                                 f"'nnz'. Received: compacted={compacted!r}")
-            compacted = {key: int(value) for key, value in compacted.items()}
-        self._compacted_spec = compacted
 
     # ---- weights ------------------------------------------------------------------------
 
@@ -351,12 +345,6 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
         self._csr_indptr = _dynamic_variable(np.zeros(k + 1), np.int32, "csr_indptr")
         self._csr_indices = _dynamic_variable(np.zeros(0), np.int32, "csr_indices")
         self._build_sparse()
-        if self._compacted_spec is not None:  # a saved compacted layer: loading sets the mask
-            spec = self._compacted_spec
-            if spec["block"] < 1 or self.units % spec["block"]:
-                raise ValueError(f"Expected compacted['block'] dividing units={self.units}. "
-                                 f"Received: compacted={spec}")
-            self._compact_in(spec["block"], spec["nnz"])
 
     def _kernel_variable(self):
         if self._compact is not None:
@@ -414,10 +402,12 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
                 (`model.make_train_function(force=True)`); the callback does.
             block: "auto", 1 or a width G dividing units, as in `CompactDense.from_kernel`.
 
-        While compacted, `kernel` is a read-only tensor made from the values, the weights are
-        (values, bias, mask), and the config says `compacted`, so that a saved model loads
-        compacted (its optimizer state too). The saved layout is Dense's (kernel, bias, mask)
-        in both states, so `load_weights` works across them.
+        While compacted, `kernel` is a read-only tensor made from the values and the weights
+        are (values, bias, mask). Compaction is a training-time state, not a format: saving
+        (`.keras`, `.weights.h5`, checkpoints, BackupAndRestore) writes Dense's layout (kernel,
+        bias, mask) and the optimizer's state of the kernel, scattered from the values', so a
+        saved model loads uncompacted anywhere, and `GradualPruning` (or `sparsekeras.compact`)
+        compacts it again, exactly, when training resumes.
         """
         if self._compact is not None:
             return
@@ -441,7 +431,8 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
         c.values.assign(self._keep_values(kernel_np.reshape(-1)[positions]))
         if optimizer is not None:
             _compact.swap_variable(optimizer, kernel, c.values,
-                                   lambda state: state.reshape(-1)[positions])
+                                   lambda state: state.reshape(-1)[positions],
+                                   dense_layout=(positions, tuple(kernel.shape)))
 
     def _compact_in(self, block, nnz):
         """Put a trainable `values` variable of nnz entries in the kernel's place (its position
@@ -696,8 +687,6 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
         config["kernel_constraint"] = keras.constraints.serialize(self._user_kernel_constraint)
         for key in ("quantization_config", "lora_rank", "lora_alpha"):
             config.pop(key, None)
-        config["compacted"] = None if self._compact is None else {
-            "block": self._compact.block, "nnz": int(self._compact.values.shape[0])}
         return self._sparse_config(config)
 
     @classmethod

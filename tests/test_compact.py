@@ -186,44 +186,51 @@ def test_compacted_outputs_and_gradients_match_dense_layer():
     np.testing.assert_allclose(_np(out), dense_x @ kernel + bias, rtol=1e-5, atol=1e-5)
 
 
-def test_compacted_layer_saves_and_loads_compacted(tmp_path):
+def test_compacted_model_saves_in_the_dense_layout(tmp_path):
+    """Saving a compacted model writes what the uncompacted model would (kernels, masks, the
+    optimizer's state of the kernels): it loads uncompacted, and compacting it again gives back
+    the same state, so training goes on the same way."""
     model, _, _ = _pruned()
     x, y = _data(seed=1)
     expected = _np(model(x))
     path = str(tmp_path / "m.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
-    for layer in _hidden(loaded):
-        assert layer.compacted
+    assert not any(layer.compacted for layer in _hidden(loaded))
     np.testing.assert_allclose(_np(loaded(x)), expected, rtol=1e-6, atol=1e-6)
-    # The optimizer state loaded too (same variables, shapes and values).
+    shapes = [tuple(v.shape) for v in loaded.optimizer.variables]
+    assert (N_IN, N_HIDDEN) in shapes and (N_HIDDEN, N_HIDDEN) in shapes  # the dense layout
+    sparsekeras.compact(loaded)
     saved, got = model.optimizer.variables, loaded.optimizer.variables
     assert len(got) == len(saved)
     for a, b in zip(saved, got):
-        assert a.name.split("_")[-1] == b.name.split("_")[-1]
         np.testing.assert_array_equal(_np(b), _np(a))
-    # Training goes on from there the same way in both.
     model.fit(x, y, batch_size=12, epochs=1, verbose=0, shuffle=False)
     loaded.fit(x, y, batch_size=12, epochs=1, verbose=0, shuffle=False)
     np.testing.assert_allclose(_np(loaded(x)), _np(model(x)), rtol=1e-4, atol=1e-5)
 
 
 def test_weights_files_cross_between_states(tmp_path):
-    """The saved weight layout is Dense's (kernel, bias, mask) in both states."""
+    """Weight files (layers and optimizer) have one layout: saved compacted, loaded into an
+    uncompacted model, and saved uncompacted, loaded into a compacted one."""
     model, _, _ = _pruned()
-    x, _ = _data(seed=2)
+    x, y = _data(seed=2)
     expected = _np(model(x))
     model.save_weights(str(tmp_path / "c.weights.h5"))
-    fresh = _model()  # not compacted: loads the dense kernels and masks
+    fresh = _model()
+    fresh.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    fresh.optimizer.build(fresh.trainable_variables)  # Keras loads optimizer state into a built one
     fresh.load_weights(str(tmp_path / "c.weights.h5"))
     assert not any(layer.compacted for layer in _hidden(fresh))
     np.testing.assert_allclose(_np(fresh(x)), expected, rtol=1e-5, atol=1e-5)
     fresh.save_weights(str(tmp_path / "d.weights.h5"))
-    sparsekeras.compact(fresh)
-    twin = keras.models.clone_model(fresh)  # compacted from its config
-    assert all(layer.compacted for layer in _hidden(twin))
-    twin.load_weights(str(tmp_path / "d.weights.h5"))  # uncompacted file, compacted layers
-    np.testing.assert_allclose(_np(twin(x)), expected, rtol=1e-5, atol=1e-5)
+    model.fit(x, y, batch_size=12, epochs=1, verbose=0)  # move the compacted model away
+    model.load_weights(str(tmp_path / "d.weights.h5"))  # uncompacted file, compacted layers
+    assert all(layer.compacted for layer in _hidden(model))
+    np.testing.assert_allclose(_np(model(x)), expected, rtol=1e-5, atol=1e-5)
+    sparsekeras.decompact(model)  # the optimizer state loaded onto the values, scattered back
+    for a, b in zip(fresh.optimizer.variables, model.optimizer.variables):
+        np.testing.assert_array_equal(_np(b), _np(a))
 
 
 def test_export_compacted_model_serves(tmp_path):
@@ -368,8 +375,6 @@ def test_compact_errors():
     layer.compact()  # a no-op when compacted
     with pytest.raises(ValueError, match="is compacted"):
         layer.set_mask(np.ones((4, 8)))
-    with pytest.raises(ValueError, match="Expected `compacted`"):
-        SparseDense(8, compacted={"block": 1})
     layer.decompact()
     layer.decompact()  # a no-op when not compacted
     layer.set_mask(np.ones((4, 8)))
@@ -408,8 +413,45 @@ def test_resume_from_checkpoint_across_compaction(tmp_path):
     fit(first, 3, [keras.callbacks.ModelCheckpoint(path)])
     assert all(layer.compacted for layer in _hidden(first))  # compacted at step 13 of 24
     resumed = keras.models.load_model(path)
-    assert all(layer.compacted for layer in _hidden(resumed))
+    assert not any(layer.compacted for layer in _hidden(resumed))  # files: the dense layout
     assert int(resumed.optimizer.iterations.numpy()) == 24
-    fit(resumed, 2)
+    fit(resumed, 2)  # the callback compacts again at its first step (the schedule is over)
+    assert all(layer.compacted for layer in _hidden(resumed))
+    for a, b in zip(full.layers, resumed.layers):
+        np.testing.assert_allclose(_np(b.kernel), _np(a.kernel), rtol=1e-4, atol=1e-5)
+
+
+def test_backup_and_restore_across_compaction(tmp_path):
+    """A fit interrupted after compaction resumes from BackupAndRestore's files into a fresh
+    model (built and compiled uncompacted) and ends where the uninterrupted fit does."""
+    x, y = _data()
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:
+                raise RuntimeError("interrupted")
+
+    def fit(model, extra=()):
+        schedule = PolynomialDecay(0.0, 0.8, 0, 12, frequency=4)
+        model.fit(x, y, batch_size=12, epochs=5, verbose=0, shuffle=False,
+                  callbacks=[GradualPruning(schedule), *extra])
+
+    def fresh():
+        keras.utils.set_random_seed(10)
+        model = _model()
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+        return model
+
+    full = fresh()
+    fit(full)
+    backup = str(tmp_path / "backup")
+    first = fresh()
+    with pytest.raises(RuntimeError, match="interrupted"):
+        fit(first, [keras.callbacks.BackupAndRestore(backup), Interrupt()])
+    assert all(layer.compacted for layer in _hidden(first))
+    resumed = fresh()
+    fit(resumed, [keras.callbacks.BackupAndRestore(backup)])
+    assert int(resumed.optimizer.iterations.numpy()) == 40
+    assert all(layer.compacted for layer in _hidden(resumed))
     for a, b in zip(full.layers, resumed.layers):
         np.testing.assert_allclose(_np(b.kernel), _np(a.kernel), rtol=1e-4, atol=1e-5)
