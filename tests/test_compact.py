@@ -313,7 +313,7 @@ def test_non_elementwise_optimizer_warns_and_does_not_compact():
         model.get_layer("h1").compact(model.optimizer)
 
 
-def test_mixed_float16_compacts_and_trains():
+def test_mixed_float16_compacts_and_trains(tmp_path):
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         model, history, _ = _pruned(keras.optimizers.Adam(1e-2))
@@ -324,6 +324,11 @@ def test_mixed_float16_compacts_and_trains():
         before = _np(model.get_layer("h1").values).copy()
         model.fit(x, y, batch_size=12, epochs=1, verbose=0)
         assert not np.array_equal(_np(model.get_layer("h1").values), before)
+        path = str(tmp_path / "mixed.keras")  # the loss-scale optimizer saves the dense layout
+        model.save(path)
+        loaded = keras.models.load_model(path)
+        np.testing.assert_allclose(_np(loaded(x)), _np(model(x)), rtol=1e-2, atol=1e-2)
+        loaded.fit(x, y, batch_size=12, epochs=1, verbose=0)
     finally:
         keras.mixed_precision.set_global_policy("float32")
 
