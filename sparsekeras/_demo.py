@@ -52,6 +52,31 @@ class _History:
         self.callback = Recorder()
 
 
+def _step_timer():
+    """A Keras callback recording (optimizer step, seconds) of every training batch."""
+    import keras
+
+    class StepTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.times = []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self._step = int(self.model.optimizer.iterations.numpy())
+            self._t0 = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.times.append((self._step, time.perf_counter() - self._t0))
+
+    return StepTimer()
+
+
+def _median_step_ms(times, lo, hi):
+    """Median ms of the recorded steps in [lo, hi) (None if there are none)."""
+    picked = [t for step, t in times if lo <= step < hi]
+    return float(np.median(picked)) * 1e3 if picked else None
+
+
 def run(hidden=2048, epochs_dense=15, epochs_prune=25, target=0.9, batch_size=64, repeats=20,
         out_dir=".", seed=0, verbose=1, block=1):
     """Train dense, prune to `target` during fit, strip; print the comparison; return a dict.
@@ -91,17 +116,24 @@ def run(hidden=2048, epochs_dense=15, epochs_prune=25, target=0.9, batch_size=64
           f"{f' in (1, {block}) blocks' if block > 1 else ''}: PolynomialDecay over {end_step} "
           f"steps, then fine-tuning (the pruned layers compacted: nonzeros only); "
           f"{epochs_prune} epochs")
+    timer = _step_timer()
     sparse.fit(x_train, y_train, batch_size=batch_size, epochs=epochs_prune, verbose=verbose,
                callbacks=[callbacks.GradualPruning(schedule, log_layers=False, **granularity),
-                          history.callback])
+                          history.callback, timer])
     compacted = [layer.name for layer in sparse.layers if getattr(layer, "compacted", False)]
     print(f"     compacted after step {end_step}: {', '.join(compacted) or 'none'}")
     _, acc_sparse = sparse.evaluate(x_test, y_test, verbose=0)
     # Fair baseline: the dense network trained for the same total number of epochs.
     dense.compile(optimizer=keras.optimizers.Adam(5e-4), loss=loss, metrics=["accuracy"])
     print(f"\n     baseline: the dense network trained {epochs_prune} more epochs too")
-    dense.fit(x_train, y_train, batch_size=batch_size, epochs=epochs_prune, verbose=0)
+    dense_timer = _step_timer()
+    dense.fit(x_train, y_train, batch_size=batch_size, epochs=epochs_prune, verbose=0,
+              callbacks=[dense_timer])
     _, acc_dense = dense.evaluate(x_test, y_test, verbose=0)
+    # Steady-state steps (a few steps after each retrace: the first epoch, compaction).
+    step_ms = {"dense": _median_step_ms(dense_timer.times, steps_per_epoch, 1 << 62),
+               "pruning": _median_step_ms(timer.times, steps_per_epoch, end_step),
+               "compacted": _median_step_ms(timer.times, end_step + 5, 1 << 62)}
     compact = sparsekeras.strip(sparse)
     compact_logits = compact.predict(x_test, verbose=0, batch_size=256)
     acc_compact = float(np.mean(np.argmax(compact_logits, axis=1) == y_test))
@@ -143,6 +175,11 @@ def run(hidden=2048, epochs_dense=15, epochs_prune=25, target=0.9, batch_size=64
     for b in (1, 256):
         print(f"{f'latency, batch {b}':28}{lat[('dense', b)]:>12.3f}ms"
               f"{lat[('sparse', b)]:>20.3f}ms  ({lat[('dense', b)] / lat[('sparse', b)]:.1f}x)")
+    if None not in step_ms.values():
+        print(f"{f'training step, batch {batch_size}':28}{step_ms['dense']:>12.2f}ms"
+              f"{step_ms['compacted']:>20.2f}ms  ({step_ms['dense'] / step_ms['compacted']:.1f}x)"
+              f"\n{'  (while pruning)':28}{'':14}{step_ms['pruning']:>20.2f}ms  (dense kernels"
+              f" + masks)")
     print("-" * 64)
     for name, s in layer_rows:
         print(f"sparsity of {name:16}{s:>14.3f}")
@@ -158,7 +195,8 @@ def run(hidden=2048, epochs_dense=15, epochs_prune=25, target=0.9, batch_size=64
     return dict(acc_dense=float(acc_dense), acc_pruned=float(acc_sparse),
                 acc_stripped=acc_compact, sparsity=layer_rows, size_dense=size_dense,
                 size_stripped=size_compact, latency_ms={f"{k[0]}_b{k[1]}": v for k, v in lat.items()},
-                reload_ok=bool(reload_ok), history=history.rows, plot=plot_path)
+                reload_ok=bool(reload_ok), history=history.rows, plot=plot_path,
+                step_ms=step_ms)
 
 
 def _plot(rows, acc_dense, target, out_dir):
