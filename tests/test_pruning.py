@@ -412,6 +412,9 @@ def test_sparsify_rejects_unknown_names_and_subclassed():
 # ---- tf.distribute ------------------------------------------------------------------------
 
 _MIRRORED = textwrap.dedent("""
+    import os
+    import tempfile
+
     import numpy as np
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -448,6 +451,11 @@ _MIRRORED = textwrap.dedent("""
         assert [v.name for v in layer.trainable_weights] == ["values", "bias"]
     more = model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
     assert np.isfinite(more.history["loss"]).all()
+    path = os.path.join(tempfile.mkdtemp(), "mirrored_compacted.keras")
+    model.save(path)  # the dense layout, optimizer state included
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)),
+                               keras.ops.convert_to_numpy(model(x)), rtol=1e-5, atol=1e-5)
 
     # The sparse convolutions too (compute="sparse": the custom ops run in each replica).
     from sparsekeras.layers import SparseConv2D, SparseDepthwiseConv2D
