@@ -6,7 +6,8 @@ holds per-variable state (Adam's moments, an EMA, gradient accumulators) in list
 its trainable variables; `swap_variable` replaces the kernel by the values variable at the same
 index and converts each of its state variables (gathered on the pattern, or scattered back), so
 training continues exactly where it was: for an elementwise optimizer, the update of a kept
-weight depends only on that weight's own gradient and state.
+weight depends only on that weight's own gradient and state. The optimizer then saves and loads
+that state in the kernel's layout, so its checkpoints are those of the uncompacted model.
 """
 import types
 import weakref
@@ -15,7 +16,8 @@ import numpy as np
 import keras
 from keras.src.utils import tracking
 
-__all__ = ["ELEMENTWISE_OPTIMIZERS", "base_optimizer", "check_optimizer", "replace_in_list", "swap_variable"]
+__all__ = ["ELEMENTWISE_OPTIMIZERS", "base_optimizer", "check_optimizer", "replace_in_list",
+           "swap_variable"]
 
 # Keras optimizers whose update is elementwise (each weight's update reads only its own gradient
 # and state), so that a kernel's state restricted to its nonzeros is the state of those weights.
@@ -42,13 +44,15 @@ def base_optimizer(optimizer):
 
 
 def check_optimizer(optimizer):
-    """Raise ValueError unless `optimizer` (or the one a LossScaleOptimizer wraps) is elementwise."""
+    """Raise ValueError unless `optimizer` (or the one a LossScaleOptimizer wraps) is
+    elementwise."""
     base = base_optimizer(optimizer)
     if not isinstance(base, ELEMENTWISE_OPTIMIZERS):
         names = ", ".join(c.__name__ for c in ELEMENTWISE_OPTIMIZERS)
         raise ValueError(
             "Compaction needs an elementwise optimizer (its state of the kept weights must not "
-            f"depend on the pruned ones): one of {names}. Received: optimizer={type(base).__name__}")
+            f"depend on the pruned ones): one of {names}. "
+            f"Received: optimizer={type(base).__name__}")
 
 
 def _index_by_identity(items, value):
