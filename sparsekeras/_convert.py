@@ -36,7 +36,11 @@ def _clone_with(model, replace):
     for old, new in zip(old_layers, new_layers):
         if old.name in replaced or isinstance(old, keras.Model):
             continue
-        if old.weights:
+        if getattr(old, "compacted", False):  # the clone is not: transfer Dense's layout
+            store = {}
+            old.save_own_variables(store)
+            new.load_own_variables(store)
+        elif old.weights:
             new.set_weights(old.get_weights())
     return clone, replaced
 

@@ -460,3 +460,42 @@ def test_backup_and_restore_across_compaction(tmp_path):
     assert all(layer.compacted for layer in _hidden(resumed))
     for a, b in zip(full.layers, resumed.layers):
         np.testing.assert_allclose(_np(b.kernel), _np(a.kernel), rtol=1e-4, atol=1e-5)
+
+
+def test_sparsify_copies_compacted_layers():
+    """sparsify clones the model (uncompacted layers) and copies a compacted layer's weights in
+    Dense's layout."""
+    model, _, _ = _pruned()
+    x, _ = _data(seed=6)
+    again = sparsekeras.sparsify(model)
+    assert not any(layer.compacted for layer in _hidden(again))
+    np.testing.assert_allclose(_np(again(x)), _np(model(x)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("order", ["pruning_first", "early_stopping_first"])
+def test_early_stopping_restores_best_weights_of_compacted_layers(order):
+    """EarlyStopping(restore_best_weights=True) keeps get_weights() lists from epochs after the
+    compaction and sets them back at the end, in either callback order."""
+    keras.utils.set_random_seed(12)
+    model = _model()
+    model.compile(optimizer=keras.optimizers.Adam(5e-2), loss="mse")
+    x, y = _data()
+    pruning = GradualPruning(PolynomialDecay(0.0, 0.8, 0, 8, frequency=4))
+    stop = keras.callbacks.EarlyStopping(monitor="loss", patience=2, restore_best_weights=True,
+                                         start_from_epoch=2)
+    record = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            record.append((logs["loss"], [_np(v).copy() for v in self.model.weights]))
+
+    callbacks = [pruning, stop] if order == "pruning_first" else [stop, pruning]
+    model.fit(x, y, batch_size=12, epochs=12, verbose=0, shuffle=False,
+              callbacks=callbacks + [Record()])
+    assert all(layer.compacted for layer in _hidden(model))
+    losses = [loss for loss, _ in record]
+    best_epoch = stop.best_epoch
+    assert best_epoch >= 2 and losses[best_epoch] == min(losses[2:])
+    assert best_epoch < len(record) - 1  # the restored weights are not the last epoch's
+    for got, want in zip(model.weights, record[best_epoch][1]):
+        np.testing.assert_array_equal(_np(got), want)
