@@ -10,8 +10,10 @@
    `predict` latency on batch 256 and 1, dense vs stripped (`sparsekeras.strip`, which stores the
    block-pruned kernels in block-CSC form), and the `.keras` file sizes.
 
-Usage: python benchmarks/bench_layers.py --out DIR [--quick] [--step-only]
-Writes DIR/bench_layers.json and prints a table. Medians of repeated runs, same process.
+Usage: python benchmarks/bench_layers.py --out DIR [--quick] [--step-only] [--runs N]
+Writes DIR/bench_layers.json and prints a table. Medians of repeated runs, same process; with
+--runs N, N fresh processes (DIR/runN/...), every run's ratios and their medians
+(DIR/bench_layers_runs.json).
 """
 import argparse
 import json
@@ -123,13 +125,71 @@ def mlp_bench(sparsity, repeats, quick):
     return out
 
 
+def _ratios(result):
+    """{row: ratio to the dense baseline} of one run's JSON."""
+    out = {}
+    step = result["train_step"]
+    dense = step["Dense"]["median_ms"]
+    for name, r in step.items():
+        if isinstance(r, dict) and name != "Dense":
+            out[f"train step {name}"] = dense / r["median_ms"]
+    mlp = result.get("mlp")
+    if mlp:
+        for g in mlp["granularities"]:
+            for b in (1, 256):
+                out[f"MLP predict {g} batch {b}"] = mlp[f"dense_b{b}_ms"] / mlp[f"{g}_b{b}_ms"]
+    return out
+
+
+def _several_runs(args, argv):
+    """Run this script args.runs times in fresh processes; write every run and the medians."""
+    import subprocess
+
+    rest, skip = [], False
+    for a in argv:  # the same options, without --out and --runs
+        if skip:
+            skip = False
+            continue
+        if a in ("--out", "--runs"):
+            skip = True
+            continue
+        if a.startswith(("--out=", "--runs=")):
+            continue
+        rest.append(a)
+    runs = []
+    for i in range(args.runs):
+        out = os.path.join(args.out, f"run{i + 1}")
+        print(f"run {i + 1}/{args.runs} (fresh process)", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--out", out, *rest],
+                       check=True, stdout=subprocess.DEVNULL)
+        with open(os.path.join(out, "bench_layers.json")) as f:
+            runs.append(json.load(f))
+    table = [_ratios(r) for r in runs]
+    medians = {row: float(np.median([t[row] for t in table])) for row in table[0]}
+    with open(os.path.join(args.out, "bench_layers_runs.json"), "w") as f:
+        json.dump({"runs": runs, "ratios": table, "median_ratios": medians}, f, indent=2)
+    print(f"\nSpeed-up over the dense baseline, {args.runs} runs (fresh processes), and median")
+    for row, med in medians.items():
+        each = ", ".join(f"{t[row]:.2f}" for t in table)
+        print(f"  {row:40s} {each}   median {med:.2f}x")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--step-only", action="store_true",
                         help="only the training-step part (no MLP)")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="run the benchmark this many times, each in a fresh process, and "
+                             "report every run's ratios and their medians (this shared machine "
+                             "has slow phases that last a process)")
     args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error(f"--runs must be >= 1; received {args.runs}")
+    if args.runs > 1:
+        return _several_runs(args, argv if argv is not None else sys.argv[1:])
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(2)
