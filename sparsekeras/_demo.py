@@ -186,7 +186,8 @@ def run(hidden=2048, epochs_dense=15, epochs_prune=25, target=0.9, batch_size=64
     print(f"stripped model reloads from .keras with the same outputs: {reload_ok}")
     print("=" * 64)
 
-    plot_path = _plot(history.rows, acc_dense, target, out_dir)
+    plot_path = _plot(history.rows, acc_dense, target, out_dir,
+                      compacted_at=end_step + 1 if compacted else None)
     if plot_path:
         print(f"plot of sparsity and accuracy over the steps: {plot_path}")
     if block == 1:
@@ -199,7 +200,7 @@ def run(hidden=2048, epochs_dense=15, epochs_prune=25, target=0.9, batch_size=64
                 step_ms=step_ms)
 
 
-def _plot(rows, acc_dense, target, out_dir):
+def _plot(rows, acc_dense, target, out_dir, compacted_at=None):
     try:
         import matplotlib
 
@@ -220,6 +221,10 @@ def _plot(rows, acc_dense, target, out_dir):
     ax2.axhline(acc_dense, color="tab:red", ls="--", lw=1, label="test accuracy (dense)")
     ax2.set_ylabel("test accuracy", color="tab:red")
     ax2.set_ylim(min([r[2] for r in rows] + [acc_dense]) - 0.02, 1.0)
+    if compacted_at is not None:  # the schedule's end: the layers train their nonzeros only
+        ax1.axvline(compacted_at, color="gray", ls="-.", lw=1)
+        ax1.text(compacted_at, 0.25, " layers compacted:\n nonzeros only", color="gray",
+                 fontsize=8)
     ax2.legend(loc="lower right")
     ax1.set_title("Gradual pruning of a 64-2048-2048-10 MLP on digits")
     fig.tight_layout()
