@@ -89,13 +89,20 @@ class GradualPruning(keras.callbacks.Callback):
                              "sparsekeras.layers.SparseDense (or sparsekeras.sparsify(model)).")
         if self.log_dir is not None and self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
+        # Steps before this fit are not replayed: a resumed fit starts from the loaded masks.
+        self._last_step = int(self.model.optimizer.iterations.numpy()) - 1
 
     def on_train_batch_begin(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
         if step == self._last_step:
             return
+        # With steps_per_execution > 1, Keras calls this once per execution: a pruning step of
+        # the schedule that fell inside the last execution is done now (to the target at this
+        # step), so that the final sparsity is reached.
+        first = self._last_step + 1 if self._last_step < step else step
         self._last_step = step
-        should_prune, sparsity = self.schedule(step)
+        should_prune = any(self.schedule(t)[0] for t in range(max(first, step - 100000), step + 1))
+        sparsity = self.schedule(step)[1]
         changed = self.prune(sparsity) if should_prune else False
         if self.compact and self._schedule_over(step):
             self._compact_layers()

@@ -514,3 +514,21 @@ def test_sparsify_nested_model():
     sparse = sparsekeras.sparsify(dense)
     np.testing.assert_allclose(_np(sparse(x)), _np(dense(x)), rtol=1e-6, atol=1e-6)
     assert sorted(layer.name for layer in prunable_layers(sparse)) == ["h1", "out"]
+
+
+@pytest.mark.parametrize("steps_per_execution", [1, 3, 5])
+def test_schedule_reaches_target_with_steps_per_execution(steps_per_execution):
+    """Keras calls batch callbacks once per execution of `steps_per_execution` steps: pruning
+    steps that fall inside an execution (the schedule's last one, at end_step, included) are
+    done at the next call, so the final sparsity is reached."""
+    keras.utils.set_random_seed(3)
+    model = _sequential()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse",
+                  steps_per_execution=steps_per_execution)
+    x, y = _data()
+    model.fit(x, y, batch_size=BATCH, epochs=3, verbose=0, shuffle=False,
+              callbacks=[GradualPruning(PolynomialDecay(0.0, 0.8, 0, 12, frequency=3),
+                                        compact=False)])
+    for layer in prunable_layers(model):
+        assert layer.sparsity == pytest.approx(0.8, abs=1.0 / layer.mask.shape[0] / 2), layer.name
+    _assert_pruned_weights_are_zero(prunable_layers(model))
