@@ -7,8 +7,7 @@
  * them at the end. Do not include directly.
  */
 /* Block-CSC SpMM (SK_BISA): gc (1, 2, 4 or 8) outputs x nv vectors of accumulators (the last vector
- * masked by m), one pass over the group's blocks. The dispatcher passes the value stride vs as a
- * constant where it can (vs == gc, or 16): a run-time stride cost ~30% at 4096 x 4096, G = 8. */
+ * masked by m), one pass over the group's blocks (value stride vs: see SK_BTILES). */
 __attribute__((target(SK_BTARGET), always_inline)) static inline void
 SK_FN(sk_bspmm_gv, SK_BISA)(const int gc, const int nv, int64_t nb, const SK_I *idx, const SK_T *val,
                         int64_t vs, const SK_T *panel, int64_t ldp, SK_BMASK m, SK_T *out,
@@ -37,36 +36,53 @@ SK_FN(sk_bspmm_gv, SK_BISA)(const int gc, const int nv, int64_t nb, const SK_I *
     }
 }
 
+/* The tiling both block drivers share (defined once, though this file is included per ISA):
+ * the G outputs of a group in chunks gc of 8, 4, 2 or 1 rows, the w columns in runs of up to
+ * nvmax vectors (the last one masked by m). TILE (statements) sets up the tile at (g0, j); then
+ * CALL(G_, V_, VS), with g0, j, m and TILE's names in scope, runs the kernel instantiated for
+ * (gc, nv) with the value stride VS a constant where it can be (vs == gc, or 16): a run-time
+ * stride costs ~30% at 4096 x 4096, G = 8. */
+#ifndef SK_BTILES
+#define SK_BSTRIDE(CALL, G_, V_)                                                               \
+    case G_ * 16 + V_:                                                                         \
+        if (vs == G_) CALL(G_, V_, G_);                                                        \
+        else if (vs == 16) CALL(G_, V_, 16);                                                   \
+        else CALL(G_, V_, vs);                                                                 \
+        break;
+#define SK_BTILES(TILE, CALL)                                                                  \
+    for (int g0 = 0; g0 < G;) {                                                                \
+        const int gc = G - g0 >= 8 ? 8 : G - g0 >= 4 ? 4 : G - g0 >= 2 ? 2 : 1;                \
+        const int nvmax = SK_BACC / gc < 4 ? SK_BACC / gc : 4;                                 \
+        for (int64_t j = 0; j < w; j += nvmax * SK_BL) {                                       \
+            int64_t rem = w - j;                                                               \
+            int nv = rem >= nvmax * SK_BL ? nvmax : (int)((rem + SK_BL - 1) / SK_BL);          \
+            int64_t last = rem - (int64_t)(nv - 1) * SK_BL;                                    \
+            if (last > SK_BL) last = SK_BL;                                                    \
+            SK_BMASK m = SK_BMASK_MAKE(last);                                                  \
+            TILE                                                                               \
+            switch (gc * 16 + nv) {                                                            \
+                SK_BSTRIDE(CALL, 1, 1) SK_BSTRIDE(CALL, 1, 2)                                  \
+                SK_BSTRIDE(CALL, 1, 3) SK_BSTRIDE(CALL, 1, 4)                                  \
+                SK_BSTRIDE(CALL, 2, 1) SK_BSTRIDE(CALL, 2, 2)                                  \
+                SK_BSTRIDE(CALL, 2, 3) SK_BSTRIDE(CALL, 2, 4)                                  \
+                SK_BSTRIDE(CALL, 4, 1) SK_BSTRIDE(CALL, 4, 2)                                  \
+                SK_BSTRIDE(CALL, 4, 3) SK_BSTRIDE(CALL, 4, 4)                                  \
+                SK_BSTRIDE(CALL, 8, 1) SK_BSTRIDE(CALL, 8, 2)                                  \
+                default: break;                                                                \
+            }                                                                                  \
+        }                                                                                      \
+        g0 += gc;                                                                              \
+    }
+#endif
+
 __attribute__((target(SK_BTARGET))) static void
 SK_FN(sk_bspmm, SK_BISA)(int64_t nb, const SK_I *idx, const SK_T *val, int64_t vs, int G,
                      const SK_T *panel, int64_t ldp, int64_t w, SK_T *out, int64_t ldo) {
-    for (int g0 = 0; g0 < G;) {
-        const int gc = G - g0 >= 8 ? 8 : G - g0 >= 4 ? 4 : G - g0 >= 2 ? 2 : 1;
-        const int nvmax = SK_BACC / gc < 4 ? SK_BACC / gc : 4;
-        for (int64_t j = 0; j < w; j += nvmax * SK_BL) {
-            int64_t rem = w - j;
-            int nv = rem >= nvmax * SK_BL ? nvmax : (int)((rem + SK_BL - 1) / SK_BL);
-            int64_t last = rem - (int64_t)(nv - 1) * SK_BL;
-            if (last > SK_BL) last = SK_BL;
-            SK_BMASK m = SK_BMASK_MAKE(last);
-            const SK_T *pj = panel + j;
-            SK_T *oj = out + (int64_t)g0 * ldo + j;
-            switch (gc * 16 + nv) {
-#define SK_CASE(G_, V_) case G_ * 16 + V_:                                               \
-                if (vs == G_) SK_FN(sk_bspmm_gv, SK_BISA)(G_, V_, nb, idx, val + g0, G_, pj, ldp, m, oj, ldo);   \
-                else if (vs == 16) SK_FN(sk_bspmm_gv, SK_BISA)(G_, V_, nb, idx, val + g0, 16, pj, ldp, m, oj, ldo); \
-                else SK_FN(sk_bspmm_gv, SK_BISA)(G_, V_, nb, idx, val + g0, vs, pj, ldp, m, oj, ldo);           \
-                break;
-                SK_CASE(1, 1) SK_CASE(1, 2) SK_CASE(1, 3) SK_CASE(1, 4)
-                SK_CASE(2, 1) SK_CASE(2, 2) SK_CASE(2, 3) SK_CASE(2, 4)
-                SK_CASE(4, 1) SK_CASE(4, 2) SK_CASE(4, 3) SK_CASE(4, 4)
-                SK_CASE(8, 1) SK_CASE(8, 2)
-#undef SK_CASE
-                default: break;
-            }
-        }
-        g0 += gc;
-    }
+#define SK_BSPMM_CALL(G_, V_, VS)                                                              \
+    SK_FN(sk_bspmm_gv, SK_BISA)(G_, V_, nb, idx, val + g0, VS, pj, ldp, m, oj, ldo)
+    SK_BTILES(const SK_T *pj = panel + j; SK_T *oj = out + (int64_t)g0 * ldo + j;,
+              SK_BSPMM_CALL)
+#undef SK_BSPMM_CALL
 }
 
 /* Block-CSC scatter product (SK_BISA): gc (1, 2, 4 or 8) rows of y x nv vectors in registers (the
@@ -98,32 +114,10 @@ SK_FN(sk_bscatter_gv, SK_BISA)(const int gc, const int nv, int64_t nb, const SK_
 __attribute__((target(SK_BTARGET))) static void
 SK_FN(sk_bscatter, SK_BISA)(int64_t nb, const SK_I *idx, const SK_T *val, int64_t vs, int G,
                         const SK_T *y, int64_t w, SK_T *acc) {
-    for (int g0 = 0; g0 < G;) {
-        const int gc = G - g0 >= 8 ? 8 : G - g0 >= 4 ? 4 : G - g0 >= 2 ? 2 : 1;
-        const int nvmax = SK_BACC / gc < 4 ? SK_BACC / gc : 4;
-        for (int64_t j = 0; j < w; j += nvmax * SK_BL) {
-            int64_t rem = w - j;
-            int nv = rem >= nvmax * SK_BL ? nvmax : (int)((rem + SK_BL - 1) / SK_BL);
-            int64_t last = rem - (int64_t)(nv - 1) * SK_BL;
-            if (last > SK_BL) last = SK_BL;
-            SK_BMASK m = SK_BMASK_MAKE(last);
-            const SK_T *yj = y + (int64_t)g0 * w + j;
-            switch (gc * 16 + nv) {
-#define SK_CASE(G_, V_) case G_ * 16 + V_:                                                        \
-                if (vs == G_) SK_FN(sk_bscatter_gv, SK_BISA)(G_, V_, nb, idx, val + g0, G_, yj, w, m, acc + j);   \
-                else if (vs == 16) SK_FN(sk_bscatter_gv, SK_BISA)(G_, V_, nb, idx, val + g0, 16, yj, w, m, acc + j); \
-                else SK_FN(sk_bscatter_gv, SK_BISA)(G_, V_, nb, idx, val + g0, vs, yj, w, m, acc + j);           \
-                break;
-                SK_CASE(1, 1) SK_CASE(1, 2) SK_CASE(1, 3) SK_CASE(1, 4)
-                SK_CASE(2, 1) SK_CASE(2, 2) SK_CASE(2, 3) SK_CASE(2, 4)
-                SK_CASE(4, 1) SK_CASE(4, 2) SK_CASE(4, 3) SK_CASE(4, 4)
-                SK_CASE(8, 1) SK_CASE(8, 2)
-#undef SK_CASE
-                default: break;
-            }
-        }
-        g0 += gc;
-    }
+#define SK_BSCATTER_CALL(G_, V_, VS)                                                           \
+    SK_FN(sk_bscatter_gv, SK_BISA)(G_, V_, nb, idx, val + g0, VS, yj, w, m, acc + j)
+    SK_BTILES(const SK_T *yj = y + (int64_t)g0 * w + j;, SK_BSCATTER_CALL)
+#undef SK_BSCATTER_CALL
 }
 
 #undef SK_BISA
