@@ -4,7 +4,6 @@ The callback only orchestrates: the schedule (`sparsekeras.schedules`) says when
 the mask maths (`sparsekeras._masks`) say which weights, and the layers apply their masks inside
 the training step (as a kernel constraint), so every checkpoint is sparse.
 """
-import contextlib
 import warnings
 
 import numpy as np
@@ -178,18 +177,15 @@ class GradualPruning(keras.callbacks.Callback):
             masks = [_masks.magnitude_mask(k, sparsity, previous_mask=p, **self._mask_kwargs())
                      for k, p in zip(kernels, previous)]
         decompacted = False
-        for layer, mask in zip(layers, masks):
-            mask = layer.from_pruning_view(mask) if hasattr(layer, "from_pruning_view") else mask
+        for layer, mask, prev in zip(layers, masks, previous):
             if getattr(layer, "compacted", False):
-                if np.array_equal(mask != 0, keras.ops.convert_to_numpy(layer.mask) != 0):
+                if np.array_equal(mask != 0, prev):
                     continue  # same pattern: stays compacted
-                model = self.model
-                with _convert._strategy_scope(model) if model is not None else \
-                        contextlib.nullcontext():
-                    layer.decompact(_convert._built_optimizer(model) if model is not None
-                                    else None)
+                with _convert._strategy_scope(self.model):
+                    layer.decompact(_convert._built_optimizer(self.model))
                 decompacted = True
-            layer.set_mask(mask)
+            layer.set_mask(layer.from_pruning_view(mask) if hasattr(layer, "from_pruning_view")
+                           else mask)
         return decompacted
 
     def sparsity_logs(self):

@@ -422,15 +422,14 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
         mask = np.asarray(keras.ops.convert_to_numpy(self.mask)) != 0
         block = _resolve_block(mask, block)
         kernel = self._kernel
-        kernel_np = keras.ops.convert_to_numpy(kernel)
-        nnz = len(_structure_from_mask(mask, block)["positions"])
-        self._compact_in(block, nnz)
-        self._refresh_compact(mask)
-        c = self._compact
-        positions = keras.ops.convert_to_numpy(c.positions)
-        c.values.assign(self._keep_values(kernel_np.reshape(-1)[positions]))
+        s = _structure_from_mask(mask, block)
+        positions = s["positions"]
+        self._compact_in(block, len(positions))
+        self._set_compact_structure(mask, s)
+        self._compact.values.assign(
+            self._keep_values(keras.ops.convert_to_numpy(kernel).reshape(-1)[positions]))
         if optimizer is not None:
-            _compact.swap_variable(optimizer, kernel, c.values,
+            _compact.swap_variable(optimizer, kernel, self._compact.values,
                                    lambda state: state.reshape(-1)[positions],
                                    dense_layout=(positions, tuple(kernel.shape)))
 
@@ -463,6 +462,11 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
             raise ValueError(f"Layer {self.name!r} is compacted with {nnz} stored values; the "
                              f"mask assigned to it needs {len(s['positions'])}: decompact it "
                              "before changing its mask.")
+        self._set_compact_structure(mask, s)
+
+    def _set_compact_structure(self, mask, s):
+        """Store the structure `s` (_structure_from_mask(mask, block)) of the compacted layer."""
+        c = self._compact
         c.indptr.assign(s["indptr"])
         c.indices.assign(s["indices"])
         c.positions.assign(s["positions"])
