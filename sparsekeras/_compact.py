@@ -16,8 +16,8 @@ import numpy as np
 import keras
 from keras.src.utils import tracking
 
-__all__ = ["ELEMENTWISE_OPTIMIZERS", "base_optimizer", "check_optimizer", "replace_in_list",
-           "swap_variable"]
+__all__ = ["ELEMENTWISE_OPTIMIZERS", "base_optimizer", "check_optimizer", "dense_from_values",
+           "replace_in_list", "swap_variable"]
 
 # Keras optimizers whose update is elementwise (each weight's update reads only its own gradient
 # and state), so that a kernel's state restricted to its nonzeros is the state of those weights.
@@ -83,6 +83,14 @@ def replace_in_list(items, old, new):
     return True
 
 
+def dense_from_values(values, positions, shape):
+    """The array of `shape` holding `values` (NumPy, 1-D) at the flat `positions`, zeros
+    elsewhere: a compacted kernel (or its optimizer state) in the kernel's layout."""
+    flat = np.zeros(int(np.prod(shape)), dtype=values.dtype)
+    flat[positions] = values
+    return flat.reshape(shape)
+
+
 # optimizer -> {id(state variable of a compacted layer's values): (variable, positions, dense
 # shape)}: how the optimizer saves that state (scattered into the kernel's shape) and loads it.
 _DENSE_LAYOUT = weakref.WeakKeyDictionary()
@@ -98,9 +106,7 @@ def _save_dense_layout(optimizer, store):
             store[str(i)] = variable.numpy()
         else:
             _, positions, shape = entry
-            flat = np.zeros(int(np.prod(shape)), dtype=np.dtype(variable.dtype))
-            flat[positions] = variable.numpy()
-            store[str(i)] = flat.reshape(shape)
+            store[str(i)] = dense_from_values(variable.numpy(), positions, shape)
 
 
 def _load_dense_layout(optimizer, store):

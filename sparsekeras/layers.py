@@ -489,12 +489,10 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
         if c is None:
             return
         positions = keras.ops.convert_to_numpy(c.positions)
-        size, shape = self._input_dim * self.units, (self._input_dim, self.units)
+        shape = (self._input_dim, self.units)
 
         def scatter(flat_values):
-            dense = np.zeros(size, dtype=flat_values.dtype)
-            dense[positions] = flat_values
-            return dense.reshape(shape)
+            return _compact.dense_from_values(flat_values, positions, shape)
 
         kernel = self._new_weight("kernel", shape, None)
         self._replace_tracked(c.values, kernel)
