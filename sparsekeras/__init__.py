@@ -25,10 +25,10 @@ from sparsekeras._threads import get_num_threads, num_threads, set_num_threads
 from sparsekeras import ops
 from sparsekeras.ops import CSRTensor
 from sparsekeras import layers, schedules, callbacks, regularizers, data
-from sparsekeras._convert import compact, decompact, sparsify, strip
+from sparsekeras._convert import compact, coverage, decompact, densify, sparsify, strip
 
 __version__ = "0.1.0"
 
 __all__ = ["linalg", "ops", "layers", "schedules", "callbacks", "regularizers", "data", "CSRTensor",
-           "sparsify", "strip", "compact", "decompact",
+           "sparsify", "strip", "densify", "compact", "decompact", "coverage",
            "set_num_threads", "get_num_threads", "num_threads", "__version__"]

@@ -1,153 +1,301 @@
-"""Model-level conversions: `sparsify` (Dense -> SparseDense), `strip` (-> CompactDense) and
-`compact` / `decompact` (SparseDense training its nonzeros only, or its dense kernel)."""
+"""Model-level conversions, on the whole layer tree (nested models, layers inside custom
+layers, MultiHeadAttention's projections, keras_hub blocks): `sparsify` (Keras layers -> their
+sparse counterparts, from the registry), `strip` (-> stored forms), `densify` (-> plain Keras
+layers), `compact` / `decompact`, and `coverage` (what is prunable)."""
 import contextlib
+import warnings
 
+import numpy as np
 import keras
 
-from sparsekeras.layers import (CompactConv2D, CompactDense, SparseConv2D, SparseDense,
-                                SparseDepthwiseConv2D)
+from sparsekeras import _tree
+from sparsekeras.layers import _registry
+from sparsekeras.layers._base import NotConvertible, _PrunableKernel
+from sparsekeras.layers.dense import SparseDense
 
-__all__ = ["sparsify", "strip", "compact", "decompact"]
+__all__ = ["sparsify", "strip", "densify", "compact", "decompact", "coverage", "Report"]
 
 
-def _clone_with(model, replace):
-    """Clone a Sequential/Functional model, replacing layers by `replace(layer)` (or None to keep
-    a fresh copy of the layer), then copy weights of the unreplaced layers."""
-    if not isinstance(model, (keras.Sequential, keras.Model)) or (
-            not isinstance(model, keras.Sequential) and not getattr(model, "_is_graph_network",
-                                                                    hasattr(model, "_operations"))):
-        raise ValueError("sparsify/strip work on Sequential and Functional models; for a subclassed "
-                         f"model, use sparsekeras.layers in its definition. Received: {type(model).__name__}")
-    replaced = {}
+# ---- the report -------------------------------------------------------------------------------
 
-    def clone_fn(layer):
-        new = replace(layer)
-        if new is None:
-            new = layer.__class__.from_config(layer.get_config())
-        else:
-            replaced[layer.name] = new
-        return new
+def _weight_params(layer, own_only=True):
+    """Parameters of the layer's weight matrices (trainable variables of rank >= 2)."""
+    return sum(int(np.prod(v.shape)) for v in layer.trainable_weights if len(v.shape) >= 2)
 
-    clone = keras.models.clone_model(model, clone_function=clone_fn, recursive=True)
-    old_layers = _all_layers(model)
-    new_layers = _all_layers(clone)
-    if len(old_layers) != len(new_layers):
-        raise ValueError(f"cloning {model.name} gave {len(new_layers)} layers for {len(old_layers)}")
-    for old, new in zip(old_layers, new_layers):
-        if old.name in replaced or isinstance(old, keras.Model):
+
+def prunable_targets(model):
+    """Every (weight, mask) pair GradualPruning prunes in `model`, nested layers included."""
+    found, seen = [], set()
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if id(layer) in seen or not hasattr(layer, "pruning_targets"):
             continue
-        if getattr(old, "compacted", False):  # the clone is not: transfer Dense's layout
-            store = {}
-            old.save_own_variables(store)
-            new.load_own_variables(store)
-        elif old.weights:
-            new.set_weights(old.get_weights())
-    return clone, replaced
+        seen.add(id(layer))
+        found.extend(layer.pruning_targets())
+    return found
 
 
-def uncompiled(model):
-    """The same layers in a new, uncompiled model (keras.models.clone_model compiles its clone
-    when the original was compiled, and a saved file then carries optimizer slots)."""
-    if not model.compiled:
-        return model
-    if isinstance(model, keras.Sequential):
-        return keras.Sequential([keras.Input(shape=model.input_shape[1:], dtype=model.inputs[0].dtype)]
-                                + list(model.layers), name=model.name)
-    return keras.Model(model.inputs, model.outputs, name=model.name)
+class Report:
+    """What `sparsify` did, layer by layer, and how much of the model is now prunable.
+
+    Attributes:
+        rows: list of dicts with `path`, `class`, `status` ("converted", "kept", "already
+            sparse"), `to` (the sparse class) or `reason`, and `params` (weight-matrix
+            parameters of the layer).
+        prunable_fraction: fraction of the model's weight-matrix parameters (kernels and
+            embeddings: trainable variables of rank >= 2) that GradualPruning can prune.
+    """
+
+    def __init__(self, rows, prunable, total):
+        self.rows = rows
+        self.prunable_params = prunable
+        self.total_params = total
+
+    @property
+    def prunable_fraction(self):
+        return self.prunable_params / self.total_params if self.total_params else 0.0
+
+    def converted(self):
+        return [r for r in self.rows if r["status"] == "converted"]
+
+    def kept(self):
+        return [r for r in self.rows if r["status"] == "kept"]
+
+    def __str__(self):
+        lines = [f"{'layer':48s} {'class':24s} {'params':>9s}  result"]
+        for r in self.rows:
+            what = (f"-> {r['to']}" if r["status"] == "converted" else
+                    "already sparse" if r["status"] == "already sparse" else
+                    f"kept dense: {r['reason']}")
+            lines.append(f"{r['path'][:48]:48s} {r['class'][:24]:24s} {r['params']:9d}  {what}")
+        lines.append(f"prunable: {self.prunable_params} of {self.total_params} weight-matrix "
+                     f"parameters ({100 * self.prunable_fraction:.1f}%)")
+        return "\n".join(lines)
+
+    __repr__ = __str__
 
 
-def _all_layers(model):
-    """Every layer of a model, nested models' layers included, in a stable order."""
-    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)]
+def _prunable_params(model):
+    return sum(int(np.prod(t.mask.shape)) for t in prunable_targets(model))
 
 
-def sparsify(model, layer_names=None, switch_sparsity=None, compute="auto"):
-    """A copy of a Sequential/Functional model with its `keras.layers.Dense`, `Conv2D` and
-    `DepthwiseConv2D` layers replaced by `SparseDense`, `SparseConv2D` and
-    `SparseDepthwiseConv2D` layers holding the same weights (mask all ones), ready for
-    `GradualPruning`. Conv layers with `groups > 1` or channels_first data are kept as they are.
+def _model_weight_params(model):
+    seen, total = set(), 0
+    for v in model.trainable_weights:
+        if id(v) not in seen and len(v.shape) >= 2:
+            seen.add(id(v))
+            total += int(np.prod(v.shape))
+    return total
+
+
+def coverage(model):
+    """The fraction of `model`'s weight-matrix parameters (trainable variables of rank >= 2:
+    kernels, embeddings) that `GradualPruning` prunes (held by prunable sparse layers)."""
+    total = _model_weight_params(model)
+    return _prunable_params(model) / total if total else 0.0
+
+
+# ---- sparsify ---------------------------------------------------------------------------------
+
+def _is_sparse(layer):
+    return isinstance(layer, _PrunableKernel) or hasattr(layer, "pruning_targets")
+
+
+def _has_own_weight_matrix(layer):
+    """Whether the layer holds a weight matrix that none of its sublayers holds."""
+    inner = {id(v) for sub in layer._flatten_layers(include_self=False, recursive=True)
+             for v in sub.weights}
+    return any(len(v.shape) >= 2 and id(v) not in inner for v in layer.trainable_weights)
+
+
+def sparsify(model, layer_names=None, switch_sparsity=None, compute="auto", inplace=False,
+             verbose=False, return_report=False):
+    """A copy of `model` with every layer that has a sparse counterpart (the registry:
+    `Dense`, `Conv2D`, `DepthwiseConv2D`, and the others `sparsekeras.layers` registers)
+    replaced by it, holding the same weights (masks all ones), ready for `GradualPruning`.
+
+    The whole layer tree is walked: nested models, layers inside custom layers,
+    MultiHeadAttention's projections, keras_hub backbones and task models. Weights are matched
+    by their path inside each layer. A layer left dense that holds a weight matrix is said
+    once, in one warning (and in the report).
 
     Args:
-        model: a built Keras model.
-        layer_names: names of the layers to convert (default: all convertible ones). Keeping a small output
-            layer dense usually costs nothing and protects accuracy.
-        switch_sparsity, compute: passed to each sparse layer.
+        model: a Keras model (Sequential, Functional, subclassed; built, or lazily built when
+            `inplace=True`).
+        layer_names: names of the layers to convert (default: every convertible one). A name
+            that is not in the model, or names a layer that cannot be converted, is an error.
+            Keeping a small output layer dense usually costs nothing and protects accuracy.
+        switch_sparsity, compute: passed to each sparse layer that computes through the
+            sparse kernels.
+        inplace: convert `model` itself instead of a copy (a copy is made through Keras
+            serialization, which a subclassed model without `get_config` does not support).
+        verbose: print the report.
+        return_report: return `(model, report)` instead of the model.
 
     Example:
-        >>> sparse_model = sparsekeras.sparsify(model, layer_names=["hidden1", "hidden2"])
+        >>> sparse_model = sparsekeras.sparsify(model, verbose=True)
     """
-    weights = {}
+    if not isinstance(model, keras.layers.Layer):
+        raise ValueError(f"sparsify expects a Keras model. Received: {type(model).__name__}")
+    target = model if inplace else _tree.copy_model(model)
+    names = None
     if layer_names is not None:
-        layer_names = set(layer_names)
-        missing = layer_names - {layer.name for layer in _all_layers(model)}
+        if isinstance(layer_names, str):
+            raise ValueError(f"`layer_names` must be a list of names. Received: "
+                             f"layer_names={layer_names!r}")
+        names = set(layer_names)
+        present = {layer.name for _, layer, _ in _tree.walk(target)}
+        missing = names - present
         if missing:
             raise ValueError(f"sparsify: no layer named {sorted(missing)} in the model. "
-                             f"Received: layer_names={sorted(layer_names)}")
+                             f"Received: layer_names={sorted(names)}")
+    options = {"compute": compute}
+    if switch_sparsity is not None:
+        options["switch_sparsity"] = switch_sparsity
 
-    def replace(layer):
-        if layer_names is not None and layer.name not in layer_names:
-            return None
-        kwargs = {"compute": compute}
-        if switch_sparsity is not None:
-            kwargs["switch_sparsity"] = switch_sparsity
-        if type(layer) is keras.layers.Dense:
-            new = SparseDense.from_dense(layer, **kwargs)
-        elif (type(layer) is keras.layers.Conv2D and layer.groups == 1
-              and layer.data_format == "channels_last"):
-            new = SparseConv2D.from_conv(layer, **kwargs)
-        elif (type(layer) is keras.layers.DepthwiseConv2D
-              and layer.data_format == "channels_last"):
-            new = SparseDepthwiseConv2D.from_depthwise(layer, **kwargs)
-        else:
-            return None
-        weights[layer.name] = layer.get_weights()
-        return new
+    rows, replaced, errors = [], set(), []
+    for parent, layer, path in list(_tree.walk(target)):
+        if any(path.startswith(p + "/") for p in replaced):
+            continue  # inside a layer that was just replaced as a whole
+        row = {"path": path, "class": type(layer).__name__, "params": 0}
+        wanted = names is None or layer.name in names
+        if _is_sparse(layer):
+            row.update(status="already sparse", params=_weight_params(layer))
+            rows.append(row)
+            replaced.add(path)
+            continue
+        entry = _registry.lookup(layer)
+        reason = None
+        if entry is None:
+            if not _has_own_weight_matrix(layer):
+                if names is not None and layer.name in names and not any(
+                        True for _ in _tree.children(layer)):
+                    errors.append(f"{layer.name!r} ({type(layer).__name__}) has no weight "
+                                  "matrix to prune")
+                continue  # a container (its sublayers are visited) or no weight to prune
+            base = _registry.registered_base(layer)
+            reason = (f"a subclass of {base.__name__}, whose call may differ: register it "
+                      "with sparsekeras.layers.register" if base is not None else
+                      "no sparse counterpart: subclass sparsekeras.layers.Prunable or register "
+                      "one with sparsekeras.layers.register")
+        elif entry.check is not None:
+            reason = entry.check(layer)
+        if reason is None and entry is not None and wanted:
+            kwargs = _options_for(entry.sparse_class, options)
+            try:
+                new = entry.convert(layer, **kwargs)
+            except NotConvertible as e:
+                reason = str(e)
+            else:
+                _tree.replace_layer(parent, layer, new)
+                replaced.add(path)
+                row.update(status="converted", to=type(new).__name__,
+                           params=_weight_params(new))
+                rows.append(row)
+                continue
+        if not wanted and reason is None:
+            continue  # not asked for: not part of the report
+        if wanted and names is not None and layer.name in names:
+            errors.append(f"{layer.name!r} ({type(layer).__name__}): {reason}")
+        row.update(status="kept", reason=reason, params=_weight_params(layer))
+        rows.append(row)
+    if errors:
+        raise ValueError("sparsify cannot convert the layers named in layer_names: "
+                         + "; ".join(errors))
+    _after_structure_change(target)
+    report = Report(rows, _prunable_params(target), _model_weight_params(target))
+    kept = [r for r in report.kept() if r["params"]]
+    if kept and names is None:
+        listed = ", ".join(f"{r['path']} ({r['class']}: {r['reason']})" for r in kept[:8])
+        more = f" and {len(kept) - 8} more" if len(kept) > 8 else ""
+        warnings.warn(f"sparsify left {len(kept)} layers with weight matrices dense: {listed}"
+                      f"{more}. {100 * report.prunable_fraction:.1f}% of the model's "
+                      "weight-matrix parameters are prunable.", stacklevel=2)
+    if verbose:
+        print(report)
+    return (target, report) if return_report else target
 
-    clone, replaced = _clone_with(model, replace)
-    for name, layer in replaced.items():
-        kernel_and_bias = weights[name]
-        kernel = layer.kernel if isinstance(layer, SparseDepthwiseConv2D) else layer._kernel
-        kernel.assign(kernel_and_bias[0])
-        if layer.bias is not None:
-            layer.bias.assign(kernel_and_bias[1])
-        # The mask is still the all-ones one `build` made its structure from: nothing to refresh.
-    return clone
+
+def _options_for(sparse_class, options):
+    """The sparsify options the sparse class takes (masked-only layers have no compute
+    switch)."""
+    if issubclass(sparse_class, _PrunableKernel):
+        return dict(options)
+    return {}
 
 
-def strip(model, block="auto"):
-    """A compact inference copy of a Sequential/Functional model: every `SparseDense` becomes a
-    `CompactDense`, every `SparseConv2D` / `SparseDepthwiseConv2D` a `CompactConv2D`, holding only
-    its nonzeros (CSC arrays), so memory and the saved `.keras` file scale with the number of
-    nonzeros. Other layers are copied unchanged. The copy is not
-    compiled (no optimizer state to carry); compile it to fine-tune its nonzero values.
+def _after_structure_change(model):
+    """Traced functions read the layers that were replaced: drop them."""
+    for attr in ("train_function", "test_function", "predict_function"):
+        if getattr(model, attr, None) is not None:
+            setattr(model, attr, None)
+    if hasattr(model, "_functional") and isinstance(model, keras.Sequential):
+        pass  # the Sequential's graph was rewired in place
+
+
+# ---- strip / densify ----------------------------------------------------------------------
+
+def _replace_all(model, make, inplace, what):
+    """Replace every layer for which make(layer) returns a layer (top-down; a replaced
+    layer's sublayers are not visited)."""
+    target = model if inplace else _tree.copy_model(model, what)
+    replaced = []
+    for parent, layer, path in list(_tree.walk(target)):
+        if any(path.startswith(p + "/") for p in replaced):
+            continue
+        new = make(layer)
+        if new is not None:
+            _tree.replace_layer(parent, layer, new)
+            replaced.append(path)
+    _after_structure_change(target)
+    return target
+
+
+def _decompacted_copy_source(model):
+    return model
+
+
+def strip(model, block="auto", inplace=False):
+    """A compact inference copy of `model`: every sparse layer becomes its stored form
+    (`SparseDense` -> `CompactDense`, sparse convolutions -> `CompactConv2D`, and each other
+    family's own), holding only its nonzeros, so memory and the saved `.keras` file scale with
+    the number of nonzeros; a sparse layer without a stored form becomes its Keras twin with
+    the pruned weights stored as zeros. Nested layers are reached. Other layers are copied
+    unchanged. The copy is not compiled; compile it to fine-tune its nonzero values.
 
     block: how the Dense kernels are stored: "auto" (default) takes the block-CSC form with
     (1, G) blocks where the kernel's nonzeros come in such blocks (pruned with
     `granularity="block", block_shape=(1, G)`; see `CompactDense.from_kernel`), else CSC; 1
     forces CSC; an int G forces (1, G) blocks (zeros inside stored blocks are kept).
     """
-    def replace(layer):
-        if isinstance(layer, SparseDense):
-            kernel = keras.ops.convert_to_numpy(layer.kernel) * keras.ops.convert_to_numpy(layer.mask)
-            bias = keras.ops.convert_to_numpy(layer.bias) if layer.bias is not None else None
-            return CompactDense.from_kernel(kernel, bias, name=layer.name, block=block,
-                                            activation=keras.activations.serialize(layer.activation),
-                                            dtype=layer.dtype_policy)
-        if isinstance(layer, (SparseConv2D, SparseDepthwiseConv2D)):
-            kernel = keras.ops.convert_to_numpy(layer.kernel) * keras.ops.convert_to_numpy(layer.mask)
-            bias = keras.ops.convert_to_numpy(layer.bias) if layer.bias is not None else None
-            build = (CompactConv2D.from_depthwise_kernel if isinstance(layer, SparseDepthwiseConv2D)
-                     else CompactConv2D.from_kernel)
-            return build(kernel, bias, name=layer.name, strides=layer.strides,
-                         padding=layer.padding, dilation_rate=layer.dilation_rate,
-                         activation=keras.activations.serialize(layer.activation),
-                         dtype=layer.dtype_policy)
+    def make(layer):
+        if hasattr(layer, "to_stored"):
+            return layer.to_stored(block=block)
+        if _is_sparse(layer) and hasattr(layer, "to_keras"):
+            return layer.to_keras()
         return None
 
-    clone, _ = _clone_with(model, replace)
-    return uncompiled(clone)
+    return _replace_all(model, make, inplace, "strip")
 
 
+def densify(model, inplace=False):
+    """A plain Keras copy of `model`: every sparse layer becomes its Keras twin (`Dense`,
+    `Conv2D`, ...) holding the pruned weights as zeros, so the model loads and runs without
+    sparsekeras (TFLite / LiteRT, ONNX, TensorFlow Serving). Nested layers are reached.
+    Stored forms (`CompactDense`, ...) become their Keras twins too."""
+    def make(layer):
+        if hasattr(layer, "to_keras") and (_is_sparse(layer) or hasattr(layer, "to_dense_kernel")):
+            return layer.to_keras()
+        return None
+
+    return _replace_all(model, make, inplace, "densify")
+
+
+def uncompiled(model):
+    """Kept for callers of the old name: `strip` copies are never compiled."""
+    return model
+
+
+# ---- compaction -------------------------------------------------------------------------------
 
 def _strategy_scope(model):
     """The model's distribution strategy scope (new variables must be created in it)."""
@@ -169,17 +317,19 @@ def _built_optimizer(model):
     return optimizer if optimizer is not None and getattr(optimizer, "built", False) else None
 
 
-def _sparse_dense_layers(model):
+def _compactable_layers(model):
     return [layer for layer in model._flatten_layers(include_self=True, recursive=True)
-            if isinstance(layer, SparseDense)]
+            if hasattr(layer, "compact") and hasattr(layer, "compacted")
+            and isinstance(layer, _PrunableKernel)]
 
 
 def compact_layers(model, layers, block="auto"):
-    """Compact those of `layers` that can be (SparseDense, built, not compacted, computing
-    through the sparse kernels, no kernel constraint), carrying the state of `model.optimizer`
-    over, and retrace `model`'s steps if any was. Returns their names."""
+    """Compact those of `layers` that can be (built, not compacted, computing through the
+    sparse kernels, no kernel constraint), carrying the state of `model.optimizer` over, and
+    retrace `model`'s steps if any was. Returns their names."""
     todo = [layer for layer in layers
-            if isinstance(layer, SparseDense) and layer.built and not layer.compacted
+            if hasattr(layer, "compact") and hasattr(layer, "compacted")
+            and layer.built and not layer.compacted
             and layer.uses_sparse_kernels and layer._user_kernel_constraint is None]
     optimizer = _built_optimizer(model)
     with _strategy_scope(model):
@@ -191,11 +341,11 @@ def compact_layers(model, layers, block="auto"):
 
 
 def compact(model, block="auto"):
-    """Compact every `SparseDense` layer of `model` (nested ones too) that computes through the
-    sparse kernels: it freezes its mask and trains its nonzero values only, carrying the
-    state of `model.optimizer` over (see `SparseDense.compact`). Layers below their switch
-    sparsity (dense compute) or with a `kernel_constraint` are left as they are. Works on any
-    model, subclassed included. Returns the names of the layers compacted.
+    """Compact every compactable sparse layer of `model` (nested ones too) that computes
+    through the sparse kernels: it freezes its mask and trains its nonzero values only,
+    carrying the state of `model.optimizer` over (see `SparseDense.compact`). Layers below
+    their switch sparsity (dense compute) or with a `kernel_constraint` are left as they are.
+    Works on any model, subclassed included. Returns the names of the layers compacted.
 
     `GradualPruning(compact=True)` does this by itself when its schedule ends; call it to
     fine-tune a pruned model, or before `fit` on a model loaded pruned.
@@ -204,13 +354,14 @@ def compact(model, block="auto"):
         >>> sparsekeras.compact(model)      # after pruning
         >>> model.fit(x, y, epochs=5)       # trains the nonzeros only
     """
-    return compact_layers(model, _sparse_dense_layers(model), block=block)
+    return compact_layers(model, _compactable_layers(model), block=block)
 
 
 def decompact(model):
-    """Undo `compact` on every compacted `SparseDense` of `model` (dense trainable kernels again,
-    e.g. to prune further). Returns the names of the layers decompacted."""
-    todo = [layer for layer in _sparse_dense_layers(model) if layer.compacted]
+    """Undo `compact` on every compacted layer of `model`, nested ones included (dense
+    trainable kernels again, e.g. to prune further). Returns the names of the layers
+    decompacted."""
+    todo = [layer for layer in _compactable_layers(model) if layer.compacted]
     optimizer = _built_optimizer(model)
     with _strategy_scope(model):
         for layer in todo:

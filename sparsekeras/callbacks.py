@@ -13,18 +13,21 @@ from tensorflow.core.framework import summary_pb2
 
 from sparsekeras import _masks
 from sparsekeras import _compact, _convert
-from sparsekeras.layers import _PrunableKernel
 
-__all__ = ["GradualPruning", "ActivationSparsity", "prunable_layers"]
+__all__ = ["GradualPruning", "ActivationSparsity", "prunable_layers", "prunable_targets"]
 
 _GRANULARITIES = ("unstructured", "block", "n:m", "channel")
 
+prunable_targets = _convert.prunable_targets
+
 
 def prunable_layers(model):
-    """Every prunable sparse layer of `model`, nested layers included, in a stable order."""
+    """Every layer of `model` with something to prune, nested layers included, in a stable
+    order (a layer with several prunable weights appears once; see `prunable_targets`)."""
     found, seen = [], set()
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        if isinstance(layer, _PrunableKernel) and layer.prunable and id(layer) not in seen:
+    for target in prunable_targets(model):
+        layer = getattr(target, "layer", target)
+        if id(layer) not in seen:
             seen.add(id(layer))
             found.append(layer)
     return found
@@ -82,8 +85,9 @@ class GradualPruning(keras.callbacks.Callback):
     # ---- Keras hooks --------------------------------------------------------------------
 
     def on_train_begin(self, logs=None):
-        self._layers = prunable_layers(self.model)
-        if not self._layers:
+        self._complete = False
+        self._layers = self._targets()
+        if not self._layers and not self._lazy_layers():
             raise ValueError("GradualPruning found no prunable layer in the model: use "
                              "sparsekeras.layers.SparseDense (or sparsekeras.sparsify(model)).")
         if self.log_dir is not None and self._writer is None:
@@ -132,14 +136,28 @@ class GradualPruning(keras.callbacks.Callback):
         # averages, which remember the weights from before they were pruned: mask them again.
         # (A compacted layer's values hold its kept weights only.)
         if getattr(_compact.base_optimizer(self.model.optimizer), "use_ema", False):
-            for layer in self._layers:
+            for layer in self._targets():
                 if not getattr(layer, "compacted", False):
-                    kernel = layer._kernel_variable()
+                    kernel = (layer._kernel_variable() if hasattr(layer, "_kernel_variable")
+                              else layer.kernel)
                     kernel.assign(kernel * keras.ops.cast(layer.mask, kernel.dtype))
         if self._writer is not None:
             self._writer.flush()
 
     # ---- pruning ------------------------------------------------------------------------
+
+    def _lazy_layers(self):
+        """Prunable layers not built yet (a subclassed model builds them in its first step)."""
+        return [layer for layer in self.model._flatten_layers(include_self=True, recursive=True)
+                if hasattr(layer, "pruning_targets") and not layer.built
+                and getattr(layer, "prunable", True)]
+
+    def _targets(self):
+        """The (weight, mask) pairs to prune now: found again while some layer is unbuilt."""
+        if not getattr(self, "_complete", False):
+            self._layers = prunable_targets(self.model)
+            self._complete = all(t.built for t in self._layers) and not self._lazy_layers()
+        return self._layers
 
     def _mask_kwargs(self):
         return dict(granularity=self.granularity, block_shape=self.block_shape, n_m=self.n_m)
@@ -156,7 +174,8 @@ class GradualPruning(keras.callbacks.Callback):
             warnings.warn(f"GradualPruning does not compact the layers: {e}", stacklevel=2)
             self.compact = False
             return
-        _convert.compact_layers(self.model, self._layers)
+        _convert.compact_layers(self.model, [t for t in self._targets()
+                                             if isinstance(t, keras.layers.Layer)])
 
     def prune(self, sparsity):
         """Prune every layer to `sparsity` now (masks only shrink: pruned weights stay pruned).
@@ -164,7 +183,7 @@ class GradualPruning(keras.callbacks.Callback):
         A compacted layer whose mask would change is decompacted first (its optimizer state
         scattered back). Returns whether a layer was decompacted (the traced step is stale)."""
         # A layer of a subclassed model is built by its first call (the first step).
-        layers = [layer for layer in self._layers or prunable_layers(self.model) if layer.built]
+        layers = [t for t in self._targets() if t.built]
         # A layer may present its kernel in another shape for scoring (a depthwise kernel as
         # (kh, kw, 1, channels * multiplier), so "channel" prunes whole depthwise filters).
         view = [getattr(layer, "pruning_view", np.asarray) for layer in layers]
@@ -189,7 +208,7 @@ class GradualPruning(keras.callbacks.Callback):
         return decompacted
 
     def sparsity_logs(self):
-        layers = self._layers or prunable_layers(self.model)
+        layers = [t for t in self._targets() if t.built]
         total = sum(int(np.prod(layer.mask.shape)) for layer in layers)
         pruned = sum(layer.sparsity * int(np.prod(layer.mask.shape)) for layer in layers)
         logs = {"sparsity": pruned / total if total else 0.0}

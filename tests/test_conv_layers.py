@@ -267,7 +267,7 @@ def test_sparsify_strip_and_save(tmp_path):
 
 
 def test_depthwise_structure_matches_dense_depthwise():
-    from sparsekeras._conv_layers import depthwise_structure
+    from sparsekeras.layers.conv import depthwise_structure
     rng = np.random.default_rng(8)
     k = rng.standard_normal((3, 3, 4, 2)) * _random_mask((3, 3, 4, 2), 0.5)
     s = depthwise_structure(k != 0)

@@ -401,12 +401,43 @@ def test_sparsify_layer_names(builder):
     assert [layer.name for layer in prunable_layers(sparse)] == ["h2"]
 
 
-def test_sparsify_rejects_unknown_names_and_subclassed():
+class PlainSubclassed(keras.Model):
+    """A subclassed model of plain Dense layers, not registered (cannot be copied)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.h = keras.layers.Dense(N_HIDDEN, activation="relu")
+        self.out = keras.layers.Dense(N_OUT)
+
+    def call(self, x):
+        return self.out(self.h(x))
+
+
+def test_sparsify_rejects_unknown_names_and_uncopyable_subclassed():
     dense = _dense_sequential()
     with pytest.raises(ValueError, match="Received: layer_names"):
         sparsekeras.sparsify(dense, layer_names=["nope"])
-    with pytest.raises(ValueError, match="Received: SubclassedModel"):
-        sparsekeras.sparsify(_subclassed())
+    model = PlainSubclassed()
+    x = np.random.default_rng(0).standard_normal((4, N_IN)).astype(np.float32)
+    y = _np(model(x))
+    with pytest.raises(ValueError, match="inplace=True"):
+        sparsekeras.sparsify(model)
+
+
+def test_sparsify_subclassed_in_place():
+    model = PlainSubclassed()
+    x = np.random.default_rng(0).standard_normal((4, N_IN)).astype(np.float32)
+    y = _np(model(x))
+    same = sparsekeras.sparsify(model, inplace=True)
+    assert same is model
+    assert type(model.h) is SparseDense and type(model.out) is SparseDense
+    np.testing.assert_allclose(_np(model(x)), y, rtol=1e-6, atol=1e-6)
+    assert [layer.name for layer in prunable_layers(model)] == [model.h.name, model.out.name]
+    model.compile(optimizer="adam", loss="mse")
+    schedule = sparsekeras.schedules.ConstantSparsity(0.8, begin_step=0, frequency=1)
+    model.fit(x, np.zeros((4, N_OUT), np.float32), epochs=1, verbose=0,
+              callbacks=[GradualPruning(schedule)])
+    assert abs(model.h.sparsity - 0.8) < 0.01
 
 
 # ---- tf.distribute ------------------------------------------------------------------------

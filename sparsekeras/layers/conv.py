@@ -17,8 +17,8 @@ import tensorflow as tf
 
 from sparsekeras import ops as sk_ops
 from sparsekeras.ops._gradients import take as _take
-# Shared with SparseDense (defined in layers.py before it imports this module).
-from sparsekeras.layers import _PrunableKernel, _pop_unsupported, _structure_from_mask
+from sparsekeras.layers._base import _PrunableKernel, _pop_unsupported, _structure_from_mask
+from sparsekeras.layers._registry import register
 
 __all__ = ["SparseConv2D", "SparseDepthwiseConv2D", "CompactConv2D",
            "DEFAULT_CONV_SWITCH_SPARSITY"]
@@ -60,6 +60,17 @@ class _PrunableConv(_PrunableKernel):
     sparse convolution itself."""
 
     _default_switch_sparsity = DEFAULT_CONV_SWITCH_SPARSITY
+
+    def to_stored(self, block="auto"):
+        """The stored form (`CompactConv2D`): the kept weights only, as CSC arrays."""
+        kernel = keras.ops.convert_to_numpy(self.kernel) * keras.ops.convert_to_numpy(self.mask)
+        bias = keras.ops.convert_to_numpy(self.bias) if self.bias is not None else None
+        build = (CompactConv2D.from_depthwise_kernel if isinstance(self, SparseDepthwiseConv2D)
+                 else CompactConv2D.from_kernel)
+        return build(kernel, bias, name=self.name, strides=self.strides, padding=self.padding,
+                     dilation_rate=self.dilation_rate,
+                     activation=keras.activations.serialize(self.activation),
+                     dtype=self.dtype_policy)
 
     def _sparse_conv(self, inputs, kernel, full_kernel_shape):
         indptr = tf.convert_to_tensor(self._csc_indptr)
@@ -340,3 +351,18 @@ class CompactConv2D(keras.layers.Layer):
                       activation=keras.activations.serialize(self.activation),
                       use_bias=self.use_bias)
         return config
+
+
+def _conv_check(layer):
+    if layer.data_format != "channels_last":
+        return (f"data_format={layer.data_format!r}: the sparse convolutions take channels_last "
+                "(NHWC) only")
+    if getattr(layer, "groups", 1) != 1:
+        return f"groups={layer.groups}: grouped convolutions are not converted yet"
+    return None
+
+
+SparseConv2D._keras_class = keras.layers.Conv2D
+SparseDepthwiseConv2D._keras_class = keras.layers.DepthwiseConv2D
+register(keras.layers.Conv2D, SparseConv2D, check=_conv_check)
+register(keras.layers.DepthwiseConv2D, SparseDepthwiseConv2D, check=_conv_check)
