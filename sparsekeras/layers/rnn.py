@@ -1,0 +1,2 @@
+"""placeholder: filled by its family owner."""
+__all__ = []
