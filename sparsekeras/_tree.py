@@ -54,6 +54,13 @@ def _rewire_graph(fn, old, new):
                 t._keras_history = KerasHistory(new, h.node_index, h.tensor_index)
     new._inbound_nodes = nodes
     new._outbound_nodes = list(getattr(old, "_outbound_nodes", []))
+    # The graph's set of node keys names each call by id(operation) (make_node_key).
+    keys = getattr(fn, "_nodes", None)
+    if isinstance(keys, set):
+        prefix = f"{id(old)}_ib-"
+        for key in [k for k in keys if isinstance(k, str) and k.startswith(prefix)]:
+            keys.discard(key)
+            keys.add(f"{id(new)}_ib-{key[len(prefix):]}")
     _replace_in_container(fn._operations, old, new)
     for ops in getattr(fn, "_operations_by_depth", {}).values():
         _replace_in_container(ops, old, new)

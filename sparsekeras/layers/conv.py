@@ -319,6 +319,20 @@ class CompactConv2D(keras.layers.Layer):
         dense[keras.ops.convert_to_numpy(self.indices), cols] = keras.ops.convert_to_numpy(self.values)
         return dense.reshape(kh, kw, self.in_channels, self.filters)
 
+    def to_keras(self):
+        """A built `keras.layers.Conv2D` holding this kernel (zeros where nothing is stored):
+        what `sparsekeras.densify` puts in its place. (A stripped depthwise convolution comes
+        back as the equivalent full Conv2D.)"""
+        twin = keras.layers.Conv2D(self.filters, self.kernel_size, strides=self.strides,
+                                   padding=self.padding, dilation_rate=self.dilation_rate,
+                                   activation=self.activation, use_bias=self.use_bias,
+                                   name=self.name, dtype=self.dtype_policy)
+        twin.build((None, None, None, self.in_channels))
+        twin.kernel.assign(self.to_dense_kernel())
+        if self.bias is not None:
+            twin.bias.assign(keras.ops.convert_to_numpy(self.bias))
+        return twin
+
     def call(self, inputs):
         x = tf.convert_to_tensor(inputs)
         y = sk_ops.csr_conv2d(x, self.indptr, self.indices, tf.cast(self.values, x.dtype),

@@ -610,6 +610,17 @@ class CompactDense(keras.layers.Layer):
         return _stored_sparse_input_product(self, inputs, self.values, self.indptr, self.indices,
                                             self.block, self.input_dim, self.units)
 
+    def to_keras(self):
+        """A built `keras.layers.Dense` holding this kernel (zeros where nothing is stored):
+        what `sparsekeras.densify` puts in its place."""
+        twin = keras.layers.Dense(self.units, activation=self.activation, use_bias=self.use_bias,
+                                  name=self.name, dtype=self.dtype_policy)
+        twin.build((None, self.input_dim))
+        twin.kernel.assign(self.to_dense_kernel())
+        if self.bias is not None:
+            twin.bias.assign(keras.ops.convert_to_numpy(self.bias))
+        return twin
+
     def call(self, inputs):
         if isinstance(inputs, (tf.SparseTensor, sk_ops.CSRTensor)):
             y = self._sparse_input_matmul(inputs)
