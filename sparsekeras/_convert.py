@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import keras
 
-from sparsekeras import _tree
+from sparsekeras import _saving, _tree
 from sparsekeras.layers import _registry
 from sparsekeras.layers._base import NotConvertible, _PrunableKernel
 from sparsekeras.layers.dense import SparseDense
@@ -121,8 +121,9 @@ def sparsify(model, layer_names=None, switch_sparsity=None, compute="auto", inpl
     Args:
         model: a Keras model (Sequential, Functional, subclassed; built, or lazily built when
             `inplace=True`).
-        layer_names: names of the layers to convert (default: every convertible one). A name
-            that is not in the model, or names a layer that cannot be converted, is an error.
+        layer_names: names of the layers to convert (default: every convertible one); the name
+            of a block or nested model converts every convertible layer inside it. A name that
+            is not in the model, or names a layer that cannot be converted, is an error.
             Keeping a small output layer dense usually costs nothing and protects accuracy.
         switch_sparsity, compute: passed to each sparse layer that computes through the
             sparse kernels.
@@ -157,7 +158,8 @@ def sparsify(model, layer_names=None, switch_sparsity=None, compute="auto", inpl
         if any(path.startswith(p + "/") for p in replaced):
             continue  # inside a layer that was just replaced as a whole
         row = {"path": path, "class": type(layer).__name__, "params": 0}
-        wanted = names is None or layer.name in names
+        # A name selects that layer, or every convertible layer inside it.
+        wanted = names is None or any(part in names for part in path.split("/"))
         if _is_sparse(layer):
             row.update(status="already sparse", params=_weight_params(layer))
             rows.append(row)
@@ -194,7 +196,7 @@ def sparsify(model, layer_names=None, switch_sparsity=None, compute="auto", inpl
                 continue
         if not wanted and reason is None:
             continue  # not asked for: not part of the report
-        if wanted and names is not None and layer.name in names:
+        if names is not None and layer.name in names:
             errors.append(f"{layer.name!r} ({type(layer).__name__}): {reason}")
         row.update(status="kept", reason=reason, params=_weight_params(layer))
         rows.append(row)
@@ -202,6 +204,7 @@ def sparsify(model, layer_names=None, switch_sparsity=None, compute="auto", inpl
         raise ValueError("sparsify cannot convert the layers named in layer_names: "
                          + "; ".join(errors))
     _after_structure_change(target)
+    _saving.mark(target)
     report = Report(rows, _prunable_params(target), _model_weight_params(target))
     kept = [r for r in report.kept() if r["params"]]
     if kept and names is None:
@@ -247,6 +250,7 @@ def _replace_all(model, make, inplace, what):
             _tree.replace_layer(parent, layer, new)
             replaced.append(path)
     _after_structure_change(target)
+    _saving.mark(target)
     return target
 
 

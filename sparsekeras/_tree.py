@@ -135,12 +135,17 @@ def copy_model(model, what="sparsify"):
     saves and loads it, so that every layer and weight keeps its path. Not compiled."""
     import os
     import tempfile
+    import warnings
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.keras")
         try:
-            model.save(path)
-            copy = keras.saving.load_model(path, compile=False)
+            with warnings.catch_warnings():
+                # Keras' own writer (h5py on a variable's __array__) warns on NumPy 2; the copy
+                # is ours, not the user's save.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                model.save(path)
+                copy = keras.saving.load_model(path, compile=False)
         except Exception as e:  # noqa: BLE001  (any serialization failure: say what to do)
             raise ValueError(
                 f"cannot copy model {model.name!r} ({type(model).__name__}) through Keras "
