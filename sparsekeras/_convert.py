@@ -61,12 +61,14 @@ class Report:
         return [r for r in self.rows if r["status"] == "kept"]
 
     def __str__(self):
-        lines = [f"{'layer':48s} {'class':24s} {'params':>9s}  result"]
+        width = max([len("layer")] + [len(r["path"]) for r in self.rows])
+        cwidth = max([len("class")] + [len(r["class"]) for r in self.rows])
+        lines = [f"{'layer':{width}s}  {'class':{cwidth}s}  {'params':>9s}  result"]
         for r in self.rows:
             what = (f"-> {r['to']}" if r["status"] == "converted" else
                     "already sparse" if r["status"] == "already sparse" else
                     f"kept dense: {r['reason']}")
-            lines.append(f"{r['path'][:48]:48s} {r['class'][:24]:24s} {r['params']:9d}  {what}")
+            lines.append(f"{r['path']:{width}s}  {r['class']:{cwidth}s}  {r['params']:9d}  {what}")
         lines.append(f"prunable: {self.prunable_params} of {self.total_params} weight-matrix "
                      f"parameters ({100 * self.prunable_fraction:.1f}%)")
         return "\n".join(lines)
@@ -175,10 +177,8 @@ def sparsify(model, layer_names=None, switch_sparsity=None, compute="auto", inpl
                                   "matrix to prune")
                 continue  # a container (its sublayers are visited) or no weight to prune
             base = _registry.registered_base(layer)
-            reason = (f"a subclass of {base.__name__}, whose call may differ: register it "
-                      "with sparsekeras.layers.register" if base is not None else
-                      "no sparse counterpart: subclass sparsekeras.layers.Prunable or register "
-                      "one with sparsekeras.layers.register")
+            reason = (f"a subclass of {base.__name__}, whose call may differ"
+                      if base is not None else "no sparse counterpart")
         elif entry.check is not None:
             reason = entry.check(layer)
         if reason is None and entry is not None and wanted:
@@ -212,7 +212,10 @@ def sparsify(model, layer_names=None, switch_sparsity=None, compute="auto", inpl
         more = f" and {len(kept) - 8} more" if len(kept) > 8 else ""
         warnings.warn(f"sparsify left {len(kept)} layers with weight matrices dense: {listed}"
                       f"{more}. {100 * report.prunable_fraction:.1f}% of the model's "
-                      "weight-matrix parameters are prunable.", stacklevel=2)
+                      "weight-matrix parameters are prunable. To prune a layer sparsekeras does "
+                      "not convert, subclass sparsekeras.layers.Prunable in its definition or "
+                      "register a sparse counterpart with sparsekeras.layers.register; "
+                      "sparsify(..., verbose=True) prints the report.", stacklevel=2)
     if verbose:
         print(report)
     return (target, report) if return_report else target
