@@ -27,7 +27,7 @@ from sparsekeras.ops import CSRTensor
 from sparsekeras import layers, schedules, callbacks, regularizers, data
 from sparsekeras._convert import compact, coverage, decompact, densify, sparsify, strip
 
-__version__ = "0.1.0"
+from sparsekeras._version import __version__
 
 __all__ = ["linalg", "ops", "layers", "schedules", "callbacks", "regularizers", "data", "CSRTensor",
            "sparsify", "strip", "densify", "compact", "decompact", "coverage",

@@ -57,6 +57,9 @@ def kernels(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="sparsekeras", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    from sparsekeras._version import __version__  # no TensorFlow import for --version
+
+    parser.add_argument("--version", action="version", version=f"sparsekeras {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p_demo = sub.add_parser("demo", help="prune a network during fit and compare it with the dense one")
     p_demo.add_argument("--hidden", type=int, default=2048, help="hidden layer width")

@@ -68,3 +68,17 @@ def test_data_all():
     for name in EXPECTED_DATA:
         obj = getattr(data, name)
         assert callable(obj) and obj.__doc__, name
+
+
+def test_one_version_everywhere():
+    """The version is written once (sparsekeras/_version.py): the package, the console script
+    and the installed distribution's metadata report the same."""
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    assert importlib.metadata.version("sparsekeras") == sparsekeras.__version__
+    proc = subprocess.run([sys.executable, "-m", "sparsekeras", "--version"], capture_output=True,
+                          text=True, timeout=300, cwd="/")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == f"sparsekeras {sparsekeras.__version__}"
