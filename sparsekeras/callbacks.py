@@ -14,7 +14,8 @@ from tensorflow.core.framework import summary_pb2
 from sparsekeras import _masks
 from sparsekeras import _compact, _convert
 
-__all__ = ["GradualPruning", "ActivationSparsity", "prunable_layers", "prunable_targets"]
+__all__ = ["GradualPruning", "ActivationSparsity", "prunable_layers", "prunable_targets",
+           "RigL", "SET"]
 
 _GRANULARITIES = ("unstructured", "block", "n:m", "channel")
 
@@ -274,3 +275,6 @@ class ActivationSparsity(keras.callbacks.Callback):
         if logs is not None:
             for name, value in values.items():
                 logs[f"activation_sparsity/{name}"] = value
+
+
+from sparsekeras._dst_callbacks import RigL, SET  # noqa: E402  (dynamic sparse training)

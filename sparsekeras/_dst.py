@@ -1,0 +1,161 @@
+"""Mask maths of dynamic sparse training (RigL, SET): pure NumPy functions of arrays and a seed.
+
+The callbacks (`sparsekeras.dst_callbacks`) only orchestrate: these functions say how dense each
+layer is (`erk_densities`, `uniform_densities`), draw the first masks (`random_mask`), how many
+weights move at a step (`drop_fraction_at`, `update_steps`) and which ones (`drop_grow`).
+Randomness comes from `rng(seed, step, index)`: one generator per (step, layer), so a decision
+depends on the seed and the step only, never on what ran before (a resumed fit makes the same
+decisions as an uninterrupted one, and every replica the same).
+"""
+import math
+
+import numpy as np
+
+__all__ = ["DISTRIBUTIONS", "erk_densities", "uniform_densities", "densities", "n_active",
+           "random_mask", "drop_fraction_at", "is_update_step", "drop_grow", "rng"]
+
+DISTRIBUTIONS = ("erk", "uniform")
+
+
+def rng(seed, *keys):
+    """A NumPy generator for `seed` and the integer `keys` (step, layer index...)."""
+    return np.random.default_rng([int(seed)] + [int(k) for k in keys])
+
+
+def _check_sparsity(sparsity):
+    if not 0.0 <= float(sparsity) < 1.0:
+        raise ValueError(f"Expected `sparsity` in [0, 1). Received: sparsity={sparsity}")
+
+
+def uniform_densities(shapes, sparsity):
+    """Every layer at density 1 - sparsity. shapes: list of weight shapes. Returns a list."""
+    _check_sparsity(sparsity)
+    return [1.0 - float(sparsity) for _ in shapes]
+
+
+def erk_densities(shapes, sparsity, power=1.0):
+    """Erdős–Rényi-Kernel densities (Evci et al. 2020, as RigL's code computes them).
+
+    A weight of shape (n_in, n_out), or (k_h, k_w, c_in, c_out) for a convolution, gets density
+    eps * (sum(shape) / prod(shape)) ** power, with one eps for the model chosen so that the
+    kept parameters are (1 - sparsity) of all of them. A layer whose density would exceed 1 is
+    kept dense (density 1) and eps is solved again over the others, until none exceeds 1.
+
+    Args:
+        shapes: list of weight shapes (tuples of ints).
+        sparsity: target overall sparsity in [0, 1).
+        power: exponent of the raw scores (1: ERK).
+
+    Returns:
+        list of densities in (0, 1], one per shape, with
+        sum(density * size) == (1 - sparsity) * sum(size) (up to float rounding).
+
+    Example:
+        >>> erk_densities([(784, 300), (300, 100), (100, 10)], 0.9)
+        [0.07..., 0.22..., 1.0]   # the small head stays dense
+    """
+    _check_sparsity(sparsity)
+    sizes = [float(np.prod(s)) for s in shapes]
+    raw = [(float(sum(s)) / float(np.prod(s))) ** power for s in shapes]
+    dense = set()
+    while True:
+        # kept parameters the non-dense layers must hold: the target minus the dense ones' excess
+        rhs = sum((1.0 - sparsity) * n for i, n in enumerate(sizes) if i not in dense)
+        rhs -= sum(sparsity * n for i, n in enumerate(sizes) if i in dense)
+        divisor = sum(raw[i] * sizes[i] for i in range(len(sizes)) if i not in dense)
+        if divisor <= 0:
+            break
+        eps = rhs / divisor
+        free = [i for i in range(len(sizes)) if i not in dense]
+        top = max(raw[i] for i in free)
+        if top * eps <= 1.0:
+            break
+        dense.update(i for i in free if raw[i] == top)
+        if len(dense) == len(sizes):
+            break
+    return [1.0 if i in dense else eps * raw[i] for i in range(len(sizes))]
+
+
+def densities(shapes, sparsity, distribution="erk"):
+    """The densities of `distribution` ("erk" or "uniform") for `shapes`."""
+    if distribution == "erk":
+        return erk_densities(shapes, sparsity)
+    if distribution == "uniform":
+        return uniform_densities(shapes, sparsity)
+    raise ValueError(f"Expected `distribution` in {DISTRIBUTIONS}. "
+                     f"Received: distribution={distribution!r}")
+
+
+def n_active(shape, density):
+    """Number of kept entries of a weight of `shape` at `density` (at least 1, at most all)."""
+    size = int(np.prod(shape))
+    return int(min(size, max(1, round(density * size))))
+
+
+def random_mask(shape, density, generator):
+    """A boolean mask of `shape` with exactly n_active(shape, density) True entries, drawn
+    uniformly by `generator` (a np.random.Generator)."""
+    size = int(np.prod(shape))
+    flat = np.zeros(size, bool)
+    flat[generator.choice(size, size=n_active(shape, density), replace=False)] = True
+    return flat.reshape(shape)
+
+
+def drop_fraction_at(step, drop_fraction, end_step, decay="cosine"):
+    """The fraction of active weights moved at `step`: RigL's cosine decay,
+    drop_fraction / 2 * (1 + cos(pi * step / end_step)), or "constant"; 0 from end_step on."""
+    if step >= end_step:
+        return 0.0
+    if decay == "constant":
+        return float(drop_fraction)
+    if decay != "cosine":
+        raise ValueError(f"Expected `decay` in ('cosine', 'constant'). Received: decay={decay!r}")
+    return float(drop_fraction) / 2.0 * (1.0 + math.cos(math.pi * step / end_step))
+
+
+def is_update_step(step, update_every, end_step):
+    """Whether masks are updated at `step` (every `update_every` steps, 0 and end_step excluded)."""
+    return 0 < step < end_step and step % update_every == 0
+
+
+def drop_grow(weights, mask, fraction, generator, grow_scores=None):
+    """One update of a mask: drop the `k` active entries of smallest |weight| and grow `k`
+    inactive ones, k = round(fraction * number active).
+
+    The `k` grown entries are chosen among those inactive before this update (a weight just
+    dropped is not grown back), by largest `grow_scores` (RigL: |dense gradient|) or, with
+    grow_scores None, uniformly at random (SET). Ties (equal magnitudes or scores) are broken
+    by `generator`, so a decision is a function of the inputs and the generator's seed.
+
+    Args:
+        weights: array of the weight's shape (its current values).
+        mask: boolean array of the same shape (True = active).
+        fraction: fraction in [0, 1] of the active entries to move.
+        generator: np.random.Generator.
+        grow_scores: array of the same shape, or None.
+
+    Returns:
+        (new_mask, dropped, grown): the boolean mask with the same number of active entries,
+        and the flat indices of the dropped and grown entries (each of length k).
+    """
+    mask = np.asarray(mask, bool)
+    flat_mask = mask.reshape(-1)
+    active = np.flatnonzero(flat_mask)
+    inactive = np.flatnonzero(~flat_mask)
+    k = int(min(round(float(fraction) * len(active)), len(inactive)))
+    if k <= 0:
+        return mask.copy(), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    magnitude = np.abs(np.asarray(weights, np.float64).reshape(-1)[active])
+    # lexsort: the last key is the primary one; a random key breaks ties.
+    order = np.lexsort((generator.random(len(active)), magnitude))
+    dropped = active[order[:k]]
+    if grow_scores is None:
+        grown = generator.choice(inactive, size=k, replace=False)
+    else:
+        score = np.asarray(grow_scores, np.float64).reshape(-1)[inactive]
+        order = np.lexsort((generator.random(len(inactive)), -score))
+        grown = inactive[order[:k]]
+    new = flat_mask.copy()
+    new[dropped] = False
+    new[grown] = True
+    return new.reshape(mask.shape), np.sort(dropped), np.sort(grown)

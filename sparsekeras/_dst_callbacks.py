@@ -1,0 +1,418 @@
+"""Dynamic sparse training callbacks: `RigL` and `SET` (re-exported by `sparsekeras.callbacks`).
+
+The network is sparse from the first step: each prunable layer gets a random mask at its
+density (ERK or uniform, `sparsekeras._dst`), the SparseDense layers are compacted so that they
+train their kept values only, on the sparse kernels, and every `update_every` steps a fraction
+of each layer's weights moves: the smallest active ones are dropped and as many inactive ones
+grown (RigL: where the dense gradient is largest; SET: at random).
+
+The callbacks only orchestrate; the mask maths are in `sparsekeras._dst`.
+"""
+import warnings
+
+import numpy as np
+import keras
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+from sparsekeras import _compact, _convert, _dst
+from sparsekeras.layers._base import _PrunableKernel
+
+__all__ = ["RigL", "SET"]
+
+
+def _kernel_of(target):
+    """The trainable variable of a target's pruned weight (a decompacted layer's kernel)."""
+    if hasattr(target, "_kernel_variable"):
+        return target._kernel_variable()
+    return target.kernel
+
+
+def _target_layer(target):
+    return getattr(target, "layer", target)
+
+
+def zero_optimizer_state(optimizer, variable, positions):
+    """Set to zero, at the flat `positions`, every state variable (momentum, second moment,
+    EMA...) that each built optimizer of the chain (a LossScaleOptimizer and the one it wraps)
+    keeps for `variable`. Returns the number of state variables changed."""
+    positions = np.asarray(positions, np.int64)
+    changed = 0
+    if optimizer is None or len(positions) == 0:
+        return 0
+    for opt in _compact._chain(optimizer):
+        if not getattr(opt, "built", False):
+            continue
+        idx = opt._trainable_variables_indices.get(opt._var_key(variable))
+        if idx is None:
+            continue
+        n = len(opt._trainable_variables)
+        for name, attr in list(vars(opt).items()):
+            if name in ("_variables", "_trainable_variables") or not isinstance(attr, list):
+                continue
+            if len(attr) != n:
+                continue
+            slot = attr[idx]
+            if (not isinstance(slot, keras.Variable) or slot is variable
+                    or tuple(slot.shape) != tuple(variable.shape)):
+                continue
+            value = np.array(keras.ops.convert_to_numpy(slot)).reshape(-1)
+            value[positions] = 0
+            slot.assign(value.reshape(tuple(variable.shape)))
+            changed += 1
+    return changed
+
+
+class _DynamicSparsity(keras.callbacks.Callback):
+    """What RigL and SET share (see `RigL` for the arguments)."""
+
+    _grows_by_gradient = False
+
+    def __init__(self, sparsity=0.9, distribution="erk", update_every=100, drop_fraction=0.3,
+                 end_step=None, seed=None, decay="cosine", exclude=(), compact=True,
+                 log_dir=None, log_layers=False):
+        super().__init__()
+        if not 0.0 <= float(sparsity) < 1.0:
+            raise ValueError(f"Expected `sparsity` in [0, 1). Received: sparsity={sparsity}")
+        if distribution not in _dst.DISTRIBUTIONS:
+            raise ValueError(f"Expected `distribution` in {_dst.DISTRIBUTIONS}. "
+                             f"Received: distribution={distribution!r}")
+        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
+            raise ValueError(f"Expected `update_every` a positive integer. "
+                             f"Received: update_every={update_every!r}")
+        if not 0.0 <= float(drop_fraction) <= 1.0:
+            raise ValueError(f"Expected `drop_fraction` in [0, 1]. "
+                             f"Received: drop_fraction={drop_fraction}")
+        if end_step is not None and (isinstance(end_step, bool) or not isinstance(end_step, int)
+                                     or end_step < 1):
+            raise ValueError(f"Expected `end_step` None or a positive integer. "
+                             f"Received: end_step={end_step!r}")
+        if decay not in ("cosine", "constant"):
+            raise ValueError(f"Expected `decay` in ('cosine', 'constant'). Received: decay={decay!r}")
+        if isinstance(exclude, str):
+            raise ValueError(f"Expected `exclude` a list of layer names. Received: exclude={exclude!r}")
+        self.sparsity = float(sparsity)
+        self.distribution = distribution
+        self.update_every = update_every
+        self.drop_fraction = float(drop_fraction)
+        self.end_step = end_step
+        # One seed for every decision, drawn now when not given, so that every replica and a
+        # resumed fit (same callback object or same seed) decide alike.
+        self.seed = int(np.random.default_rng().integers(2**31)) if seed is None else int(seed)
+        self.decay = decay
+        self.exclude = tuple(exclude)
+        self.compact = bool(compact)
+        self.log_dir = log_dir
+        self.log_layers = bool(log_layers)
+        self.updates = []  # one dict per mask update: step, fraction, moved, per-layer moved
+        self._targets = []
+        self._end = None
+        self._last_step = -1
+        self._moved_since_epoch = 0
+        self._writer = None
+
+    # ---- Keras hooks --------------------------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        self._targets = self._find_targets()
+        self._end = self._resolve_end_step()
+        if self.log_dir is not None and self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+        step = int(self.model.optimizer.iterations.numpy())
+        if step == 0:
+            self.init_masks()
+        self._compact_all()
+        self._last_step = step - 1
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if step == self._last_step:
+            return
+        # With steps_per_execution > 1 Keras calls this once per execution: an update step
+        # that fell inside the last execution is done now (with its own step's decisions).
+        first = self._last_step + 1 if self._last_step < step else step
+        self._last_step = step
+        due = [t for t in range(max(first, step - 100000), step + 1)
+               if _dst.is_update_step(t, self.update_every, self._end)]
+        if due:
+            self.update_masks(due[-1])
+
+    def on_train_batch_end(self, batch, logs=None):
+        if logs is not None:
+            logs["sparsity"] = self.overall_sparsity()
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = {"sparsity": self.overall_sparsity(), "moved": float(self._moved_since_epoch)}
+        if self.log_layers:
+            for t in self._targets:
+                values[f"sparsity/{t.name}"] = float(t.sparsity)
+        self._moved_since_epoch = 0
+        if logs is not None:
+            logs.update(values)
+        if self._writer is not None:
+            metadata = summary_pb2.SummaryMetadata(
+                plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+            with self._writer.as_default(step=int(self.model.optimizer.iterations.numpy())):
+                for name, value in values.items():
+                    tf.summary.write(name, tf.constant(value, tf.float32), metadata=metadata)
+            self._writer.flush()
+
+    # ---- setup --------------------------------------------------------------------------
+
+    def _find_targets(self):
+        targets = [t for t in _convert.prunable_targets(self.model)
+                   if t.name not in self.exclude and _target_layer(t).name not in self.exclude]
+        if not targets:
+            raise ValueError(f"{type(self).__name__} found no prunable layer in the model (after "
+                             f"exclude={list(self.exclude)}): use sparsekeras.layers.SparseDense "
+                             "(or sparsekeras.sparsify(model)).")
+        unbuilt = [t.name for t in targets if not t.built]
+        if unbuilt:
+            raise ValueError(f"{type(self).__name__} needs built layers; not built: {unbuilt}. "
+                             "Build the model (call it on a batch) before fit.")
+        return targets
+
+    def _resolve_end_step(self):
+        if self.end_step is not None:
+            return self.end_step
+        params = self.params or {}
+        epochs, steps = params.get("epochs"), params.get("steps")
+        if not epochs or not steps:
+            raise ValueError(f"{type(self).__name__} cannot tell the number of training steps "
+                             "(the data has no known length): pass end_step. Received: "
+                             "end_step=None")
+        # RigL stops moving weights at 75% of training.
+        return max(1, int(0.75 * epochs * steps))
+
+    def layer_densities(self):
+        """The density of each target (same order as `targets`) under the distribution."""
+        shapes = [tuple(t.mask.shape) for t in self._targets]
+        return _dst.densities(shapes, self.sparsity, self.distribution)
+
+    @property
+    def targets(self):
+        """The (weight, mask) targets the callback trains sparse (after on_train_begin)."""
+        return list(self._targets)
+
+    def _optimizer(self):
+        return _convert._built_optimizer(self.model)
+
+    def _decompact(self, targets):
+        """Decompact the compacted layers among `targets`; returns whether any was."""
+        done = False
+        with _convert._strategy_scope(self.model):
+            for t in targets:
+                if getattr(t, "compacted", False):
+                    t.decompact(self._optimizer())
+                    done = True
+        return done
+
+    def _compact_all(self):
+        """Compact the SparseDense layers on the sparse path (the others train masked)."""
+        if not self.compact:
+            return []
+        try:
+            _compact.check_optimizer(self.model.optimizer)
+        except ValueError as e:
+            warnings.warn(f"{type(self).__name__} does not compact the layers (they train "
+                          f"masked, at dense cost): {e}", stacklevel=2)
+            self.compact = False
+            return []
+        return _convert.compact_layers(
+            self.model, [t for t in self._targets if isinstance(t, keras.layers.Layer)],
+            block=1)
+
+    def init_masks(self):
+        """Give every target a random mask at its density (seeded), pruned weights zeroed."""
+        was_compacted = self._decompact(self._targets)
+        for i, (t, d) in enumerate(zip(self._targets, self.layer_densities())):
+            mask = _dst.random_mask(tuple(t.mask.shape), d, _dst.rng(self.seed, 0, 0, i))
+            t.set_mask(mask)
+            zero_optimizer_state(self._optimizer(), _kernel_of(t), np.flatnonzero(~mask))
+        if was_compacted:
+            _convert._retrace(self.model)
+
+    # ---- updates ------------------------------------------------------------------------
+
+    def _grow_scores(self, step):
+        """Per target, the scores of its inactive entries (None: grow at random)."""
+        return [None] * len(self._targets)
+
+    def update_masks(self, step):
+        """Move weights at `step`: per target, drop the drop_fraction(step) active weights of
+        smallest magnitude and grow as many inactive ones; grown weights and their optimizer
+        state start at zero, kept weights keep theirs. Returns the number of weights moved."""
+        fraction = _dst.drop_fraction_at(step, self.drop_fraction, self._end, self.decay)
+        if fraction <= 0:
+            return 0
+        decompacted = self._decompact(self._targets)
+        scores = self._grow_scores(step)
+        optimizer = self._optimizer()
+        per_layer = {}
+        for i, (t, score) in enumerate(zip(self._targets, scores)):
+            kernel = _kernel_of(t)
+            weights = keras.ops.convert_to_numpy(kernel)
+            mask = keras.ops.convert_to_numpy(t.mask) != 0
+            new_mask, dropped, grown = _dst.drop_grow(weights, mask, fraction,
+                                                      _dst.rng(self.seed, step, 0, i), score)
+            if len(grown):
+                # Grown weights start at zero (they are, a pruned weight is kept at zero; said
+                # here so that nothing else needs to hold for it).
+                flat = np.array(weights).reshape(-1)
+                flat[grown] = 0
+                kernel.assign(flat.reshape(weights.shape))
+                t.set_mask(new_mask)
+                # A layer trained masked (not compacted) has optimizer state at its pruned
+                # entries (their gradient is not zero): a grown weight's state starts at zero.
+                zero_optimizer_state(optimizer, kernel, np.concatenate([dropped, grown]))
+            per_layer[t.name] = len(grown)
+        moved = int(sum(per_layer.values()))
+        compacted = self._compact_all()
+        if decompacted and not compacted:
+            _convert._retrace(self.model)
+        self._moved_since_epoch += moved
+        self.updates.append(dict(step=step, fraction=fraction, moved=moved,
+                                 sparsity=self.overall_sparsity(), layers=per_layer))
+        return moved
+
+    def overall_sparsity(self):
+        """Fraction of the targets' entries that are pruned (weighted by size)."""
+        total = sum(int(np.prod(t.mask.shape)) for t in self._targets)
+        pruned = sum(float(t.sparsity) * int(np.prod(t.mask.shape)) for t in self._targets)
+        return pruned / total if total else 0.0
+
+
+class SET(_DynamicSparsity):
+    """Sparse Evolutionary Training (Mocanu et al. 2018): sparse from the first step; every
+    `update_every` steps, per layer, drop the smallest-magnitude active weights and grow as
+    many at random.
+
+    Same arguments as `RigL` except `data` and `batch_size` (SET needs no gradient).
+
+    Example:
+        >>> model.fit(x, y, epochs=10, callbacks=[sparsekeras.callbacks.SET(sparsity=0.9,
+        ...                                                                  seed=0)])
+    """
+
+
+class RigL(_DynamicSparsity):
+    """Rigged Lottery (Evci et al. 2020): dynamic sparse training that regrows where the dense
+    gradient is largest.
+
+    At the start of `fit` (step 0), each prunable layer (every target of
+    `prunable_targets(model)`) gets a random mask at its density, and the SparseDense layers on
+    the sparse path are compacted: they train their kept values only, on the sparse kernels,
+    from the first step (layers that cannot compact train masked, at dense cost). Every
+    `update_every` steps until `end_step`, per layer, the drop_fraction(t) active weights of
+    smallest magnitude are dropped and as many inactive ones grown, by the magnitude of the
+    dense gradient of the loss on one batch of `data` (computed only at update steps).
+    Each layer's number of kept weights never changes, so the sparsity stays exactly at its
+    initial value. Grown weights start at zero with zeroed optimizer state; kept weights keep
+    their values and state exactly (the compacted state goes through decompact/compact).
+
+    Why `data`: Keras callbacks do not see the training batch, and computing the dense
+    gradient inside the compiled train step would put a dense backward pass (the very cost
+    compaction removes) into every traced step. The callback instead draws a batch from `data`
+    at update steps (seeded) and takes the gradient eagerly in inference mode (so that
+    BatchNormalization statistics are not updated): the same estimator as the training batch.
+
+    Args:
+        sparsity: overall fraction of zeros over the targets, in [0, 1).
+        distribution: "erk" (Erdős–Rényi-Kernel: density proportional to
+            sum(shape) / prod(shape), scaled so the overall sparsity is the target, layers
+            capped at 1) or "uniform" (every layer at `sparsity`).
+        update_every: steps between mask updates.
+        drop_fraction: fraction of the active weights moved at step 0 of the decay.
+        end_step: no update from this optimizer step on (default: 75% of epochs * steps of
+            the fit, which must then have a known length).
+        seed: seed of every random decision (initial masks, ties, SET's growth, the gradient
+            batch): each decision depends on (seed, step) only, so a resumed fit decides as an
+            uninterrupted one. None: drawn once when the callback is made.
+        decay: "cosine" (RigL's drop_fraction / 2 * (1 + cos(pi t / end_step))) or "constant".
+        exclude: names of layers (or targets) left alone: dense, out of the sparsity budget
+            (e.g. the first layer, as some RigL setups keep it dense).
+        compact: compact the SparseDense layers (needs an elementwise optimizer: SGD, Adam,
+            ...; with another the callback warns and trains masked).
+        log_dir: TensorBoard directory for `sparsity`, `moved` (and per layer with log_layers).
+        log_layers: also log each layer's sparsity at epoch end.
+        data: (x, y) or (x, y, sample_weight) arrays, or a tf.data.Dataset / iterable of such
+            batches, to take the dense gradient on. Required.
+        batch_size: rows drawn from array `data` per gradient.
+
+    Logs: `sparsity` (every batch and epoch) and `moved` (weights moved during the epoch);
+    `callback.updates` keeps one record per update (step, fraction, moved, per-layer moved).
+
+    Example:
+        >>> rigl = sparsekeras.callbacks.RigL(sparsity=0.9, update_every=100, seed=0,
+        ...                                   data=(x_train, y_train))
+        >>> model.fit(x_train, y_train, epochs=10, batch_size=128, callbacks=[rigl])
+        >>> stored = sparsekeras.strip(model)   # the compact inference model
+    """
+
+    _grows_by_gradient = True
+
+    def __init__(self, sparsity=0.9, distribution="erk", update_every=100, drop_fraction=0.3,
+                 end_step=None, seed=None, decay="cosine", exclude=(), compact=True,
+                 log_dir=None, log_layers=False, data=None, batch_size=256):
+        super().__init__(sparsity=sparsity, distribution=distribution, update_every=update_every,
+                         drop_fraction=drop_fraction, end_step=end_step, seed=seed, decay=decay,
+                         exclude=exclude, compact=compact, log_dir=log_dir, log_layers=log_layers)
+        if data is None:
+            raise ValueError("RigL needs `data` to take the dense gradient on at update steps "
+                             "(Keras callbacks do not see the training batch): pass "
+                             "data=(x_train, y_train) or a tf.data.Dataset. Received: data=None")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"Expected `batch_size` a positive integer. "
+                             f"Received: batch_size={batch_size!r}")
+        self.data = data
+        self.batch_size = batch_size
+        self._iterator = None
+
+    def _batch(self, step):
+        data = self.data
+        if isinstance(data, tuple) and len(data) in (2, 3) and all(
+                hasattr(a, "shape") or a is None for a in data):
+            n = int(data[0].shape[0])
+            idx = np.sort(_dst.rng(self.seed, step, 1).choice(
+                n, size=min(self.batch_size, n), replace=False))
+            return tuple(None if a is None else np.asarray(a)[idx] for a in data) + (None,) * (
+                3 - len(data))
+        if self._iterator is None:
+            self._iterator = iter(data)
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            self._iterator = iter(data)
+            batch = next(self._iterator)
+        batch = tuple(batch)
+        if len(batch) not in (2, 3):
+            raise ValueError("RigL `data` must yield (x, y) or (x, y, sample_weight) batches. "
+                             f"Received a batch of {len(batch)} items")
+        return batch + (None,) * (3 - len(batch))
+
+    def _grow_scores(self, step):
+        """|dense gradient| of the loss w.r.t. each target's weight, on one batch."""
+        x, y, sample_weight = self._batch(step)
+        kernels = [_kernel_of(t) for t in self._targets]
+        # The dense path: the sparse path's kernel gradient is dense too (x^T dY), but a layer
+        # computing through the sparse kernels elsewhere (convolutions) may give it on the
+        # pattern only; the dense path's is the full one RigL ranks.
+        forced = [layer for layer in {id(_target_layer(t)): _target_layer(t)
+                                      for t in self._targets}.values()
+                  if isinstance(layer, _PrunableKernel) and layer.compute != "dense"]
+        saved = [layer.compute for layer in forced]
+        for layer in forced:
+            layer.compute = "dense"
+        try:
+            with tf.GradientTape() as tape:
+                for k in kernels:
+                    tape.watch(k)
+                y_pred = self.model(x, training=False)
+                loss = self.model._compute_loss(x=x, y=y, y_pred=y_pred,
+                                                sample_weight=sample_weight, training=False)
+            grads = tape.gradient(loss, kernels)
+        finally:
+            for layer, mode in zip(forced, saved):
+                layer.compute = mode
+        return [None if g is None else np.abs(keras.ops.convert_to_numpy(tf.convert_to_tensor(g)))
+                for g in grads]
