@@ -404,9 +404,7 @@ class RigL(_DynamicSparsity):
         for layer in forced:
             layer.compute = "dense"
         try:
-            with tf.GradientTape() as tape:
-                for k in kernels:
-                    tape.watch(k)
+            with tf.GradientTape() as tape:  # trainable variables are watched
                 y_pred = self.model(x, training=False)
                 loss = self.model._compute_loss(x=x, y=y, y_pred=y_pred,
                                                 sample_weight=sample_weight, training=False)

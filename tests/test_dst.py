@@ -1,0 +1,330 @@
+"""Dynamic sparse training (RigL, SET): the mask maths against their formulas, and the callbacks
+in `fit` (exact sparsity, drop/grow counts, optimizer state, determinism, save/load, strip)."""
+import math
+
+import numpy as np
+import keras
+import pytest
+import tensorflow as tf
+
+import sparsekeras
+from sparsekeras import _compact, _dst
+from sparsekeras.callbacks import RigL, SET
+from sparsekeras.layers import CompactDense, SparseConv2D, SparseDense
+
+
+# ---- mask maths ------------------------------------------------------------------------------
+
+def test_erk_densities_match_formula_without_cap():
+    shapes = [(64, 48), (48, 32), (3, 3, 8, 16)]
+    d = _dst.erk_densities(shapes, 0.8)
+    raw = [sum(s) / np.prod(s) for s in shapes]
+    sizes = [np.prod(s) for s in shapes]
+    eps = 0.2 * sum(sizes) / sum(r * n for r, n in zip(raw, sizes))
+    np.testing.assert_allclose(d, [eps * r for r in raw], rtol=1e-12)
+    assert max(d) < 1
+    np.testing.assert_allclose(sum(x * n for x, n in zip(d, sizes)), 0.2 * sum(sizes))
+
+
+def test_erk_caps_dense_layers_and_rescales_the_rest():
+    shapes = [(784, 300), (300, 100), (100, 10)]
+    d = _dst.erk_densities(shapes, 0.9)
+    sizes = [np.prod(s) for s in shapes]
+    assert d[2] == 1.0  # the head's raw density exceeds 1: kept dense
+    # the others share what is left of the budget, in the ERK ratio
+    eps = (0.1 * sum(sizes) - sizes[2]) / sum(sum(s) for s in shapes[:2])
+    np.testing.assert_allclose(d[:2], [eps * sum(s) / np.prod(s) for s in shapes[:2]], rtol=1e-12)
+    np.testing.assert_allclose(sum(x * n for x, n in zip(d, sizes)), 0.1 * sum(sizes))
+
+
+def test_uniform_densities_and_bad_arguments():
+    assert _dst.uniform_densities([(4, 4), (8, 2)], 0.75) == [0.25, 0.25]
+    with pytest.raises(ValueError, match="distribution='lognormal'"):
+        _dst.densities([(4, 4)], 0.5, "lognormal")
+    with pytest.raises(ValueError, match="sparsity=1.0"):
+        _dst.erk_densities([(4, 4)], 1.0)
+
+
+def test_random_mask_count_and_seed():
+    a = _dst.random_mask((30, 20), 0.1, _dst.rng(3, 0))
+    b = _dst.random_mask((30, 20), 0.1, _dst.rng(3, 0))
+    c = _dst.random_mask((30, 20), 0.1, _dst.rng(4, 0))
+    assert a.sum() == 60 and np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_cosine_drop_fraction():
+    assert _dst.drop_fraction_at(0, 0.3, 100) == pytest.approx(0.3)
+    assert _dst.drop_fraction_at(50, 0.3, 100) == pytest.approx(0.15)
+    assert _dst.drop_fraction_at(25, 0.3, 100) == pytest.approx(0.15 * (1 + math.cos(math.pi / 4)))
+    assert _dst.drop_fraction_at(100, 0.3, 100) == 0.0
+    assert _dst.drop_fraction_at(70, 0.3, 100, decay="constant") == 0.3
+    assert [t for t in range(12) if _dst.is_update_step(t, 4, 10)] == [4, 8]
+
+
+def test_drop_grow_counts_and_choices():
+    rs = np.random.default_rng(0)
+    w = rs.normal(size=(20, 10))
+    mask = rs.random((20, 10)) < 0.3
+    w = w * mask
+    scores = rs.random((20, 10))
+    new, dropped, grown = _dst.drop_grow(w, mask, 0.25, _dst.rng(0, 1), grow_scores=scores)
+    k = round(0.25 * mask.sum())
+    assert len(dropped) == len(grown) == k and new.sum() == mask.sum()
+    flat_m, flat_w, flat_s = mask.reshape(-1), np.abs(w.reshape(-1)), scores.reshape(-1)
+    active = np.flatnonzero(flat_m)
+    # dropped: the k smallest active magnitudes
+    assert flat_w[dropped].max() <= np.sort(flat_w[active])[k]
+    # grown: inactive before the update, the k largest scores among them
+    inactive = np.flatnonzero(~flat_m)
+    assert not flat_m[grown].any()
+    assert flat_s[grown].min() >= np.sort(flat_s[inactive])[::-1][k - 1]
+    assert not new.reshape(-1)[dropped].any() and new.reshape(-1)[grown].all()
+    # SET: random growth, still from the inactive ones, seeded
+    new2, _, g2 = _dst.drop_grow(w, mask, 0.25, _dst.rng(0, 1))
+    new3, _, _ = _dst.drop_grow(w, mask, 0.25, _dst.rng(0, 1))
+    assert not flat_m[g2].any() and np.array_equal(new2, new3) and new2.sum() == mask.sum()
+
+
+# ---- callbacks in fit ------------------------------------------------------------------------
+
+def _data(n=256, seed=0):
+    rs = np.random.default_rng(seed)
+    x = rs.normal(size=(n, 24)).astype("float32")
+    y = (x[:, :3].sum(axis=1) > 0).astype("int32")
+    return x, y
+
+
+def _model(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((24,)), SparseDense(96, activation="relu", name="h1"),
+                              SparseDense(96, activation="relu", name="h2"),
+                              SparseDense(2, name="out")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+class _Spy(keras.callbacks.Callback):
+    """Records each target's mask after every batch."""
+
+    def __init__(self, dst):
+        super().__init__()
+        self.dst = dst
+        self.masks = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.masks.append([keras.ops.convert_to_numpy(t.mask) != 0 for t in self.dst.targets])
+
+
+def _fit(model, cb, epochs=3, **kwargs):
+    x, y = _data()
+    return model.fit(x, y, epochs=epochs, batch_size=32, shuffle=False, verbose=0,
+                     callbacks=[cb] + kwargs.pop("extra", []), **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["rigl", "set"])
+def test_exact_sparsity_and_moving_masks(kind):
+    model = _model()
+    x, y = _data()
+    cb = (RigL(sparsity=0.9, update_every=3, seed=1, data=(x, y), batch_size=64)
+          if kind == "rigl" else SET(sparsity=0.9, update_every=3, seed=1))
+    spy = _Spy(cb)
+    history = _fit(model, cb, extra=[spy])
+    counts = [[int(m.sum()) for m in step] for step in spy.masks]
+    densities = cb.layer_densities()
+    expected = [_dst.n_active(tuple(t.mask.shape), d) for t, d in zip(cb.targets, densities)]
+    assert all(c == expected for c in counts)  # every layer's count, after every step
+    total = sum(int(np.prod(t.mask.shape)) for t in cb.targets)
+    assert history.history["sparsity"][-1] == pytest.approx(1 - sum(expected) / total)
+    assert abs(history.history["sparsity"][-1] - 0.9) < 0.002
+    # 24 steps, end at 18: updates at 3, 6, ..., 15, each moving round(f(t) * active) per layer
+    assert [u["step"] for u in cb.updates] == [3, 6, 9, 12, 15]
+    for u in cb.updates:
+        f = _dst.drop_fraction_at(u["step"], 0.3, 18)
+        assert u["layers"] == {t.name: min(round(f * n), int(np.prod(t.mask.shape)) - n)
+                               for t, n in zip(cb.targets, expected)}
+    first, last = spy.masks[0], spy.masks[-1]
+    assert not np.array_equal(first[0], last[0])  # masks moved
+    # the weights moved per update are those that changed between consecutive steps
+    moved = [sum(int((a & ~b).sum()) for a, b in zip(spy.masks[s], spy.masks[s - 1]))
+             for s in (3, 6)]  # the batch ending at step s+1 follows the update at step s
+    assert moved == [cb.updates[0]["moved"], cb.updates[1]["moved"]]
+    assert sum(history.history["moved"]) == sum(u["moved"] for u in cb.updates)
+    # compacted from the first step (out has density 1 under ERK: trains dense)
+    assert [layer.compacted for layer in model.layers] == [True, True, False]
+    for layer in model.layers:  # pruned weights are zero
+        kernel = keras.ops.convert_to_numpy(layer.kernel)
+        assert not kernel[keras.ops.convert_to_numpy(layer.mask) == 0].any()
+
+
+def _dense_state(optimizer, layer):
+    """Adam's (momentum, velocity) of the layer's kernel in the kernel's layout."""
+    var = layer.values if layer.compacted else layer.kernel
+    idx = optimizer._trainable_variables_indices[optimizer._var_key(var)]
+    out = []
+    for slot in (optimizer._momentums[idx], optimizer._velocities[idx]):
+        value = keras.ops.convert_to_numpy(slot)
+        if layer.compacted:
+            positions = keras.ops.convert_to_numpy(layer._compact.positions)
+            value = _compact.dense_from_values(value, positions, tuple(layer.mask.shape))
+        out.append(value)
+    return out
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_optimizer_state_grown_zero_kept_unchanged(compact):
+    model = _model()
+    x, y = _data()
+    cb = RigL(sparsity=0.8, distribution="uniform", update_every=1000, end_step=2000, seed=2,
+              data=(x, y), compact=compact)
+    _fit(model, cb, epochs=1)
+    layer = model.layers[0]
+    assert layer.compacted == compact
+    before_mask = keras.ops.convert_to_numpy(layer.mask) != 0
+    before_kernel = keras.ops.convert_to_numpy(layer.kernel)
+    before_state = _dense_state(model.optimizer, layer)
+    assert all(np.abs(s[before_mask]).sum() > 0 for s in before_state)
+    moved = cb.update_masks(1000)
+    assert moved > 0 and layer.compacted == compact
+    mask = keras.ops.convert_to_numpy(layer.mask) != 0
+    kept, grown = before_mask & mask, mask & ~before_mask
+    assert grown.sum() == (before_mask & ~mask).sum() > 0
+    kernel = keras.ops.convert_to_numpy(layer.kernel)
+    np.testing.assert_array_equal(kernel[kept], before_kernel[kept])
+    assert not kernel[grown].any() and not kernel[~mask].any()
+    for new, old in zip(_dense_state(model.optimizer, layer), before_state):
+        np.testing.assert_array_equal(new[kept], old[kept])
+        assert not new[grown].any()
+    # and training goes on with the new structure
+    _fit(model, cb, epochs=1)
+    assert int((keras.ops.convert_to_numpy(layer.mask) != 0).sum()) == int(mask.sum())
+
+
+def test_rigl_grows_where_the_dense_gradient_is_largest():
+    model = _model()
+    x, y = _data()
+    cb = RigL(sparsity=0.9, update_every=1000, end_step=2000, seed=0, data=(x, y), batch_size=64)
+    _fit(model, cb, epochs=1)
+    step = 1000
+    cb._decompact(cb.targets)  # the gradient is taken on the dense kernels
+    scores = cb._grow_scores(step)  # the batch and so the scores depend on the step only
+    layer = model.layers[1]
+    before = keras.ops.convert_to_numpy(layer.mask) != 0
+    cb.update_masks(step)
+    grown = (keras.ops.convert_to_numpy(layer.mask) != 0) & ~before
+    s = scores[1][~before]
+    # the grown entries hold the top |gradient| scores among the previously inactive ones
+    assert scores[1][grown].min() >= np.sort(s)[::-1][int(grown.sum()) - 1]
+    assert scores[1][grown].min() > np.median(s)
+
+
+def test_determinism_with_a_seed():
+    def run(seed):
+        model = _model()
+        _fit(model, SET(sparsity=0.9, update_every=3, seed=seed), epochs=2)
+        return [keras.ops.convert_to_numpy(layer.mask) for layer in model.layers[:2]]
+    a, b, c = run(5), run(5), run(6)
+    assert all(np.array_equal(p, q) for p, q in zip(a, b))
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_resume_equals_uninterrupted():
+    x, y = _data()
+
+    def cb():
+        return RigL(sparsity=0.9, update_every=3, end_step=40, seed=3, data=(x, y), batch_size=64)
+
+    whole = _model()
+    _fit(whole, cb(), epochs=4)
+    split = _model()
+    _fit(split, cb(), epochs=2)
+    _fit(split, cb(), epochs=4, initial_epoch=2)
+    for a, b in zip(whole.layers, split.layers):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a.mask),
+                                      keras.ops.convert_to_numpy(b.mask))
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a.kernel),
+                                   keras.ops.convert_to_numpy(b.kernel), atol=1e-6)
+
+
+def test_keras_save_load_mid_training_then_strip(tmp_path):
+    x, y = _data()
+    model = _model()
+    cb = RigL(sparsity=0.9, update_every=3, end_step=40, seed=4, data=(x, y), batch_size=64)
+    _fit(model, cb, epochs=2)
+    path = str(tmp_path / "mid.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-5)
+    for a, b in zip(model.layers, loaded.layers):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a.mask),
+                                      keras.ops.convert_to_numpy(b.mask))
+    # training resumes from the loaded masks (step > 0: no new random masks), compacted again
+    cb2 = RigL(sparsity=0.9, update_every=3, end_step=40, seed=4, data=(x, y), batch_size=64)
+    counts = [int(keras.ops.convert_to_numpy(layer.mask).sum()) for layer in loaded.layers]
+    _fit(loaded, cb2, epochs=4, initial_epoch=2)
+    assert loaded.layers[0].compacted and cb2.updates and cb2.updates[0]["step"] > 16
+    assert [int(keras.ops.convert_to_numpy(layer.mask).sum()) for layer in loaded.layers] == counts
+    stored = sparsekeras.strip(loaded)
+    assert isinstance(stored.layers[0], CompactDense)
+    assert stored.layers[0].nnz == counts[0]
+    np.testing.assert_allclose(stored.predict(x, verbose=0), loaded.predict(x, verbose=0),
+                               atol=1e-5)
+
+
+def test_conv_model_trains_masked_or_compacted():
+    keras.utils.set_random_seed(0)
+    rs = np.random.default_rng(0)
+    x = rs.normal(size=(64, 8, 8, 3)).astype("float32")
+    y = (x.mean(axis=(1, 2, 3)) > 0).astype("int32")
+    model = keras.Sequential([keras.Input((8, 8, 3)),
+                              SparseConv2D(16, 3, activation="relu", name="c1"),
+                              SparseConv2D(16, 3, activation="relu", name="c2"),
+                              keras.layers.Flatten(), SparseDense(2, name="out")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    cb = RigL(sparsity=0.8, update_every=2, end_step=100, seed=0, data=(x, y), batch_size=32)
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[cb])
+    assert cb.updates and all(u["moved"] > 0 for u in cb.updates)
+    densities = cb.layer_densities()
+    for t, d in zip(cb.targets, densities):
+        assert int(keras.ops.convert_to_numpy(t.mask).sum()) == _dst.n_active(
+            tuple(t.mask.shape), d)
+        kernel = keras.ops.convert_to_numpy(t.kernel)
+        assert not kernel[keras.ops.convert_to_numpy(t.mask) == 0].any()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(sparsity=1.0), "sparsity=1.0"),
+    (dict(distribution="normal"), "distribution='normal'"),
+    (dict(update_every=0), "update_every=0"),
+    (dict(drop_fraction=1.5), "drop_fraction=1.5"),
+    (dict(end_step=0), "end_step=0"),
+    (dict(decay="linear"), "decay='linear'"),
+    (dict(exclude="h1"), "exclude='h1'"),
+])
+def test_invalid_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SET(**kwargs)
+
+
+def test_rigl_needs_data_and_unknown_length_needs_end_step():
+    with pytest.raises(ValueError, match="data=None"):
+        RigL()
+    x, y = _data()
+
+    def gen():
+        while True:
+            yield x[:32], y[:32]
+
+    # a dataset of unknown length: Keras gives params["steps"] = None
+    ds = tf.data.Dataset.from_generator(
+        gen, output_signature=(tf.TensorSpec((32, 24), tf.float32),
+                               tf.TensorSpec((32,), tf.int32))).take(3)
+    with pytest.raises(ValueError, match="end_step=None"):
+        _model().fit(ds, epochs=1, verbose=0, shuffle=False, callbacks=[SET(seed=0)])
+
+
+def test_exclude_keeps_a_layer_dense():
+    model = _model()
+    cb = SET(sparsity=0.8, update_every=3, seed=0, exclude=["h1"])
+    _fit(model, cb, epochs=1)
+    assert model.layers[0].sparsity == 0.0 and [t.name for t in cb.targets] == ["h2", "out"]
