@@ -223,8 +223,9 @@ def sparsify(model, layer_names=None, switch_sparsity=None, compute="auto", inpl
 
 def _options_for(sparse_class, options):
     """The sparsify options the sparse class takes (masked-only layers have no compute
-    switch)."""
-    if issubclass(sparse_class, _PrunableKernel):
+    switch; a `Prunable` class with a compute switch sets `_takes_sparse_options`)."""
+    if issubclass(sparse_class, _PrunableKernel) or getattr(sparse_class,
+                                                            "_takes_sparse_options", False):
         return dict(options)
     return {}
 

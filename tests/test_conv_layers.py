@@ -85,7 +85,7 @@ def test_config_has_every_init_parameter(cls):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(groups=2), "groups=1 only"),
+    (dict(groups=3), "divisible by the number of groups"),  # groups > 1 converts now
     (dict(data_format="channels_first"), "channels_last"),
     (dict(switch_sparsity=1.5), "switch_sparsity"),
     (dict(compute="fast"), "compute"),

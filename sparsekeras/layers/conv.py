@@ -2,14 +2,20 @@
 
 - `SparseConv2D`: `keras.layers.Conv2D` with a pruning mask; overrides one seam,
   `convolution_op`, so every Conv2D argument and behaviour is kept. Once the mask is sparse
-  enough it convolves through the compiled sparse kernels (forward and both gradients).
+  enough it convolves through the compiled sparse kernels (forward and both gradients). A
+  grouped kernel (`groups > 1`) is a block-diagonal full kernel: the same kernels run it.
+- `SparseConv1D`: the same for `keras.layers.Conv1D` (a height-1 2-D convolution; "causal"
+  padding too).
 - `SparseDepthwiseConv2D`: the same for `keras.layers.DepthwiseConv2D` (which TensorFlow Model
   Optimization never prunes): a depthwise kernel is a sparse full kernel whose nonzeros sit on
   each output channel's own input channel, so the same kernels run it.
-- `CompactConv2D`: the inference form of both: the kernel only as CSC arrays of its
-  `(k_h * k_w * in_channels, out_channels)` reshape. `sparsekeras.strip` produces it.
+- `SparseSeparableConv2D`, `SparseSeparableConv1D`: both kernels (depthwise and pointwise)
+  prunable (`Prunable` protocol, two masks); each part convolves sparse from the switch point.
+- `SparseConv2DTranspose`, `SparseConv3D`: masked dense compute (`Prunable` protocol).
+- `CompactConv2D`, `CompactConv1D`: the inference forms: the kernel only as CSC arrays of its
+  `(k_h * k_w * in_channels, out_channels)` reshape. `sparsekeras.strip` produces them.
 
-Masks, the dense/sparse switch and saving behave as in `SparseDense`.
+Masks, the dense/sparse switch and saving behave as in `SparseDense`. channels_last only.
 """
 import numpy as np
 import keras
@@ -17,11 +23,14 @@ import tensorflow as tf
 
 from sparsekeras import ops as sk_ops
 from sparsekeras.ops._gradients import take as _take
-from sparsekeras.layers._base import _PrunableKernel, _pop_unsupported, _structure_from_mask
+from sparsekeras.layers._base import (
+    _COMPUTE_MODES, _PrunableKernel, _dynamic_variable, _pop_unsupported, _structure_from_mask,
+    Prunable, build_like, copy_weights, keras_config, relative_paths)
 from sparsekeras.layers._registry import register
 
-__all__ = ["SparseConv2D", "SparseDepthwiseConv2D", "CompactConv2D",
-           "DEFAULT_CONV_SWITCH_SPARSITY"]
+__all__ = ["SparseConv2D", "SparseConv1D", "SparseDepthwiseConv2D", "SparseSeparableConv2D",
+           "SparseSeparableConv1D", "SparseConv2DTranspose", "SparseConv3D", "CompactConv2D",
+           "CompactConv1D", "DEFAULT_CONV_SWITCH_SPARSITY"]
 
 # Mask sparsity from which the sparse convolution beats tf.nn.conv2d (oneDNN): measured with
 # benchmarks/bench_conv.py (3x3 64->64 and 1x1 128->128 on 56x56, batch 8, 2 threads): both
@@ -36,6 +45,27 @@ def conv_structure(mask):
     row-major positions into the kernel)."""
     mask = np.asarray(mask) != 0
     return _structure_from_mask(mask.reshape(-1, mask.shape[-1]))
+
+
+def grouped_structure(mask, groups=1):
+    """CSC structure of a grouped conv kernel mask `(*taps, in_c // groups, out_c)` as the
+    block-diagonal full kernel `(*taps, in_c, out_c)` it stands for: output channel f (of group
+    f // (out_c // groups)) reads its group's input channels only. `indices` are patch
+    positions `tap * in_c + channel` of the full kernel; `positions` index the grouped kernel
+    (row-major), so the values are `grouped_kernel.reshape(-1)[positions]`."""
+    mask = np.asarray(mask) != 0
+    if groups == 1:
+        return conv_structure(mask)
+    cg, f = mask.shape[-2:]
+    fg = f // groups
+    tap, c, out = np.nonzero(mask.reshape(-1, cg, f))
+    order = np.lexsort((c, tap, out))          # by output channel, then patch position
+    tap, c, out = tap[order], c[order], out[order]
+    indptr = np.zeros(f + 1, np.int64)
+    np.cumsum(np.bincount(out, minlength=f), out=indptr[1:])
+    indices = tap * (cg * groups) + (out // fg) * cg + c
+    return dict(indptr=indptr.astype(np.int32), indices=indices.astype(np.int32),
+                positions=((tap * cg + c) * f + out).astype(np.int64))
 
 
 def depthwise_structure(mask):
@@ -55,44 +85,69 @@ def depthwise_structure(mask):
                 positions=(tap * c + ch) * m + q)
 
 
+def _channels_last_only(name, data_format):
+    if data_format not in (None, "channels_last"):
+        raise ValueError(f"{name} supports data_format='channels_last' only. "
+                         f"Received: data_format={data_format!r}")
+
+
 class _PrunableConv(_PrunableKernel):
-    """The sparse conv layers' part of `_PrunableKernel`: their default switch point and the
-    sparse convolution itself."""
+    """The sparse conv layers' part of `_PrunableKernel`: their default switch point, the
+    sparse convolution itself and the stored form."""
 
     _default_switch_sparsity = DEFAULT_CONV_SWITCH_SPARSITY
 
-    def to_stored(self, block="auto"):
-        """The stored form (`CompactConv2D`): the kept weights only, as CSC arrays."""
-        kernel = keras.ops.convert_to_numpy(self.kernel) * keras.ops.convert_to_numpy(self.mask)
-        bias = keras.ops.convert_to_numpy(self.bias) if self.bias is not None else None
-        build = (CompactConv2D.from_depthwise_kernel if isinstance(self, SparseDepthwiseConv2D)
-                 else CompactConv2D.from_kernel)
-        return build(kernel, bias, name=self.name, strides=self.strides, padding=self.padding,
-                     dilation_rate=self.dilation_rate,
-                     activation=keras.activations.serialize(self.activation),
-                     dtype=self.dtype_policy)
+    def _full_kernel_shape(self):
+        """The (k_h, k_w, in_channels, out_channels) kernel the sparse convolution computes
+        with (a grouped or depthwise kernel as its block-diagonal full kernel)."""
+        *taps, cg, f = (int(d) for d in self._kernel_variable().shape)
+        return tuple(taps) + (cg * self.groups, f)
 
-    def _sparse_conv(self, inputs, kernel, full_kernel_shape):
+    def _stored_kwargs(self):
+        return dict(name=self.name, strides=self.strides, padding=self.padding,
+                    dilation_rate=self.dilation_rate,
+                    activation=keras.activations.serialize(self.activation),
+                    dtype=self.dtype_policy)
+
+    def to_stored(self, block="auto"):
+        """The stored form (`CompactConv2D`, `CompactConv1D` for `SparseConv1D`): the kept
+        weights only, as CSC arrays (a grouped or depthwise kernel as its block-diagonal full
+        kernel). `block` is accepted for `strip` and not used (convolutions store CSC)."""
+        kernel = (keras.ops.convert_to_numpy(self._kernel_variable())
+                  * keras.ops.convert_to_numpy(self.mask))
+        bias = keras.ops.convert_to_numpy(self.bias) if self.bias is not None else None
+        s = self._structure(kernel != 0)
+        return self._stored_class.from_structure(s, kernel.reshape(-1)[s["positions"]],
+                                                 self._full_kernel_shape(), bias,
+                                                 **self._stored_kwargs())
+
+    def _sparse_conv(self, inputs, kernel, full_kernel_shape, strides=None, dilations=None,
+                     padding=None):
         indptr = tf.convert_to_tensor(self._csc_indptr)
         indices = tf.convert_to_tensor(self._csc_indices)
         positions = tf.convert_to_tensor(self._positions)
         values = _take(tf.reshape(kernel, [-1]), positions)
         return sk_ops.csr_conv2d(inputs, indptr, indices, values, full_kernel_shape,
-                                 strides=tuple(self.strides), padding=self.padding,
-                                 dilations=tuple(self.dilation_rate))
+                                 strides=tuple(strides or self.strides),
+                                 padding=padding or self.padding,
+                                 dilations=tuple(dilations or self.dilation_rate))
 
 
 @keras.saving.register_keras_serializable(package="sparsekeras")
 class SparseConv2D(_PrunableConv, keras.layers.Conv2D):
     """`keras.layers.Conv2D` with a pruning mask and compiled sparse convolution.
 
-    Same arguments and behaviour as `Conv2D` (channels_last, groups=1), plus:
+    Same arguments and behaviour as `Conv2D` (channels_last), plus:
 
     Args:
         switch_sparsity: mask sparsity from which the layer convolves through the sparse
             kernels; below it through `tf.nn.conv2d`. Default `DEFAULT_CONV_SWITCH_SPARSITY`.
         compute: "auto", "dense" or "sparse".
         prunable: whether `GradualPruning` prunes this layer.
+
+    With `groups > 1` the mask has the grouped kernel's shape `(k_h, k_w, in_channels //
+    groups, filters)`; the sparse path computes the block-diagonal full kernel's nonzeros (the
+    same work as the grouped convolution's), and `strip` stores it as a `CompactConv2D`.
 
     Input `(batch, height, width, channels)`; output `(batch, new_height, new_width, filters)`.
 
@@ -108,10 +163,7 @@ class SparseConv2D(_PrunableConv, keras.layers.Conv2D):
                  kernel_regularizer=None, bias_regularizer=None, activity_regularizer=None,
                  kernel_constraint=None, bias_constraint=None, switch_sparsity=None,
                  compute="auto", prunable=True, **kwargs):
-        _pop_unsupported("SparseConv2D", kwargs, ("lora_rank", "lora_alpha"))
-        if groups != 1:
-            raise ValueError(f"SparseConv2D supports groups=1 only (a grouped kernel is a sparse "
-                             f"kernel: prune a groups=1 layer instead). Received: groups={groups}")
+        _pop_unsupported(type(self).__name__, kwargs, ("lora_rank", "lora_alpha"))
         super().__init__(filters, kernel_size, strides=strides, padding=padding,
                          data_format=data_format, dilation_rate=dilation_rate, groups=groups,
                          activation=activation, use_bias=use_bias,
@@ -126,7 +178,7 @@ class SparseConv2D(_PrunableConv, keras.layers.Conv2D):
         return self._kernel
 
     def _structure(self, mask):
-        return conv_structure(mask)
+        return grouped_structure(mask, self.groups)
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -134,7 +186,7 @@ class SparseConv2D(_PrunableConv, keras.layers.Conv2D):
 
     def convolution_op(self, inputs, kernel):
         inputs = tf.convert_to_tensor(inputs)
-        shape = tuple(int(d) for d in self._kernel.shape)
+        shape = self._full_kernel_shape()
         return self._switch(lambda: self._sparse_conv(inputs, kernel, shape),
                             lambda: super(SparseConv2D, self).convolution_op(inputs, kernel))
 
@@ -154,6 +206,96 @@ class SparseConv2D(_PrunableConv, keras.layers.Conv2D):
             config.pop(key, None)
         config.update(kwargs)
         return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="sparsekeras")
+class SparseConv1D(_PrunableConv, keras.layers.Conv1D):
+    """`keras.layers.Conv1D` with a pruning mask and compiled sparse convolution.
+
+    Same arguments and behaviour as `Conv1D` (channels_last; "valid", "same" and "causal"
+    padding; `groups`), plus `switch_sparsity`, `compute` and `prunable` as in `SparseConv2D`.
+    The sparse path is the 2-D sparse convolution of the input seen as height 1:
+    `(batch, length, channels)` -> `(batch, 1, length, channels)` with the kernel
+    `(1, kernel_size, channels // groups, filters)`; "causal" pads the sequence on the left and
+    convolves "valid", as Conv1D does. `strip` stores it as a `CompactConv1D`.
+
+    Input `(batch, length, channels)`; output `(batch, new_length, filters)`.
+
+    Example:
+        >>> layer = sparsekeras.layers.SparseConv1D(32, 5, padding="causal")
+        >>> y = layer(tf.ones((8, 100, 16)))
+        >>> layer.set_mask(np.random.rand(5, 16, 32) > 0.9)
+    """
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", data_format=None,
+                 dilation_rate=1, groups=1, activation=None, use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 kernel_regularizer=None, bias_regularizer=None, activity_regularizer=None,
+                 kernel_constraint=None, bias_constraint=None, switch_sparsity=None,
+                 compute="auto", prunable=True, **kwargs):
+        _pop_unsupported(type(self).__name__, kwargs, ("lora_rank", "lora_alpha"))
+        super().__init__(filters, kernel_size, strides=strides, padding=padding,
+                         data_format=data_format, dilation_rate=dilation_rate, groups=groups,
+                         activation=activation, use_bias=use_bias,
+                         kernel_initializer=kernel_initializer, bias_initializer=bias_initializer,
+                         kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer,
+                         activity_regularizer=activity_regularizer,
+                         kernel_constraint=kernel_constraint, bias_constraint=bias_constraint,
+                         **kwargs)
+        self._init_sparse(switch_sparsity, compute, prunable, self.kernel_constraint)
+
+    def _kernel_variable(self):
+        return self._kernel
+
+    def _structure(self, mask):
+        mask = np.asarray(mask)
+        return grouped_structure(mask.reshape((1,) + mask.shape), self.groups)
+
+    def _full_kernel_shape(self):
+        k, cg, f = (int(d) for d in self._kernel.shape)
+        return (1, k, cg * self.groups, f)
+
+    def _stored_kwargs(self):
+        return dict(name=self.name, strides=self.strides, padding=self.padding,
+                    dilation_rate=self.dilation_rate,
+                    activation=keras.activations.serialize(self.activation),
+                    dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._build_sparse()
+
+    def call(self, inputs):
+        x = tf.convert_to_tensor(inputs)
+        padding = self.padding
+        if padding == "causal":
+            x = keras.ops.pad(x, self._compute_causal_padding())
+            padding = "valid"
+        kernel = self.kernel
+
+        def sparse():
+            y = self._sparse_conv(x[:, None], kernel, self._full_kernel_shape(),
+                                  strides=(1, self.strides[0]),
+                                  dilations=(1, self.dilation_rate[0]), padding=padding)
+            return y[:, 0]
+
+        def dense():
+            return keras.ops.conv(x, kernel, strides=list(self.strides), padding=padding,
+                                  dilation_rate=self.dilation_rate, data_format=self.data_format)
+
+        y = self._switch(sparse, dense)
+        if self.use_bias:
+            y = y + tf.cast(self.bias, y.dtype)
+        if self.activation is not None:
+            y = self.activation(y)
+        return y
+
+    def get_config(self):
+        config = super().get_config()
+        config["kernel_constraint"] = keras.constraints.serialize(self._user_kernel_constraint)
+        for key in ("lora_rank", "lora_alpha"):
+            config.pop(key, None)
+        return self._sparse_config(config)
 
 
 @keras.saving.register_keras_serializable(package="sparsekeras")
@@ -189,6 +331,10 @@ class SparseDepthwiseConv2D(_PrunableConv, keras.layers.DepthwiseConv2D):
     def _structure(self, mask):
         return depthwise_structure(mask)
 
+    def _full_kernel_shape(self):
+        kh, kw, c, m = (int(d) for d in self.kernel.shape)
+        return (kh, kw, c, c * m)
+
     def pruning_view(self, array):
         """The kernel (or mask) as GradualPruning scores it: `(k_h, k_w, 1, channels *
         depth_multiplier)`, so that "channel" granularity prunes whole depthwise filters."""
@@ -204,7 +350,6 @@ class SparseDepthwiseConv2D(_PrunableConv, keras.layers.DepthwiseConv2D):
 
     def call(self, inputs):
         x = tf.convert_to_tensor(inputs)
-        kh, kw, c, m = (int(d) for d in self.kernel.shape)
 
         def dense():
             return keras.ops.depthwise_conv(x, tf.cast(self.kernel, x.dtype), strides=self.strides,
@@ -212,7 +357,7 @@ class SparseDepthwiseConv2D(_PrunableConv, keras.layers.DepthwiseConv2D):
                                             data_format=self.data_format)
 
         y = self._switch(lambda: self._sparse_conv(x, tf.cast(self.kernel, x.dtype),
-                                                   (kh, kw, c, c * m)), dense)
+                                                   self._full_kernel_shape()), dense)
         if self.use_bias:
             y = y + tf.cast(self.bias, y.dtype)
         if self.activation is not None:
@@ -230,6 +375,371 @@ class SparseDepthwiseConv2D(_PrunableConv, keras.layers.DepthwiseConv2D):
         config = layer.get_config()
         config.update(kwargs)
         return cls(**config)
+
+
+# ---- the Prunable-protocol convolutions (masks; sparse compute where a kernel applies) --------
+
+_SPARSE_KEYS = ("switch_sparsity", "compute", "prunable")
+
+
+class _MaskedConv(Prunable):
+    """`Prunable` with the conversions of the sparse layers: `from_keras` (sparsify),
+    `to_keras` (strip without a stored form, densify), and Keras' generic saving of every
+    variable (the Keras convolutions save kernel and bias only, which would drop the masks)."""
+
+    _keras_class = None
+
+    def _init_prunable(self, prunable):
+        _channels_last_only(type(self).__name__, self.data_format)
+        self.prunable = bool(prunable)
+
+    def save_own_variables(self, store):
+        keras.layers.Layer.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        keras.layers.Layer.load_own_variables(self, store)
+
+    @classmethod
+    def from_keras(cls, layer, **options):
+        """A built layer of this class with the configuration and weights of the Keras
+        `layer` (masks all ones)."""
+        new = cls(**keras_config(layer), **options)
+        build_like(new, layer)
+        if layer.built:
+            copy_weights(layer, new)
+        return new
+
+    def to_keras(self):
+        """The Keras twin of this layer (same config, built), holding the pruned weights as
+        zeros: what `sparsekeras.densify` (and `strip`, for a layer without a stored form)
+        puts in its place."""
+        config = self.get_config()
+        for key in _SPARSE_KEYS:
+            config.pop(key, None)
+        twin = self._keras_class.from_config(config)
+        build_like(twin, self)
+        if self.built:
+            own = relative_paths(self)
+            masks = dict(zip(self._prunable_labels(), self.pruning_masks))
+            for path, var in relative_paths(twin).items():
+                value = keras.ops.convert_to_numpy(own[path])
+                if path in masks:
+                    value = value * keras.ops.convert_to_numpy(masks[path])
+                var.assign(value)
+        return twin
+
+    def get_config(self):
+        config = super().get_config()
+        for key in ("lora_rank", "lora_alpha"):
+            config.pop(key, None)
+        config["prunable"] = self.prunable
+        return config
+
+
+class _SparseSeparable(_MaskedConv):
+    """The separable convolutions: depthwise kernel `(*kernel_size, C, M)` and pointwise
+    kernel `(*1s, C * M, F)`, each with its own mask (the `Prunable` protocol) and its own
+    dense/sparse switch: the depthwise part convolves through the sparse kernels as a sparse
+    full `(*kernel_size, C, C * M)` kernel (as `SparseDepthwiseConv2D`), the pointwise part as
+    a sparse 1x1 convolution (a sparse matrix product over the pixels). A 1-D layer computes as
+    the 2-D one on a height-1 input."""
+
+    _default_switch_sparsity = DEFAULT_CONV_SWITCH_SPARSITY
+    _PARTS = ("depthwise", "pointwise")
+    _takes_sparse_options = True  # sparsify passes its compute / switch_sparsity
+
+    def _init_sparse_options(self, switch_sparsity, compute, prunable):
+        self._init_prunable(prunable)
+        if switch_sparsity is None:
+            switch_sparsity = self._default_switch_sparsity
+        if not 0.0 <= float(switch_sparsity) <= 1.0:
+            raise ValueError("Expected `switch_sparsity` in [0, 1]. "
+                             f"Received: switch_sparsity={switch_sparsity}")
+        if compute not in _COMPUTE_MODES:
+            raise ValueError(f"Expected `compute` in {_COMPUTE_MODES}. Received: compute={compute!r}")
+        self.switch_sparsity = float(switch_sparsity)
+        self.compute = compute
+
+    def get_prunable_weights(self):
+        return [self.depthwise_kernel, self.pointwise_kernel]
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._structures = {}
+        for part in self._PARTS:
+            self._structures[part] = dict(
+                indptr=_dynamic_variable(np.zeros(1), np.int32, f"{part}_indptr"),
+                indices=_dynamic_variable(np.zeros(0), np.int32, f"{part}_indices"),
+                positions=_dynamic_variable(np.zeros(0), np.int64, f"{part}_positions"),
+                on=tf.Variable(False, trainable=False, name=f"{part}_sparse_on"))
+
+    def _post_build(self):
+        super()._post_build()  # Prunable: the masks
+        for mask in self.pruning_masks:
+            self._hook_assign(mask)
+        self.refresh_structure()
+
+    def _hook_assign(self, mask):
+        """Refresh the cached structures whenever a mask is assigned eagerly (MaskTarget's
+        set_mask, set_weights, loading): a stale structure would compute the old pattern."""
+        assign = mask.assign
+        layer = self
+
+        def assign_and_refresh(value, *args, **kwargs):
+            result = assign(value, *args, **kwargs)
+            if tf.executing_eagerly() and getattr(layer, "_structures", None) is not None:
+                layer.refresh_structure()
+            return result
+
+        mask.assign = assign_and_refresh
+
+    def _kernels_2d_shapes(self):
+        """(depthwise (k_h, k_w, C, M), pointwise (1, 1, C * M, F)) as the 2-D computation sees
+        them."""
+        dw = tuple(int(d) for d in self.depthwise_kernel.shape)
+        pw = tuple(int(d) for d in self.pointwise_kernel.shape)
+        if self.rank == 1:
+            dw, pw = (1,) + dw, (1,) + pw
+        return dw, pw
+
+    def refresh_structure(self):
+        """Recompute both cached sparse structures and switches from the masks."""
+        if self.pruning_masks is None:
+            return
+        dw_shape, pw_shape = self._kernels_2d_shapes()
+        dw_mask, pw_mask = (keras.ops.convert_to_numpy(m) != 0 for m in self.pruning_masks)
+        found = {"depthwise": depthwise_structure(dw_mask.reshape(dw_shape)),
+                 "pointwise": _structure_from_mask(pw_mask.reshape(pw_shape[2:]))}
+        for part, mask in zip(self._PARTS, (dw_mask, pw_mask)):
+            cached, s = self._structures[part], found[part]
+            for key in ("indptr", "indices", "positions"):
+                cached[key].assign(s[key])
+            sparsity = 1.0 - float(mask.sum()) / mask.size if mask.size else 0.0
+            cached["on"].assign(sparsity >= self.switch_sparsity)
+
+    @property
+    def sparse_parts(self):
+        """{"depthwise": bool, "pointwise": bool}: which parts the next call computes through
+        the sparse kernels."""
+        if self.compute != "auto":
+            return {part: self.compute == "sparse" for part in self._PARTS}
+        return {part: bool(self._structures[part]["on"].numpy()) for part in self._PARTS}
+
+    @property
+    def uses_sparse_kernels(self):
+        """Whether the next call computes either part through the sparse kernels."""
+        return any(self.sparse_parts.values())
+
+    def _part(self, part, sparse_fn, dense_fn):
+        if self.compute == "sparse":
+            return sparse_fn()
+        return tf.cond(self._structures[part]["on"], sparse_fn, dense_fn)
+
+    def _sparse_part(self, part, x, kernel, full_shape, strides, dilations, padding):
+        s = self._structures[part]
+        values = _take(tf.reshape(kernel, [-1]), tf.convert_to_tensor(s["positions"]))
+        return sk_ops.csr_conv2d(x, tf.convert_to_tensor(s["indptr"]),
+                                 tf.convert_to_tensor(s["indices"]), values, full_shape,
+                                 strides=strides, padding=padding, dilations=dilations)
+
+    def call(self, inputs):
+        if self.compute == "dense":
+            return super().call(inputs)  # the Keras layer's own separable convolution
+        x = tf.convert_to_tensor(inputs)
+        dw_shape, pw_shape = self._kernels_2d_shapes()
+        strides, dilations = tuple(self.strides), tuple(self.dilation_rate)
+        if self.rank == 1:
+            x, strides, dilations = x[:, None], (1,) + strides, (1,) + dilations
+        dk = tf.reshape(tf.cast(self.depthwise_kernel, x.dtype), dw_shape)
+        pk = tf.reshape(tf.cast(self.pointwise_kernel, x.dtype), pw_shape)
+        kh, kw, c, m = dw_shape
+
+        h = self._part(
+            "depthwise",
+            lambda: self._sparse_part("depthwise", x, dk, (kh, kw, c, c * m), strides,
+                                      dilations, self.padding),
+            lambda: keras.ops.depthwise_conv(x, dk, strides=strides, padding=self.padding,
+                                             dilation_rate=dilations))
+        y = self._part(
+            "pointwise",
+            lambda: self._sparse_part("pointwise", h, pk, pw_shape, (1, 1), (1, 1), "valid"),
+            lambda: keras.ops.conv(h, pk, strides=1, padding="valid"))
+        if self.rank == 1:
+            y = y[:, 0]
+        if self.use_bias:
+            y = y + tf.cast(self.bias, y.dtype)
+        if self.activation is not None:
+            y = self.activation(y)
+        return y
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(switch_sparsity=self.switch_sparsity, compute=self.compute)
+        return config
+
+
+_SEPARABLE_DOC = """
+
+    Same arguments and behaviour as `keras.layers.{keras}` (channels_last), plus:
+
+    Args:
+        switch_sparsity: mask sparsity from which a part (depthwise or pointwise, each by its
+            own mask) convolves through the sparse kernels; below it densely. Default
+            `DEFAULT_CONV_SWITCH_SPARSITY`.
+        compute: "auto", "dense" (the Keras layer's own computation) or "sparse" (both parts).
+        prunable: whether `GradualPruning` prunes this layer.
+
+    Both `depthwise_kernel` and `pointwise_kernel` are prunable (masks
+    `depthwise_kernel_mask`, `pointwise_kernel_mask`; `pruning_targets()` gives both).
+    No stored form: `sparsekeras.strip` gives the Keras `{keras}` holding the pruned weights
+    as zeros.
+"""
+
+
+@keras.saving.register_keras_serializable(package="sparsekeras")
+class SparseSeparableConv2D(_SparseSeparable, keras.layers.SeparableConv2D):
+    __doc__ = ("`keras.layers.SeparableConv2D` with a mask on each kernel and compiled sparse "
+               "convolution." + _SEPARABLE_DOC.format(keras="SeparableConv2D") + """
+    Input `(batch, height, width, channels)`; output `(batch, new_height, new_width, filters)`.
+
+    Example:
+        >>> layer = sparsekeras.layers.SparseSeparableConv2D(32, 3, padding="same")
+        >>> y = layer(tf.ones((8, 28, 28, 16)))
+        >>> [t.name for t in layer.pruning_targets()]   # depthwise_kernel, pointwise_kernel
+    """)
+
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None,
+                 dilation_rate=(1, 1), depth_multiplier=1, activation=None, use_bias=True,
+                 depthwise_initializer="glorot_uniform", pointwise_initializer="glorot_uniform",
+                 bias_initializer="zeros", depthwise_regularizer=None,
+                 pointwise_regularizer=None, bias_regularizer=None, activity_regularizer=None,
+                 depthwise_constraint=None, pointwise_constraint=None, bias_constraint=None,
+                 switch_sparsity=None, compute="auto", prunable=True, **kwargs):
+        super().__init__(filters, kernel_size, strides=strides, padding=padding,
+                         data_format=data_format, dilation_rate=dilation_rate,
+                         depth_multiplier=depth_multiplier, activation=activation,
+                         use_bias=use_bias, depthwise_initializer=depthwise_initializer,
+                         pointwise_initializer=pointwise_initializer,
+                         bias_initializer=bias_initializer,
+                         depthwise_regularizer=depthwise_regularizer,
+                         pointwise_regularizer=pointwise_regularizer,
+                         bias_regularizer=bias_regularizer,
+                         activity_regularizer=activity_regularizer,
+                         depthwise_constraint=depthwise_constraint,
+                         pointwise_constraint=pointwise_constraint,
+                         bias_constraint=bias_constraint, **kwargs)
+        self._init_sparse_options(switch_sparsity, compute, prunable)
+
+
+@keras.saving.register_keras_serializable(package="sparsekeras")
+class SparseSeparableConv1D(_SparseSeparable, keras.layers.SeparableConv1D):
+    __doc__ = ("`keras.layers.SeparableConv1D` with a mask on each kernel and compiled sparse "
+               "convolution." + _SEPARABLE_DOC.format(keras="SeparableConv1D") + """
+    Input `(batch, length, channels)`; output `(batch, new_length, filters)`.
+
+    Example:
+        >>> layer = sparsekeras.layers.SparseSeparableConv1D(32, 5, padding="same")
+        >>> y = layer(tf.ones((8, 100, 16)))
+    """)
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", data_format=None,
+                 dilation_rate=1, depth_multiplier=1, activation=None, use_bias=True,
+                 depthwise_initializer="glorot_uniform", pointwise_initializer="glorot_uniform",
+                 bias_initializer="zeros", depthwise_regularizer=None,
+                 pointwise_regularizer=None, bias_regularizer=None, activity_regularizer=None,
+                 depthwise_constraint=None, pointwise_constraint=None, bias_constraint=None,
+                 switch_sparsity=None, compute="auto", prunable=True, **kwargs):
+        super().__init__(filters, kernel_size, strides=strides, padding=padding,
+                         data_format=data_format, dilation_rate=dilation_rate,
+                         depth_multiplier=depth_multiplier, activation=activation,
+                         use_bias=use_bias, depthwise_initializer=depthwise_initializer,
+                         pointwise_initializer=pointwise_initializer,
+                         bias_initializer=bias_initializer,
+                         depthwise_regularizer=depthwise_regularizer,
+                         pointwise_regularizer=pointwise_regularizer,
+                         bias_regularizer=bias_regularizer,
+                         activity_regularizer=activity_regularizer,
+                         depthwise_constraint=depthwise_constraint,
+                         pointwise_constraint=pointwise_constraint,
+                         bias_constraint=bias_constraint, **kwargs)
+        self._init_sparse_options(switch_sparsity, compute, prunable)
+
+
+@keras.saving.register_keras_serializable(package="sparsekeras")
+class SparseConv2DTranspose(_MaskedConv, keras.layers.Conv2DTranspose):
+    """`keras.layers.Conv2DTranspose` with a pruning mask (masked dense compute).
+
+    Same arguments and behaviour as `Conv2DTranspose` (channels_last), plus `prunable`. The
+    mask has the kernel's shape `(k_h, k_w, filters, in_channels)` (a transposed convolution's
+    kernel holds its output channels on the second-to-last axis, so "channel" granularity
+    prunes input channels). The layer computes with Keras' own transposed convolution over
+    the kernel's zeros: there is no sparse transposed-convolution kernel with gradients. No
+    stored form: `sparsekeras.strip` gives the Keras `Conv2DTranspose` holding the pruned
+    weights as zeros.
+
+    Input `(batch, height, width, channels)`; output `(batch, new_height, new_width, filters)`.
+
+    Example:
+        >>> layer = sparsekeras.layers.SparseConv2DTranspose(16, 3, strides=2, padding="same")
+        >>> y = layer(tf.ones((8, 14, 14, 32)))                        # (8, 28, 28, 16)
+        >>> layer.pruning_targets()[0].set_mask(np.random.rand(3, 3, 16, 32) > 0.9)
+    """
+
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid",
+                 output_padding=None, data_format=None, dilation_rate=(1, 1), activation=None,
+                 use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 kernel_regularizer=None, bias_regularizer=None, activity_regularizer=None,
+                 kernel_constraint=None, bias_constraint=None, prunable=True, **kwargs):
+        super().__init__(filters, kernel_size, strides=strides, padding=padding,
+                         output_padding=output_padding, data_format=data_format,
+                         dilation_rate=dilation_rate, activation=activation, use_bias=use_bias,
+                         kernel_initializer=kernel_initializer, bias_initializer=bias_initializer,
+                         kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer,
+                         activity_regularizer=activity_regularizer,
+                         kernel_constraint=kernel_constraint, bias_constraint=bias_constraint,
+                         **kwargs)
+        self._init_prunable(prunable)
+
+    def get_prunable_weights(self):
+        return [self.kernel]
+
+
+@keras.saving.register_keras_serializable(package="sparsekeras")
+class SparseConv3D(_MaskedConv, keras.layers.Conv3D):
+    """`keras.layers.Conv3D` with a pruning mask (masked dense compute).
+
+    Same arguments and behaviour as `Conv3D` (channels_last, `groups` too), plus `prunable`.
+    The mask has the kernel's shape `(k_d, k_h, k_w, in_channels // groups, filters)`; the layer
+    computes with Keras' own convolution over the kernel's zeros. No stored form:
+    `sparsekeras.strip` gives the Keras `Conv3D` holding the pruned weights as zeros.
+
+    Input `(batch, depth, height, width, channels)`; output `(batch, new_depth, new_height,
+    new_width, filters)`.
+
+    Example:
+        >>> layer = sparsekeras.layers.SparseConv3D(8, 3, padding="same")
+        >>> y = layer(tf.ones((2, 8, 8, 8, 4)))
+        >>> layer.pruning_targets()[0].set_mask(np.random.rand(3, 3, 3, 4, 8) > 0.9)
+    """
+
+    def __init__(self, filters, kernel_size, strides=(1, 1, 1), padding="valid",
+                 data_format=None, dilation_rate=(1, 1, 1), groups=1, activation=None,
+                 use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 kernel_regularizer=None, bias_regularizer=None, activity_regularizer=None,
+                 kernel_constraint=None, bias_constraint=None, prunable=True, **kwargs):
+        _pop_unsupported(type(self).__name__, kwargs, ("lora_rank", "lora_alpha"))
+        super().__init__(filters, kernel_size, strides=strides, padding=padding,
+                         data_format=data_format, dilation_rate=dilation_rate, groups=groups,
+                         activation=activation, use_bias=use_bias,
+                         kernel_initializer=kernel_initializer, bias_initializer=bias_initializer,
+                         kernel_regularizer=kernel_regularizer, bias_regularizer=bias_regularizer,
+                         activity_regularizer=activity_regularizer,
+                         kernel_constraint=kernel_constraint, bias_constraint=bias_constraint,
+                         **kwargs)
+        self._init_prunable(prunable)
+
+    def get_prunable_weights(self):
+        return [self._kernel]
 
 
 @keras.saving.register_keras_serializable(package="sparsekeras")
@@ -367,16 +877,144 @@ class CompactConv2D(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="sparsekeras")
+class CompactConv1D(CompactConv2D):
+    """The stored form of `SparseConv1D`: a 1-D convolution whose kernel is stored only as the
+    CSC arrays of its `(kernel_size * in_channels, filters)` reshape (a grouped kernel as its
+    block-diagonal full kernel). Computes as `CompactConv2D` on the input seen as height 1;
+    "causal" padding pads on the left. Built by `sparsekeras.strip`, or with
+    `CompactConv1D.from_kernel(kernel, bias, ...)`.
+
+    Args:
+        filters: output channels. kernel_size, strides, padding ("valid", "same", "causal"),
+            dilation_rate, activation, use_bias: as in Conv1D (channels_last, ints).
+        nnz: number of stored weights.
+
+    Input `(batch, length, channels)`; output `(batch, new_length, filters)`.
+
+    Example:
+        >>> k = np.random.randn(5, 16, 32) * (np.random.rand(5, 16, 32) > 0.9)
+        >>> layer = sparsekeras.layers.CompactConv1D.from_kernel(k, padding="causal")
+        >>> y = layer(tf.ones((8, 100, 16)))
+    """
+
+    def __init__(self, filters, kernel_size, nnz, strides=1, padding="valid", dilation_rate=1,
+                 activation=None, use_bias=True, **kwargs):
+        k, s, d = (_single(v, name) for v, name in ((kernel_size, "kernel_size"),
+                                                      (strides, "strides"),
+                                                      (dilation_rate, "dilation_rate")))
+        if not isinstance(padding, str) or padding.lower() not in ("valid", "same", "causal"):
+            raise ValueError("Expected `padding` 'valid', 'same' or 'causal'. "
+                             f"Received: padding={padding!r}")
+        padding = padding.lower()
+        self.causal = padding == "causal"
+        super().__init__(filters, (1, k), nnz, strides=(1, s),
+                         padding="valid" if self.causal else padding, dilation_rate=(1, d),
+                         activation=activation, use_bias=use_bias, **kwargs)
+        self.input_spec = keras.layers.InputSpec(ndim=3)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.input_spec = keras.layers.InputSpec(ndim=3, axes={-1: self.in_channels})
+
+    @classmethod
+    def from_structure(cls, structure, values, kernel_shape, bias=None, **kwargs):
+        """A built layer from the CSC arrays of the kernel `(kernel_size, in_channels,
+        filters)` (or its height-1 2-D form `(1, kernel_size, in_channels, filters)`)."""
+        kernel_shape = tuple(int(d) for d in kernel_shape)[-3:]
+        layer = cls(filters=kernel_shape[2], kernel_size=kernel_shape[0],
+                    nnz=int(len(values)), use_bias=bias is not None, **kwargs)
+        layer.build((None, None, kernel_shape[1]))
+        layer.indptr.assign(structure["indptr"])
+        layer.indices.assign(structure["indices"])
+        layer.values.assign(np.asarray(values).astype(layer.values.dtype))
+        if bias is not None:
+            layer.bias.assign(np.asarray(bias))
+        return layer
+
+    @classmethod
+    def from_kernel(cls, kernel, bias=None, **kwargs):
+        """A built CompactConv1D holding the nonzeros of `kernel` (kernel_size, in_c, filters)."""
+        kernel = np.asarray(kernel)
+        s = conv_structure(kernel[None] != 0)
+        return cls.from_structure(s, kernel.reshape(-1)[s["positions"]], kernel.shape, bias,
+                                  **kwargs)
+
+    @property
+    def _padding_1d(self):
+        return "causal" if self.causal else self.padding
+
+    def to_dense_kernel(self):
+        """The kernel as a dense (kernel_size, in_channels, filters) array."""
+        return super().to_dense_kernel()[0]
+
+    def to_keras(self):
+        """A built `keras.layers.Conv1D` holding this kernel (zeros where nothing is stored; a
+        stripped grouped kernel comes back as the equivalent groups=1 kernel)."""
+        twin = keras.layers.Conv1D(self.filters, self.kernel_size[1], strides=self.strides[1],
+                                   padding=self._padding_1d, dilation_rate=self.dilation_rate[1],
+                                   activation=self.activation, use_bias=self.use_bias,
+                                   name=self.name, dtype=self.dtype_policy)
+        twin.build((None, None, self.in_channels))
+        twin.kernel.assign(self.to_dense_kernel())
+        if self.bias is not None:
+            twin.bias.assign(keras.ops.convert_to_numpy(self.bias))
+        return twin
+
+    def call(self, inputs):
+        x = tf.convert_to_tensor(inputs)
+        if self.causal:
+            left = self.dilation_rate[1] * (self.kernel_size[1] - 1)
+            x = tf.pad(x, [[0, 0], [left, 0], [0, 0]])
+        return super().call(x[:, None])[:, 0]
+
+    def compute_output_shape(self, input_shape):
+        length = input_shape[1]
+        if length is not None and self.causal:
+            length += self.dilation_rate[1] * (self.kernel_size[1] - 1)
+        out = super().compute_output_shape((input_shape[0], 1, length, input_shape[2]))
+        return (out[0], out[2], out[3])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(kernel_size=self.kernel_size[1], strides=self.strides[1],
+                      padding=self._padding_1d, dilation_rate=self.dilation_rate[1])
+        return config
+
+
+def _single(value, name):
+    """An int from an int or a 1-tuple (Conv1D's own form)."""
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"Expected a positive integer `{name}`. Received: {name}={value!r}")
+    return int(value)
+
+
 def _conv_check(layer):
     if layer.data_format != "channels_last":
         return (f"data_format={layer.data_format!r}: the sparse convolutions take channels_last "
-                "(NHWC) only")
-    if getattr(layer, "groups", 1) != 1:
-        return f"groups={layer.groups}: grouped convolutions are not converted yet"
+                "only")
+    if getattr(layer, "lora_rank", None):
+        return f"lora_rank={layer.lora_rank} is set"
     return None
 
 
 SparseConv2D._keras_class = keras.layers.Conv2D
+SparseConv1D._keras_class = keras.layers.Conv1D
 SparseDepthwiseConv2D._keras_class = keras.layers.DepthwiseConv2D
-register(keras.layers.Conv2D, SparseConv2D, check=_conv_check)
-register(keras.layers.DepthwiseConv2D, SparseDepthwiseConv2D, check=_conv_check)
+SparseSeparableConv2D._keras_class = keras.layers.SeparableConv2D
+SparseSeparableConv1D._keras_class = keras.layers.SeparableConv1D
+SparseConv2DTranspose._keras_class = keras.layers.Conv2DTranspose
+SparseConv3D._keras_class = keras.layers.Conv3D
+SparseConv2D._stored_class = CompactConv2D
+SparseDepthwiseConv2D._stored_class = CompactConv2D
+SparseConv1D._stored_class = CompactConv1D
+for _keras, _sparse in ((keras.layers.Conv2D, SparseConv2D), (keras.layers.Conv1D, SparseConv1D),
+                        (keras.layers.DepthwiseConv2D, SparseDepthwiseConv2D),
+                        (keras.layers.SeparableConv2D, SparseSeparableConv2D),
+                        (keras.layers.SeparableConv1D, SparseSeparableConv1D),
+                        (keras.layers.Conv2DTranspose, SparseConv2DTranspose),
+                        (keras.layers.Conv3D, SparseConv3D)):
+    register(_keras, _sparse, check=_conv_check)
+del _keras, _sparse
