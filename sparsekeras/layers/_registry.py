@@ -5,12 +5,31 @@ class is not converted (its `call` may differ), and says so in the report. User 
 through `register` (a Keras class and the sparse class that replaces it), or become prunable
 without conversion by subclassing `sparsekeras.layers.Prunable`.
 """
+import sys
+
 import keras
 
-__all__ = ["register", "lookup", "registered", "sparse_to_keras"]
+__all__ = ["register", "register_when_imported", "lookup", "registered", "sparse_to_keras"]
 
 _SPARSE_OF = {}   # Keras class -> _Entry
 _KERAS_OF = {}    # sparse class -> Keras class
+_PENDING = []     # (module name, fn): registrations for an optional package, once it is imported
+
+
+def register_when_imported(module, fn):
+    """Call `fn()` (which calls `register`) as soon as `module` has been imported: now if it
+    already is, else at the next lookup after it is. Lets a family support an optional package
+    (keras_hub) without importing it: a layer of that package can only exist once it has been
+    imported, and lookups come after."""
+    _PENDING.append((module, fn))
+    _run_pending()
+
+
+def _run_pending():
+    for item in list(_PENDING):
+        if item[0] in sys.modules:
+            _PENDING.remove(item)
+            item[1]()
 
 
 class _Entry:
@@ -45,16 +64,19 @@ def register(keras_class, sparse_class, convert=None, check=None):
 
 def lookup(layer):
     """The registry entry for the exact class of `layer`, or None."""
+    _run_pending()
     return _SPARSE_OF.get(type(layer))
 
 
 def registered():
     """{Keras class: sparse class} of every registered pair."""
+    _run_pending()
     return {k: e.sparse_class for k, e in _SPARSE_OF.items()}
 
 
 def sparse_to_keras(layer):
     """The Keras class a sparse layer's class stands for (walking its bases), or None."""
+    _run_pending()
     for cls in type(layer).__mro__:
         if cls in _KERAS_OF:
             return _KERAS_OF[cls]
@@ -63,6 +85,7 @@ def sparse_to_keras(layer):
 
 def registered_base(layer):
     """The registered Keras class `layer` is a (strict) subclass of, or None."""
+    _run_pending()
     for cls in type(layer).__mro__[1:]:
         if cls in _SPARSE_OF:
             return cls
