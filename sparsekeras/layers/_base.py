@@ -39,9 +39,20 @@ AUTO_BLOCK_MAX_FILL = 1.02
 
 
 def _dynamic_variable(value, dtype, name):
-    """A non-trainable tf.Variable whose length may change (pattern caches); not saved by Keras."""
-    return tf.Variable(np.asarray(value, dtype=dtype), shape=tf.TensorShape([None]),
-                       trainable=False, name=name)
+    """A non-trainable tf.Variable whose length may change (pattern caches); not saved by Keras.
+
+    Created eagerly (`tf.init_scope`), also when Keras builds the layer inside a traced step,
+    and never with zero elements: TensorFlow aborts the process when a zero-element variable is
+    created under MultiWorkerMirroredStrategy (its initial value is broadcast from the chief).
+    An empty `value` is assigned after creation (an assignment broadcasts nothing), so readers
+    always see the real length and the hot path pays nothing."""
+    value = np.asarray(value, dtype=dtype)
+    with tf.init_scope():
+        var = tf.Variable(value if value.size else np.zeros(1, dtype), shape=tf.TensorShape([None]),
+                          trainable=False, name=name)
+        if not value.size:
+            var.assign(value)
+    return var
 
 
 def _structure_from_mask(mask, block=1):
@@ -180,12 +191,20 @@ class _PrunableKernel:
                                     trainable=False, dtype=self.variable_dtype)
         self._hook_mask_assign()
         kernel.constraint = _MaskConstraint(self, self._user_kernel_constraint)
-        self._sparse_on = tf.Variable(False, trainable=False, name="sparse_on")
-        self._csc_indptr = _dynamic_variable(np.zeros(1), np.int32, "csc_indptr")
-        self._csc_indices = _dynamic_variable(np.zeros(0), np.int32, "csc_indices")
-        self._positions = _dynamic_variable(np.zeros(0), np.int64, "positions")
+        # A fresh mask is all ones: its structure comes from the kernel's shape, without reading
+        # the mask, so that build works where Keras calls it inside a traced step (the first
+        # fit of a subclassed model, or a Sequential without keras.Input), where no value can
+        # be read. The caches are created eagerly (init_scope) with their real contents.
+        ones = np.ones(tuple(int(d) for d in kernel.shape), bool)
+        s = self._structure(ones)
+        with tf.init_scope():
+            self._sparse_on = tf.Variable(False, trainable=False, name="sparse_on")
+        self._csc_indptr = _dynamic_variable(s["indptr"], np.int32, "csc_indptr")
+        self._csc_indices = _dynamic_variable(s["indices"], np.int32, "csc_indices")
+        self._positions = _dynamic_variable(s["positions"], np.int64, "positions")
         self._mask_sparsity = 0.0
-        self.refresh_structure()
+        with tf.init_scope():
+            self._apply_structure(ones, s)
 
     def _hook_mask_assign(self):
         """Refresh the cached structure whenever the mask is assigned eagerly, however it is
@@ -229,8 +248,12 @@ class _PrunableKernel:
     def refresh_structure(self):
         """Recompute the cached sparse structure from the mask (after loading weights, say)."""
         m = np.asarray(keras.ops.convert_to_numpy(self.mask)) != 0
+        self._apply_structure(m)
+
+    def _apply_structure(self, m, s=None):
+        """Store the structure of the boolean mask `m` (`s`: its `_structure`, if known)."""
         self._mask_sparsity = 1.0 - (float(m.sum()) / m.size if m.size else 1.0)
-        s = self._structure(m)
+        s = self._structure(m) if s is None else s
         self._csc_indptr.assign(s["indptr"])
         self._csc_indices.assign(s["indices"])
         self._positions.assign(s["positions"])

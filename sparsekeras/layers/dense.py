@@ -100,7 +100,8 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
         super().build(input_shape)
         k = int(input_shape[-1])
         self._input_dim = k
-        self._sparse_input_on = tf.Variable(False, trainable=False, name="sparse_input_on")
+        with tf.init_scope():  # eagerly, also when Keras builds the layer in a traced step
+            self._sparse_input_on = tf.Variable(False, trainable=False, name="sparse_input_on")
         # CSR (row-major) structure of the mask: sparse inputs times the pruned kernel.
         self._csr_indptr = _dynamic_variable(np.zeros(k + 1), np.int32, "csr_indptr")
         self._csr_indices = _dynamic_variable(np.zeros(0), np.int32, "csr_indices")
