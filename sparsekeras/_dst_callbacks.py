@@ -8,6 +8,7 @@ grown (RigL: where the dense gradient is largest; SET: at random).
 
 The callbacks only orchestrate; the mask maths are in `sparsekeras._dst`.
 """
+import time
 import warnings
 
 import numpy as np
@@ -32,15 +33,11 @@ def _target_layer(target):
     return getattr(target, "layer", target)
 
 
-def zero_optimizer_state(optimizer, variable, positions):
-    """Set to zero, at the flat `positions`, every state variable (momentum, second moment,
-    EMA...) that each built optimizer of the chain (a LossScaleOptimizer and the one it wraps)
-    keeps for `variable`. Returns the number of state variables changed."""
-    positions = np.asarray(positions, np.int64)
-    changed = 0
-    if optimizer is None or len(positions) == 0:
-        return 0
-    for opt in _compact._chain(optimizer):
+def _state_slots(optimizer, variable):
+    """The state variables (momentum, second moment, EMA...) that each built optimizer of the
+    chain (a LossScaleOptimizer and the one it wraps) keeps for `variable`, of its shape."""
+    slots = []
+    for opt in _compact._chain(optimizer) if optimizer is not None else []:
         if not getattr(opt, "built", False):
             continue
         idx = opt._trainable_variables_indices.get(opt._var_key(variable))
@@ -53,14 +50,75 @@ def zero_optimizer_state(optimizer, variable, positions):
             if len(attr) != n:
                 continue
             slot = attr[idx]
-            if (not isinstance(slot, keras.Variable) or slot is variable
-                    or tuple(slot.shape) != tuple(variable.shape)):
-                continue
-            value = np.array(keras.ops.convert_to_numpy(slot)).reshape(-1)
-            value[positions] = 0
-            slot.assign(value.reshape(tuple(variable.shape)))
-            changed += 1
-    return changed
+            if (isinstance(slot, keras.Variable) and slot is not variable
+                    and tuple(slot.shape) == tuple(variable.shape)):
+                slots.append(slot)
+    return slots
+
+
+def zero_optimizer_state(optimizer, variable, positions):
+    """Set to zero, at the flat `positions`, the optimizer state kept for `variable`.
+    Returns the number of state variables changed."""
+    positions = np.asarray(positions, np.int64)
+    if len(positions) == 0:
+        return 0
+    slots = _state_slots(optimizer, variable)
+    for slot in slots:
+        value = np.array(keras.ops.convert_to_numpy(slot)).reshape(-1)
+        value[positions] = 0
+        slot.assign(value.reshape(tuple(variable.shape)))
+    return len(slots)
+
+
+def move_compacted(layer, new_mask, optimizer):
+    """Give a compacted (CSC, block 1) SparseDense the mask `new_mask` with the same number of
+    kept weights, staying compacted: its values variable, the optimizer's state of it and the
+    structure are rewritten in place (kept weights keep their value and state, grown ones start
+    at zero), so the traced training step, which reads them as variables, needs no retrace."""
+    c = layer._compact
+    old_positions = keras.ops.convert_to_numpy(c.positions).astype(np.int64)
+    lookup = np.full(int(np.prod(layer.mask.shape)), -1, np.int64)
+    lookup[old_positions] = np.arange(len(old_positions))
+    slots = _state_slots(optimizer, c.values)
+    old = [np.asarray(keras.ops.convert_to_numpy(v)) for v in [c.values] + slots]
+    # The mask's assign hook recomputes the compacted structure (the same nnz is checked).
+    layer.mask.assign(np.asarray(new_mask, bool).astype(layer.mask.dtype))
+    positions = keras.ops.convert_to_numpy(c.positions).astype(np.int64)
+    source = lookup[positions]
+    kept = source >= 0
+    for var, value in zip([c.values] + slots, old):
+        carried = np.zeros(len(positions), value.dtype)
+        carried[kept] = value[source[kept]]
+        var.assign(carried)
+    # The optimizer saves this state in the kernel's layout (see _compact._DENSE_LAYOUT): the
+    # positions it scatters to are the new ones.
+    for opt in _compact._chain(optimizer) if optimizer is not None else []:
+        views = _compact._DENSE_LAYOUT.get(opt, {})
+        for key, entry in list(views.items()):
+            if any(entry[0] is slot for slot in slots):
+                views[key] = (entry[0], positions, entry[2])
+
+
+def _probe_call(layer, kernel):
+    """A dense `call` for a compacted SparseDense that multiplies by the tensor `kernel`, so
+    that a tape gives the loss's gradient w.r.t. every entry of the kernel (RigL's scores)."""
+    def call(inputs, training=None):
+        if isinstance(inputs, tf.SparseTensor):
+            y = tf.sparse.sparse_dense_matmul(inputs, tf.cast(kernel, inputs.dtype))
+        else:
+            x = tf.convert_to_tensor(inputs)
+            y = tf.tensordot(x, tf.cast(kernel, x.dtype), axes=[[x.shape.rank - 1], [0]])
+        y = tf.cast(y, layer.compute_dtype)
+        if layer.bias is not None:
+            y = y + tf.cast(layer.bias, y.dtype)
+        return layer.activation(y) if layer.activation is not None else y
+    return call
+
+
+def _in_place(target):
+    """Whether a target's mask can move without leaving its compacted state."""
+    return (getattr(target, "compacted", False) and getattr(target, "compact_block", None) == 1
+            and hasattr(target, "_compact"))
 
 
 class _DynamicSparsity(keras.callbacks.Callback):
@@ -218,6 +276,13 @@ class _DynamicSparsity(keras.callbacks.Callback):
                           f"masked, at dense cost): {e}", stacklevel=2)
             self.compact = False
             return []
+        optimizer = self.model.optimizer
+        if not getattr(optimizer, "built", False):
+            # Built on the dense kernels first (as its first step would), so that compaction
+            # swaps their state and registers it for saving in the kernel's layout: a
+            # checkpoint then loads into the uncompacted model.
+            with _convert._strategy_scope(self.model):
+                optimizer.build(self.model.trainable_variables)
         return _convert.compact_layers(
             self.model, [t for t in self._targets if isinstance(t, keras.layers.Layer)],
             block=1)
@@ -245,17 +310,24 @@ class _DynamicSparsity(keras.callbacks.Callback):
         fraction = _dst.drop_fraction_at(step, self.drop_fraction, self._end, self.decay)
         if fraction <= 0:
             return 0
-        decompacted = self._decompact(self._targets)
+        start = time.perf_counter()
+        # Compacted CSC layers move in place (no new variables, no retrace); others (block
+        # storage) are decompacted and compacted again, which carries the state as well.
+        decompacted = self._decompact([t for t in self._targets if not _in_place(t)])
         scores = self._grow_scores(step)
         optimizer = self._optimizer()
         per_layer = {}
         for i, (t, score) in enumerate(zip(self._targets, scores)):
-            kernel = _kernel_of(t)
+            in_place = _in_place(t)
+            kernel = t.kernel if in_place else _kernel_of(t)
             weights = keras.ops.convert_to_numpy(kernel)
             mask = keras.ops.convert_to_numpy(t.mask) != 0
             new_mask, dropped, grown = _dst.drop_grow(weights, mask, fraction,
                                                       _dst.rng(self.seed, step, 0, i), score)
-            if len(grown):
+            if len(grown) and in_place:
+                with _convert._strategy_scope(self.model):
+                    move_compacted(t, new_mask, optimizer)
+            elif len(grown):
                 # Grown weights start at zero (they are, a pruned weight is kept at zero; said
                 # here so that nothing else needs to hold for it).
                 flat = np.array(weights).reshape(-1)
@@ -272,7 +344,8 @@ class _DynamicSparsity(keras.callbacks.Callback):
             _convert._retrace(self.model)
         self._moved_since_epoch += moved
         self.updates.append(dict(step=step, fraction=fraction, moved=moved,
-                                 sparsity=self.overall_sparsity(), layers=per_layer))
+                                 sparsity=self.overall_sparsity(), layers=per_layer,
+                                 seconds=time.perf_counter() - start))
         return moved
 
     def overall_sparsity(self):
@@ -340,7 +413,8 @@ class RigL(_DynamicSparsity):
         batch_size: rows drawn from array `data` per gradient.
 
     Logs: `sparsity` (every batch and epoch) and `moved` (weights moved during the epoch);
-    `callback.updates` keeps one record per update (step, fraction, moved, per-layer moved).
+    `callback.updates` keeps one record per update (step, fraction, moved, per-layer
+    moved, seconds: the update's wall-clock, the retrace of the step excluded).
 
     Example:
         >>> rigl = sparsekeras.callbacks.RigL(sparsity=0.9, update_every=100, seed=0,
@@ -393,24 +467,36 @@ class RigL(_DynamicSparsity):
     def _grow_scores(self, step):
         """|dense gradient| of the loss w.r.t. each target's weight, on one batch."""
         x, y, sample_weight = self._batch(step)
-        kernels = [_kernel_of(t) for t in self._targets]
-        # The dense path: the sparse path's kernel gradient is dense too (x^T dY), but a layer
-        # computing through the sparse kernels elsewhere (convolutions) may give it on the
-        # pattern only; the dense path's is the full one RigL ranks.
-        forced = [layer for layer in {id(_target_layer(t)): _target_layer(t)
-                                      for t in self._targets}.values()
-                  if isinstance(layer, _PrunableKernel) and layer.compute != "dense"]
+        layers = {id(_target_layer(t)): _target_layer(t) for t in self._targets}.values()
+        # A compacted layer computes with its kept values only: it is probed through a dense
+        # product with its kernel as a watched tensor. The others run their dense path: the
+        # sparse path's kernel gradient may be given on the pattern only (convolutions).
+        probes = {}
+        for t in self._targets:
+            if _in_place(t):
+                probes[id(t)] = tf.convert_to_tensor(t.kernel)
+        forced = [layer for layer in layers if isinstance(layer, _PrunableKernel)
+                  and not _in_place(layer) and layer.compute != "dense"]
         saved = [layer.compute for layer in forced]
         for layer in forced:
             layer.compute = "dense"
+        for t in self._targets:
+            if id(t) in probes:
+                t.call = _probe_call(t, probes[id(t)])
+        sources = [probes[id(t)] if id(t) in probes else _kernel_of(t) for t in self._targets]
         try:
             with tf.GradientTape() as tape:  # trainable variables are watched
+                for p in probes.values():
+                    tape.watch(p)
                 y_pred = self.model(x, training=False)
                 loss = self.model._compute_loss(x=x, y=y, y_pred=y_pred,
                                                 sample_weight=sample_weight, training=False)
-            grads = tape.gradient(loss, kernels)
+            grads = tape.gradient(loss, sources)
         finally:
             for layer, mode in zip(forced, saved):
                 layer.compute = mode
+            for t in self._targets:
+                if id(t) in probes:
+                    del t.call  # the class's call again
         return [None if g is None else np.abs(keras.ops.convert_to_numpy(tf.convert_to_tensor(g)))
                 for g in grads]

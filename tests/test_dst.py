@@ -110,9 +110,11 @@ class _Spy(keras.callbacks.Callback):
         super().__init__()
         self.dst = dst
         self.masks = []
+        self.functions = set()
 
     def on_train_batch_end(self, batch, logs=None):
         self.masks.append([keras.ops.convert_to_numpy(t.mask) != 0 for t in self.dst.targets])
+        self.functions.add(id(self.model.train_function))
 
 
 def _fit(model, cb, epochs=3, **kwargs):
@@ -149,6 +151,8 @@ def test_exact_sparsity_and_moving_masks(kind):
              for s in (3, 6)]  # the batch ending at step s+1 follows the update at step s
     assert moved == [cb.updates[0]["moved"], cb.updates[1]["moved"]]
     assert sum(history.history["moved"]) == sum(u["moved"] for u in cb.updates)
+    # compacted layers move in place: the traced step is never retraced (no leaked functions)
+    assert len(spy.functions) == 1
     # compacted from the first step (out has density 1 under ERK: trains dense)
     assert [layer.compacted for layer in model.layers] == [True, True, False]
     for layer in model.layers:  # pruned weights are zero
@@ -258,6 +262,11 @@ def test_keras_save_load_mid_training_then_strip(tmp_path):
     for a, b in zip(model.layers, loaded.layers):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(a.mask),
                                       keras.ops.convert_to_numpy(b.mask))
+    # the optimizer state, moved in place with the masks, was saved at the new positions
+    assert model.layers[0].compacted and not loaded.layers[0].compacted
+    for new, old in zip(_dense_state(loaded.optimizer, loaded.layers[0]),
+                        _dense_state(model.optimizer, model.layers[0])):
+        np.testing.assert_array_equal(new, old)
     # training resumes from the loaded masks (step > 0: no new random masks), compacted again
     cb2 = RigL(sparsity=0.9, update_every=3, end_step=40, seed=4, data=(x, y), batch_size=64)
     counts = [int(keras.ops.convert_to_numpy(layer.mask).sum()) for layer in loaded.layers]
