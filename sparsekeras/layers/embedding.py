@@ -133,6 +133,19 @@ def _embedding_kwargs(name, kwargs):
     return kwargs.pop("weights", None)
 
 
+def _without_unsupported(config):
+    config = dict(config)
+    for key in _UNSUPPORTED:  # Embedding's config carries quantization_config=None
+        config.pop(key, None)
+    return config
+
+
+def _sparse_embedding_config(layer, config):
+    config = _without_unsupported(config)
+    config["prunable"] = layer.prunable
+    return config
+
+
 def _set_initial_weights(layer, weights):
     """Embedding's `weights=` argument: the initial table (a list of one array or the array)."""
     if weights is None:
@@ -183,18 +196,11 @@ class SparseEmbedding(_TablePrunable, keras.layers.Embedding):
         return [self._embeddings]
 
     def get_config(self):
-        config = super().get_config()
-        for key in _UNSUPPORTED:
-            config.pop(key, None)
-        config["prunable"] = self.prunable
-        return config
+        return _sparse_embedding_config(self, super().get_config())
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        for key in _UNSUPPORTED:
-            config.pop(key, None)
-        return cls(**config)
+        return cls(**_without_unsupported(config))
 
     def to_stored(self, block="auto"):
         """The stored form (`CompactEmbedding`): the table's nonzeros as CSR arrays. `block`
@@ -240,8 +246,12 @@ class SparseReversibleEmbedding(_TablePrunable, keras.layers.ReversibleEmbedding
             return [self._embeddings]
         return [self._embeddings, self.reverse_embeddings]
 
-    get_config = SparseEmbedding.get_config
-    from_config = SparseEmbedding.from_config
+    def get_config(self):
+        return _sparse_embedding_config(self, super().get_config())
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**_without_unsupported(config))
 
     def to_stored(self, block="auto"):
         """`CompactReversibleEmbedding` for a tied layer; the Keras twin (zeros stored) for an
