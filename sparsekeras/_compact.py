@@ -156,7 +156,11 @@ def swap_variable(optimizer, old, new, convert, dense_layout=None):
         key = opt._var_key(old)
         if key not in indices:
             continue
-        idx = indices.pop(key)
+        # `del` and item assignment, not `pop`: the dict is TensorFlow's `_DictWrapper`, which
+        # sees only mutations made through its own methods (`pop` goes straight to the wrapped
+        # dict) and, after one it did not see, refuses to be saved (`model.export`, SavedModel).
+        idx = indices[key]
+        del indices[key]
         indices[opt._var_key(new)] = idx
         # A list or a (wrapped) tuple, as the optimizer was built: rebuilt, not mutated, and
         # outside Keras' tracking (as in Optimizer.build: else its variables would be added to

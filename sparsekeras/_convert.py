@@ -295,7 +295,21 @@ def densify(model, inplace=False):
             return layer.to_keras()
         return None
 
-    return _replace_all(model, make, inplace, "densify")
+    plain = _replace_all(model, make, inplace, "densify")
+    _mark_called(plain)
+    return plain
+
+
+def _mark_called(model):
+    """Keras' ONNX export refuses a model that was never called, even one whose inputs are
+    defined (a copy made through a file, as densify's, was not): such a model's export
+    signature comes from its inputs, so it counts as called."""
+    try:
+        has_inputs = bool(model.inputs)
+    except (AttributeError, ValueError):  # a subclassed or lazily built model
+        has_inputs = False
+    if has_inputs:
+        model._called = True
 
 
 def uncompiled(model):
