@@ -362,3 +362,22 @@ def test_guide_example_runs(tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "guide example OK" in proc.stdout
+
+
+def test_mixed_precision():
+    x, y = _data()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = _model()
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        cb = RigL(sparsity=0.9, update_every=3, seed=0, data=(x, y), batch_size=64)
+        spy = _Spy(cb)
+        history = _fit(model, cb, epochs=2, extra=[spy])
+        expected = [_dst.n_active(tuple(t.mask.shape), d)
+                    for t, d in zip(cb.targets, cb.layer_densities())]
+        assert all([int(m.sum()) for m in step] == expected for step in spy.masks)
+        assert cb.updates and all(u["moved"] > 0 for u in cb.updates)
+        assert model.layers[0].compacted and len(spy.functions) == 1
+        assert np.isfinite(history.history["loss"][-1])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
