@@ -403,3 +403,59 @@ def test_grouped_layers_compute_sparse_from_the_start(cls, shape):
     assert grouped.switch_sparsity == 0.0 and grouped.uses_sparse_kernels
     assert grouped.get_config()["switch_sparsity"] == 0.0
     assert plain.switch_sparsity == 0.75 and not plain.uses_sparse_kernels
+
+
+def test_channel_granularity_prunes_whole_filters():
+    """The separable layer's depthwise kernel is scored per depthwise filter and the
+    transposed convolution's kernel per output filter (its axes swapped)."""
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((6, 6, 4))
+    h = SparseSeparableConv2D(8, 3, padding="same", name="sep")(inp)
+    h = SparseConv2DTranspose(6, 3, strides=2, padding="same", name="up")(h)
+    model = keras.Model(inp, keras.layers.GlobalAveragePooling2D()(h))
+    cb = callbacks.GradualPruning(schedules.ConstantSparsity(0.5, 0), granularity="channel")
+    cb.set_model(model)
+    cb.prune(0.5)
+    dw, pw = model.get_layer("sep").pruning_targets()
+    dw_mask = _np(dw.mask).reshape(9, 4)                         # taps x depthwise filters
+    assert np.all(dw_mask.all(axis=0) | ~dw_mask.any(axis=0))
+    assert 0 < dw_mask.all(axis=0).sum() < 4
+    up = _np(model.get_layer("up").pruning_targets()[0].mask)   # (3, 3, filters=6, in=8)
+    per_filter = up.transpose(2, 0, 1, 3).reshape(6, -1)
+    assert np.all(per_filter.all(axis=1) | ~per_filter.any(axis=1))
+    assert per_filter.all(axis=1).sum() == 3
+
+
+@pytest.fixture
+def dtype_policy():
+    before = keras.config.dtype_policy()
+    yield
+    keras.config.set_dtype_policy(before)
+
+
+def test_mixed_precision_trains(dtype_policy):
+    keras.config.set_dtype_policy("mixed_float16")
+    keras.utils.set_random_seed(0)
+    seq = keras.Input((10, 4))
+    a = SparseConv1D(6, 3, padding="causal", compute="sparse")(seq)
+    a = SparseSeparableConv1D(6, 3, padding="same", compute="sparse")(a)
+    img = keras.Input((6, 6, 4))
+    b = SparseConv2D(4, 3, groups=2, padding="same")(img)
+    b = SparseSeparableConv2D(4, 3, padding="same", compute="sparse")(b)
+    b = SparseConv2DTranspose(4, 3, strides=2, padding="same")(b)
+    out = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling1D()(a),
+                                      keras.layers.GlobalAveragePooling2D()(b)])
+    model = keras.Model([seq, img], keras.layers.Dense(2, dtype="float32")(out))
+    for layer in model.layers:
+        if hasattr(layer, "pruning_targets"):
+            _set_masks(layer, "random", seed=5)
+    model.compile("adam", "mse")
+    rng = np.random.default_rng(0)
+    x = [rng.standard_normal((8, 10, 4)).astype(np.float32),
+         rng.standard_normal((8, 6, 6, 4)).astype(np.float32)]
+    hist = model.fit(x, rng.standard_normal((8, 2)).astype(np.float32), epochs=2, verbose=0)
+    assert np.isfinite(hist.history["loss"]).all()
+    for layer in model.layers:
+        if hasattr(layer, "pruning_targets") and layer.weights:
+            for w, m in _targets(layer):
+                assert (_np(w)[_np(m) == 0] == 0).all(), layer.name

@@ -25,7 +25,7 @@ from sparsekeras import ops as sk_ops
 from sparsekeras.ops._gradients import take as _take
 from sparsekeras.layers._base import (
     _COMPUTE_MODES, _PrunableKernel, _dynamic_variable, _pop_unsupported, _structure_from_mask,
-    Prunable, build_like, copy_weights, keras_config, relative_paths)
+    MaskTarget, Prunable, build_like, copy_weights, keras_config, relative_paths)
 from sparsekeras.layers._registry import register
 
 __all__ = ["SparseConv2D", "SparseConv1D", "SparseDepthwiseConv2D", "SparseSeparableConv2D",
@@ -399,6 +399,34 @@ class SparseDepthwiseConv2D(_PrunableConv, keras.layers.DepthwiseConv2D):
 _SPARSE_KEYS = ("switch_sparsity", "compute", "prunable")
 
 
+class _ViewedTarget(MaskTarget):
+    """A `MaskTarget` that GradualPruning scores in another shape (`pruning_view`), as
+    `SparseDepthwiseConv2D` does: structured granularities ("channel", "n:m", "block") read the
+    last axis as the output channels and the one before as the input channels."""
+
+    def __init__(self, layer, weight, mask, label, view, unview):
+        super().__init__(layer, weight, mask, label)
+        self._view, self._unview = view, unview
+
+    def pruning_view(self, array):
+        return self._view(np.asarray(array))
+
+    def from_pruning_view(self, mask):
+        return self._unview(np.asarray(mask))
+
+
+def _depthwise_view(shape):
+    """A depthwise kernel `(*taps, C, M)` seen as `(*taps, 1, C * M)`: "channel" prunes whole
+    depthwise filters."""
+    return (lambda a: a.reshape(shape[:-2] + (1, -1)), lambda m: m.reshape(shape))
+
+
+def _transpose_view(ndim):
+    """A transposed convolution's kernel `(*taps, out, in)` seen as `(*taps, in, out)`."""
+    axes = tuple(range(ndim - 2)) + (ndim - 1, ndim - 2)
+    return (lambda a: np.transpose(a, axes), lambda m: np.transpose(m, axes))
+
+
 class _MaskedConv(Prunable):
     """`Prunable` with the conversions of the sparse layers: `from_keras` (sparsify),
     `to_keras` (strip without a stored form, densify), and Keras' generic saving of every
@@ -480,6 +508,16 @@ class _SparseSeparable(_MaskedConv):
 
     def get_prunable_weights(self):
         return [self.depthwise_kernel, self.pointwise_kernel]
+
+    def pruning_targets(self):
+        """Both kernels; the depthwise one scored as `(*kernel_size, 1, C * M)` (so "channel"
+        granularity prunes whole depthwise filters, as for `SparseDepthwiseConv2D`)."""
+        targets = super().pruning_targets()
+        if targets:
+            dw = targets[0]
+            targets[0] = _ViewedTarget(self, dw.kernel, dw.mask, dw.label,
+                                       *_depthwise_view(tuple(dw.mask.shape)))
+        return targets
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -688,9 +726,9 @@ class SparseConv2DTranspose(_MaskedConv, keras.layers.Conv2DTranspose):
     """`keras.layers.Conv2DTranspose` with a pruning mask (masked dense compute).
 
     Same arguments and behaviour as `Conv2DTranspose` (channels_last), plus `prunable`. The
-    mask has the kernel's shape `(k_h, k_w, filters, in_channels)` (a transposed convolution's
-    kernel holds its output channels on the second-to-last axis, so "channel" granularity
-    prunes input channels). The layer computes with Keras' own transposed convolution over
+    mask has the kernel's shape `(k_h, k_w, filters, in_channels)`; GradualPruning scores it
+    with its last two axes swapped, so "channel" granularity prunes whole output filters. The
+    layer computes with Keras' own transposed convolution over
     the kernel's zeros: there is no sparse transposed-convolution kernel with gradients. No
     stored form: `sparsekeras.strip` gives the Keras `Conv2DTranspose` holding the pruned
     weights as zeros.
@@ -720,6 +758,12 @@ class SparseConv2DTranspose(_MaskedConv, keras.layers.Conv2DTranspose):
 
     def get_prunable_weights(self):
         return [self.kernel]
+
+    def pruning_targets(self):
+        """The kernel, scored as `(k_h, k_w, in_channels, filters)` (its axes swapped), so
+        that "channel" granularity prunes whole output filters as for a convolution."""
+        return [_ViewedTarget(self, t.kernel, t.mask, t.label, *_transpose_view(len(t.mask.shape)))
+                for t in super().pruning_targets()]
 
 
 @keras.saving.register_keras_serializable(package="sparsekeras")
@@ -825,7 +869,8 @@ class CompactConv2D(keras.layers.Layer):
 
     @classmethod
     def from_depthwise_kernel(cls, kernel, bias=None, **kwargs):
-        """A built CompactConv2D computing the depthwise convolution of `kernel` (k_h, k_w, C, M)."""
+        """A built CompactConv2D computing the depthwise convolution of `kernel`
+        (k_h, k_w, C, M)."""
         kernel = np.asarray(kernel)
         kh, kw, c, m = kernel.shape
         s = depthwise_structure(kernel != 0)
@@ -844,7 +889,8 @@ class CompactConv2D(keras.layers.Layer):
                          keras.ops.convert_to_numpy(self.values).dtype)
         ip = keras.ops.convert_to_numpy(self.indptr)
         cols = np.repeat(np.arange(self.filters), np.diff(ip))
-        dense[keras.ops.convert_to_numpy(self.indices), cols] = keras.ops.convert_to_numpy(self.values)
+        values = keras.ops.convert_to_numpy(self.values)
+        dense[keras.ops.convert_to_numpy(self.indices), cols] = values
         return dense.reshape(kh, kw, self.in_channels, self.filters)
 
     def to_keras(self):
