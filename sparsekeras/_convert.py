@@ -18,9 +18,16 @@ __all__ = ["sparsify", "strip", "densify", "compact", "decompact", "coverage", "
 
 # ---- the report -------------------------------------------------------------------------------
 
+def _is_weight_matrix(v):
+    """A trainable variable of rank >= 2 that is not a bias (MultiHeadAttention's query/key/value
+    biases are (heads, head_dim): rank 2, but no weight matrix; nothing prunes them)."""
+    return len(v.shape) >= 2 and getattr(v, "name", "") != "bias"
+
+
 def _weight_params(layer, own_only=True):
-    """Parameters of the layer's weight matrices (trainable variables of rank >= 2)."""
-    return sum(int(np.prod(v.shape)) for v in layer.trainable_weights if len(v.shape) >= 2)
+    """Parameters of the layer's weight matrices (trainable variables of rank >= 2, biases
+    excepted)."""
+    return sum(int(np.prod(v.shape)) for v in layer.trainable_weights if _is_weight_matrix(v))
 
 
 def prunable_targets(model):
@@ -83,15 +90,16 @@ def _prunable_params(model):
 def _model_weight_params(model):
     seen, total = set(), 0
     for v in model.trainable_weights:
-        if id(v) not in seen and len(v.shape) >= 2:
+        if id(v) not in seen and _is_weight_matrix(v):
             seen.add(id(v))
             total += int(np.prod(v.shape))
     return total
 
 
 def coverage(model):
-    """The fraction of `model`'s weight-matrix parameters (trainable variables of rank >= 2:
-    kernels, embeddings) that `GradualPruning` prunes (held by prunable sparse layers)."""
+    """The fraction of `model`'s weight-matrix parameters (trainable variables of rank >= 2,
+    biases excepted: kernels, embeddings) that `GradualPruning` prunes (held by prunable
+    sparse layers)."""
     total = _model_weight_params(model)
     return _prunable_params(model) / total if total else 0.0
 
