@@ -34,6 +34,34 @@ def prunable_layers(model):
     return found
 
 
+class _SparsityMetric(keras.metrics.Metric):
+    """The values `GradualPruning` reports (`sparsity`, `sparsity/<layer>`), as a metric of the
+    model: Keras builds each batch's and each epoch's logs from the model's metrics before any
+    callback runs, so `keras.callbacks.TensorBoard` (CSVLogger, History...) records them
+    whatever the order of the callbacks. The callback sets the values (eagerly, after it prunes);
+    the traced step only reads them. Not accumulated, not reset, not saved with the model."""
+
+    def __init__(self, names):
+        super().__init__(name="sparsekeras_sparsity")
+        self.names = tuple(names)
+        # Keras variable names cannot hold the "/" of the log names: numbered.
+        self._values = [self.add_variable(shape=(), initializer="zeros", name=f"value_{i}")
+                        for i in range(len(self.names))]
+
+    def update_state(self, *args, **kwargs):
+        pass
+
+    def reset_state(self):
+        pass  # Keras resets metrics at every epoch: these are set, not accumulated
+
+    def set(self, values):
+        for name, var in zip(self.names, self._values):
+            var.assign(float(values.get(name, 0.0)))
+
+    def result(self):
+        return {name: var.value for name, var in zip(self.names, self._values)}
+
+
 class GradualPruning(keras.callbacks.Callback):
     """Prunes the model's `SparseDense` layers by weight magnitude while it trains.
 
@@ -95,6 +123,29 @@ class GradualPruning(keras.callbacks.Callback):
             self._writer = tf.summary.create_file_writer(self.log_dir)
         # Steps before this fit are not replayed: a resumed fit starts from the loaded masks.
         self._last_step = int(self.model.optimizer.iterations.numpy()) - 1
+        self._metric = None
+        self._publish()
+
+    def _publish(self, values=None):
+        """Put the sparsity values into the model's metrics (see _SparsityMetric); a new set of
+        names (a lazily built model's layers after its first step) replaces the metric and
+        retraces the step, which returns the metrics it was traced with."""
+        values = self.sparsity_logs() if values is None else values
+        model = self.model
+        if self._metric is None or self._metric.names != tuple(values):
+            model._metrics[:] = [m for m in model._metrics
+                                 if not isinstance(m, _SparsityMetric)]
+            with _convert._strategy_scope(model):
+                self._metric = _SparsityMetric(values)
+            model._metrics.append(self._metric)
+            _convert._retrace(model)
+        self._metric.set(values)
+
+    def _unpublish(self):
+        if getattr(self, "_metric", None) is not None:
+            self.model._metrics[:] = [m for m in self.model._metrics if m is not self._metric]
+            self._metric = None
+            _convert._retrace(self.model)  # the traced steps returned the metric
 
     def on_train_batch_begin(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
@@ -112,6 +163,8 @@ class GradualPruning(keras.callbacks.Callback):
             self._compact_layers()
         if changed:  # a layer was decompacted: the traced step trains its values no more
             _convert._retrace(self.model)
+        if should_prune or not self._complete or self._metric is None:
+            self._publish()
 
     def on_train_batch_end(self, batch, logs=None):
         if logs is not None:
@@ -144,6 +197,7 @@ class GradualPruning(keras.callbacks.Callback):
                     kernel.assign(kernel * keras.ops.cast(layer.mask, kernel.dtype))
         if self._writer is not None:
             self._writer.flush()
+        self._unpublish()
 
     # ---- pruning ------------------------------------------------------------------------
 

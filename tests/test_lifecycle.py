@@ -47,11 +47,11 @@ def _data(n=32, seed=0):
     return (rng.random((n, 6, 6, 2), dtype=np.float32), rng.integers(0, 3, n))
 
 
-def _fresh(code, cwd, timeout=300):
+def _fresh(code, cwd, timeout=300, log_level="2"):
     """Run `code` in a fresh interpreter (spawn semantics: no fork), with this directory on
     the path so that the test module's registered model class can be imported."""
     prelude = f"import sys; sys.path.insert(0, {HERE!r})\n"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=log_level)
     result = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], cwd=cwd,
                             capture_output=True, text=True, timeout=timeout, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -109,3 +109,63 @@ def test_build_inside_tf_function():
     assert int(dense._csc_indptr.numpy()[-1]) == 4 * 5
     dense.set_mask(np.eye(4, 5))
     assert int(dense._csc_indptr.numpy()[-1]) == 4 and dense.sparsity == pytest.approx(0.8)
+
+
+def _scalars(log_dir):
+    """{tag: [(step, value)]} of the scalars in the event files under log_dir/train."""
+    found = {}
+    files = sorted((log_dir / "train").glob("events.out.tfevents.*"))
+    assert files, f"no event file under {log_dir}"
+    for record in tf.data.TFRecordDataset([str(f) for f in files]):
+        event = tf.compat.v1.Event.FromString(record.numpy())
+        for value in event.summary.value:
+            if value.HasField("tensor") and value.tensor.dtype == tf.float32.as_datatype_enum:
+                found.setdefault(value.tag, []).append(
+                    (event.step, float(tf.make_ndarray(value.tensor))))
+    return found
+
+
+@pytest.mark.parametrize("order", ["tensorboard_first", "pruning_first"])
+def test_sparsity_reaches_tensorboard_in_any_order(order, tmp_path):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), SparseDense(16, name="h"),
+                              keras.layers.Dense(2)])
+    model.compile("sgd", "mse")
+    pruning = GradualPruning(PolynomialDecay(0.0, 0.5, 0, 5, frequency=1))
+    board = keras.callbacks.TensorBoard(str(tmp_path), update_freq="batch")
+    callbacks = [board, pruning] if order == "tensorboard_first" else [pruning, board]
+    rng = np.random.default_rng(0)
+    history = model.fit(rng.random((32, 8)), rng.random((32, 2)), batch_size=8, epochs=2,
+                        verbose=0, callbacks=callbacks)
+    scalars = _scalars(tmp_path)
+    # epoch 0 ends after step 3 (sparsity of the schedule at step 3), epoch 1 after step 7.
+    epoch = dict(scalars["epoch_sparsity"])
+    assert epoch[0] == pytest.approx(PolynomialDecay(0.0, 0.5, 0, 5)(3)[1], abs=1 / 128)
+    assert epoch[1] == pytest.approx(0.5, abs=1 / 128)
+    assert dict(scalars["epoch_sparsity/h"])[1] == pytest.approx(0.5, abs=1 / 128)
+    assert any(tag.startswith("batch_sparsity") for tag in scalars), sorted(scalars)
+    assert history.history["sparsity"][-1] == pytest.approx(0.5, abs=1 / 128)
+    # The metric lives for the fit only: afterwards the model's metrics are the compiled ones.
+    assert "sparsity" not in model.evaluate(rng.random((8, 8)), rng.random((8, 2)), verbose=0,
+                                            return_dict=True)
+
+
+def test_conv_fit_prints_no_type_inference_warning(tmp_path):
+    """The dense/sparse tf.cond of SparseConv2D made TensorFlow print "Type inference failed
+    ... invalid graph" (30 lines) in every fit; its cause is gone (see _PrunableKernel._switch)."""
+    result = _fresh("""
+        import numpy as np, keras, sparsekeras
+        from sparsekeras.layers import SparseConv2D, SparseDense
+        from sparsekeras.callbacks import GradualPruning
+        from sparsekeras.schedules import PolynomialDecay
+        model = keras.Sequential([keras.Input((6, 6, 2)), SparseConv2D(4, 3, padding="same"),
+                                  keras.layers.Flatten(), SparseDense(3)])
+        model.compile("adam", "mse")
+        x, y = np.random.rand(16, 6, 6, 2), np.random.rand(16, 3)
+        model.fit(x, y, batch_size=4, epochs=2, verbose=0,
+                  callbacks=[GradualPruning(PolynomialDecay(0.0, 0.9, 0, 4, frequency=1))])
+        assert model.layers[0].uses_sparse_kernels  # both branches were traced and taken
+        print("done")
+    """, tmp_path, log_level="0")  # TensorFlow's warnings shown, as by default
+    assert "done" in result.stdout
+    assert "Type inference failed" not in result.stderr, result.stderr[-3000:]

@@ -270,12 +270,29 @@ class _PrunableKernel:
             return self.compute == "sparse"
         return bool(self._sparse_on.numpy())
 
+    _CACHE_ATTRS = ("_csc_indptr", "_csc_indices", "_positions")
+
     def _switch(self, sparse_fn, dense_fn):
         if self.compute == "sparse":
             return sparse_fn()
         if self.compute == "dense":
             return dense_fn()
-        return tf.cond(self._sparse_on, sparse_fn, dense_fn)
+        # The cached structure is read once here, outside the tf.cond, and the branches see
+        # those reads in place of the variables. Read inside the sparse branch, the int32
+        # arrays its gradient needs become the cond's intermediate outputs, which tf.cond's
+        # gradient pairs by position with the dense branch's float ones: TensorFlow then
+        # prints a 30-line "Type inference failed ... invalid graph" warning in every fit
+        # (harmless, but it reads as a bug). Captured from outside, they are plain inputs.
+        # (The attributes are swapped in the instance dict, out of Keras' and TF's tracking,
+        # and restored whatever happens.)
+        saved = {name: self.__dict__[name] for name in self._CACHE_ATTRS
+                 if isinstance(self.__dict__.get(name), tf.Variable)}
+        try:
+            for name, var in saved.items():
+                self.__dict__[name] = tf.convert_to_tensor(var)
+            return tf.cond(self._sparse_on, sparse_fn, dense_fn)
+        finally:
+            self.__dict__.update(saved)
 
     def _sparse_config(self, config):
         config.update(switch_sparsity=self.switch_sparsity, compute=self.compute,
