@@ -32,7 +32,9 @@ def _config_built(layer):
 
 
 def _own_module(layer):
-    return type(layer).__module__.startswith("sparsekeras.")
+    """Whether the layer is one of sparsekeras' own (a marked layer is not: it is the user's)."""
+    return (type(layer).__module__.startswith("sparsekeras.")
+            and not isinstance(layer, _Sparsified))
 
 
 def _step(parent, child):
@@ -68,9 +70,10 @@ def _follow(parent, step):
     return value
 
 
-def records(root):
-    """[(steps from root, sparse layer)] for each sparsekeras layer that a layer building its
-    own sublayers (not a Functional/Sequential) would recreate as a plain Keras layer."""
+def records(owner):
+    """[(steps from owner, sparse layer)] for each sparsekeras layer under `owner` that code
+    (owner's, or a block's inside it; not a Functional/Sequential config) would recreate as a
+    plain Keras layer. sparsekeras' own layers make their sublayers themselves: not entered."""
     out = []
 
     def visit(layer, steps, code_built):
@@ -80,12 +83,29 @@ def records(root):
                 continue  # not reachable by an attribute: Keras would not save it either
             path = steps + [step]
             inside_code = code_built or not _config_built(layer)
-            if _own_module(child) and inside_code:
-                out.append((path, child))
+            if _own_module(child):
+                if inside_code:
+                    out.append((path, child))
+                continue
             visit(child, path, inside_code)
 
-    visit(root, [], False)
+    visit(owner, [], not _config_built(owner))
     return out
+
+
+def _apply(owner, entries, custom_objects=None):
+    """Put the recorded sparse layers back at their paths under `owner` (built)."""
+    for entry in entries:
+        steps = entry["path"]
+        parent = owner
+        for step in steps[:-1]:
+            parent = _follow(parent, step)
+        old = _follow(parent, steps[-1])
+        spec = entry["layer"]
+        if type(old).__name__ == spec.get("class_name") and _own_module(old):
+            continue  # already sparse (its parent made it so)
+        new = keras.saving.deserialize_keras_object(spec, custom_objects=custom_objects)
+        _tree.replace_layer(parent, old, new)
 
 
 class _Sparsified:
@@ -103,27 +123,29 @@ class _Sparsified:
             found = records(self)
         finally:
             object.__setattr__(self, "__class__", cls)
-        return {"model": inner,
+        return {"layer": inner,
                 "sparse_layers": [{"path": path, "layer": keras.saving.serialize_keras_object(layer)}
                                   for path, layer in found]}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        model = keras.saving.deserialize_keras_object(config["model"],
+        layer = keras.saving.deserialize_keras_object(config["layer"],
                                                       custom_objects=custom_objects)
-        for entry in config["sparse_layers"]:
-            steps = entry["path"]
-            parent = model
-            for step in steps[:-1]:
-                parent = _follow(parent, step)
-            old = _follow(parent, steps[-1])
-            spec = entry["layer"]
-            if type(old).__name__ == spec.get("class_name") and _own_module(old):
-                continue  # its parent already made it sparse (e.g. SparseMultiHeadAttention)
-            new = keras.saving.deserialize_keras_object(spec, custom_objects=custom_objects)
-            _tree.replace_layer(parent, old, new)
-        mark(model)
-        return model
+        entries = config["sparse_layers"]
+        object.__setattr__(layer, "__class__", _subclass(type(layer)))
+        if layer.built:
+            _apply(layer, entries, custom_objects)
+            mark_tree(layer)
+        else:  # its sublayers are made when it is built (by a call in the model's graph)
+            object.__setattr__(layer, "_sk_pending", (entries, custom_objects))
+        return layer
+
+    def _post_build(self):
+        super()._post_build()
+        pending = self.__dict__.pop("_sk_pending", None)
+        if pending is not None:
+            _apply(self, *pending)
+            mark_tree(self)
 
 
 object_registration.GLOBAL_CUSTOM_OBJECTS[_REGISTERED_NAME] = _Sparsified
@@ -139,19 +161,35 @@ def _subclass(base):
     return sub
 
 
-def is_marked(model):
-    return isinstance(model, _Sparsified)
+def is_marked(layer):
+    return isinstance(layer, _Sparsified)
 
 
-def unmark(model):
-    if is_marked(model):
-        object.__setattr__(model, "__class__", type(model).__mro__[2])
+def unmark(layer):
+    if is_marked(layer):
+        object.__setattr__(layer, "__class__", type(layer).__mro__[2])
 
 
-def mark(model):
-    """Give `model` the saving subclass if it holds sparse layers that its own code would
-    recreate as plain ones on loading (and take it away when it holds none)."""
-    unmark(model)
-    if records(model):
-        object.__setattr__(model, "__class__", _subclass(type(model)))
-    return model
+def _layers_under(root):
+    """root and every layer under it, not entering sparsekeras' own layers."""
+    out = [root]
+    for child in _tree.children(root):
+        if _own_module(child):
+            continue
+        out.extend(_layers_under(child))
+    return out
+
+
+def mark_tree(root):
+    """Give every layer under `root` (root included) that makes sparse sublayers' places in
+    code the saving subclass, and take it away from those that no longer hold any. Each marked
+    layer records its whole subtree, so it saves right wherever it is put (the root of a model,
+    or a layer of a new Functional model built on the old one's tensors)."""
+    for layer in _layers_under(root):
+        unmark(layer)
+        if not _config_built(layer) and not _own_module(layer) and records(layer):
+            object.__setattr__(layer, "__class__", _subclass(type(layer)))
+    return root
+
+
+mark = mark_tree

@@ -218,3 +218,24 @@ def test_callback_sparsity_is_over_all_prunable_parameters():
     pruning.set_model(model)
     small.set_mask(np.zeros((30, 2)))
     assert pruning.sparsity_logs()["sparsity"] == pytest.approx((60 + 60) / 660)
+
+
+def test_new_model_on_a_sparsified_models_tensors_saves_its_blocks(tmp_path):
+    """A block keeps what it needs to save wherever it goes: here into a new Functional model
+    built on the sparsified model's tensors (as keras_hub task models are)."""
+    sparse = sparsekeras.sparsify(_block_model())
+    sparse.get_layer("block").ffn.set_mask(np.random.default_rng(0).random((8, 16)) > 0.8)
+    head = keras.Model(sparse.inputs[0], sparse.get_layer("block").output, name="head_only")
+    x = _x()
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", _np(head(x)))
+    head.save(tmp_path / "head.keras")
+    out = _fresh("""
+        import numpy as np, keras, sparsekeras, convert_blocks
+        m = keras.saving.load_model("head.keras")
+        ffn = m.get_layer("block").ffn
+        print(type(ffn).__name__, ffn.sparsity > 0.5,
+              np.abs(keras.ops.convert_to_numpy(m(np.load("x.npy"))) - np.load("y.npy")).max())
+    """, tmp_path)
+    cls, pruned, err = out.split()
+    assert (cls, pruned) == ("SparseDense", "True") and float(err) <= 1e-6
