@@ -619,7 +619,9 @@ class _SparseSeparable(_MaskedConv):
         y = self._part(
             "pointwise",
             lambda: self._sparse_part("pointwise", h, pk, pw_shape, (1, 1), (1, 1), "valid"),
-            lambda: keras.ops.conv(h, pk, strides=1, padding="valid"))
+            # tf.nn.conv2d rather than keras.ops.conv: the latter's graph inside tf.cond made
+            # TensorFlow's type inference log an error in every traced training step.
+            lambda: tf.nn.conv2d(h, pk, 1, "VALID"))
         if self.rank == 1:
             y = y[:, 0]
         if self.use_bias:
