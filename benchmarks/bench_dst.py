@@ -9,7 +9,8 @@
    0; mask updates included) vs the static mask, in the same process; ratios of the fit's
    wall-clock, the median step, and each mask update's time.
 
-Usage: python benchmarks/bench_dst.py --out DIR [--quick] [--seeds N] [--width W] [--steps S]
+Usage: python benchmarks/bench_dst.py --out DIR [--quick] [--seeds N] [--epochs E] [--width W]
+       [--steps S] [--update-every U] [--skip-quality]
 Writes DIR/bench_dst.json and prints a table. The machine may be shared: the JSON records the
 CPU time other processes used during each timed run.
 """
@@ -141,16 +142,20 @@ def main():
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--width", type=int, default=4096)
-    p.add_argument("--steps", type=int, default=40, help="training steps of the speed run")
+    p.add_argument("--steps", type=int, default=240, help="training steps of the speed run")
+    p.add_argument("--update-every", type=int, default=60,
+                   help="RigL's update_every in the speed run (default: updates at steps 60 and 120, before 75%% of 240)")
+    p.add_argument("--skip-quality", action="store_true")
     args = p.parse_args()
     if args.quick:
-        args.seeds, args.epochs, args.width, args.steps = 1, 2, 256, 8
+        args.seeds, args.epochs, args.width, args.steps, args.update_every = 1, 2, 256, 8, 3
     os.makedirs(args.out, exist_ok=True)
     setup_tf()
     log(f"quality: digits MLP 64-256-256-10 at 0.9, {args.epochs} epochs, {args.seeds} seeds")
-    q = quality(args.seeds, args.epochs, 0.9, update_every=25 if not args.quick else 10)
+    q = ([] if args.skip_quality else
+         quality(args.seeds, args.epochs, 0.9, update_every=25 if not args.quick else 10))
     log(f"speed: MLP 784-{args.width}-{args.width}-10 at 0.9, batch 256, {args.steps} steps")
-    s = speed(args.width, args.steps, 0.9, update_every=max(2, args.steps // 8), batch=256)
+    s = speed(args.width, args.steps, 0.9, update_every=args.update_every, batch=256)
     result = dict(cpu=cpu_model(), args=vars(args), quality=q, speed=s)
     with open(os.path.join(args.out, "bench_dst.json"), "w") as f:
         json.dump(result, f, indent=1)

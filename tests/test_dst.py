@@ -421,3 +421,20 @@ def test_mirrored_strategy_replicas_identical(tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MIRRORED OK" in proc.stdout and "compacted [True, True, False]" in proc.stdout
+
+
+def test_ties_broken_at_random_but_seeded():
+    # dead units give many equal (zero) gradients: the grown ones among the ties are drawn by
+    # the generator, the same for the same seed
+    mask = np.zeros((40, 40), bool)
+    mask[:4] = True
+    w = np.where(mask, 1.0, 0.0)
+    w[0, :10] = 0.5  # the 10 smallest active weights
+    scores = np.zeros((40, 40))
+    scores[10, :5] = 1.0  # 5 clear winners, the other 11 grown among 1435 zeros
+    a = _dst.drop_grow(w, mask, 0.1, _dst.rng(0, 7), scores)
+    b = _dst.drop_grow(w, mask, 0.1, _dst.rng(0, 7), scores)
+    c = _dst.drop_grow(w, mask, 0.1, _dst.rng(1, 7), scores)
+    assert len(a[2]) == 16 and set(range(400, 405)) <= set(a[2].tolist())
+    assert set(range(10)) <= set(a[1].tolist())  # the ten 0.5s first, then 6 tied 1.0s
+    assert np.array_equal(a[0], b[0]) and not np.array_equal(a[0], c[0])
