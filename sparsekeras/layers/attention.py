@@ -178,6 +178,16 @@ class SparseEinsumDense(_PrunableKernel, keras.layers.EinsumDense):
                         positions=np.zeros(0, np.int64))
         return _structure_from_mask(mask.reshape(self._k, self._m))
 
+    def pruning_view(self, array):
+        """The kernel (or mask) as GradualPruning scores it: the 2-D (K, M) matrix the sparse
+        product uses, so that "block" blocks and "channel" units are those of the product
+        (whole output features); for an equation without a 2-D form, the kernel as it is."""
+        array = np.asarray(array)
+        return array if self._contracted is None else array.reshape(self._k, self._m)
+
+    def from_pruning_view(self, mask):
+        return np.asarray(mask).reshape(tuple(self.mask.shape))
+
     @property
     def sparse_compute_applies(self):
         """Whether the equation is a matrix product the sparse kernels can compute."""
@@ -281,8 +291,12 @@ class CompactEinsumDense(keras.layers.Layer):
 
     Args:
         equation, output_shape, activation, bias_axes, bias_initializer: as in EinsumDense.
-        nnz: number of stored weights (a multiple of `block`).
+        nnz: number of stored weights (a multiple of `block`; set by from_kernel). None: a
+            random pattern of `sparsity` drawn at build time (static sparse training).
         block: 1 (CSC) or the width G of the (1, G) blocks the 2-D kernel is stored in.
+        sparsity, kernel_initializer, seed: the random pattern's fraction of zeros, the
+            initializer of its values (over the 2-D (K, M) kernel) and its seed, when nnz is
+            None (as in CompactDense).
 
     Input: as the equation says, e.g. (batch, seq, dim) for "abc,cde->abde"; output
     (batch, seq, heads, head_dim).
@@ -293,8 +307,9 @@ class CompactEinsumDense(keras.layers.Layer):
         ...     bias_axes="de")
     """
 
-    def __init__(self, equation, output_shape, nnz, block=1, activation=None, bias_axes=None,
-                 bias_initializer="zeros", **kwargs):
+    def __init__(self, equation, output_shape, nnz=None, block=1, activation=None,
+                 bias_axes=None, bias_initializer="zeros", sparsity=None,
+                 kernel_initializer="glorot_uniform", seed=None, **kwargs):
         super().__init__(**kwargs)
         self._contracted = matmul_split(equation)
         if self._contracted is None:
@@ -304,7 +319,13 @@ class CompactEinsumDense(keras.layers.Layer):
         self.equation = equation
         self.partial_output_shape = ((output_shape,) if isinstance(output_shape, int)
                                      else tuple(output_shape))
-        self.nnz = int(nnz)
+        if nnz is None and sparsity is None:
+            raise ValueError("CompactEinsumDense needs `nnz` (use CompactEinsumDense.from_kernel) "
+                             "or `sparsity` (random pattern). Received: nnz=None, sparsity=None")
+        self.nnz = None if nnz is None else int(nnz)
+        self.target_sparsity = None if sparsity is None else float(sparsity)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.seed = seed
         self.block = block
         self.activation = keras.activations.get(activation)
         self.bias_axes = bias_axes
@@ -319,9 +340,12 @@ class CompactEinsumDense(keras.layers.Layer):
         self._m = int(np.prod(self.kernel_shape[c:]))
         self._out_dims = list(self.kernel_shape[c:])
         self.sparse_kernel = CompactDense(units=self._m, nnz=self.nnz, block=self.block,
-                                          use_bias=False, name="sparse_kernel",
+                                          sparsity=self.target_sparsity, use_bias=False,
+                                          kernel_initializer=self.kernel_initializer,
+                                          seed=self.seed, name="sparse_kernel",
                                           dtype=self.dtype_policy)
         self.sparse_kernel.build((None, self._k))
+        self.nnz = self.sparse_kernel.nnz
         self.bias = (self.add_weight(name="bias", shape=tuple(bias_shape),
                                      initializer=self.bias_initializer)
                      if bias_shape is not None else None)
@@ -394,7 +418,10 @@ class CompactEinsumDense(keras.layers.Layer):
                       nnz=self.nnz, block=self.block,
                       activation=keras.activations.serialize(self.activation),
                       bias_axes=self.bias_axes,
-                      bias_initializer=keras.initializers.serialize(self.bias_initializer))
+                      bias_initializer=keras.initializers.serialize(self.bias_initializer),
+                      sparsity=self.target_sparsity,
+                      kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+                      seed=self.seed)
         return config
 
 
