@@ -438,3 +438,33 @@ def test_ties_broken_at_random_but_seeded():
     assert len(a[2]) == 16 and set(range(400, 405)) <= set(a[2].tolist())
     assert set(range(10)) <= set(a[1].tolist())  # the ten 0.5s first, then 6 tied 1.0s
     assert np.array_equal(a[0], b[0]) and not np.array_equal(a[0], c[0])
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 2:
+            raise RuntimeError("interrupted")
+
+
+def test_backup_and_restore_resume_equals_uninterrupted(tmp_path):
+    x, y = _data()
+
+    def run(backup_dir, extra=()):
+        rigl = RigL(sparsity=0.9, update_every=3, end_step=40, seed=5, data=(x, y),
+                    batch_size=64)
+        backup = keras.callbacks.BackupAndRestore(str(backup_dir))
+        model = _model()
+        model.fit(x, y, epochs=4, batch_size=32, shuffle=False, verbose=0,
+                  callbacks=[backup, rigl, *extra])
+        return model, rigl
+
+    whole, _ = run(tmp_path / "a")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run(tmp_path / "b", [_Interrupt()])
+    resumed, rigl = run(tmp_path / "b")
+    assert rigl.updates[0]["step"] == 18  # resumed at step 16: no new masks, updates go on
+    for a, b in zip(whole.layers, resumed.layers):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a.mask),
+                                      keras.ops.convert_to_numpy(b.mask))
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a.kernel),
+                                   keras.ops.convert_to_numpy(b.kernel), atol=1e-6)
