@@ -19,6 +19,7 @@ Outputs are checked against EinsumDense first (assert_allclose).
 
 Usage:
     python benchmarks/bench_attention.py [--sparsity 0.9] [--repeats 30] [--runs 3] [--quick]
+                                         [--wait-idle S] [--out DIR]
 prints a table and writes --out DIR/bench_attention.json if given.
 """
 import argparse
@@ -95,6 +96,8 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test)")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--wait-idle", type=float, default=0.0,
+                        help="wait up to S seconds for a quiet machine before each run")
     args = parser.parse_args()
     tf = _common.setup_tf()
     import keras
@@ -106,6 +109,8 @@ def main():
     for name, spec in cases.items():
         runs = []
         for r in range(args.runs):
+            if args.wait_idle:
+                _common.wait_idle(args.wait_idle)
             before = _common.busy_cpu_s()
             result = _case(tf, keras, layers, spec, args.sparsity, args.repeats, seed=r)
             after = _common.busy_cpu_s()
@@ -113,7 +118,8 @@ def main():
             runs.append(result)
             log(f"  {name} run {r}: " + ", ".join(
                 f"{k} {what} {1e3 * result[k][what][0]:.3f} ms"
-                for k in ("sparse", "dense") for what in ("forward", "step")))
+                for k in ("sparse", "dense") for what in ("forward", "step"))
+                + f" (other processes: {result['other_cpus']:.1f} CPU s)")
         med = {k: {what: float(np.median([run[k][what][0] for run in runs]))
                    for what in ("forward", "step")} for k in ("sparse", "dense")}
         rows[name] = dict(spec={k: v for k, v in spec.items()}, runs=runs, median=med)

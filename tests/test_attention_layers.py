@@ -323,19 +323,39 @@ def test_sparsify_converts_mha_and_targets_each_projection_once():
     assert type(only.get_layer("proj")) is keras.layers.EinsumDense
 
 
+class Attend(keras.Model):
+    """A subclassed model: its layers are built by Keras inside the first traced train step."""
+
+    def __init__(self):
+        super().__init__()
+        self.mha = SparseMultiHeadAttention(num_heads=2, key_dim=4, name="mha")
+        self.proj = SparseEinsumDense("abc,cd->abd", (None, 5), bias_axes="d", name="proj")
+
+    def call(self, x):
+        return self.proj(self.mha(x, x))
+
+
 def test_gradual_pruning_prunes_projections_in_fit():
-    sparse = sparsekeras.sparsify(_mha_model())
+    """GradualPruning to 0.9 in fit of a subclassed model built lazily in its first step: each
+    projection is a target, pruned to 0.9 zeros, and then computes through the sparse kernels."""
+    keras.utils.set_random_seed(0)
+    model = Attend()
     x = np.random.default_rng(0).standard_normal((32, 6, 8)).astype(np.float32)
     y = np.random.default_rng(1).standard_normal((32, 6, 5)).astype(np.float32)
-    sparse.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     schedule = schedules.PolynomialDecay(0.0, 0.9, begin_step=0, end_step=6, frequency=2)
-    sparse.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[GradualPruning(schedule)])
-    targets = prunable_targets(sparse)
-    assert len(targets) == 5
+    model.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[GradualPruning(schedule)])
+    targets = prunable_targets(model)
+    assert sorted(t.name for t in targets) == ["attention_output", "key", "proj", "query",
+                                               "value"]
     for t in targets:
         assert t.sparsity >= 0.89, (t.name, t.sparsity)
         assert np.mean(_np(t.kernel) == 0) >= 0.89
         assert t.uses_sparse_kernels  # 0.9 >= the default switch sparsity
+    y_pruned = _np(model(x))
+    stripped = sparsekeras.strip(model, inplace=True)
+    np.testing.assert_allclose(_np(stripped(x)), y_pruned, rtol=1e-5, atol=1e-5)
+    assert type(stripped.mha) is CompactMultiHeadAttention
 
 
 def test_keras_round_trip_fresh_process(tmp_path):

@@ -442,10 +442,13 @@ class _ProjectionsMHA(keras.layers.MultiHeadAttention):
 
     def build(self, query_shape, value_shape, key_shape=None):
         super().build(query_shape, value_shape, key_shape)
-        for attr in _PROJECTIONS:
-            old = getattr(self, attr, None)
-            if old is not None:
-                _tree.replace_layer(self, old, self._projection(old))
+        # Eagerly (init_scope), also where Keras builds the layer inside a traced step (the
+        # first fit of a subclassed model): the new projections take the weights of MHA's.
+        with tf.init_scope():
+            for attr in _PROJECTIONS:
+                old = getattr(self, attr, None)
+                if old is not None:
+                    _tree.replace_layer(self, old, self._projection(old))
 
     def _projection(self, dense):
         raise NotImplementedError
