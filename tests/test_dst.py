@@ -468,3 +468,17 @@ def test_backup_and_restore_resume_equals_uninterrupted(tmp_path):
                                       keras.ops.convert_to_numpy(b.mask))
         np.testing.assert_allclose(keras.ops.convert_to_numpy(a.kernel),
                                    keras.ops.convert_to_numpy(b.kernel), atol=1e-6)
+
+
+def test_logs_and_tensorboard(tmp_path):
+    log_dir = tmp_path / "tb"
+    cb = SET(sparsity=0.9, update_every=3, seed=0, log_dir=str(log_dir), log_layers=True)
+    history = _fit(_model(), cb, epochs=2)
+    assert history.history["moved"][0] == sum(u["moved"] for u in cb.updates if u["step"] < 8)
+    assert history.history["moved"][0] > 0 and "sparsity/h1" in history.history
+    tags = set()
+    for path in [p for p in log_dir.rglob("*") if p.is_file() and "tfevents" in p.name]:
+        for raw in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(raw.numpy())
+            tags.update(value.tag for value in event.summary.value)
+    assert {"sparsity", "moved", "sparsity/h1", "sparsity/h2", "sparsity/out"} <= tags
