@@ -15,7 +15,8 @@ import tensorflow as tf
 
 import sparsekeras
 from sparsekeras import callbacks, schedules
-from sparsekeras.layers import (CompactConv1D, CompactConv2D, SparseConv1D, SparseConv2D,
+from sparsekeras.layers import (CompactConv1D, CompactConv2D, CompactSeparableConv1D,
+                                CompactSeparableConv2D, SparseConv1D, SparseConv2D,
                                 SparseConv2DTranspose, SparseConv3D, SparseSeparableConv1D,
                                 SparseSeparableConv2D)
 from sparsekeras.layers._registry import lookup
@@ -372,9 +373,9 @@ def test_cnn_sparsify_prune_strip_reload(tmp_path):
     small = sparsekeras.strip(model)
     assert type(small.get_layer("grouped")) is CompactConv2D
     assert type(small.get_layer("c1d")) is CompactConv1D
-    # No stored form: the Keras twins holding zeros.
-    assert type(small.get_layer("sep2d")) is keras.layers.SeparableConv2D
-    assert type(small.get_layer("sep1d")) is keras.layers.SeparableConv1D
+    assert type(small.get_layer("sep2d")) is CompactSeparableConv2D
+    assert type(small.get_layer("sep1d")) is CompactSeparableConv1D
+    # No stored form: the Keras twin holding zeros.
     assert type(small.get_layer("up")) is keras.layers.Conv2DTranspose
     np.testing.assert_allclose(_np(small(x)), want, rtol=1e-5, atol=1e-5)
     small.save(tmp_path / "small.keras")
@@ -386,11 +387,16 @@ def test_cnn_sparsify_prune_strip_reload(tmp_path):
         got = keras.ops.convert_to_numpy(m([d["img"], d["seq"]]))
         np.testing.assert_allclose(got, d["want"], rtol=0, atol=1e-5)
         sep = m.get_layer("sep2d")
-        print(type(m.get_layer("c1d")).__name__,
-              float(np.mean(keras.ops.convert_to_numpy(sep.pointwise_kernel) == 0)))
+        dk, pk = sep.to_dense_kernel()
+        print(type(m.get_layer("c1d")).__name__, type(sep).__name__, np.mean(pk == 0))
     """, tmp_path)
-    name, zeros = out.split()
-    assert name == "CompactConv1D" and float(zeros) >= 0.89
+    c1d, sep, zeros = out.split()
+    assert (c1d, sep) == ("CompactConv1D", "CompactSeparableConv2D") and float(zeros) >= 0.89
+    # densify: plain Keras layers with the same outputs.
+    plain = sparsekeras.densify(small)
+    assert type(plain.get_layer("sep2d")) is keras.layers.SeparableConv2D
+    assert type(plain.get_layer("c1d")) is keras.layers.Conv1D
+    np.testing.assert_allclose(_np(plain(x)), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("cls, shape", [(SparseConv2D, (None, 6, 6, 4)),
@@ -459,3 +465,41 @@ def test_mixed_precision_trains(dtype_policy):
         if hasattr(layer, "pruning_targets") and layer.weights:
             for w, m in _targets(layer):
                 assert (_np(w)[_np(m) == 0] == 0).all(), layer.name
+
+
+@pytest.mark.parametrize("cls, keras_cls, kwargs, shape", [
+    (CompactSeparableConv2D, keras.layers.SeparableConv2D,
+     dict(padding="same", depth_multiplier=2), (2, 7, 6, 3)),
+    (CompactSeparableConv2D, keras.layers.SeparableConv2D, dict(strides=2), (2, 7, 6, 3)),
+    (CompactSeparableConv1D, keras.layers.SeparableConv1D,
+     dict(padding="same", dilation_rate=2, activation="relu"), (2, 9, 3)),
+])
+def test_compact_separable(cls, keras_cls, kwargs, shape):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    twin = keras_cls(4, 3, bias_initializer="random_normal", **kwargs)
+    twin.build(shape)
+    dk, pk, bias = (_np(w) for w in twin.weights)
+    dk, pk = dk * (rng.random(dk.shape) < 0.5), pk * (rng.random(pk.shape) < 0.3)
+    twin.set_weights([dk, pk, bias])
+    layer = cls.from_kernels(dk, pk, bias,  # depth_multiplier comes from the kernel
+                             **{k: v for k, v in kwargs.items() if k != "depth_multiplier"})
+    assert (layer.depthwise_nnz, layer.pointwise_nnz) == (np.count_nonzero(dk),
+                                                          np.count_nonzero(pk))
+    np.testing.assert_allclose(_np(layer(x)), _np(twin(x)), rtol=1e-5, atol=1e-5)
+    assert tuple(layer.compute_output_shape(shape)) == tuple(twin(x).shape)
+    got_dk, got_pk = layer.to_dense_kernel()
+    np.testing.assert_array_equal(got_dk, dk)
+    np.testing.assert_array_equal(got_pk, pk)
+    np.testing.assert_allclose(_np(layer.to_keras()(x)), _np(twin(x)), rtol=1e-5, atol=1e-5)
+    clone = cls.from_config(layer.get_config())
+    clone.build(shape)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(_np(clone(x)), _np(layer(x)), rtol=1e-6, atol=1e-6)
+    assert clone.get_config() == layer.get_config()
+    assert_config_has_init_parameters(layer)
+    # Trainable on its values: one gradient step changes them.
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(x) ** 2)
+    grads = tape.gradient(loss, layer.trainable_weights)
+    assert all(g is not None and np.abs(_np(tf.convert_to_tensor(g))).max() > 0 for g in grads)

@@ -11,6 +11,7 @@
   each output channel's own input channel, so the same kernels run it.
 - `SparseSeparableConv2D`, `SparseSeparableConv1D`: both kernels (depthwise and pointwise)
   prunable (`Prunable` protocol, two masks); each part convolves sparse from the switch point.
+  Stored forms `CompactSeparableConv2D`, `CompactSeparableConv1D`.
 - `SparseConv2DTranspose`, `SparseConv3D`: masked dense compute (`Prunable` protocol).
 - `CompactConv2D`, `CompactConv1D`: the inference forms: the kernel only as CSC arrays of its
   `(k_h * k_w * in_channels, out_channels)` reshape. `sparsekeras.strip` produces them.
@@ -30,7 +31,8 @@ from sparsekeras.layers._registry import register
 
 __all__ = ["SparseConv2D", "SparseConv1D", "SparseDepthwiseConv2D", "SparseSeparableConv2D",
            "SparseSeparableConv1D", "SparseConv2DTranspose", "SparseConv3D", "CompactConv2D",
-           "CompactConv1D", "DEFAULT_CONV_SWITCH_SPARSITY",
+           "CompactConv1D", "CompactSeparableConv2D", "CompactSeparableConv1D",
+           "DEFAULT_CONV_SWITCH_SPARSITY",
            "DEFAULT_GROUPED_CONV_SWITCH_SPARSITY"]
 
 # Mask sparsity from which the sparse convolution beats tf.nn.conv2d (oneDNN): measured with
@@ -509,6 +511,17 @@ class _SparseSeparable(_MaskedConv):
     def get_prunable_weights(self):
         return [self.depthwise_kernel, self.pointwise_kernel]
 
+    def to_stored(self, block="auto"):
+        """The stored form (`CompactSeparableConv2D` / `CompactSeparableConv1D`): each kernel's
+        kept weights only. `block` is accepted for `strip` and not used (CSC)."""
+        dk, pk = (keras.ops.convert_to_numpy(w) * keras.ops.convert_to_numpy(m)
+                  for w, m in zip(self.get_prunable_weights(), self.pruning_masks))
+        bias = keras.ops.convert_to_numpy(self.bias) if self.bias is not None else None
+        return self._stored_class.from_kernels(
+            dk, pk, bias, name=self.name, strides=self.strides, padding=self.padding,
+            dilation_rate=self.dilation_rate,
+            activation=keras.activations.serialize(self.activation), dtype=self.dtype_policy)
+
     def pruning_targets(self):
         """Both kernels; the depthwise one scored as `(*kernel_size, 1, C * M)` (so "channel"
         granularity prunes whole depthwise filters, as for `SparseDepthwiseConv2D`)."""
@@ -649,8 +662,7 @@ _SEPARABLE_DOC = """
 
     Both `depthwise_kernel` and `pointwise_kernel` are prunable (masks
     `depthwise_kernel_mask`, `pointwise_kernel_mask`; `pruning_targets()` gives both).
-    No stored form: `sparsekeras.strip` gives the Keras `{keras}` holding the pruned weights
-    as zeros.
+    `sparsekeras.strip` stores it as a `Compact{keras}` (both kernels as CSC arrays).
 """
 
 
@@ -1048,6 +1060,219 @@ class CompactConv1D(CompactConv2D):
         return config
 
 
+def _tuple(value, rank, name):
+    """A tuple of `rank` positive ints from an int or a sequence."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (int(value),) * rank
+    try:
+        out = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != rank or min(out) < 1:
+        raise ValueError(f"Expected `{name}` a positive int or {rank} positive ints. "
+                         f"Received: {name}={value!r}")
+    return out
+
+
+class _CompactSeparable(keras.layers.Layer):
+    """The stored form of the separable convolutions: each kernel only as CSC arrays (the
+    depthwise one as its sparse full `(*kernel_size, C, C * M)` kernel, the pointwise one as
+    `(C * M, filters)`), computed through the sparse kernels. Trainable on the nonzero values
+    (fixed structure)."""
+
+    rank = None
+    _keras_class = None
+
+    def __init__(self, filters, kernel_size, depthwise_nnz, pointwise_nnz, strides=1,
+                 padding="valid", depth_multiplier=1, dilation_rate=1, activation=None,
+                 use_bias=True, **kwargs):
+        super().__init__(**kwargs)
+        for name, value in (("filters", filters), ("depth_multiplier", depth_multiplier)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"Expected a positive integer `{name}`. "
+                                 f"Received: {name}={value!r}")
+        for name, value in (("depthwise_nnz", depthwise_nnz), ("pointwise_nnz", pointwise_nnz)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"Expected a non-negative integer `{name}`. "
+                                 f"Received: {name}={value!r}")
+        self.filters, self.depth_multiplier = int(filters), int(depth_multiplier)
+        self.depthwise_nnz, self.pointwise_nnz = int(depthwise_nnz), int(pointwise_nnz)
+        self.kernel_size = _tuple(kernel_size, self.rank, "kernel_size")
+        self.strides = _tuple(strides, self.rank, "strides")
+        self.dilation_rate = _tuple(dilation_rate, self.rank, "dilation_rate")
+        self.padding = sk_ops._padding(padding).lower()
+        self.activation = keras.activations.get(activation)
+        self.use_bias = use_bias
+        self.input_spec = keras.layers.InputSpec(ndim=self.rank + 2)
+
+    def build(self, input_shape):
+        c = self.in_channels = int(input_shape[-1])
+        cm = c * self.depth_multiplier
+
+        def ints(name, n):
+            return self.add_weight(name=name, shape=(n,), dtype="int32", initializer="zeros",
+                                   trainable=False)
+
+        self.depthwise_indptr = ints("depthwise_indptr", cm + 1)
+        self.depthwise_indices = ints("depthwise_indices", self.depthwise_nnz)
+        self.depthwise_values = self.add_weight(name="depthwise_values",
+                                                shape=(self.depthwise_nnz,), initializer="zeros")
+        self.pointwise_indptr = ints("pointwise_indptr", self.filters + 1)
+        self.pointwise_indices = ints("pointwise_indices", self.pointwise_nnz)
+        self.pointwise_values = self.add_weight(name="pointwise_values",
+                                                shape=(self.pointwise_nnz,), initializer="zeros")
+        self.bias = (self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+                     if self.use_bias else None)
+        self.input_spec = keras.layers.InputSpec(ndim=self.rank + 2, axes={-1: c})
+
+    def _shapes_2d(self):
+        """(depthwise full kernel, pointwise kernel) shapes of the 2-D computation."""
+        taps = (1,) * (2 - self.rank) + self.kernel_size
+        cm = self.in_channels * self.depth_multiplier
+        return taps + (self.in_channels, cm), (1, 1, cm, self.filters)
+
+    @classmethod
+    def from_kernels(cls, depthwise_kernel, pointwise_kernel, bias=None, **kwargs):
+        """A built layer holding the nonzeros of `depthwise_kernel` `(*kernel_size, C, M)` and
+        `pointwise_kernel` `(*1s, C * M, filters)`."""
+        dk, pk = np.asarray(depthwise_kernel), np.asarray(pointwise_kernel)
+        *taps, c, m = dk.shape
+        dw = depthwise_structure((dk != 0).reshape((1,) * (4 - dk.ndim) + dk.shape))
+        pw = _structure_from_mask(pk.reshape(-1, pk.shape[-1]) != 0)
+        layer = cls(filters=int(pk.shape[-1]), kernel_size=tuple(taps),
+                    depthwise_nnz=len(dw["positions"]), pointwise_nnz=len(pw["positions"]),
+                    depth_multiplier=int(m), use_bias=bias is not None, **kwargs)
+        layer.build((None,) * (cls.rank + 1) + (int(c),))
+        for part, s, k in (("depthwise", dw, dk), ("pointwise", pw, pk)):
+            getattr(layer, f"{part}_indptr").assign(s["indptr"])
+            getattr(layer, f"{part}_indices").assign(s["indices"])
+            values = getattr(layer, f"{part}_values")
+            values.assign(k.reshape(-1)[s["positions"]].astype(values.dtype))
+        if bias is not None:
+            layer.bias.assign(np.asarray(bias))
+        return layer
+
+    def _dense(self, part, rows, cols):
+        ip = keras.ops.convert_to_numpy(getattr(self, f"{part}_indptr"))
+        out = np.zeros((rows, cols), keras.ops.convert_to_numpy(self.depthwise_values).dtype)
+        out[keras.ops.convert_to_numpy(getattr(self, f"{part}_indices")),
+            np.repeat(np.arange(cols), np.diff(ip))] = keras.ops.convert_to_numpy(
+                getattr(self, f"{part}_values"))
+        return out
+
+    def to_dense_kernel(self):
+        """(depthwise_kernel, pointwise_kernel): both kernels as dense arrays of the Keras
+        layer's shapes (for inspection; `densify` recognizes stored forms by this method)."""
+        (kh, kw, c, cm), _ = self._shapes_2d()
+        m = self.depth_multiplier
+        full = self._dense("depthwise", kh * kw * c, cm).reshape(kh * kw, c, c, m)
+        dk = full[:, np.arange(c), np.arange(c), :]                 # (taps, C, M)
+        pk = self._dense("pointwise", cm, self.filters)
+        return (dk.reshape(self.kernel_size + (c, m)),
+                pk.reshape((1,) * self.rank + (cm, self.filters)))
+
+    def to_keras(self):
+        """A built Keras separable convolution holding these kernels (zeros where nothing is
+        stored): what `sparsekeras.densify` puts in its place."""
+        twin = self._keras_class(self.filters, self.kernel_size, strides=self.strides,
+                                 padding=self.padding, depth_multiplier=self.depth_multiplier,
+                                 dilation_rate=self.dilation_rate, activation=self.activation,
+                                 use_bias=self.use_bias, name=self.name, dtype=self.dtype_policy)
+        twin.build((None,) * (self.rank + 1) + (self.in_channels,))
+        dk, pk = self.to_dense_kernel()
+        twin.depthwise_kernel.assign(dk)
+        twin.pointwise_kernel.assign(pk)
+        if self.bias is not None:
+            twin.bias.assign(keras.ops.convert_to_numpy(self.bias))
+        return twin
+
+    def call(self, inputs):
+        x = tf.convert_to_tensor(inputs)
+        strides = (1,) * (2 - self.rank) + self.strides
+        dilations = (1,) * (2 - self.rank) + self.dilation_rate
+        if self.rank == 1:
+            x = x[:, None]
+        dw_shape, pw_shape = self._shapes_2d()
+        h = sk_ops.csr_conv2d(x, self.depthwise_indptr, self.depthwise_indices,
+                              tf.cast(self.depthwise_values, x.dtype), dw_shape,
+                              strides=strides, padding=self.padding, dilations=dilations)
+        y = sk_ops.csr_conv2d(h, self.pointwise_indptr, self.pointwise_indices,
+                              tf.cast(self.pointwise_values, h.dtype), pw_shape)
+        if self.rank == 1:
+            y = y[:, 0]
+        if self.bias is not None:
+            y = y + tf.cast(self.bias, y.dtype)
+        if self.activation is not None:
+            y = self.activation(y)
+        return y
+
+    def compute_output_shape(self, input_shape):
+        out = []
+        for size, k, s, d in zip(input_shape[1:-1], self.kernel_size, self.strides,
+                                 self.dilation_rate):
+            if size is None:
+                out.append(None)
+            elif self.padding == "same":
+                out.append(-(-size // s))
+            else:
+                out.append((size - (k - 1) * d - 1) // s + 1)
+        return (input_shape[0],) + tuple(out) + (self.filters,)
+
+    def get_config(self):
+        config = super().get_config()
+        one = (lambda t: t[0]) if self.rank == 1 else (lambda t: t)
+        config.update(filters=self.filters, kernel_size=one(self.kernel_size),
+                      depthwise_nnz=self.depthwise_nnz, pointwise_nnz=self.pointwise_nnz,
+                      strides=one(self.strides), padding=self.padding,
+                      depth_multiplier=self.depth_multiplier,
+                      dilation_rate=one(self.dilation_rate),
+                      activation=keras.activations.serialize(self.activation),
+                      use_bias=self.use_bias)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="sparsekeras")
+class CompactSeparableConv2D(_CompactSeparable):
+    """The stored form of `SparseSeparableConv2D` (what `sparsekeras.strip` makes of it): both
+    kernels only as CSC arrays, both convolutions through the sparse kernels; memory, file size
+    and compute scale with the nonzeros.
+
+    Args:
+        filters, kernel_size, strides, padding, depth_multiplier, dilation_rate, activation,
+            use_bias: as in `keras.layers.SeparableConv2D` (channels_last).
+        depthwise_nnz, pointwise_nnz: the number of stored weights of each kernel.
+
+    Input `(batch, height, width, channels)`; output `(batch, new_height, new_width, filters)`.
+
+    Example:
+        >>> dk = np.random.randn(3, 3, 16, 1) * (np.random.rand(3, 3, 16, 1) > 0.5)
+        >>> pk = np.random.randn(1, 1, 16, 32) * (np.random.rand(1, 1, 16, 32) > 0.9)
+        >>> layer = sparsekeras.layers.CompactSeparableConv2D.from_kernels(dk, pk, padding="same")
+        >>> y = layer(tf.ones((8, 28, 28, 16)))
+    """
+
+    rank = 2
+    _keras_class = keras.layers.SeparableConv2D
+
+
+@keras.saving.register_keras_serializable(package="sparsekeras")
+class CompactSeparableConv1D(_CompactSeparable):
+    """The stored form of `SparseSeparableConv1D`, as `CompactSeparableConv2D` (computed on
+    the input seen as height 1).
+
+    Input `(batch, length, channels)`; output `(batch, new_length, filters)`.
+
+    Example:
+        >>> dk = np.random.randn(5, 16, 1) * (np.random.rand(5, 16, 1) > 0.5)
+        >>> pk = np.random.randn(1, 16, 32) * (np.random.rand(1, 16, 32) > 0.9)
+        >>> layer = sparsekeras.layers.CompactSeparableConv1D.from_kernels(dk, pk)
+        >>> y = layer(tf.ones((8, 100, 16)))
+    """
+
+    rank = 1
+    _keras_class = keras.layers.SeparableConv1D
+
+
 def _single(value, name):
     """An int from an int or a 1-tuple (Conv1D's own form)."""
     if isinstance(value, (tuple, list)) and len(value) == 1:
@@ -1076,6 +1301,8 @@ SparseConv3D._keras_class = keras.layers.Conv3D
 SparseConv2D._stored_class = CompactConv2D
 SparseDepthwiseConv2D._stored_class = CompactConv2D
 SparseConv1D._stored_class = CompactConv1D
+SparseSeparableConv2D._stored_class = CompactSeparableConv2D
+SparseSeparableConv1D._stored_class = CompactSeparableConv1D
 for _keras, _sparse in ((keras.layers.Conv2D, SparseConv2D), (keras.layers.Conv1D, SparseConv1D),
                         (keras.layers.DepthwiseConv2D, SparseDepthwiseConv2D),
                         (keras.layers.SeparableConv2D, SparseSeparableConv2D),
