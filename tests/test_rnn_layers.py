@@ -39,8 +39,11 @@ def _set_masks(layer, kind, seed=0):
     rng = np.random.default_rng(seed)
     for t in layer.pruning_targets():
         shape = tuple(t.mask.shape)
-        t.set_mask({"ones": np.ones(shape, bool), "zeros": np.zeros(shape, bool),
-                    "random": rng.random(shape) < 0.4}[kind])
+        mask = {"ones": np.ones(shape, bool), "zeros": np.zeros(shape, bool),
+                "random": rng.random(shape) < 0.4, "sparse": rng.random(shape) < 0.1}[kind]
+        if kind == "sparse":
+            mask.flat[rng.integers(mask.size)] = True   # tiny kernels: keep at least one
+        t.set_mask(mask)
 
 
 # (Keras class, kwargs, use a timestep mask)
@@ -58,10 +61,26 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("mask_kind", ["ones", "random", "zeros"])
+def _spy_sparse_product(monkeypatch):
+    """Counts the sparse products the recurrent layers trace (the input projection)."""
+    from sparsekeras.layers import rnn
+    calls = []
+    original = rnn.sk_ops.dense_csc_matmul
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+    monkeypatch.setattr(rnn.sk_ops, "dense_csc_matmul", spy)
+    return calls
+
+
+# "random" keeps 40% (the dense branch of the input projection), "sparse" 10% (the sparse
+# CSC branch: DEFAULT_SWITCH_SPARSITY is 0.7), "zeros" none (sparse branch, nothing stored).
+@pytest.mark.parametrize("mask_kind", ["ones", "random", "sparse", "zeros"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_matches_keras_twin(case, mask_kind):
+def test_matches_keras_twin(case, mask_kind, monkeypatch):
     keras_cls, kwargs, timestep_mask = CASES[case]
+    calls = _spy_sparse_product(monkeypatch)
     rng = np.random.default_rng(1)
     shape = (3, 6, 4)
     x = tf.constant(rng.standard_normal(shape).astype(np.float32))
@@ -93,12 +112,18 @@ def test_matches_keras_twin(case, mask_kind):
         return y, tape.gradient(loss, [x] + weights)
 
     ys, gs = forward_and_grads(sparse)
+    # The sparse branch of the input projection differentiates the kept weights only; the
+    # pruned ones are held at zero by the constraint whatever their gradient.
+    kept = {"kernel": masks["kernel"] != 0}
     for reference in (twin, by_hand):
         yt, gt = forward_and_grads(reference)
         where = f"{case} mask={mask_kind} vs {reference.name}"
         np.testing.assert_allclose(_np(ys), _np(yt), rtol=1e-5, atol=1e-6, err_msg=where)
         for name, g_s, g_t in zip(("x", "kernel", "recurrent_kernel", "bias"), gs, gt):
-            np.testing.assert_allclose(_np(g_s), _np(g_t), rtol=1e-4, atol=1e-5,
+            g_s, g_t = _np(g_s), _np(g_t)
+            if name in kept:
+                g_s, g_t = g_s[kept[name]], g_t[kept[name]]
+            np.testing.assert_allclose(g_s, g_t, rtol=1e-4, atol=1e-5,
                                        err_msg=f"{where}: gradient of {name}")
     if mask_kind == "zeros":
         assert np.abs(_np(gs[0])).max() == 0.0   # the kernel is zero: y does not depend on x
@@ -106,6 +131,8 @@ def test_matches_keras_twin(case, mask_kind):
         assert np.abs(_np(gs[0])).max() > 0.0
     if mask_kind != "ones":
         assert not np.allclose(_np(ys), _np(dense(x, mask=mask)), atol=1e-4)  # the mask acts
+    # Eager calls trace the step once per call: a sparse product per call of the sparse layer.
+    assert bool(calls) == (mask_kind in ("sparse", "zeros")), (mask_kind, len(calls))
 
 
 @pytest.mark.parametrize("cls, kwargs, out_shape", [

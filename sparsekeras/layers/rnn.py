@@ -17,9 +17,12 @@ No stored form: `sparsekeras.strip` (and `densify`) give the Keras twin (`to_ker
 the pruned weights as zeros.
 """
 import keras
+import tensorflow as tf
+from keras.src import backend as keras_backend
 
-from sparsekeras.layers._base import (NotConvertible, Prunable, build_like, copy_weights,
-                                      keras_config, relative_paths)
+from sparsekeras import ops as sk_ops
+from sparsekeras.layers._base import (DEFAULT_SWITCH_SPARSITY, NotConvertible, Prunable,
+                                      build_like, copy_weights, keras_config, relative_paths)
 from sparsekeras.layers._registry import register
 
 __all__ = ["SparseLSTM", "SparseGRU", "SparseSimpleRNN"]
@@ -33,6 +36,82 @@ class _PrunableRNN(Prunable):
 
     def get_prunable_weights(self):
         return [self.cell.kernel, self.cell.recurrent_kernel]
+
+    # ---- compute: the input projection of the whole sequence at once -----------------------
+
+    def _hoists(self, training):
+        """Whether this call projects the whole sequence before the loop (see the module's
+        docstring). Not with dropout (Keras draws its masks per cell call), not where Keras
+        would use cuDNN (a GPU), not for use_cudnn=True (Keras' own error), not outside
+        float32 (the sparse op's type)."""
+        cell = self.cell
+        return (keras.backend.backend() == "tensorflow" and self.built
+                and self.pruning_masks is not None
+                and not cell.dropout and not cell.recurrent_dropout
+                and getattr(self, "use_cudnn", "auto") is not True
+                and self.compute_dtype == "float32"
+                and not tf.config.list_physical_devices("GPU"))
+
+    def _input_projection(self, sequences):
+        """`sequences @ kernel` for `(batch, timesteps, input_dim)` sequences, as one product
+        over all the timesteps: through the sparse CSC product when the kernel's mask keeps at
+        most `1 - DEFAULT_SWITCH_SPARSITY` of it (SparseDense's measured crossover for the same
+        product), else dense. The structure is read from the mask in the graph (one pass over
+        it, small next to the product), so pruning during fit needs no retrace and no cache."""
+        kernel = tf.convert_to_tensor(self.cell.kernel)
+        mask = tf.convert_to_tensor(self.pruning_masks[0])
+        k, n = kernel.shape
+        shape = tf.shape(sequences)
+        x2 = tf.reshape(sequences, [-1, k])
+        # CSC structure from the mask, computed outside the tf.cond: inside, its int arrays
+        # would become the cond's intermediate outputs (see _PrunableKernel._switch).
+        keep = tf.transpose(mask) != 0
+        where = tf.where(keep)                     # (nnz, 2) [column, row], column-major
+        indices = tf.cast(where[:, 1], tf.int32)
+        indptr = tf.concat([tf.zeros([1], tf.int32),
+                            tf.cumsum(tf.reduce_sum(tf.cast(keep, tf.int32), axis=1))], 0)
+        positions = where[:, 1] * n + where[:, 0]
+        density = tf.reduce_mean(tf.cast(keep, tf.float32))
+
+        def sparse():
+            values = tf.gather(tf.reshape(kernel, [-1]), positions)
+            return sk_ops.dense_csc_matmul(x2, indptr, indices, values,
+                                           tf.constant([k, n], tf.int64))
+
+        def dense():
+            return tf.matmul(x2, kernel)
+
+        y = tf.cond(density <= 1.0 - DEFAULT_SWITCH_SPARSITY, sparse, dense)
+        return tf.reshape(y, tf.concat([shape[:-1], [n]], 0))
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        if not self._hoists(training):
+            return super().inner_loop(sequences, initial_state, mask, training=training)
+        if isinstance(mask, (list, tuple)):
+            mask = mask[0]
+        if isinstance(initial_state, (list, tuple)) and len(initial_state) == 1 \
+                and isinstance(initial_state[0], (list, tuple)):
+            initial_state = initial_state[0]
+        if not isinstance(initial_state, (list, tuple)):
+            initial_state = [initial_state]
+        projected = self._input_projection(sequences)
+        input_bias = self._input_bias()
+        if input_bias is not None:
+            projected = projected + input_bias
+        return keras_backend.rnn(self._projected_step, projected, list(initial_state),
+                                 go_backwards=self.go_backwards, mask=mask, unroll=self.unroll,
+                                 input_length=sequences.shape[1],
+                                 zero_output_for_mask=self.zero_output_for_mask,
+                                 return_all_outputs=self.return_sequences)
+
+    def _input_bias(self):
+        """The part of the bias added to the input projection (None without bias)."""
+        return self.cell.bias if self.cell.use_bias else None
+
+    def _projected_step(self, z_t, states):
+        """One step of the cell given its projected input `z_t` (input product + input bias):
+        the cell's own arithmetic (implementation 2) without the input product."""
+        raise NotImplementedError
 
     def get_config(self):
         config = super().get_config()
@@ -109,6 +188,14 @@ class SparseLSTM(_CellImplementation, _PrunableRNN, keras.layers.LSTM):
         super().__init__(units, **kwargs)
         self.prunable = bool(prunable)
 
+    def _projected_step(self, z_t, states):
+        cell = self.cell
+        h_tm1, c_tm1 = states[0], states[1]
+        z = z_t + keras.ops.matmul(h_tm1, cell.recurrent_kernel)
+        c, o = cell._compute_carry_and_output_fused(keras.ops.split(z, 4, axis=1), c_tm1)
+        h = o * cell.activation(c)
+        return h, [h, c]
+
 
 @keras.saving.register_keras_serializable(package="sparsekeras")
 class SparseGRU(_CellImplementation, _PrunableRNN, keras.layers.GRU):
@@ -129,6 +216,33 @@ class SparseGRU(_CellImplementation, _PrunableRNN, keras.layers.GRU):
     def __init__(self, units, prunable=True, **kwargs):
         super().__init__(units, **kwargs)
         self.prunable = bool(prunable)
+
+    def _input_bias(self):
+        cell = self.cell
+        if not cell.use_bias:
+            return None
+        return cell.bias[0] if cell.reset_after else cell.bias
+
+    def _projected_step(self, z_t, states):
+        # GRUCell.call, implementation 2, from its input product on.
+        cell, u = self.cell, self.cell.units
+        h_tm1 = states[0]
+        x_z, x_r, x_h = keras.ops.split(z_t, 3, axis=-1)
+        if cell.reset_after:
+            inner = keras.ops.matmul(h_tm1, cell.recurrent_kernel)
+            if cell.use_bias:
+                inner = inner + cell.bias[1]
+        else:
+            inner = keras.ops.matmul(h_tm1, cell.recurrent_kernel[:, :2 * u])
+        z = cell.recurrent_activation(x_z + inner[:, :u])
+        r = cell.recurrent_activation(x_r + inner[:, u:2 * u])
+        if cell.reset_after:
+            recurrent_h = r * inner[:, 2 * u:]
+        else:
+            recurrent_h = keras.ops.matmul(r * h_tm1, cell.recurrent_kernel[:, 2 * u:])
+        hh = cell.activation(x_h + recurrent_h)
+        h = z * h_tm1 + (1 - z) * hh
+        return h, [h]
 
 
 @keras.saving.register_keras_serializable(package="sparsekeras")
@@ -151,6 +265,13 @@ class SparseSimpleRNN(_PrunableRNN, keras.layers.SimpleRNN):
     def __init__(self, units, prunable=True, **kwargs):
         super().__init__(units, **kwargs)
         self.prunable = bool(prunable)
+
+    def _projected_step(self, z_t, states):
+        cell = self.cell
+        output = z_t + keras.ops.matmul(states[0], cell.recurrent_kernel)
+        if cell.activation is not None:
+            output = cell.activation(output)
+        return output, [output]
 
 
 def _rnn_check(layer):
