@@ -222,6 +222,28 @@ def test_untied_reversible_embedding_prunes_both():
     assert np.mean(_np(twin.reverse_embeddings) == 0) >= 0.6
 
 
+def test_mixed_precision_matches_keras():
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        inputs = keras.Input((5,), dtype="int32")
+        emb = keras.layers.ReversibleEmbedding(VOCAB, DIM, name="emb")
+        model = keras.Model(inputs, emb(keras.layers.Dense(DIM)(emb(inputs)[:, 0]), reverse=True))
+        sparse = sparsekeras.sparsify(model)
+        sparse.get_layer("emb").pruning_targets()[0].set_mask(_mask("random", (VOCAB, DIM)))
+        x = _tokens()
+        y = sparse(x)
+        twin = sparsekeras.densify(sparse)(x)
+        stored = sparsekeras.strip(sparse)
+        assert type(stored.get_layer("emb")) is CompactReversibleEmbedding
+        # the logits of the float32 table are float32 in all three forms, as in Keras
+        assert y.dtype == twin.dtype == stored(x).dtype == model(x).dtype
+        np.testing.assert_allclose(_np(stored(x)), _np(y), rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(_np(twin), _np(y), rtol=1e-3, atol=1e-3)
+    finally:
+        keras.config.set_dtype_policy(before)
+
+
 # ---- keras_hub's PositionEmbedding, without keras_hub ----------------------------------------
 
 def test_sparse_position_embedding_layer():

@@ -492,7 +492,9 @@ class CompactReversibleEmbedding(CompactEmbedding):
         if not reverse:
             return self._lookup(inputs)
         x = tf.convert_to_tensor(inputs)
-        dtype = self.reverse_dtype or self.compute_dtype
+        # As ReversibleEmbedding: the product of the inputs and the (float32, not autocast)
+        # table, so under mixed precision the logits are float32, unless reverse_dtype is set.
+        dtype = self.reverse_dtype or keras.backend.result_type(x.dtype, self.values.dtype)
         x = tf.cast(x, dtype)
         values = tf.cast(self.values, dtype)
         if x.dtype not in (tf.float32, tf.float64):  # the sparse kernels' dtypes
@@ -517,9 +519,11 @@ class CompactReversibleEmbedding(CompactEmbedding):
         return (*input_shape, self.output_dim)
 
     def compute_output_spec(self, inputs, reverse=False):
-        return keras.KerasTensor(self.compute_output_shape(inputs.shape, reverse),
-                                 dtype=self.reverse_dtype if reverse and self.reverse_dtype
-                                 else self.compute_dtype)
+        dtype = self.compute_dtype
+        if reverse:
+            dtype = self.reverse_dtype or keras.backend.result_type(inputs.dtype,
+                                                                    self.values.dtype)
+        return keras.KerasTensor(self.compute_output_shape(inputs.shape, reverse), dtype=dtype)
 
     _keras_class = keras.layers.ReversibleEmbedding
 
