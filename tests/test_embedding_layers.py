@@ -266,7 +266,7 @@ def _tiny_model(tied=False):
     return keras.Model(inputs, keras.layers.Dense(2, name="head")(h))
 
 
-@pytest.mark.parametrize("granularity", ["unstructured", "channel"])
+@pytest.mark.parametrize("granularity", ["unstructured", "channel", "n:m"])
 def test_gradual_pruning_in_fit(granularity):
     keras.utils.set_random_seed(0)
     model = sparsekeras.sparsify(_tiny_model(), layer_names=["emb"])
@@ -278,8 +278,13 @@ def test_gradual_pruning_in_fit(granularity):
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     schedule = schedules.PolynomialDecay(0.0, 0.9, begin_step=0, end_step=8, frequency=2)
     history = model.fit(x, y, batch_size=16, epochs=3, verbose=0,
-                        callbacks=[callbacks.GradualPruning(schedule, granularity=granularity)])
+                        callbacks=[callbacks.GradualPruning(schedule, granularity=granularity,
+                                                            n_m=(1, 4))])
     table = _np(emb.embeddings)
+    if granularity == "n:m":   # 1 of every 4 consecutive entries of each token's row
+        assert np.all(np.count_nonzero(table.reshape(VOCAB, DIM // 4, 4), axis=-1) <= 1)
+        assert np.mean(table == 0) >= 0.75
+        return
     assert np.mean(table == 0) >= 0.89, np.mean(table == 0)
     assert history.history["sparsity/emb/embeddings"][-1] >= 0.89
     if granularity == "channel":   # whole tokens: each row kept whole or pruned whole
