@@ -76,6 +76,12 @@ class GradualPruning(keras.callbacks.Callback):
         n_m: (n, m), for granularity="n:m" (its sparsity is 1 - n/m, whatever the schedule).
         scope: "layer" (each layer pruned to the target) or "global" (one magnitude threshold
             across layers, the total reaching the target).
+        min_layer_density: with scope="global", the fraction of its weights (at least one)
+            every layer keeps, whatever the global ranking: a layer of small weights would
+            otherwise be pruned to 100% and disconnect the network. The budget such a layer
+            cannot take is spread over the others, so the total still reaches the target
+            where it can; the callback warns (once per layer) when a layer is held at the
+            floor. Default 0.02; 0 disables it. Not used with scope="layer".
         log_dir: if given, per-layer and overall sparsity go to TensorBoard scalars there.
         log_layers: also put each layer's sparsity into `logs` (progress bar, History).
         compact: once the schedule has ended (the step after its `end_step`), compact every
@@ -90,7 +96,8 @@ class GradualPruning(keras.callbacks.Callback):
     """
 
     def __init__(self, schedule, granularity="unstructured", block_shape=(1, 1), n_m=(2, 4),
-                 scope="layer", log_dir=None, log_layers=True, compact=True):
+                 scope="layer", log_dir=None, log_layers=True, compact=True,
+                 min_layer_density=0.02):
         super().__init__()
         if granularity not in _GRANULARITIES:
             raise ValueError(f"Expected `granularity` in {_GRANULARITIES}. "
@@ -99,6 +106,11 @@ class GradualPruning(keras.callbacks.Callback):
             raise ValueError(f"Expected `scope` in ('layer', 'global'). Received: scope={scope!r}")
         if not callable(schedule):
             raise ValueError(f"`schedule` must be a PruningSchedule. Received: schedule={schedule!r}")
+        if not 0.0 <= float(min_layer_density) <= 1.0:
+            raise ValueError("Expected `min_layer_density` in [0, 1]. "
+                             f"Received: min_layer_density={min_layer_density}")
+        self.min_layer_density = float(min_layer_density)
+        self._floored = set()  # names of the layers already warned about
         self.schedule = schedule
         self.granularity = granularity
         self.block_shape = tuple(block_shape)
@@ -122,7 +134,10 @@ class GradualPruning(keras.callbacks.Callback):
         if self.log_dir is not None and self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
         # Steps before this fit are not replayed: a resumed fit starts from the loaded masks.
-        self._last_step = int(self.model.optimizer.iterations.numpy()) - 1
+        # The step is read when the first batch starts, not here: a callback listed after this
+        # one (BackupAndRestore) may restore the optimizer's iterations in its own
+        # on_train_begin, and the restored step decides what this fit prunes first.
+        self._last_step = None
         self._metric = None
         self._publish()
 
@@ -149,6 +164,9 @@ class GradualPruning(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
+        if self._last_step is None:  # the first batch of this fit (see on_train_begin)
+            self._last_step = step - 1
+            self._publish()  # the masks may have been restored since on_train_begin
         if step == self._last_step:
             return
         # With steps_per_execution > 1, Keras calls this once per execution: a pruning step of
@@ -245,8 +263,8 @@ class GradualPruning(keras.callbacks.Callback):
         kernels = [v(keras.ops.convert_to_numpy(layer.kernel)) for v, layer in zip(view, layers)]
         previous = [v(keras.ops.convert_to_numpy(layer.mask)) != 0 for v, layer in zip(view, layers)]
         if self.scope == "global":
-            masks = _masks.global_magnitude_masks(kernels, sparsity, previous_mask=previous,
-                                                  **self._mask_kwargs())
+            masks = self._global_masks(kernels, sparsity, previous,
+                                       [getattr(t, "name", "?") for t in layers])
         else:
             masks = [_masks.magnitude_mask(k, sparsity, previous_mask=p, **self._mask_kwargs())
                      for k, p in zip(kernels, previous)]
@@ -261,6 +279,46 @@ class GradualPruning(keras.callbacks.Callback):
             layer.set_mask(layer.from_pruning_view(mask) if hasattr(layer, "from_pruning_view")
                            else mask)
         return decompacted
+
+    def _global_masks(self, kernels, sparsity, previous, names):
+        """One global magnitude threshold, every layer keeping at least min_layer_density of
+        its weights: a layer the ranking would push below the floor is pruned to the floor on
+        its own, and the rest of the budget is ranked again over the other layers."""
+        kwargs = self._mask_kwargs()
+        floor = self.min_layer_density
+        if floor <= 0 or self.granularity == "n:m":  # n:m has a fixed density per layer
+            return _masks.global_magnitude_masks(kernels, sparsity, previous_mask=previous,
+                                                 **kwargs)
+        sizes = [int(np.prod(k.shape)) for k in kernels]
+        keep_min = [max(1, int(np.ceil(floor * n))) for n in sizes]
+        target_pruned = sparsity * sum(sizes)
+        masks = [None] * len(kernels)
+        free = list(range(len(kernels)))
+        while free:
+            held = [i for i in range(len(kernels)) if i not in free]
+            pruned_held = sum(sizes[i] - int(np.count_nonzero(masks[i])) for i in held)
+            rest = sum(sizes[i] for i in free)
+            s = min(1.0, max(0.0, (target_pruned - pruned_held) / rest)) if rest else 0.0
+            found = _masks.global_magnitude_masks([kernels[i] for i in free], s,
+                                                  previous_mask=[previous[i] for i in free],
+                                                  **kwargs)
+            low = [i for i, m in zip(free, found) if np.count_nonzero(m) < keep_min[i]]
+            if not low:
+                for i, m in zip(free, found):
+                    masks[i] = m
+                break
+            for i in low:  # to the floor on its own (masks only shrink: never above previous)
+                masks[i] = _masks.magnitude_mask(kernels[i], 1.0 - keep_min[i] / sizes[i],
+                                                 previous_mask=previous[i], **kwargs)
+                if names[i] not in self._floored:
+                    self._floored.add(names[i])
+                    warnings.warn(
+                        f"GradualPruning(scope='global'): layer {names[i]!r} is held at "
+                        f"min_layer_density={floor} (it keeps {np.count_nonzero(masks[i])} of "
+                        f"{sizes[i]} weights); the global ranking would prune it further.",
+                        stacklevel=3)
+            free = [i for i in free if i not in low]
+        return masks
 
     def sparsity_logs(self):
         layers = [t for t in self._targets() if t.built]
