@@ -39,11 +39,16 @@ class _SparsityMetric(keras.metrics.Metric):
     model: Keras builds each batch's and each epoch's logs from the model's metrics before any
     callback runs, so `keras.callbacks.TensorBoard` (CSVLogger, History...) records them
     whatever the order of the callbacks. The callback sets the values (eagerly, after it prunes);
-    the traced step only reads them. Not accumulated, not reset, not saved with the model."""
+    the traced step only reads them. Not accumulated, not reset, not saved with the model.
+
+    Reported by the training step only: `active` is on while a training batch runs (the train
+    function is traced then), off otherwise, so that `evaluate` (fit's validation, or a user's
+    callback unpacking `loss, acc = model.evaluate(...)`) returns the compiled metrics only."""
 
     def __init__(self, names):
         super().__init__(name="sparsekeras_sparsity")
         self.names = tuple(names)
+        self.active = False
         # Keras variable names cannot hold the "/" of the log names: numbered.
         self._values = [self.add_variable(shape=(), initializer="zeros", name=f"value_{i}")
                         for i in range(len(self.names))]
@@ -59,6 +64,8 @@ class _SparsityMetric(keras.metrics.Metric):
             var.assign(float(values.get(name, 0.0)))
 
     def result(self):
+        if not self.active:
+            return {}
         return {name: var.value for name, var in zip(self.names, self._values)}
 
 
@@ -150,8 +157,10 @@ class GradualPruning(keras.callbacks.Callback):
         if self._metric is None or self._metric.names != tuple(values):
             model._metrics[:] = [m for m in model._metrics
                                  if not isinstance(m, _SparsityMetric)]
+            active = self._metric is not None and self._metric.active
             with _convert._strategy_scope(model):
                 self._metric = _SparsityMetric(values)
+            self._metric.active = active
             model._metrics.append(self._metric)
             _convert._retrace(model)
         self._metric.set(values)
@@ -167,6 +176,8 @@ class GradualPruning(keras.callbacks.Callback):
         if self._last_step is None:  # the first batch of this fit (see on_train_begin)
             self._last_step = step - 1
             self._publish()  # the masks may have been restored since on_train_begin
+        if self._metric is not None:
+            self._metric.active = True  # until the batch ends (see _SparsityMetric)
         if step == self._last_step:
             return
         # With steps_per_execution > 1, Keras calls this once per execution: a pruning step of
@@ -185,6 +196,8 @@ class GradualPruning(keras.callbacks.Callback):
             self._publish()
 
     def on_train_batch_end(self, batch, logs=None):
+        if getattr(self, "_metric", None) is not None:
+            self._metric.active = False
         if logs is not None:
             logs.update(self.sparsity_logs())
 

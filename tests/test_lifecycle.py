@@ -169,3 +169,26 @@ def test_conv_fit_prints_no_type_inference_warning(tmp_path):
     """, tmp_path, log_level="0")  # TensorFlow's warnings shown, as by default
     assert "done" in result.stdout
     assert "Type inference failed" not in result.stderr, result.stderr[-3000:]
+
+
+def test_evaluate_inside_fit_returns_the_compiled_metrics_only():
+    """The sparsity metric exists for the training step only: a callback that unpacks
+    `model.evaluate` during fit (and fit's validation) sees the compiled metrics."""
+    model = keras.Sequential([keras.Input((8,)), SparseDense(16), keras.layers.Dense(3)])
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    rng = np.random.default_rng(0)
+    x, y = rng.random((16, 8)), rng.integers(0, 3, 16)
+    seen = []
+
+    class Probe(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            loss, acc = self.model.evaluate(x, y, verbose=0)  # two values, as compiled
+            seen.append((loss, acc))
+
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, validation_data=(x, y),
+                        callbacks=[Probe(), GradualPruning(PolynomialDecay(0.0, 0.5, 0, 2,
+                                                                           frequency=1))])
+    assert len(seen) == 2
+    assert {k for k in history.history if not k.startswith("sparsity/")} == {
+        "loss", "accuracy", "sparsity", "val_loss", "val_accuracy"}
