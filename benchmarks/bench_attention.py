@@ -13,7 +13,8 @@ For each case, inside a tf.function:
                  (the sparse layer's kernel gradient is the dense x^T dY GEMM, as in training
                  while pruning), applied by SGD
 Each measured as the median (and min) of --repeats timed calls after a warm-up, every call
-ending with .numpy(); the run is repeated --runs times in one process and the medians of the
+ending with .numpy(), the sparse and the dense layer's calls alternating (both meet the same
+load); the run is repeated --runs times in one process and the medians of the
 per-run medians reported, since the machine is shared (other processes' CPU use is recorded).
 Outputs are checked against EinsumDense first (assert_allclose).
 
@@ -46,14 +47,18 @@ QUICK = {
 }
 
 
-def _median_time(fn, repeats):
-    fn()  # warm-up / trace
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+def _alternating_times(fns, repeats):
+    """{name: (median, min)} of each function in `fns`, called in turn (a, b, a, b, ...) so that
+    both meet the same load on a shared machine; one warm-up call each first (traces)."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)), float(np.min(times))
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: (float(np.median(t)), float(np.min(t))) for name, t in times.items()}
 
 
 def _case(tf, keras, layers, spec, sparsity, repeats, seed=0):
@@ -69,14 +74,17 @@ def _case(tf, keras, layers, spec, sparsity, repeats, seed=0):
     dense.kernel.assign(keras.ops.convert_to_numpy(sparse.kernel))
     np.testing.assert_allclose(sparse(x).numpy(), dense(x).numpy(), rtol=1e-4, atol=1e-4)
     g = tf.constant(rng.standard_normal(tuple(dense(x).shape)).astype(np.float32))
-    out = {}
-    for name, layer in (("sparse", sparse), ("dense", dense)):
+
+    def forward_fn(layer):
+        fn = tf.function(lambda: layer(x))
+        return lambda: fn().numpy()
+
+    def step_fn(layer):
         opt = keras.optimizers.SGD(1e-6)
         opt.build(layer.trainable_variables)
-        forward = tf.function(lambda: layer(x))
 
         @tf.function
-        def step(layer=layer, opt=opt):
+        def step():
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 loss = tf.reduce_sum(layer(x) * g)
@@ -84,9 +92,11 @@ def _case(tf, keras, layers, spec, sparsity, repeats, seed=0):
             opt.apply(grads[1:], layer.trainable_variables)
             return grads[0]
 
-        out[name] = dict(forward=_median_time(lambda: forward().numpy(), repeats),
-                         step=_median_time(lambda: step().numpy(), repeats))
-    return out
+        return lambda: step().numpy()
+
+    fwd = _alternating_times({"sparse": forward_fn(sparse), "dense": forward_fn(dense)}, repeats)
+    stp = _alternating_times({"sparse": step_fn(sparse), "dense": step_fn(dense)}, repeats)
+    return {name: dict(forward=fwd[name], step=stp[name]) for name in ("sparse", "dense")}
 
 
 def main():

@@ -358,6 +358,7 @@ def test_gradual_pruning_prunes_projections_in_fit():
     assert type(stripped.mha) is CompactMultiHeadAttention
 
 
+@pytest.mark.slow  # a fresh process
 def test_keras_round_trip_fresh_process(tmp_path):
     """A pruned model with SparseMultiHeadAttention, and its strip, save to .keras and load in
     a fresh process with the same classes, mask layout and outputs."""
@@ -471,6 +472,7 @@ def _graph_op_types(model, inputs):
     return types
 
 
+@pytest.mark.slow  # two fits (the traces cost seconds) and a fresh process
 def test_transformer_sparsify_prune_strip_reload_accuracy(tmp_path):
     """The issue's Transformer classifier on a sequence task it generates (does marker 0 come
     before marker 1?): sparsify + GradualPruning to 0.9 in fit prunes >= 95% of the
