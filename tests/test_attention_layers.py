@@ -371,9 +371,12 @@ def test_keras_round_trip_fresh_process(tmp_path):
     assert type(stripped.get_layer("mha")) is CompactMultiHeadAttention
     assert type(stripped.get_layer("proj")) is CompactEinsumDense
     np.testing.assert_allclose(_np(stripped(x)), y, rtol=1e-5, atol=1e-5)
-    densified = sparsekeras.densify(sparse)
-    assert type(densified.get_layer("mha")) is keras.layers.MultiHeadAttention
-    np.testing.assert_allclose(_np(densified(x)), y, rtol=1e-5, atol=1e-5)
+    for densified in (sparsekeras.densify(sparse), sparsekeras.densify(stripped)):
+        mha = densified.get_layer("mha")
+        assert type(mha) is keras.layers.MultiHeadAttention
+        assert type(mha.query_dense) is keras.layers.EinsumDense
+        assert type(densified.get_layer("proj")) is keras.layers.EinsumDense
+        np.testing.assert_allclose(_np(densified(x)), y, rtol=1e-5, atol=1e-5)
     sparse.save(tmp_path / "pruned.keras")
     stripped.save(tmp_path / "stripped.keras")
     np.save(tmp_path / "x.npy", x)

@@ -605,9 +605,14 @@ class CompactMultiHeadAttention(_ProjectionsMHA):
         config["projections"] = {name: dict(p) for name, p in self.projection_storage.items()}
         return config
 
+    def to_dense_kernel(self):
+        """{projection name: its kernel as a dense array} (zeros where nothing is stored; for
+        inspection)."""
+        return {name: sub.to_dense_kernel() for name, sub in self.projections().items()}
+
     def to_keras(self):
         """The `keras.layers.MultiHeadAttention` twin (built) with the stored kernels as dense
-        ones (zeros where nothing is stored)."""
+        ones (zeros where nothing is stored): what `sparsekeras.densify` puts in its place."""
         twin = self._plain_twin(("projections",))
         mine = self.projections()
         for name, sub in _plain_projections(twin).items():
