@@ -134,7 +134,8 @@ def main():
                    for what in ("forward", "step")} for k in ("sparse", "dense")}
         rows[name] = dict(spec={k: v for k, v in spec.items()}, runs=runs, median=med)
     print(f"sparsity {args.sparsity}, {args.runs} runs x {args.repeats} calls, medians (ms):")
-    print(f"{'case':8s} {'what':8s} {'EinsumDense':>12s} {'SparseEinsumDense':>18s} {'speedup':>8s}")
+    print(f"{'case':8s} {'what':8s} {'EinsumDense':>12s} {'SparseEinsumDense':>18s} "
+          f"{'speedup':>8s}")
     for name, row in rows.items():
         for what in ("forward", "step"):
             d, s = row["median"]["dense"][what], row["median"]["sparse"][what]

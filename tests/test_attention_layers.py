@@ -554,3 +554,16 @@ def test_transformer_sparsify_prune_strip_reload_accuracy(tmp_path):
     assert (mha_cls, kinds, ffn_cls) == ("CompactMultiHeadAttention", "CompactEinsumDense",
                                          "CompactDense")
     assert float(err) <= 1e-5, out
+
+
+def test_quantized_einsum_dense_is_kept_with_its_reason():
+    inputs = keras.Input((6, 8))
+    layer = keras.layers.EinsumDense("abc,cd->abd", (None, 4), name="q")
+    model = keras.Model(inputs, layer(inputs))
+    layer.quantize("int8")
+    # (its int8 kernel is not trainable: no weight-matrix parameter is left dense, no warning)
+    _, report = sparsekeras.sparsify(model, inplace=True, return_report=True)
+    (row,) = report.kept()
+    assert row["path"] == "q" and "quantized" in row["reason"], report
+    with pytest.raises(ValueError, match="quantized"):
+        sparsekeras.sparsify(model, inplace=True, layer_names=["q"])

@@ -492,7 +492,8 @@ class SparseMultiHeadAttention(_ProjectionsMHA):
             raise ValueError("Expected `switch_sparsity` in [0, 1]. "
                              f"Received: switch_sparsity={switch_sparsity}")
         if compute not in _COMPUTE_MODES:
-            raise ValueError(f"Expected `compute` in {_COMPUTE_MODES}. Received: compute={compute!r}")
+            raise ValueError(f"Expected `compute` in {_COMPUTE_MODES}. "
+                             f"Received: compute={compute!r}")
         super().__init__(num_heads, key_dim, **kwargs)
         self.switch_sparsity = None if switch_sparsity is None else float(switch_sparsity)
         self.compute = compute
