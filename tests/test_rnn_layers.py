@@ -112,8 +112,8 @@ def test_matches_keras_twin(case, mask_kind, monkeypatch):
         return y, tape.gradient(loss, [x] + weights)
 
     ys, gs = forward_and_grads(sparse)
-    # The sparse branch of the input projection differentiates the kept weights only; the
-    # pruned ones are held at zero by the constraint whatever their gradient.
+    # The sparse input projection differentiates the kept weights only; the pruned ones are
+    # held at zero by the constraint whatever their gradient.
     kept = {"kernel": masks["kernel"] != 0}
     for reference in (twin, by_hand):
         yt, gt = forward_and_grads(reference)
@@ -131,7 +131,7 @@ def test_matches_keras_twin(case, mask_kind, monkeypatch):
         assert np.abs(_np(gs[0])).max() > 0.0
     if mask_kind != "ones":
         assert not np.allclose(_np(ys), _np(dense(x, mask=mask)), atol=1e-4)  # the mask acts
-    # Eager calls trace the step once per call: a sparse product per call of the sparse layer.
+    # The sparse input projection is built exactly when the kernel's mask keeps at most 30%.
     assert bool(calls) == (mask_kind in ("sparse", "zeros")), (mask_kind, len(calls))
 
 

@@ -5,13 +5,29 @@
 Each layer is its Keras class plus the `Prunable` protocol: one mask per weight (non-trainable
 weights of the outer layer, named `<cell>_kernel_mask` and `<cell>_recurrent_kernel_mask`), and
 a constraint on the cell's variables that keeps pruned entries at exactly zero after every
-optimizer step. The recurrence itself is Keras' own (its scan, masking, `go_backwards`,
-`stateful`, dropout, and on a GPU its cuDNN path), computing densely over the zeros: masked dense
-compute. The weight layout is the Keras layer's (`<cell>/kernel`, `<cell>/recurrent_kernel`,
+optimizer step. The recurrence runs in Keras' own loop (see Compute below). The weight layout is the Keras layer's (`<cell>/kernel`, `<cell>/recurrent_kernel`,
 `<cell>/bias`) plus the masks, so `sparsify` copies the weights by path.
 
-Compute: dense over the zeros, always (no sparse product yet; `benchmarks/bench_rnn.py`
-measures the dense layer against the sparse input projection at 0.9 sparsity).
+Compute (TensorFlow backend, CPU, float32, no dropout): the input projection of the whole
+sequence is one product `(batch * timesteps, input_dim) @ kernel` before the loop, through the
+sparse CSC product (`sparsekeras.ops.dense_csc_matmul`, as SparseDense) when the kernel's mask
+keeps at most `1 - DEFAULT_SWITCH_SPARSITY` (30%) of it, densely otherwise (a `tf.cond` on the
+mask's density: pruning during `fit` needs no retrace); the recurrent product `h @
+recurrent_kernel` stays dense, per step, inside Keras' own loop (`keras.src.backend.rnn`, so
+masking, `go_backwards`, `unroll`, `stateful` and `return_state` behave as in Keras). With
+dropout, on a GPU (cuDNN) or in another dtype, Keras' own loop runs unchanged over the zeros
+(masked dense compute). The sparse branch's gradient reaches the kept weights only (pruned
+ones are held at zero anyway).
+
+Measured with `benchmarks/bench_rnn.py` (LSTM, batch 32, 32 timesteps, both kernels at 0.9
+sparsity, medians of 11 round-robin repeats, ratios to `keras.layers.LSTM` in the same run; a
+shared 2-core machine at load 9-11, so the figures are noisy): forward 0.21x and 0.54x,
+forward+backward 0.56x and 0.65x for input_dim = units = 256 and 512 (an earlier run, with the
+structure computed outside the branch: forward 0.95x / 0.79x, train 0.59x / 0.61x). With all-ones
+masks (the dense branch) the same layer measured 0.55x-0.76x forward and 0.66x-1.43x train:
+noise dominates. A sparse recurrent product per step as well measured faster still in the
+same runs (train 0.23x-0.63x) but is not in the layer: its per-step `tf.cond` inside the loop
+failed TensorFlow's while-loop gradient (AssertionError in `fit`).
 
 No stored form: `sparsekeras.strip` (and `densify`) give the Keras twin (`to_keras()`), holding
 the pruned weights as zeros.
@@ -196,7 +212,8 @@ class _CellImplementation:
 
 @keras.saving.register_keras_serializable(package="sparsekeras")
 class SparseLSTM(_CellImplementation, _PrunableRNN, keras.layers.LSTM):
-    """`keras.layers.LSTM` with prunable `kernel` and `recurrent_kernel` (masked dense compute).
+    """`keras.layers.LSTM` with prunable `kernel` and `recurrent_kernel` (the input projection
+    through the sparse product at high sparsity, see the module's docstring).
 
     Same arguments and behaviour as `LSTM` (see its documentation), plus `prunable` (False
     keeps the layer out of pruning). Masks: `(input_dim, 4 * units)` and `(units, 4 * units)`,
@@ -227,7 +244,8 @@ class SparseLSTM(_CellImplementation, _PrunableRNN, keras.layers.LSTM):
 
 @keras.saving.register_keras_serializable(package="sparsekeras")
 class SparseGRU(_CellImplementation, _PrunableRNN, keras.layers.GRU):
-    """`keras.layers.GRU` with prunable `kernel` and `recurrent_kernel` (masked dense compute).
+    """`keras.layers.GRU` with prunable `kernel` and `recurrent_kernel` (the input projection
+    through the sparse product at high sparsity, see the module's docstring).
 
     Same arguments and behaviour as `GRU` (`reset_after` too), plus `prunable`. Masks:
     `(input_dim, 3 * units)` and `(units, 3 * units)`.
@@ -275,8 +293,8 @@ class SparseGRU(_CellImplementation, _PrunableRNN, keras.layers.GRU):
 
 @keras.saving.register_keras_serializable(package="sparsekeras")
 class SparseSimpleRNN(_PrunableRNN, keras.layers.SimpleRNN):
-    """`keras.layers.SimpleRNN` with prunable `kernel` and `recurrent_kernel` (masked dense
-    compute).
+    """`keras.layers.SimpleRNN` with prunable `kernel` and `recurrent_kernel` (the input
+    projection through the sparse product at high sparsity, see the module's docstring).
 
     Same arguments and behaviour as `SimpleRNN`, plus `prunable`. Masks: `(input_dim, units)`
     and `(units, units)`.
