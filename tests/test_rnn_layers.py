@@ -292,3 +292,45 @@ def test_text_model_sparsify_prune_strip_reload(tmp_path):
     """, tmp_path)
     name, zeros = out.split()
     assert name == "LSTM" and float(zeros) >= 0.89
+
+
+@pytest.mark.parametrize("cls, kwargs", [
+    (SparseLSTM, dict(units=5, return_state=True, unroll=True)),
+    (SparseGRU, dict(units=4, return_sequences=True, return_state=True, stateful=True)),
+    (SparseSimpleRNN, dict(units=3, return_state=True, stateful=True, unroll=True)),
+])
+def test_states_unroll_stateful_match_keras_twin(cls, kwargs):
+    """return_state, unroll and stateful through the sparse input projection (10% masks)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 4, 6)).astype(np.float32)
+    sparse = cls(**kwargs, bias_initializer="random_normal")
+    sparse.build(x.shape)
+    _set_masks(sparse, "sparse", seed=3)
+    twin = sparse.to_keras()
+    outputs = []
+    for call in range(2):   # stateful: the second call starts from the first one's states
+        got, want = sparse(x), twin(x)
+        assert len(got) == len(want) == (3 if cls is SparseLSTM else 2)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(_np(g), _np(w), rtol=1e-5, atol=1e-6,
+                                       err_msg=f"call {call}")
+        outputs.append(_np(got[0]))
+    # Stateful layers carried their states over; the others start from zeros each call.
+    assert np.allclose(outputs[0], outputs[1]) != bool(kwargs.get("stateful"))
+
+
+def test_bidirectional_lstm_is_converted():
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((5, 3))
+    bidi = keras.layers.Bidirectional(keras.layers.LSTM(4), name="bidi")
+    dense = keras.Model(inputs, keras.layers.Dense(2)(bidi(inputs)))
+    model, report = sparsekeras.sparsify(dense, return_report=True)
+    converted = {r["path"]: r["to"] for r in report.converted()}
+    assert converted["bidi/forward_lstm"] == converted["bidi/backward_lstm"] == "SparseLSTM"
+    layer = model.get_layer("bidi")
+    assert type(layer.forward_layer) is SparseLSTM and type(layer.backward_layer) is SparseLSTM
+    x = np.random.default_rng(0).standard_normal((2, 5, 3)).astype(np.float32)
+    np.testing.assert_allclose(_np(model(x)), _np(dense(x)), rtol=1e-5, atol=1e-6)
+    _set_masks(layer.backward_layer, "sparse")
+    assert layer.backward_layer.go_backwards
+    assert not np.allclose(_np(model(x)), _np(dense(x)), atol=1e-4)
