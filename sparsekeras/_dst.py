@@ -120,14 +120,22 @@ def is_update_step(step, update_every, end_step):
 
 def _top_k(score, k, generator):
     """Indices of the k largest entries of the 1-D `score`; ties at the k-th value are broken
-    at random by `generator`. O(n) (a partition, not a sort: a 4096 x 4096 layer has 15M
-    inactive entries to rank)."""
+    at random by `generator`. O(n): a partition, not a sort (a 4096 x 4096 layer has 15M
+    inactive entries to rank). The entries equal to the minimum (the zero gradients of dead
+    units, often most of them) are set aside first: a partition over many equal values is
+    slow (15M float32 with 99% zeros: 8.5 s, against 0.3 s for distinct values)."""
     n = len(score)
     if k >= n:
         return np.arange(n)
-    threshold = score[np.argpartition(score, n - k)[n - k]]  # the k-th largest value
-    above = np.flatnonzero(score > threshold)
-    tied = np.flatnonzero(score == threshold)
+    low = score.min()
+    candidates = np.flatnonzero(score > low)
+    if len(candidates) <= k:
+        above, tied = candidates, np.flatnonzero(score == low)
+    else:
+        sub = score[candidates]
+        m = len(sub)
+        threshold = sub[np.argpartition(sub, m - k)[m - k]]  # the k-th largest value
+        above, tied = candidates[sub > threshold], candidates[sub == threshold]
     chosen = generator.choice(tied, size=k - len(above), replace=False)
     return np.concatenate([above, np.sort(chosen)])
 
