@@ -297,15 +297,20 @@ def test_text_model_sparsify_prune_strip_reload(tmp_path):
 @pytest.mark.parametrize("cls, kwargs", [
     (SparseLSTM, dict(units=5, return_state=True, unroll=True)),
     (SparseGRU, dict(units=4, return_sequences=True, return_state=True, stateful=True)),
-    (SparseSimpleRNN, dict(units=3, return_state=True, stateful=True, unroll=True)),
+    (SparseSimpleRNN, dict(units=8, return_state=True, stateful=True, unroll=True)),
 ])
 def test_states_unroll_stateful_match_keras_twin(cls, kwargs):
-    """return_state, unroll and stateful through the sparse input projection (10% masks)."""
+    """return_state, unroll and stateful through the sparse input projection (10% mask)."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 4, 6)).astype(np.float32)
     sparse = cls(**kwargs, bias_initializer="random_normal")
     sparse.build(x.shape)
-    _set_masks(sparse, "sparse", seed=3)
+    # The kernel's mask only: a 10% recurrent kernel can be nilpotent over 4 steps (then no
+    # state is carried from one call to the next, and the stateful check below means nothing).
+    kernel = sparse.pruning_targets()[0]
+    mask = rng.random(tuple(kernel.mask.shape)) < 0.1
+    mask[0, 0] = True
+    kernel.set_mask(mask)
     twin = sparse.to_keras()
     outputs = []
     for call in range(2):   # stateful: the second call starts from the first one's states
@@ -322,7 +327,7 @@ def test_states_unroll_stateful_match_keras_twin(cls, kwargs):
 def test_bidirectional_lstm_is_converted():
     keras.utils.set_random_seed(2)
     inputs = keras.Input((5, 3))
-    bidi = keras.layers.Bidirectional(keras.layers.LSTM(4), name="bidi")
+    bidi = keras.layers.Bidirectional(keras.layers.LSTM(4, name="lstm"), name="bidi")
     dense = keras.Model(inputs, keras.layers.Dense(2)(bidi(inputs)))
     model, report = sparsekeras.sparsify(dense, return_report=True)
     converted = {r["path"]: r["to"] for r in report.converted()}
