@@ -5,8 +5,10 @@
 Each layer is its Keras class plus the `Prunable` protocol: one mask per weight (non-trainable
 weights of the outer layer, named `<cell>_kernel_mask` and `<cell>_recurrent_kernel_mask`), and
 a constraint on the cell's variables that keeps pruned entries at exactly zero after every
-optimizer step. The recurrence runs in Keras' own loop (see Compute below). The weight layout is the Keras layer's (`<cell>/kernel`, `<cell>/recurrent_kernel`,
-`<cell>/bias`) plus the masks, so `sparsify` copies the weights by path.
+optimizer step. The recurrence runs in Keras' own loop (see Compute below). The weight layout
+is the Keras layer's (`<cell>/kernel`, `<cell>/recurrent_kernel`, `<cell>/bias`) plus the
+masks, so `sparsify` copies the weights by path. Every Keras configuration converts (dropout,
+stateful, unroll, Bidirectional's inner layers included): none has a different behaviour here.
 
 Compute (TensorFlow backend, CPU, float32, no dropout): the input projection of the whole
 sequence is one product `(batch * timesteps, input_dim) @ kernel` before the loop, through the
