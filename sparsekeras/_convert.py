@@ -41,6 +41,25 @@ def prunable_targets(model):
     return found
 
 
+def target_names(model, targets):
+    """A unique log name for each target: its own name (the layer's, or layer/weight), or where
+    two share one (the `query` projections of two attention layers), its path in the tree."""
+    names = [t.name for t in targets]
+    if len(set(names)) == len(names):
+        return names
+    paths = {id(layer): path for _, layer, path in _tree.walk(model)}
+    counts = {n: names.count(n) for n in names}
+    out = []
+    for t, name in zip(targets, names):
+        if counts[name] > 1:
+            layer = getattr(t, "layer", t)
+            label = getattr(t, "label", "")
+            path = paths.get(id(layer), layer.name)
+            name = f"{path}/{label}" if label else path
+        out.append(name)
+    return out
+
+
 class Report:
     """What `sparsify` did, layer by layer, and how much of the model is now prunable.
 

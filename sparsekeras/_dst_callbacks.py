@@ -214,8 +214,8 @@ class _DynamicSparsity(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         values = {"sparsity": self.overall_sparsity(), "moved": float(self._moved_since_epoch)}
         if self.log_layers:
-            for t in self._targets:
-                values[f"sparsity/{t.name}"] = float(t.sparsity)
+            for t, name in zip(self._targets, _convert.target_names(self.model, self._targets)):
+                values[f"sparsity/{name}"] = float(t.sparsity)
         self._moved_since_epoch = 0
         if logs is not None:
             logs.update(values)

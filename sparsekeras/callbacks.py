@@ -339,8 +339,8 @@ class GradualPruning(keras.callbacks.Callback):
         pruned = sum(layer.sparsity * int(np.prod(layer.mask.shape)) for layer in layers)
         logs = {"sparsity": pruned / total if total else 0.0}
         if self.log_layers:
-            for layer in layers:
-                logs[f"sparsity/{layer.name}"] = layer.sparsity
+            for layer, name in zip(layers, _convert.target_names(self.model, layers)):
+                logs[f"sparsity/{name}"] = layer.sparsity
         return logs
 
 

@@ -239,3 +239,17 @@ def test_new_model_on_a_sparsified_models_tensors_saves_its_blocks(tmp_path):
     """, tmp_path)
     cls, pruned, err = out.split()
     assert (cls, pruned) == ("SparseDense", "True") and float(err) <= 1e-6
+
+
+def test_log_names_are_unique_when_layer_names_repeat():
+    """Two attention layers both have a `query` projection: their sparsity logs must not
+    overwrite each other."""
+    x_in = keras.Input((6, 8))
+    h = keras.layers.MultiHeadAttention(2, 4, name="mha_a")(x_in, x_in)
+    h = keras.layers.MultiHeadAttention(2, 4, name="mha_b")(h, h)
+    model = sparsekeras.sparsify(keras.Model(x_in, h))
+    pruning = GradualPruning(sparsekeras.schedules.ConstantSparsity(0.5, begin_step=100))
+    pruning.set_model(model)
+    keys = [k for k in pruning.sparsity_logs() if k.startswith("sparsity/")]
+    assert len(keys) == len(set(keys)) == 8, keys
+    assert "sparsity/mha_a/query" in keys and "sparsity/mha_b/query" in keys, keys
