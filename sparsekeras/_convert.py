@@ -11,7 +11,6 @@ import keras
 from sparsekeras import _saving, _tree
 from sparsekeras.layers import _registry
 from sparsekeras.layers._base import NotConvertible, _PrunableKernel
-from sparsekeras.layers.dense import SparseDense
 
 __all__ = ["sparsify", "strip", "densify", "compact", "decompact", "coverage", "Report"]
 

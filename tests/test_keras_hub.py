@@ -94,10 +94,10 @@ def test_bert_sparsify_prune_strip_reload(build, tmp_path):
     sparse.save(tmp_path / "pruned.keras")
     np.save(tmp_path / "tokens.npy", x["token_ids"])
     np.save(tmp_path / "y_pruned.npy", y_pruned)
-    code = textwrap.dedent(f"""
+    code = textwrap.dedent("""
         import numpy as np, keras, keras_hub, sparsekeras
         t = np.load("tokens.npy")
-        x = {{"token_ids": t, "segment_ids": np.zeros_like(t), "padding_mask": np.ones_like(t)}}
+        x = {"token_ids": t, "segment_ids": np.zeros_like(t), "padding_mask": np.ones_like(t)}
         y = np.load("y_pruned.npy")
         for name in ("stripped", "pruned"):
             m = keras.saving.load_model(name + ".keras")

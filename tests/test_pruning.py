@@ -420,8 +420,7 @@ def test_sparsify_rejects_unknown_names_and_uncopyable_subclassed():
     with pytest.raises(ValueError, match="Received: layer_names"):
         sparsekeras.sparsify(dense, layer_names=["nope"])
     model = PlainSubclassed()
-    x = np.random.default_rng(0).standard_normal((4, N_IN)).astype(np.float32)
-    y = _np(model(x))
+    model(np.random.default_rng(0).standard_normal((4, N_IN)).astype(np.float32))
     with pytest.raises(ValueError, match="inplace=True"):
         sparsekeras.sparsify(model)
 

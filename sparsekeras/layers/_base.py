@@ -9,7 +9,7 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-from sparsekeras import _compact, _kernels
+from sparsekeras import _kernels
 from sparsekeras import linalg as _linalg
 from sparsekeras import ops as sk_ops
 from sparsekeras.ops._gradients import take as _take
@@ -129,6 +129,35 @@ def _stored_sparse_input_product(layer, inputs, values, indptr, indices, block, 
         t_indptr, t_indices, _take(values, perm), tf.constant([k, n], tf.int64))
     y.set_shape([inputs.shape[0], n])
     return tf.cast(y, layer.compute_dtype)
+
+
+def masked_csc_product(x2, kernel, indptr, indices, positions, k, m):
+    """x2 (N, k) @ kernel.reshape(k, m) over the kept entries only (those at `positions` in
+    the flat kernel, in the CSC order of `indptr`/`indices`), differentiable w.r.t. x2 and the
+    kernel: the product of a pruned layer that trains its dense kernel (SparseDense,
+    SparseEinsumDense).
+
+    The trainable kernel is dense (the optimizer updates it densely while pruning), so its
+    gradient is produced dense by one GEMM, x^T dY, instead of an SDDMM whose values would then
+    be scattered into a dense tensor (the mask constraint zeroes the pruned entries after the
+    step); dX comes from the sparse scatter product."""
+    shape = tf.constant([k, m], tf.int64)
+    shape_t = tf.constant([m, k], tf.int64)
+    kernel_shape = tf.shape(kernel)
+
+    @tf.custom_gradient
+    def product(x2, kernel):
+        values = tf.cast(_take(tf.reshape(kernel, [-1]), positions), x2.dtype)
+        y = sk_ops.dense_csc_matmul(x2, indptr, indices, values, shape)
+
+        def grad(dy):
+            dx = sk_ops.dense_csr_matmul(dy, indptr, indices, values, shape_t)
+            dk = tf.matmul(tf.cast(x2, dy.dtype), dy, transpose_a=True)
+            return tf.cast(dx, x2.dtype), tf.reshape(tf.cast(dk, kernel.dtype), kernel_shape)
+
+        return y, grad
+
+    return product(x2, kernel)
 
 
 def _pop_unsupported(layer_name, kwargs, keys):

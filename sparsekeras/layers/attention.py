@@ -18,12 +18,11 @@ import tensorflow as tf
 from keras.src.layers.core.einsum_dense import _analyze_einsum_string
 
 from sparsekeras import _tree
-from sparsekeras import ops as sk_ops
-from sparsekeras.ops._gradients import take as _take
 from sparsekeras.layers._registry import register
 from sparsekeras.layers._base import (
     _COMPUTE_MODES, DEFAULT_SWITCH_SPARSITY, NotConvertible, _PrunableKernel, _pop_unsupported,
-    _structure_from_mask, build_like, copy_weights, keras_config, relative_paths)
+    _structure_from_mask, build_like, copy_weights, keras_config, masked_csc_product,
+    relative_paths)
 from sparsekeras.layers.dense import CompactDense
 
 __all__ = ["SparseEinsumDense", "CompactEinsumDense", "SparseMultiHeadAttention",
@@ -60,33 +59,6 @@ def matmul_split(equation):
     if any(a in inp for a in rest) or out != inp[:-c] + rest:
         return None
     return c
-
-
-def _csc_product(x2, kernel, indptr, indices, positions, k, m):
-    """x2 (N, k) @ kernel.reshape(k, m) over the kept entries only (those at `positions` in
-    the flat kernel, in the CSC order of `indptr`/`indices`), differentiable w.r.t. x2 and the
-    kernel.
-
-    As in `SparseDense._sparse_matmul`: the trainable kernel is dense (the optimizer updates it
-    densely while pruning), so its gradient is one GEMM, x^T dY (the mask constraint zeroes the
-    pruned entries after the step); dX comes from the sparse scatter product."""
-    shape = tf.constant([k, m], tf.int64)
-    shape_t = tf.constant([m, k], tf.int64)
-    kernel_shape = tf.shape(kernel)
-
-    @tf.custom_gradient
-    def product(x2, kernel):
-        values = tf.cast(_take(tf.reshape(kernel, [-1]), positions), x2.dtype)
-        y = sk_ops.dense_csc_matmul(x2, indptr, indices, values, shape)
-
-        def grad(dy):
-            dx = sk_ops.dense_csr_matmul(dy, indptr, indices, values, shape_t)
-            dk = tf.matmul(tf.cast(x2, dy.dtype), dy, transpose_a=True)
-            return tf.cast(dx, x2.dtype), tf.reshape(tf.cast(dk, kernel.dtype), kernel_shape)
-
-        return y, grad
-
-    return product(x2, kernel)
 
 
 def _to_2d(x, c, k):
@@ -202,7 +174,7 @@ class SparseEinsumDense(_PrunableKernel, keras.layers.EinsumDense):
 
     def _sparse_einsum(self, x):
         x2, kept, kept_static = _to_2d(x, self._contracted, self._k)
-        y2 = _csc_product(x2, tf.convert_to_tensor(self.kernel),
+        y2 = masked_csc_product(x2, tf.convert_to_tensor(self.kernel),
                           tf.convert_to_tensor(self._csc_indptr),
                           tf.convert_to_tensor(self._csc_indices),
                           tf.convert_to_tensor(self._positions), self._k, self._m)

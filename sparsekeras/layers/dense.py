@@ -16,11 +16,10 @@ import tensorflow as tf
 from sparsekeras import _compact, _kernels
 from sparsekeras import linalg as _linalg
 from sparsekeras import ops as sk_ops
-from sparsekeras.ops._gradients import take as _take
 from sparsekeras.layers._registry import register
 from sparsekeras.layers._base import (
-    AUTO_BLOCKS, DEFAULT_SWITCH_SPARSITY, SPARSE_INPUT_SWITCH_SPARSITY, _MaskConstraint,
-    _PrunableKernel, _dynamic_variable, _pop_unsupported, _resolve_block,
+    DEFAULT_SWITCH_SPARSITY, SPARSE_INPUT_SWITCH_SPARSITY, _MaskConstraint,
+    _PrunableKernel, _dynamic_variable, masked_csc_product, _pop_unsupported, _resolve_block,
     _stored_product, _stored_sparse_input_product, _structure_from_mask)
 
 __all__ = ["SparseDense", "CompactDense"]
@@ -305,36 +304,17 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
     # ---- compute ------------------------------------------------------------------------
 
     def _sparse_matmul(self, x):
-        """x @ (kernel * mask) through the sparse kernels, differentiable w.r.t. x and kernel.
-
-        The trainable kernel is dense (the optimizer updates it densely while pruning), so its
-        gradient is produced dense by one GEMM, x^T dY, instead of an SDDMM whose values would
-        then be scattered into a dense tensor; dX comes from the sparse scatter product.
-        """
+        """x @ (kernel * mask) through the sparse kernels, differentiable w.r.t. x and kernel
+        (`_base.masked_csc_product`: dX by the sparse scatter product, the dense kernel's
+        gradient by one GEMM)."""
         k, n = self.mask.shape
-        shape = tf.constant([k, n], tf.int64)
-        shape_t = tf.constant([n, k], tf.int64)
-        # Read the variables out here: custom_gradient must see tensors, not variable reads.
-        indptr = tf.convert_to_tensor(self._csc_indptr)
-        indices = tf.convert_to_tensor(self._csc_indices)
-        positions = tf.convert_to_tensor(self._positions)
-        kernel = tf.convert_to_tensor(self.kernel)
         flat = x.shape.rank == 2
         x2 = x if flat else tf.reshape(x, [-1, k])
-
-        @tf.custom_gradient
-        def product(x2, kernel):
-            values = tf.cast(_take(tf.reshape(kernel, [-1]), positions), x2.dtype)
-            y = sk_ops.dense_csc_matmul(x2, indptr, indices, values, shape)
-
-            def grad(dy):
-                dx = sk_ops.dense_csr_matmul(dy, indptr, indices, values, shape_t)
-                dk = tf.matmul(tf.cast(x2, dy.dtype), dy, transpose_a=True)
-                return tf.cast(dx, x2.dtype), tf.cast(dk, kernel.dtype)
-
-            return y, grad
-
-        y = product(x2, kernel)
+        # Read the variables out here: custom_gradient must see tensors, not variable reads.
+        y = masked_csc_product(x2, tf.convert_to_tensor(self.kernel),
+                               tf.convert_to_tensor(self._csc_indptr),
+                               tf.convert_to_tensor(self._csc_indices),
+                               tf.convert_to_tensor(self._positions), k, n)
         if flat:
             return y
         out = tf.reshape(y, tf.concat([tf.shape(x)[:-1], [n]], axis=0))
