@@ -53,6 +53,14 @@ def _checked_coo(indices, dense_shape, index_dtype, name):
             fail(f"{name} has {len(iv)} entries and columns up to dense_shape[1] = {dv[1]}: "
                  f"more than index_dtype={index_dtype.name} can hold; use int64")
         return indices, dense_shape
+    structure = [
+        tf.debugging.assert_equal(tf.size(dense_shape), 2, message=(
+            f"{name}.dense_shape must be 2 sizes [rows, cols] (a 2-D SparseTensor)")),
+        tf.debugging.assert_equal(tf.shape(indices)[1:], [2], message=(
+            f"{name}.indices must have shape (nnz, 2)")),
+    ]
+    with tf.control_dependencies(structure):
+        indices, dense_shape = tf.identity(indices), tf.identity(dense_shape)
     ok_shape = tf.reduce_all(dense_shape >= 0)
     inside = tf.reduce_all((indices >= 0) & (indices < dense_shape[tf.newaxis, :]), axis=1)
     # The first offender (0 when there is none: the padded row keeps the gather valid).
