@@ -315,3 +315,10 @@ def test_csr_tensor_fields_named():
 def test_dense_left_operand_named_a():
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"^a must have 3 columns"):
         ops.matmul(tf.ones([2, 4]), tf.SparseTensor([[0, 1]], [1.], [3, 2]))
+
+
+def test_rank3_dimension_beyond_int32():
+    k = ops.to_csr(tf.constant([[1., 0.], [0., 2.], [3., 0.]]))
+    y = ops.matmul(tf.zeros([0, 2**31, 3]), k)
+    assert y.shape == (0, 2**31, 2)
+
