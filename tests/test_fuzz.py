@@ -28,7 +28,7 @@ NUMPY_TARGETS = ["linalg.matmul(S,D)", "linalg.matmul(D,S)", "linalg.sddmm", "li
                  "linalg.to_dense"]
 OPS_TARGETS = ["ops.matmul(S,D)", "ops.matmul(SparseTensor,D)", "ops.matmul(D,S)",
                "ops.dense_csc_matmul", "ops.dense_csr_matmul", "ops.sddmm", "ops.transpose",
-               "ops.csr_csr_matmul", "ops.csr_conv2d_1x1"]
+               "ops.csr_csr_matmul", "ops.csr_conv2d_1x1", "ops.dense_bcsc_matmul"]
 MUTATIONS = ["none", "unsorted", "duplicate", "explicit_zero", "nan", "empty",
              "indptr0", "indptr_dec", "indptr_short", "indptr_long", "indptr_last", "index_oob",
              "index_oob", "index_oob", "values_len", "shape_neg", "shape_huge_rows",
@@ -149,7 +149,7 @@ def _fuzz(worker, n_cases):
         for case, (category, detail) in zip(pending, worker.run(pending)):
             counts[category] += 1
             per_target[case["target"]][category] += 1
-            if category in BAD and len(failures) < 30:
+            if category in BAD and sum(f[0] == category for f in failures) < 8:
                 failures.append((category, detail, case))
         pending.clear()
 

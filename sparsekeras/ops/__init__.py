@@ -188,6 +188,7 @@ def matmul(a, b, name=None, *, indexed_slices_grad=False):
         # The op would call a "x": check the static shapes here, where the names are known
         # (only for a plausible structure: a malformed one is reported by the op first).
         k = tf.get_static_value(csr.dense_shape)
+        k = None if k is None else [int(q) for q in k]  # Python ints: k[0] + 1 cannot overflow
         if a.shape.rank is not None and a.shape.rank >= 1 and a.shape[-1] is not None and \
                 k is not None and len(k) == 2 and a.shape[-1] != k[0] and \
                 csr.indptr.shape[0] == k[0] + 1:

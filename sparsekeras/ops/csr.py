@@ -40,6 +40,9 @@ def _checked_coo(indices, dense_shape, index_dtype, name):
         dv = [int(d) for d in dv]
         if len(dv) != 2 or dv[0] < 0 or dv[1] < 0:
             fail(f"{name}.dense_shape must be 2 non-negative sizes; received {dv}")
+        if dv[0] >= 2**63 - 1:
+            fail(f"{name}.dense_shape[0] must be below 2**63 - 1 (its CSR form has "
+                 f"dense_shape[0] + 1 row pointers); received {dv}")
         if iv.ndim != 2 or iv.shape[1] != 2:
             fail(f"{name}.indices must have shape (nnz, 2); received {iv.shape}")
         for axis, what in ((0, "row"), (1, "column")):
@@ -61,14 +64,14 @@ def _checked_coo(indices, dense_shape, index_dtype, name):
     ]
     with tf.control_dependencies(structure):
         indices, dense_shape = tf.identity(indices), tf.identity(dense_shape)
-    ok_shape = tf.reduce_all(dense_shape >= 0)
+    ok_shape = tf.reduce_all(dense_shape >= 0) & (dense_shape[0] < 2**63 - 1)
     inside = tf.reduce_all((indices >= 0) & (indices < dense_shape[tf.newaxis, :]), axis=1)
     # The first offender (0 when there is none: the padded row keeps the gather valid).
     first = tf.concat([tf.where(tf.logical_not(inside))[:, 0], tf.zeros([1], tf.int64)], 0)[0]
     padded = tf.concat([indices, tf.zeros([1, 2], tf.int64)], 0)
     checks = [
-        tf.debugging.Assert(ok_shape, [f"{name}.dense_shape must be non-negative; received",
-                                       dense_shape]),
+        tf.debugging.Assert(ok_shape, [f"{name}.dense_shape must be non-negative, with fewer "
+                                       f"than 2**63 - 1 rows; received", dense_shape]),
         tf.debugging.Assert(tf.reduce_all(inside), [
             f"{name}.indices has an entry outside its dense_shape: indices[", first, "] =",
             tf.gather(padded, first, axis=0), "for dense_shape", dense_shape], summarize=4),
