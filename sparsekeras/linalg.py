@@ -73,11 +73,6 @@ def _checked_coo(a, name):
     return row, col, data
 
 
-def _exact(data):
-    """Values scipy's conversions cannot take but the kernels compute exactly (float16)."""
-    return data.astype(np.float32) if data.dtype == np.float16 else data
-
-
 def _csr_arrays(a, name, structure_only=False):
     """(indptr, indices, data, shape) of the CSR form of a scipy sparse operand.
 
@@ -103,8 +98,12 @@ def _csr_arrays(a, name, structure_only=False):
         row, col, data = _checked_coo(a, name)
         if structure_only:
             data = np.zeros(row.shape[0], np.float32)
-        c = sp.coo_array((_exact(data), (row, col)), shape=a.shape).tocsr()
-        return c.indptr, c.indices, c.data, c.shape
+        # CSR by a stable sort on (row, col), not scipy's tocsr: every stored entry is kept
+        # (duplicates too, as a CSR operand keeps them), and float16 data need no conversion.
+        order = np.lexsort((col, row))
+        indptr = np.zeros(a.shape[0] + 1, np.int64)
+        np.cumsum(np.bincount(row, minlength=a.shape[0]), out=indptr[1:])
+        return indptr, col[order], np.asarray(data)[order], a.shape
     if fmt == "bsr":
         r, c = a.blocksize
         _kernels.check_csr(a.indptr, a.indices, None, (a.shape[0] // r, a.shape[1] // c),
