@@ -66,6 +66,9 @@ def _shape2(shape, name="shape"):
         raise ValueError(f"{name} must be a pair of non-negative integers; received: {shape!r}") from None
     if n_rows < 0 or n_cols < 0:
         raise ValueError(f"{name} must be a pair of non-negative integers; received: {shape!r}")
+    # Sizes travel as int64 and indptr has n_rows + 1 entries: both must fit.
+    if n_rows >= 2**63 - 1 or n_cols >= 2**63 - 1:
+        raise ValueError(f"{name} must be a pair of sizes below 2**63 - 1; received: {shape!r}")
     return n_rows, n_cols
 
 
@@ -210,25 +213,27 @@ def csr_matmul(indptr, indices, data, shape, b, *, n_threads=None):
     return out.reshape(n_rows) if b_arr.ndim == 1 else out
 
 
-def dense_csc_matmul(x, indptr, indices, data, shape, *, n_threads=None):
+def dense_csc_matmul(x, indptr, indices, data, shape, *, n_threads=None, names=("x", "w")):
     """Y = X @ W with X dense (M x K, or K for a vector) and W sparse (K x N) in CSC form
     (indptr: N + 1 entries over columns, indices: row ids in [0, K)).
 
     This is the Dense-layer orientation (batch x in @ in x out). Returns (M, N) (or (N,)).
+    names: what the messages call X and W (linalg.matmul(a, b) passes ("a", "b")).
     Complexity O(nnz(W) * M).
     """
-    n_inner, n_cols = _shape2(shape, "w.shape")
+    xn, wn = names
+    n_inner, n_cols = _shape2(shape, f"{wn}.shape")
     # CSC of W is CSR of W^T: validate it as such.
-    indptr, indices, _, _ = check_csr(indptr, indices, data, (n_cols, n_inner), "w")
+    indptr, indices, _, _ = check_csr(indptr, indices, data, (n_cols, n_inner), wn)
     x_arr = np.asarray(x)
     if x_arr.ndim not in (1, 2):
-        raise ValueError(f"x must be 1-D or 2-D; received shape {x_arr.shape}")
+        raise ValueError(f"{xn} must be 1-D or 2-D; received shape {x_arr.shape}")
     if x_arr.shape[x_arr.ndim - 1] != n_inner:
-        raise ValueError(f"x must have {n_inner} columns to match w.shape={(n_inner, n_cols)}; "
-                         f"received x.shape={x_arr.shape}")
-    dt = result_dtype(np.asarray(data).dtype, x_arr.dtype, name="w.data and x")
-    cdef cnp.ndarray d = _values(data, dt, "w.data")
-    cdef cnp.ndarray xx = _values(x_arr.reshape(x_arr.shape[0] if x_arr.ndim == 2 else 1, n_inner), dt, "x")
+        raise ValueError(f"{xn} must have {n_inner} columns to match {wn}.shape={(n_inner, n_cols)}; "
+                         f"received {xn}.shape={x_arr.shape}")
+    dt = result_dtype(np.asarray(data).dtype, x_arr.dtype, name=f"{wn}.data and {xn}")
+    cdef cnp.ndarray d = _values(data, dt, f"{wn}.data")
+    cdef cnp.ndarray xx = _values(x_arr.reshape(x_arr.shape[0] if x_arr.ndim == 2 else 1, n_inner), dt, xn)
     cdef int64_t m = xx.shape[0], k = n_inner, n = n_cols
     cdef cnp.ndarray out = np.empty((m, n), dtype=dt)
     cdef cnp.ndarray ip = indptr, ix = indices

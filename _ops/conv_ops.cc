@@ -37,6 +37,9 @@ using ::tensorflow::shape_inference::ShapeHandle;
 struct ConvAttrs {
   int64_t kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1;
   bool same = false;
+  // kernel_shape (k_h, k_w, in_channels, out_channels) as the caller declared it, checked at
+  // run time against x's channels and indptr's length; empty (old graphs): not checked.
+  std::vector<int64_t> kernel_shape;
 };
 
 template <typename Ctx>
@@ -47,6 +50,8 @@ absl::Status ReadAttrs(Ctx* c, ConvAttrs* a) {
   TF_RETURN_IF_ERROR(c->GetAttr("strides", &st));
   TF_RETURN_IF_ERROR(c->GetAttr("dilations", &dl));
   TF_RETURN_IF_ERROR(c->GetAttr("padding", &padding));
+  std::vector<int64_t> kshape;
+  TF_RETURN_IF_ERROR(c->GetAttr("kernel_shape", &kshape));
   auto pair = [](const std::vector<int32_t>& v, const char* name, int64_t* a0,
                  int64_t* a1) -> absl::Status {
     if (v.size() != 2 || v[0] < 1 || v[1] < 1) {
@@ -63,6 +68,18 @@ absl::Status ReadAttrs(Ctx* c, ConvAttrs* a) {
   TF_RETURN_IF_ERROR(pair(st, "strides", &a->sh, &a->sw));
   TF_RETURN_IF_ERROR(pair(dl, "dilations", &a->dh, &a->dw));
   a->same = padding == "SAME";
+  if (!kshape.empty()) {
+    std::string got;
+    for (size_t i = 0; i < kshape.size(); ++i) absl::StrAppend(&got, i ? ", " : "", kshape[i]);
+    if (kshape.size() != 4 || kshape[0] != a->kh || kshape[1] != a->kw || kshape[2] < 0 ||
+        kshape[3] < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "kernel_shape must be (k_h, k_w, in_channels, out_channels) with (k_h, k_w) = "
+          "kernel_size (", a->kh, ", ", a->kw, ") and non-negative channels; received (", got,
+          ")"));
+    }
+  }
+  a->kernel_shape = kshape;
   return absl::OkStatus();
 }
 
@@ -70,10 +87,11 @@ absl::Status ReadAttrs(Ctx* c, ConvAttrs* a) {
 // returns false if VALID leaves no room for the dilated kernel.
 bool OutAndPad(int64_t size, int64_t k, int64_t s, int64_t d, bool same, int64_t* out,
                int64_t* pad) {
-  const int64_t ek = (k - 1) * d + 1;
+  const int64_t ek = (k - 1) * d + 1;  // k, d < 2**31: fits
   if (same) {
-    *out = (size + s - 1) / s;
-    *pad = std::max<int64_t>((*out - 1) * s + ek - size, 0) / 2;
+    // ceil(size / s) and the SAME padding, in an order that cannot overflow for any size.
+    *out = size == 0 ? 0 : (size - 1) / s + 1;
+    *pad = *out == 0 ? 0 : std::max<int64_t>(((*out - 1) * s - size) + ek, 0) / 2;
     return true;
   }
   *pad = 0;
@@ -108,14 +126,34 @@ absl::Status Geometry(const ConvAttrs& a, int64_t n, int64_t h, int64_t w, int64
 // Validates the kernel's CSC arrays against (k_h * k_w * in_c) x out_c.
 template <typename I>
 absl::Status ValidateKernel(const Tensor& indptr, const Tensor& indices, const Tensor* values,
-                            const ConvAttrs& a, int64_t in_c, CsrDims* d) {
+                            const ConvAttrs& a, int64_t in_c, const char* x_name,
+                            CsrDims* d) {
   if (indptr.dims() != 1 || indptr.NumElements() < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "kernel.indptr must be a non-empty vector (out_channels + 1 entries); received shape ",
         indptr.shape().DebugString()));
   }
+  if (!a.kernel_shape.empty()) {
+    const auto& ks = a.kernel_shape;
+    if (in_c != ks[2]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          x_name, " has ", in_c, " channels but kernel_shape=(", ks[0], ", ", ks[1], ", ", ks[2],
+          ", ", ks[3], ") expects ", ks[2]));
+    }
+    if (indptr.NumElements() - 1 != ks[3]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "kernel.indptr must have out_channels + 1 = ", ks[3] + 1, " entries for kernel_shape=(",
+          ks[0], ", ", ks[1], ", ", ks[2], ", ", ks[3], "); received ", indptr.NumElements()));
+    }
+  }
+  const int64_t patch = MulSize(a.kh * a.kw, in_c);  // kh, kw < 2**31
+  if (patch < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the kernel's patch size k_h * k_w * in_channels = ", a.kh, " * ", a.kw, " * ", in_c,
+        " does not fit in int64; received ", x_name, " with ", in_c, " channels"));
+  }
   Tensor shape(::tensorflow::DT_INT64, TensorShape({2}));
-  shape.flat<int64_t>()(0) = a.kh * a.kw * in_c;
+  shape.flat<int64_t>()(0) = patch;
   shape.flat<int64_t>()(1) = indptr.NumElements() - 1;
   return ValidateCsr<I>(indptr, indices, values, shape, "kernel", true, d);
 }
@@ -149,7 +187,12 @@ SK_CONV_OVERLOADS(double, int64_t, f64, i64)
 #undef SK_CONV_OVERLOADS
 
 int64_t Work(const sk_conv2d_geom& g, int64_t nnz) {
-  return nnz * g.batch * std::max(g.out_h * g.out_w, g.in_h * g.in_w) + g.batch * g.in_h * g.in_w * g.in_c;
+  // In double: saturates where the int64 products could overflow (a thread-count heuristic).
+  const double w = static_cast<double>(nnz) * g.batch *
+                       std::max(static_cast<double>(g.out_h) * g.out_w,
+                                static_cast<double>(g.in_h) * g.in_w) +
+                   static_cast<double>(g.batch) * g.in_h * g.in_w * g.in_c;
+  return w >= 9.0e18 ? static_cast<int64_t>(9.0e18) : static_cast<int64_t>(w);
 }
 
 absl::Status CheckDy(const Tensor& dy, const sk_conv2d_geom& g) {
@@ -176,13 +219,17 @@ class CsrConv2DOp : public OpKernel {
     const Tensor& values = ctx->input(3);
     OP_REQUIRES_OK(ctx, Rank4(x, "x"));
     CsrDims d;
-    OP_REQUIRES_OK(ctx, ValidateKernel<I>(indptr, indices, &values, a_, x.dim_size(3), &d));
+    OP_REQUIRES_OK(ctx, ValidateKernel<I>(indptr, indices, &values, a_, x.dim_size(3), "x", &d));
     sk_conv2d_geom g;
     OP_REQUIRES_OK(ctx, Geometry(a_, x.dim_size(0), x.dim_size(1), x.dim_size(2), x.dim_size(3),
                                  d.rows, "x.shape", &g));
+    TensorShape out_shape;
+    OP_REQUIRES_OK(ctx, OutputShape({g.batch, g.out_h, g.out_w, g.out_c}, "conv2d(x, kernel)",
+                                    absl::StrCat("x.shape ", x.shape().DebugString(), " and ",
+                                                 g.out_c, " output channels (kernel.indptr)"),
+                                    &out_shape));
     Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({g.batch, g.out_h, g.out_w, g.out_c}),
-                                             &out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
     if (out->NumElements() == 0) return;
     ThreadLease lease(ctx, Work(g, d.nnz));
     int rc = Conv(&g, indptr.flat<I>().data(), indices.flat<I>().data(), values.flat<T>().data(),
@@ -218,14 +265,16 @@ class CsrConv2DBackpropInputOp : public OpKernel {
                       s(2), ", ", s(3), "]")));
     }
     CsrDims d;
-    OP_REQUIRES_OK(ctx, ValidateKernel<I>(indptr, indices, &values, a_, s(3), &d));
+    OP_REQUIRES_OK(ctx, ValidateKernel<I>(indptr, indices, &values, a_, s(3), "input_sizes", &d));
     sk_conv2d_geom g;
     OP_REQUIRES_OK(ctx, Geometry(a_, s(0), s(1), s(2), s(3), d.rows, "input_sizes", &g));
     OP_REQUIRES_OK(ctx, CheckDy(dy, g));
+    TensorShape dx_shape;
+    OP_REQUIRES_OK(ctx, OutputShape({s(0), s(1), s(2), s(3)}, "dx", "input_sizes", &dx_shape));
     Tensor* dx = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({s(0), s(1), s(2), s(3)}), &dx));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, dx_shape, &dx));
     if (dx->NumElements() == 0) return;
-    ThreadLease lease(ctx, Work(g, d.nnz) * a_.sh * a_.sw);
+    ThreadLease lease(ctx, WorkOf(Work(g, d.nnz), a_.sh * a_.sw));
     int rc = ConvGradInput(&g, indptr.flat<I>().data(), indices.flat<I>().data(),
                            values.flat<T>().data(), dy.flat<T>().data(), dx->flat<T>().data(),
                            lease.n());
@@ -249,7 +298,7 @@ class CsrConv2DBackpropValuesOp : public OpKernel {
     const Tensor& indices = ctx->input(3);
     OP_REQUIRES_OK(ctx, Rank4(x, "x"));
     CsrDims d;
-    OP_REQUIRES_OK(ctx, ValidateKernel<I>(indptr, indices, nullptr, a_, x.dim_size(3), &d));
+    OP_REQUIRES_OK(ctx, ValidateKernel<I>(indptr, indices, nullptr, a_, x.dim_size(3), "x", &d));
     sk_conv2d_geom g;
     OP_REQUIRES_OK(ctx, Geometry(a_, x.dim_size(0), x.dim_size(1), x.dim_size(2), x.dim_size(3),
                                  d.rows, "x.shape", &g));
@@ -299,7 +348,25 @@ absl::Status CsrConv2DShape(InferenceContext* c) {
   DimensionHandle oh, ow, oc;
   TF_RETURN_IF_ERROR(SpatialOut(c, a, c->Dim(x, 1), true, &oh));
   TF_RETURN_IF_ERROR(SpatialOut(c, a, c->Dim(x, 2), false, &ow));
-  TF_RETURN_IF_ERROR(c->Subtract(c->Dim(indptr, 0), 1, &oc));
+  DimensionHandle len = c->Dim(indptr, 0);
+  if (c->ValueKnown(len) && c->Value(len) < 1) {
+    return absl::InvalidArgumentError(
+        "kernel.indptr must be a non-empty vector (out_channels + 1 entries); received shape [0]");
+  }
+  TF_RETURN_IF_ERROR(c->Subtract(len, 1, &oc));
+  if (a.kernel_shape.size() == 4) {
+    DimensionHandle cin = c->Dim(x, 3);
+    if (c->ValueKnown(cin) && c->Value(cin) != a.kernel_shape[2]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "x has ", c->Value(cin), " channels but kernel_shape expects ", a.kernel_shape[2]));
+    }
+    if (c->ValueKnown(oc) && c->Value(oc) != a.kernel_shape[3]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "kernel.indptr must have out_channels + 1 = ", a.kernel_shape[3] + 1,
+          " entries for kernel_shape; received ", c->Value(len)));
+    }
+    oc = c->MakeDim(a.kernel_shape[3]);
+  }
   c->set_output(0, c->MakeShape({c->Dim(x, 0), oh, ow, oc}));
   return absl::OkStatus();
 }
@@ -331,6 +398,7 @@ absl::Status CsrConv2DBackpropValuesShape(InferenceContext* c) {
       .Attr("strides: list(int) = [1, 1]")              \
       .Attr("dilations: list(int) = [1, 1]")            \
       .Attr("padding: {'SAME', 'VALID'}")               \
+      .Attr("kernel_shape: list(int) = []")             \
       .Attr("T: {float, double}")                       \
       .Attr("Tindex: {int32, int64}")
 

@@ -7,6 +7,8 @@
 #include <atomic>
 #include <string>
 #include <cstdint>
+#include <initializer_list>
+#include <limits>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -14,6 +16,8 @@
 #include "tensorflow/core/framework/device_base.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+#include "tensorflow/core/util/overflow.h"
 
 namespace sparsekeras {
 
@@ -60,6 +64,52 @@ inline int CsrCheck(int64_t m, int64_t n, int64_t nnz, const int64_t* ip, const 
                     int64_t* where) {
   return sk_csr_check_i64(m, n, nnz, ip, ix, where, CheckThreads(nnz));
 }
+// ---- overflow-safe sizes ------------------------------------------------------------------
+
+// "[a, b, ...]" for a message.
+inline std::string Dims(std::initializer_list<int64_t> dims) {
+  std::string s = "[";
+  bool first = true;
+  for (int64_t d : dims) {
+    absl::StrAppend(&s, first ? "" : ", ", d);
+    first = false;
+  }
+  return s + "]";
+}
+
+// The shape of an output computed from input values. TensorShape's constructor CHECK-fails (the
+// process aborts) on a negative size or more than 2**63 - 1 elements; this returns an
+// InvalidArgumentError that names the output and the arguments it comes from (`from`).
+inline absl::Status OutputShape(std::initializer_list<int64_t> dims, const char* output,
+                                const std::string& from, ::tensorflow::TensorShape* shape) {
+  int64_t elements = 1;
+  bool ok = true;
+  for (int64_t d : dims) {
+    if (d < 0) ok = false;
+    // Sizes after a zero still have to be valid, but the product is 0 then.
+    if (ok && elements != 0) {
+      int64_t e = ::tensorflow::MultiplyWithoutOverflow(elements, d);
+      if (e < 0) ok = false;
+      elements = e;
+    }
+  }
+  if (ok && ::tensorflow::TensorShape::BuildTensorShape(dims, shape).ok()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      output, " would have shape ", Dims(dims), " (from ", from,
+      "): more than 2**63 - 1 elements or a negative size; check the sizes of the arguments"));
+}
+
+// a * b for non-negative sizes, or -1 if it does not fit in int64.
+inline int64_t MulSize(int64_t a, int64_t b) { return ::tensorflow::MultiplyWithoutOverflow(a, b); }
+
+// a * b + c * d for thread-count heuristics: saturates instead of overflowing.
+inline int64_t WorkOf(int64_t a, int64_t b, int64_t c = 0, int64_t d = 0) {
+  const int64_t kMax = std::numeric_limits<int64_t>::max();
+  int64_t x = MulSize(a, b), y = MulSize(c, d);
+  if (x < 0 || y < 0 || x > kMax - y) return kMax;
+  return x + y;
+}
+
 // ---- validation ---------------------------------------------------------------------------
 
 struct CsrDims {
@@ -88,6 +138,9 @@ absl::Status ValidateCsr(const Tensor& indptr, const Tensor& indices, const Tens
   }
   dims->rows = csc ? ds(1) : ds(0);
   dims->cols = csc ? ds(0) : ds(1);
+  if (block < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("block must be >= 1; received block=", block));
+  }
   if (block > 1) {
     if (ds(1) % block != 0) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -96,9 +149,11 @@ absl::Status ValidateCsr(const Tensor& indptr, const Tensor& indices, const Tens
     }
     dims->rows = ds(1) / block;
   }
-  if (indptr.dims() != 1 || indptr.NumElements() != dims->rows + 1) {
+  // NumElements() - 1 >= -1: no overflow, where rows + 1 overflows for rows = 2**63 - 1.
+  if (indptr.dims() != 1 || indptr.NumElements() - 1 != dims->rows) {
     return absl::InvalidArgumentError(absl::StrCat(
-        name, ".indptr must be a vector of ", dims->rows + 1, " entries for dense_shape [", ds(0),
+        name, ".indptr must be a vector of ", static_cast<uint64_t>(dims->rows) + 1,
+        " entries for dense_shape [", ds(0),
         ", ", ds(1), "]",
         block > 1 ? absl::StrCat(" (block-CSC: one per group of ", block, " columns, plus one)")
                   : std::string(csc ? " (CSC: one per column, plus one)" : ""),
@@ -109,10 +164,16 @@ absl::Status ValidateCsr(const Tensor& indptr, const Tensor& indices, const Tens
                                                    indices.shape().DebugString()));
   }
   dims->nnz = indices.NumElements();
-  if (values != nullptr && (values->dims() != 1 || values->NumElements() != dims->nnz * block)) {
+  const int64_t n_values = MulSize(dims->nnz, block);
+  if (n_values < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        name, ".indices has ", dims->nnz, " blocks of block=", block,
+        " values each: more than 2**63 - 1 values"));
+  }
+  if (values != nullptr && (values->dims() != 1 || values->NumElements() != n_values)) {
     return absl::InvalidArgumentError(absl::StrCat(
         name, ".values must be a vector with ",
-        block > 1 ? absl::StrCat(block, " entries per index (", dims->nnz * block, ")")
+        block > 1 ? absl::StrCat(block, " entries per index (", n_values, ")")
                   : absl::StrCat("one entry per index (", dims->nnz, ")"),
         "; received shape ", values->shape().DebugString()));
   }

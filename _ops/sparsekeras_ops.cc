@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <limits>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -47,6 +48,34 @@ using ::tensorflow::shape_inference::ShapeHandle;
 
 // ---- shape functions ----------------------------------------------------------------------
 
+// dense_shape[i] when dense_shape is a constant of 2 sizes (else an unknown dimension), refusing
+// a negative size with a message naming the argument (a negative DimensionHandle would reach
+// TensorShape later and abort the process).
+absl::Status DenseShapeDim(InferenceContext* c, int input, int i, const char* name,
+                           DimensionHandle* out) {
+  *out = c->UnknownDim();
+  const Tensor* ds = c->input_tensor(input);
+  if (ds == nullptr || ds->NumElements() != 2) return absl::OkStatus();
+  auto v = ds->flat<int64_t>();
+  if (v(0) < 0 || v(1) < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        name, ".dense_shape must be non-negative; received [", v(0), ", ", v(1), "]"));
+  }
+  *out = c->MakeDim(v(i));
+  return absl::OkStatus();
+}
+
+// The number of rows of a CSR structure, indptr's length minus one, refusing an empty indptr
+// with a message naming it.
+absl::Status RowsOf(InferenceContext* c, int input, const char* name, DimensionHandle* out) {
+  DimensionHandle len = c->Dim(c->input(input), 0);
+  if (c->ValueKnown(len) && c->Value(len) < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        name, " must have at least one entry (rows + 1); received shape [0]"));
+  }
+  return c->Subtract(len, 1, out);
+}
+
 absl::Status CsrMatMulShape(InferenceContext* c) {
   ShapeHandle indptr, indices, values, dense_shape, b;
   TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 1, &indptr));
@@ -55,7 +84,7 @@ absl::Status CsrMatMulShape(InferenceContext* c) {
   TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &dense_shape));
   TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 2, &b));
   DimensionHandle m;
-  TF_RETURN_IF_ERROR(c->Subtract(c->Dim(indptr, 0), 1, &m));
+  TF_RETURN_IF_ERROR(RowsOf(c, 0, "a.indptr", &m));
   c->set_output(0, c->Matrix(m, c->Dim(b, 1)));
   return absl::OkStatus();
 }
@@ -71,7 +100,7 @@ absl::Status DenseCscMatMulShape(InferenceContext* c) {
   TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &values));
   TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 1, &dense_shape));
   DimensionHandle n;
-  TF_RETURN_IF_ERROR(c->Subtract(c->Dim(indptr, 0), 1, &n));
+  TF_RETURN_IF_ERROR(RowsOf(c, 1, "w.indptr", &n));
   c->set_output(0, c->Matrix(c->Dim(x, 0), n));
   return absl::OkStatus();
 }
@@ -86,7 +115,7 @@ absl::Status DenseBcscMatMulShape(InferenceContext* c) {
   int64_t block = 1;
   TF_RETURN_IF_ERROR(c->GetAttr("block", &block));
   DimensionHandle groups, n;
-  TF_RETURN_IF_ERROR(c->Subtract(c->Dim(indptr, 0), 1, &groups));
+  TF_RETURN_IF_ERROR(RowsOf(c, 1, "w.indptr", &groups));
   TF_RETURN_IF_ERROR(c->Multiply(groups, block, &n));
   c->set_output(0, c->Matrix(c->Dim(x, 0), n));
   return absl::OkStatus();
@@ -126,7 +155,7 @@ absl::Status BcscExpandShape(InferenceContext* c) {
   int64_t block = 1;
   TF_RETURN_IF_ERROR(c->GetAttr("block", &block));
   DimensionHandle groups, cols, n_indptr, entries;
-  TF_RETURN_IF_ERROR(c->Subtract(c->Dim(indptr, 0), 1, &groups));
+  TF_RETURN_IF_ERROR(RowsOf(c, 0, "w.indptr", &groups));
   TF_RETURN_IF_ERROR(c->Multiply(groups, block, &cols));
   TF_RETURN_IF_ERROR(c->Add(cols, 1, &n_indptr));
   TF_RETURN_IF_ERROR(c->Multiply(c->Dim(indices, 0), block, &entries));
@@ -142,9 +171,8 @@ absl::Status DenseCsrMatMulShape(InferenceContext* c) {
   TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &indices));
   TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &values));
   TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 1, &dense_shape));
-  const Tensor* ds = c->input_tensor(4);
-  DimensionHandle k = c->UnknownDim();
-  if (ds != nullptr && ds->NumElements() == 2) k = c->MakeDim(ds->flat<int64_t>()(1));
+  DimensionHandle k;
+  TF_RETURN_IF_ERROR(DenseShapeDim(c, 4, 1, "b", &k));
   c->set_output(0, c->Matrix(c->Dim(x, 0), k));
   return absl::OkStatus();
 }
@@ -185,12 +213,15 @@ absl::Status CsrTransposeShape(InferenceContext* c) {
   TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &indices));
   TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &dense_shape));
   // The transpose has dense_shape[1] rows: known when dense_shape is a constant.
-  const Tensor* ds = c->input_tensor(2);
-  if (ds != nullptr && ds->NumElements() == 2) {
-    c->set_output(0, c->Vector(ds->flat<int64_t>()(1) + 1));
-  } else {
-    c->set_output(0, c->Vector(InferenceContext::kUnknownDim));
+  DimensionHandle cols, n_indptr;
+  TF_RETURN_IF_ERROR(DenseShapeDim(c, 2, 1, "a", &cols));
+  if (c->ValueKnown(cols) && c->Value(cols) == std::numeric_limits<int64_t>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a.dense_shape[1] must be below 2**63 - 1 (the transpose's indptr has dense_shape[1] + 1 "
+        "entries); received ", c->Value(cols)));
   }
+  TF_RETURN_IF_ERROR(c->Add(cols, 1, &n_indptr));
+  c->set_output(0, c->Vector(n_indptr));
   c->set_output(1, c->Vector(c->Dim(indices, 0)));
   c->set_output(2, c->Vector(c->Dim(indices, 0)));
   return absl::OkStatus();
@@ -465,10 +496,14 @@ class CsrMatMulOp : public OpKernel {
                     "b must have ", d.cols, " rows to match a.dense_shape [", d.rows, ", ", d.cols,
                     "]; received b.shape ", b.shape().DebugString())));
     const int64_t n = b.dim_size(1);
+    TensorShape out_shape;
+    OP_REQUIRES_OK(ctx, OutputShape({d.rows, n}, "a @ b", absl::StrCat(
+        "a.dense_shape ", Dims({d.rows, d.cols}), " and b.shape ", b.shape().DebugString()),
+        &out_shape));
     Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({d.rows, n}), &out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
     if (d.rows == 0 || n == 0) return;
-    ThreadLease lease(ctx, d.nnz * n + d.cols * n);
+    ThreadLease lease(ctx, WorkOf(d.nnz, n, d.cols, n));
     int rc = CsrMatMul(d.rows, d.cols, n, indptr.flat<I>().data(), indices.flat<I>().data(),
                        values.flat<T>().data(), b.flat<T>().data(), out->flat<T>().data(),
                        lease.n());
@@ -496,10 +531,14 @@ class DenseCscMatMulOp : public OpKernel {
                     "x must have ", d.cols, " columns to match w.dense_shape [", d.cols, ", ",
                     d.rows, "]; received x.shape ", x.shape().DebugString())));
     const int64_t m = x.dim_size(0);
+    TensorShape out_shape;
+    OP_REQUIRES_OK(ctx, OutputShape({m, d.rows}, "x @ w", absl::StrCat(
+        "x.shape ", x.shape().DebugString(), " and w.dense_shape ", Dims({d.cols, d.rows})),
+        &out_shape));
     Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({m, d.rows}), &out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
     if (m == 0 || d.rows == 0) return;
-    ThreadLease lease(ctx, d.nnz * m + m * d.cols);
+    ThreadLease lease(ctx, WorkOf(d.nnz, m, m, d.cols));
     int rc = DenseCscMatMul(m, d.cols, d.rows, indptr.flat<I>().data(), indices.flat<I>().data(),
                             values.flat<T>().data(), x.flat<T>().data(), out->flat<T>().data(),
                             lease.n());
@@ -541,10 +580,15 @@ class DenseBcscMatMulOp : public BlockOpKernel {
                     d.cols, ", ", n, "]; received ", name, ".shape ",
                     dense.shape().DebugString())));
     const int64_t m = dense.dim_size(0);
+    TensorShape out_shape;
+    OP_REQUIRES_OK(ctx, OutputShape({m, width_out}, kTransposed ? "dy @ w^T" : "x @ w",
+                                    absl::StrCat(name, ".shape ", dense.shape().DebugString(),
+                                                 " and w.dense_shape ", Dims({d.cols, n})),
+                                    &out_shape));
     Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({m, width_out}), &out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
     if (m == 0 || width_out == 0) return;
-    ThreadLease lease(ctx, d.nnz * block_ * m + m * (d.cols + (kTransposed ? n : 0)));
+    ThreadLease lease(ctx, WorkOf(d.nnz * block_, m, m, d.cols + (kTransposed ? n : 0)));
     const I* ip = indptr.flat<I>().data();
     const I* ix = indices.flat<I>().data();
     const T* v = values.flat<T>().data();
@@ -588,7 +632,7 @@ class BcscSddmmOp : public BlockOpKernel {
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({d.nnz * block_}), &out));
     if (d.nnz == 0) return;
-    ThreadLease lease(ctx, d.nnz * block_ * m + m * (d.cols + n));
+    ThreadLease lease(ctx, WorkOf(d.nnz * block_, m, m, d.cols + n));
     int rc = BcscSddmm(m, d.cols, n, block_, indptr.flat<I>().data(), indices.flat<I>().data(),
                        x.flat<T>().data(), dy.flat<T>().data(), out->flat<T>().data(),
                        lease.n());
@@ -608,7 +652,7 @@ class BcscExpandOp : public BlockOpKernel {
     CsrDims d;
     OP_REQUIRES_OK(ctx, ValidateCsr<I>(indptr, indices, nullptr, dense_shape, "w", true, &d,
                                        block_));
-    const int64_t entries = d.nnz * block_;
+    const int64_t entries = d.nnz * block_;  // fits: checked by ValidateCsr
     Tensor *e_indptr = nullptr, *e_indices = nullptr, *positions = nullptr, *inverse = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({d.rows * block_ + 1}), &e_indptr));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({entries}), &e_indices));
@@ -642,10 +686,14 @@ class DenseCsrMatMulOp : public OpKernel {
                     "x must have ", d.rows, " columns to match b.dense_shape [", d.rows, ", ",
                     d.cols, "]; received x.shape ", x.shape().DebugString())));
     const int64_t m = x.dim_size(0);
+    TensorShape out_shape;
+    OP_REQUIRES_OK(ctx, OutputShape({m, d.cols}, "x @ b", absl::StrCat(
+        "x.shape ", x.shape().DebugString(), " and b.dense_shape ", Dims({d.rows, d.cols})),
+        &out_shape));
     Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({m, d.cols}), &out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
     if (m == 0 || d.cols == 0) return;
-    ThreadLease lease(ctx, d.nnz * m + m * d.rows);
+    ThreadLease lease(ctx, WorkOf(d.nnz, m, m, d.rows));
     int rc = DenseCsrMatMul(m, d.rows, d.cols, indptr.flat<I>().data(), indices.flat<I>().data(),
                             values.flat<T>().data(), x.flat<T>().data(), out->flat<T>().data(),
                             lease.n());
@@ -690,7 +738,7 @@ class CsrSddmmOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({d.nnz}), &out));
     if (d.nnz == 0) return;
     const int64_t depth = u.dim_size(1 - axis);
-    ThreadLease lease(ctx, d.nnz * depth);
+    ThreadLease lease(ctx, WorkOf(d.nnz, depth));
     const I* ip = indptr.flat<I>().data();
     const I* ix = indices.flat<I>().data();
     int rc = kTransposed ? CsrSddmmT(d.rows, d.cols, depth, ip, ix, u.flat<T>().data(),
@@ -712,6 +760,11 @@ class CsrTransposeStructureOp : public OpKernel {
     CsrDims d;
     OP_REQUIRES_OK(ctx, ValidateCsr<I>(indptr, indices, nullptr, dense_shape, "a", false, &d));
     Tensor *t_ip = nullptr, *t_ix = nullptr, *perm = nullptr;
+    OP_REQUIRES(ctx, d.cols < std::numeric_limits<int64_t>::max(),
+                absl::InvalidArgumentError(absl::StrCat(
+                    "a.dense_shape[1] must be below 2**63 - 1 (the transpose's indptr has "
+                    "dense_shape[1] + 1 entries); received a.dense_shape ",
+                    Dims({d.rows, d.cols}))));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({d.cols + 1}), &t_ip));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({d.nnz}), &t_ix));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({d.nnz}), &perm));
@@ -780,11 +833,9 @@ absl::Status CsrCsrMatMulShape(InferenceContext* c) {
     ShapeHandle s;
     TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 1, &s));
   }
-  DimensionHandle m;
-  TF_RETURN_IF_ERROR(c->Subtract(c->Dim(c->input(0), 0), 1, &m));
-  const Tensor* ws = c->input_tensor(7);
-  DimensionHandle n = c->UnknownDim();
-  if (ws != nullptr && ws->NumElements() == 2) n = c->MakeDim(ws->flat<int64_t>()(1));
+  DimensionHandle m, n;
+  TF_RETURN_IF_ERROR(RowsOf(c, 0, "a.indptr", &m));
+  TF_RETURN_IF_ERROR(DenseShapeDim(c, 7, 1, "w", &n));
   c->set_output(0, c->Matrix(m, n));
   return absl::OkStatus();
 }
@@ -841,7 +892,7 @@ absl::Status CheckDy(const Tensor& dy, const CsrDims& a, const CsrDims& w) {
 
 // Multiply-adds of the product: nnz(A) times the mean row length of W, plus the output.
 int64_t SpgemmWork(const CsrDims& a, const CsrDims& w) {
-  return a.nnz * std::max<int64_t>(1, w.nnz / std::max<int64_t>(1, w.rows)) + a.rows * w.cols;
+  return WorkOf(a.nnz, std::max<int64_t>(1, w.nnz / std::max<int64_t>(1, w.rows)), a.rows, w.cols);
 }
 
 template <typename T, typename I>
@@ -855,8 +906,12 @@ class CsrCsrMatMulOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ValidateCsr<I>(ctx->input(4), ctx->input(5), &ctx->input(6), ctx->input(7),
                                        "w", false, &w));
     OP_REQUIRES_OK(ctx, InnerMatch(a, w));
+    TensorShape out_shape;
+    OP_REQUIRES_OK(ctx, OutputShape({a.rows, w.cols}, "a @ w", absl::StrCat(
+        "a.dense_shape ", Dims({a.rows, a.cols}), " and w.dense_shape ", Dims({w.rows, w.cols})),
+        &out_shape));
     Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({a.rows, w.cols}), &out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
     if (a.rows == 0 || w.cols == 0) return;
     ThreadLease lease(ctx, SpgemmWork(a, w));
     int rc = Spgemm(a.rows, a.cols, w.cols, ctx->input(0).flat<I>().data(),
@@ -969,8 +1024,12 @@ class CsrMatMulVariableOp : public OpKernel {
       OP_REQUIRES_OK(ctx, ValidateCsr<I>(p_indptr, p_indices, nullptr, p_shape,
                                          "pattern (of b's shape)", false, &p));
     }
+    TensorShape out_shape;
+    OP_REQUIRES_OK(ctx, OutputShape({d.rows, n}, "a @ b", absl::StrCat(
+        "a.dense_shape ", Dims({d.rows, d.cols}), " and b.shape (a variable) ",
+        b.shape().DebugString()), &out_shape));
     Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({d.rows, n}), &out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
     if (d.rows == 0 || n == 0) return;
     int rc;
     if (masked) {
@@ -980,7 +1039,7 @@ class CsrMatMulVariableOp : public OpKernel {
                         p_indices.flat<I>().data(), b.flat<T>().data(), out->flat<T>().data(),
                         lease.n());
     } else {
-      ThreadLease lease(ctx, d.nnz * n + d.cols * n);
+      ThreadLease lease(ctx, WorkOf(d.nnz, n, d.cols, n));
       rc = CsrMatMul(d.rows, d.cols, n, indptr.flat<I>().data(), indices.flat<I>().data(),
                      values.flat<T>().data(), b.flat<T>().data(), out->flat<T>().data(),
                      lease.n());
@@ -1025,7 +1084,7 @@ class CsrSddmmVariableOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({d.nnz}), &out));
     if (d.nnz == 0) return;
     const int64_t depth = u.dim_size(1);
-    ThreadLease lease(ctx, d.nnz * depth);
+    ThreadLease lease(ctx, WorkOf(d.nnz, depth));
     int rc = CsrSddmm(d.rows, d.cols, depth, indptr.flat<I>().data(), indices.flat<I>().data(),
                       u.flat<T>().data(), v.flat<T>().data(), out->flat<T>().data(), lease.n());
     OP_REQUIRES(ctx, rc == 0, Allocation("CsrSddmmVariable"));
@@ -1114,7 +1173,7 @@ REGISTER_OP("SparseKeras>CsrMatMulVariable")
         TF_RETURN_IF_ERROR(c->WithRank(c->input(i), 1, &s));
       }
       ::tensorflow::shape_inference::DimensionHandle m, n = c->UnknownDim();
-      TF_RETURN_IF_ERROR(c->Subtract(c->Dim(c->input(0), 0), 1, &m));
+      TF_RETURN_IF_ERROR(sparsekeras::RowsOf(c, 0, "a.indptr", &m));
       auto* handle = c->input_handle_shapes_and_types(4);
       if (handle != nullptr && handle->size() == 1 && c->RankKnown((*handle)[0].shape) &&
           c->Rank((*handle)[0].shape) == 2) {

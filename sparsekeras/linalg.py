@@ -30,18 +30,95 @@ def _kind(x):
     return "sparse array" if isinstance(x, sp.sparray) else "sparse matrix"
 
 
-def _csr_arrays(a, name):
-    """(indptr, indices, data, shape) of the CSR form of a scipy sparse operand."""
+def _coords(a):
+    """(row, col) of a COO operand as int64 arrays (scipy >= 1.13 keeps them in .coords)."""
+    coords = getattr(a, "coords", None)
+    if coords is None:
+        coords = (a.row, a.col)
+    return coords
+
+
+def _checked_coo(a, name):
+    """(row, col, data) of a COO operand, range-checked in int64 against its shape.
+
+    scipy's tocsr() does not bounds-check the coordinates: a row beyond the shape writes outside
+    the arrays it allocates (a segfault), a row of -1 is dropped silently.
+    """
+    coords = _coords(a)
+    if len(coords) != 2:
+        raise ValueError(f"{name} must be 2-D; received {len(coords)} coordinate arrays")
+    out = []
+    for axis, (c, what) in enumerate(zip(coords, ("row", "col"))):
+        c = np.asarray(c)
+        if c.dtype.kind not in "iu":
+            raise ValueError(f"{name}.{what} (COO coordinates) must have an integer dtype; "
+                             f"received dtype {c.dtype}")
+        if c.ndim != 1:
+            raise ValueError(f"{name}.{what} (COO coordinates) must be 1-D; received shape {c.shape}")
+        size = a.shape[axis]
+        bad = np.flatnonzero((c < 0) | (c >= size)) if c.size else ()
+        if len(bad):
+            p = int(bad[0])
+            raise ValueError(f"{name}: COO coordinate {what}[{p}]={int(c[p])} lies outside "
+                             f"[0, {size}) for shape {tuple(a.shape)}")
+        out.append(c.astype(np.int64, copy=False))
+    row, col = out
+    if row.shape != col.shape:
+        raise ValueError(f"{name}: COO row and col must have the same length; received "
+                         f"{row.shape[0]} and {col.shape[0]}")
+    data = np.asarray(a.data)
+    if data.shape != row.shape:
+        raise ValueError(f"{name}.data must have one entry per coordinate ({row.shape[0]}); "
+                         f"received shape {data.shape}")
+    return row, col, data
+
+
+def _csr_arrays(a, name, structure_only=False):
+    """(indptr, indices, data, shape) of the CSR form of a scipy sparse operand.
+
+    The structure is validated (ValueError naming `name` and the value) before anything reads
+    it. structure_only: the values are not used (SDDMM's pattern), so they are not checked and
+    the returned data are zeros.
+    """
     fmt = a.format
     if fmt == "csr":
+        data = None if structure_only else a.data
+        _kernels.check_csr(a.indptr, a.indices, data, a.shape, name)
+        if structure_only:
+            return a.indptr, a.indices, np.zeros(len(a.indices), np.float32), a.shape
         return a.indptr, a.indices, a.data, a.shape
     if fmt == "csc":
         # CSC arrays of a are the CSR arrays of a^T: transpose them back in the kernel.
-        ip, ix, d = _kernels.csr_transpose(a.indptr, a.indices, a.data, (a.shape[1], a.shape[0]))
+        t_shape = (a.shape[1], a.shape[0])
+        data = np.zeros(len(a.indices), np.float32) if structure_only else a.data
+        _kernels.check_csr(a.indptr, a.indices, data, t_shape, name)
+        ip, ix, d = _kernels.csr_transpose(a.indptr, a.indices, data, t_shape)
         return ip, ix, d, a.shape
+    if fmt == "coo":
+        row, col, data = _checked_coo(a, name)
+        if structure_only:
+            data = np.zeros(row.shape[0], np.float32)
+        # CSR by a stable sort on (row, col), not scipy's tocsr: every stored entry is kept
+        # (duplicates too, as a CSR operand keeps them), and float16 data need no conversion.
+        order = np.lexsort((col, row))
+        indptr = np.zeros(a.shape[0] + 1, np.int64)
+        np.cumsum(np.bincount(row, minlength=a.shape[0]), out=indptr[1:])
+        return indptr, col[order], np.asarray(data)[order], a.shape
+    if fmt == "bsr":
+        r, c = a.blocksize
+        _kernels.check_csr(a.indptr, a.indices, None, (a.shape[0] // r, a.shape[1] // c),
+                           f"{name} (BSR block structure)")
+        if not structure_only and np.shape(a.data) != (len(a.indices), r, c):
+            raise ValueError(f"{name}.data must have one ({r}, {c}) block per index "
+                             f"({len(a.indices)}); received shape {np.shape(a.data)}")
     try:
+        if structure_only:
+            a = a.copy()
+            a.data = np.zeros(np.shape(a.data), np.float32)
+        elif getattr(a, "dtype", None) == np.float16:
+            a = a.astype(np.float32)
         c = a.tocsr()
-    except Exception as e:  # scipy raises assorted errors for malformed COO/DOK input
+    except Exception as e:  # scipy raises assorted errors for malformed DOK/LIL/DIA input
         raise ValueError(f"{name} could not be converted to CSR: {e}") from e
     return c.indptr, c.indices, c.data, c.shape
 
@@ -49,6 +126,7 @@ def _csr_arrays(a, name):
 def _csc_arrays(a, name):
     """(indptr, indices, data, shape) of the CSC form of a scipy sparse operand."""
     if a.format == "csc":
+        _kernels.check_csr(a.indptr, a.indices, a.data, (a.shape[1], a.shape[0]), name)
         return a.indptr, a.indices, a.data, a.shape
     ip, ix, d, shape = _csr_arrays(a, name)
     t_ip, t_ix, t_d = _kernels.csr_transpose(ip, ix, d, shape)
@@ -94,7 +172,7 @@ def matmul(a, b, *, n_threads=None):
         return _kernels.csr_matmul(ip, ix, d, shape, b, n_threads=n_threads)
     _check_sparse(b, "b")
     ip, ix, d, shape = _csc_arrays(b, "b")
-    return _kernels.dense_csc_matmul(a, ip, ix, d, shape, n_threads=n_threads)
+    return _kernels.dense_csc_matmul(a, ip, ix, d, shape, n_threads=n_threads, names=("a", "b"))
 
 
 def sddmm(pattern, u, v, *, n_threads=None):
@@ -109,7 +187,7 @@ def sddmm(pattern, u, v, *, n_threads=None):
         and values out[i, j] = dot(u[i], v[j]).
     """
     _check_sparse(pattern, "pattern")
-    ip, ix, _, shape = _csr_arrays(pattern, "pattern")
+    ip, ix, _, shape = _csr_arrays(pattern, "pattern", structure_only=True)
     values = _kernels.csr_sddmm(ip, ix, shape, u, v, n_threads=n_threads)
     cls = sp.csr_array if isinstance(pattern, sp.sparray) else sp.csr_matrix
     return cls((values, np.array(ix, copy=True), np.array(ip, copy=True)), shape=shape)

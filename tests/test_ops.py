@@ -689,7 +689,10 @@ def test_shape_mismatch(run):
                        match=r"b must have 5 rows to match a.dense_shape \[3, 5\]; received b.shape \[4,2\]"):
         run(lambda aa, b: ops.matmul(aa, b), a, tf.ones((4, 2)))
     with pytest.raises(tf.errors.InvalidArgumentError,
-                       match=r"x must have 3 columns to match b.dense_shape \[3, 5\]; received x.shape \[2,4\]"):
+                       match=r"(a|x) must have 3 columns to match b.dense_shape \[3, 5\]; "
+                             r"received (a|x).shape \[2,4\]"):
+        # matmul(a, b) names its arguments when the shapes are known (eagerly); inside a graph
+        # with unknown shapes the op's own names remain (issue 23)
         run(lambda x, aa: ops.matmul(x, aa), tf.ones((2, 4)), a)
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match=r"x must have 5 columns .*; received x.shape \[2,4\]"):

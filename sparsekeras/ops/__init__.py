@@ -10,6 +10,7 @@ compute natively; float16 and bfloat16 (mixed precision) compute in float32 and 
 Not supported: XLA. `tf.function(jit_compile=True)` cannot compile these ops (TensorFlow raises
 an InvalidArgumentError naming the op); Keras only turns XLA on by itself on GPUs.
 """
+import numpy as np
 import tensorflow as tf
 
 from sparsekeras import _kernels
@@ -38,14 +39,62 @@ def _is_sparse(x):
 
 
 def to_csr(x, index_dtype=tf.int64):
-    """A `CSRTensor` from a CSRTensor, tf.SparseTensor, scipy.sparse matrix or dense 2-D tensor."""
+    """A `CSRTensor` from a CSRTensor, tf.SparseTensor, scipy.sparse matrix or dense 2-D tensor.
+
+    A SparseTensor's indices are range-checked in int64 against its dense_shape (at run time
+    in graphs) before the cast to `index_dtype`; scipy input is validated before conversion.
+    """
+    return _to_csr(x, index_dtype, "x")
+
+
+def _to_csr(x, index_dtype, name):
     if isinstance(x, CSRTensor):
         return x
     if isinstance(x, (tf.SparseTensor, tf.compat.v1.SparseTensorValue)):
-        return CSRTensor.from_sparse_tensor(tf.SparseTensor.from_value(x), index_dtype=index_dtype)
+        return CSRTensor.from_sparse_tensor(tf.SparseTensor.from_value(x), index_dtype=index_dtype,
+                                            name=name)
     if _is_sparse(x):
-        return CSRTensor.from_scipy(x)
+        return CSRTensor.from_scipy(x, name=name)
     return CSRTensor.from_dense(x, index_dtype=index_dtype)
+
+
+def _index_tensor(x, name):
+    """x as an int32/int64 tensor; bool, unsigned and floating dtypes are refused (a cast would
+    silently change the indices)."""
+    if isinstance(x, (list, tuple, np.ndarray, np.generic, int)):
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "i" and not (arr.size == 0 and arr.dtype.kind == "f"):
+            raise TypeError(f"{name} must hold int32 or int64 indices; received dtype {arr.dtype}")
+        x = tf.convert_to_tensor(arr.astype(np.int64 if arr.dtype.kind == "f" else arr.dtype))
+    else:
+        x = tf.convert_to_tensor(x)
+    if x.dtype not in (tf.int32, tf.int64):
+        raise TypeError(f"{name} must hold int32 or int64 indices; received dtype {x.dtype.name}")
+    return x
+
+
+def _index_pair(indptr, indices, prefix=""):
+    """indptr and indices as index tensors of one dtype (int64 if they differ: widening only)."""
+    indptr = _index_tensor(indptr, f"{prefix}indptr")
+    indices = _index_tensor(indices, f"{prefix}indices")
+    if indptr.dtype != indices.dtype:
+        indptr, indices = tf.cast(indptr, tf.int64), tf.cast(indices, tf.int64)
+    return indptr, indices
+
+
+def _shape_tensor(shape, name):
+    """A [rows, cols] size vector as int64; non-integer dtypes are refused, not cast."""
+    if not isinstance(shape, (list, tuple, np.ndarray, np.generic)):
+        shape = tf.convert_to_tensor(shape)
+        if shape.dtype not in (tf.int32, tf.int64):
+            raise TypeError(f"{name} must be int32 or int64 sizes; received dtype {shape.dtype.name}")
+        return tf.cast(shape, tf.int64)
+    arr = np.asarray(shape)
+    if arr.dtype.kind not in "iu" or (arr.dtype.kind == "u" and arr.size and arr.max() > 2**63 - 1):
+        raise TypeError(f"{name} must be integer sizes; received {shape!r}")
+    if arr.shape != (2,):
+        raise ValueError(f"{name} must be 2 sizes [rows, cols]; received {shape!r}")
+    return tf.constant(arr.astype(np.int64))
 
 
 def _checked_values(csr, name):
@@ -105,11 +154,22 @@ def matmul(a, b, name=None, *, indexed_slices_grad=False):
                             f"tf.SparseTensor or scipy.sparse); received {type(a).__name__} and "
                             f"{type(b).__name__}")
         if a_sp:
-            csr = to_csr(a)
+            csr = _to_csr(a, tf.int64, "a")
             b = tf.convert_to_tensor(b)
             vector = b.shape.rank == 1
+            unknown_rank = b.shape.rank is None
+            if b.shape.rank is not None and b.shape.rank not in (1, 2):
+                raise ValueError(f"b must be a vector or a matrix; received shape {b.shape}")
+            b_in = b
             if vector:
                 b = b[:, tf.newaxis]
+            elif unknown_rank:
+                # 1-D or 2-D, known only at run time: a (K, N) view, the result reshaped back.
+                check = tf.debugging.assert_less_equal(
+                    tf.rank(b), 2, message="b must be a vector or a matrix")
+                with tf.control_dependencies([check]):
+                    b_shape = tf.shape(b, out_type=tf.int64)
+                    b = tf.reshape(b, tf.stack([b_shape[0], tf.reduce_prod(b_shape[1:])]))
             compute, out_dtype = _compute_dtype(csr.dtype, b.dtype)
             if indexed_slices_grad and not vector:
                 y = _csr_matmul_sliced_grad(csr.indptr, csr.indices, csr.dense_shape,
@@ -119,8 +179,22 @@ def matmul(a, b, name=None, *, indexed_slices_grad=False):
                                                   _cast(csr.values, compute), csr.dense_shape,
                                                   _cast(b, compute))
             y = _cast(y, out_dtype)
+            if unknown_rank:
+                return tf.reshape(y, tf.concat([tf.shape(y, out_type=tf.int64)[:1],
+                                                tf.shape(b_in, out_type=tf.int64)[1:]], axis=0))
             return y[:, 0] if vector else y
-        csr = to_csr(b)
+        csr = _to_csr(b, tf.int64, "b")
+        a = tf.convert_to_tensor(a)
+        # The op would call a "x": check the static shapes here, where the names are known
+        # (only for a plausible structure: a malformed one is reported by the op first).
+        k = tf.get_static_value(csr.dense_shape)
+        k = None if k is None else [int(q) for q in k]  # Python ints: k[0] + 1 cannot overflow
+        if a.shape.rank is not None and a.shape.rank >= 1 and a.shape[-1] is not None and \
+                k is not None and len(k) == 2 and a.shape[-1] != k[0] and \
+                csr.indptr.shape[0] == k[0] + 1:
+            raise tf.errors.InvalidArgumentError(
+                None, None, f"a must have {k[0]} columns to match b.dense_shape [{k[0]}, {k[1]}]; "
+                f"received a.shape [{','.join(str(d) for d in a.shape)}]")
         # x @ W with W in CSR: the scatter product reads W's arrays as they are (no transpose).
         return dense_csr_matmul(a, csr.indptr, csr.indices, _checked_values(csr, "b"),
                                 csr.dense_shape)
@@ -146,7 +220,7 @@ def csr_csr_matmul(a, w, name=None):
         >>> sparsekeras.ops.csr_csr_matmul(x, w)   # [[0, 3], [2, 0]]
     """
     with tf.name_scope(name or "sparsekeras_csr_csr_matmul"):
-        ca, cw = to_csr(a), to_csr(w)
+        ca, cw = _to_csr(a, tf.int64, "a"), _to_csr(w, tf.int64, "w")
         if ca.indptr.dtype != cw.indptr.dtype:
             ca, cw = _with_index_dtype(ca, tf.int64), _with_index_dtype(cw, tf.int64)
         compute, out_dtype = _compute_dtype(ca.dtype, cw.dtype)
@@ -264,15 +338,20 @@ def _dense_times_sparse(x, indptr, indices, values, dense_shape, op):
     runs `op` on a 2-D view of x in the compute dtype (no reshape for the common 2-D case: fewer
     ops per call), restores the batch shape and sets the static output width from dense_shape."""
     x = tf.convert_to_tensor(x)
-    indptr = tf.convert_to_tensor(indptr)
-    indices = tf.convert_to_tensor(indices, dtype=indptr.dtype)
+    indptr, indices = _index_pair(indptr, indices)
     values = tf.convert_to_tensor(values)
-    dense_shape = tf.cast(dense_shape, tf.int64)
+    dense_shape = _shape_tensor(dense_shape, "dense_shape")
     compute, out_dtype = _compute_dtype(x.dtype, values.dtype)
     rank = x.shape.rank
     if rank is not None and rank < 1:
         raise ValueError(f"x must have rank >= 1; received shape {x.shape}")
-    x2 = x if rank == 2 else tf.reshape(x, [-1, tf.shape(x)[-1]])
+    if rank == 2:
+        x2 = x
+    else:
+        # Explicit int64 sizes: [-1, 0] is ambiguous for an empty x (keras Dense takes (2, 0, 0)),
+        # and tf.shape's int32 fails on a dimension >= 2**31.
+        x_shape = tf.shape(x, out_type=tf.int64)
+        x2 = tf.reshape(x, tf.stack([tf.reduce_prod(x_shape[:-1]), x_shape[-1]]))
     y = _cast(op(_cast(x2, compute), indptr, indices, _cast(values, compute), dense_shape),
               out_dtype)
     static = tf.get_static_value(dense_shape)
@@ -286,7 +365,8 @@ def _dense_times_sparse(x, indptr, indices, values, dense_shape, op):
     if rank == 2:
         y.set_shape([x.shape[0], n])
         return y
-    out = tf.reshape(y, tf.concat([tf.shape(x)[:-1], tf.shape(y)[-1:]], axis=0))
+    out = tf.reshape(y, tf.concat([tf.shape(x, out_type=tf.int64)[:-1],
+                                   tf.shape(y, out_type=tf.int64)[-1:]], axis=0))
     if rank is not None:
         out.set_shape(x.shape[:-1].concatenate([n]))
     return out
@@ -314,7 +394,7 @@ def sddmm(pattern, u, v, name=None):
         pattern: sparse `(M, N)` (its values are ignored). u: `(M, D)`. v: `(N, D)`.
     """
     with tf.name_scope(name or "sparsekeras_sddmm"):
-        csr = to_csr(pattern)
+        csr = _to_csr(pattern, tf.int64, "pattern")
         u = tf.convert_to_tensor(u)
         v = tf.convert_to_tensor(v)
         compute, out_dtype = _compute_dtype(u.dtype, v.dtype)
@@ -326,13 +406,14 @@ def sddmm(pattern, u, v, name=None):
 def transpose_structure(indptr, indices, dense_shape):
     """CSR structure of a CSR matrix's transpose: `(indptr_t, indices_t, perm)` with
     `values_t = tf.gather(values, perm)`. O(nnz) parallel counting sort; not differentiable."""
-    return _gradients.transpose_structure(indptr, indices, tf.cast(dense_shape, tf.int64))
+    indptr, indices = _index_pair(indptr, indices)
+    return _gradients.transpose_structure(indptr, indices, _shape_tensor(dense_shape, "dense_shape"))
 
 
 def transpose(a, name=None):
     """The transpose of a sparse matrix, as a CSRTensor (parallel counting sort, O(nnz))."""
     with tf.name_scope(name or "sparsekeras_transpose"):
-        csr = to_csr(a)
+        csr = _to_csr(a, tf.int64, "a")
         t_indptr, t_indices, perm = _gradients.transpose_structure(csr.indptr, csr.indices,
                                                                    csr.dense_shape)
         return CSRTensor(t_indptr, t_indices, _gradients.take(_checked_values(csr, "a"), perm),
@@ -387,8 +468,7 @@ def csr_conv2d(x, indptr, indices, values, kernel_shape, strides=1, padding="val
             raise ValueError(f"kernel_shape must be (k_h, k_w, in_channels, out_channels); "
                              f"received: {kernel_shape!r}") from None
         x = tf.convert_to_tensor(x)
-        indptr = tf.convert_to_tensor(indptr)
-        indices = tf.convert_to_tensor(indices, dtype=indptr.dtype)
+        indptr, indices = _index_pair(indptr, indices, "kernel.")
         values = tf.convert_to_tensor(values)
         if x.shape.rank is not None and x.shape.rank != 4:
             raise ValueError(f"x must be 4-D (batch, height, width, channels); received shape {x.shape}")
@@ -402,7 +482,8 @@ def csr_conv2d(x, indptr, indices, values, kernel_shape, strides=1, padding="val
         y = _ops.sparse_keras_csr_conv2d(_cast(x, compute), indptr, indices, _cast(values, compute),
                                          kernel_size=[kh, kw], strides=_pair(strides, "strides"),
                                          dilations=_pair(dilations, "dilations"),
-                                         padding=_padding(padding))
+                                         padding=_padding(padding),
+                                         kernel_shape=[kh, kw, cin, cout])
         return _cast(y, out_dtype)
 
 

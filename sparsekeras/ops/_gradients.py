@@ -247,7 +247,8 @@ def _conv_attrs(op):
     pad = op.get_attr("padding")
     return dict(kernel_size=op.get_attr("kernel_size"), strides=op.get_attr("strides"),
                 dilations=op.get_attr("dilations"),
-                padding=pad.decode() if isinstance(pad, bytes) else pad)
+                padding=pad.decode() if isinstance(pad, bytes) else pad,
+                kernel_shape=op.get_attr("kernel_shape"))
 
 
 @tf.RegisterGradient("SparseKeras>CsrConv2D")
