@@ -160,6 +160,22 @@ def masked_csc_product(x2, kernel, indptr, indices, positions, k, m):
     return product(x2, kernel)
 
 
+def refresh_on_assign(layer, mask, ready_attr):
+    """Make every eager assignment of `mask` call `layer.refresh_structure()` (once the layer
+    has set `ready_attr`), however it is assigned (set_mask, layer or model set_weights,
+    load_weights, checkpoint restore): a stale cached structure would silently compute with
+    the old pattern."""
+    assign = mask.assign
+
+    def assign_and_refresh(value, *args, **kwargs):
+        result = assign(value, *args, **kwargs)
+        if tf.executing_eagerly() and getattr(layer, ready_attr, None) is not None:
+            layer.refresh_structure()
+        return result
+
+    mask.assign = assign_and_refresh
+
+
 def _pop_unsupported(layer_name, kwargs, keys):
     """Drop the Keras options in `keys` that the layer does not implement from kwargs; raise if
     one was actually set (None is what the Keras layers' own configs carry)."""
@@ -236,19 +252,7 @@ class _PrunableKernel:
             self._apply_structure(ones, s)
 
     def _hook_mask_assign(self):
-        """Refresh the cached structure whenever the mask is assigned eagerly, however it is
-        assigned (set_mask, layer or model set_weights, load_weights, checkpoint restore): a
-        stale structure would silently compute with the old pattern."""
-        assign = self.mask.assign
-        layer = self
-
-        def assign_and_refresh(value, *args, **kwargs):
-            result = assign(value, *args, **kwargs)
-            if tf.executing_eagerly() and getattr(layer, "_csc_indptr", None) is not None:
-                layer.refresh_structure()
-            return result
-
-        self.mask.assign = assign_and_refresh
+        refresh_on_assign(self, self.mask, "_csc_indptr")
 
     def save_own_variables(self, store):
         keras.layers.Layer.save_own_variables(self, store)
@@ -323,7 +327,12 @@ class _PrunableKernel:
         finally:
             self.__dict__.update(saved)
 
-    def _sparse_config(self, config):
+    def _sparse_config(self, config, constraint_key="kernel_constraint", drop=()):
+        """The Keras layer's `config` with the user's own kernel constraint (not the mask's)
+        under `constraint_key`, the Keras options in `drop` removed, and the sparse options."""
+        config[constraint_key] = keras.constraints.serialize(self._user_kernel_constraint)
+        for key in drop:
+            config.pop(key, None)
         config.update(switch_sparsity=self.switch_sparsity, compute=self.compute,
                       prunable=self.prunable)
         return config
@@ -339,11 +348,7 @@ class _PrunableKernel:
     def from_keras(cls, layer, **options):
         """A built layer of this class with the configuration and weights of the Keras
         `layer` (mask all ones). `options`: switch_sparsity, compute, prunable."""
-        new = cls(**keras_config(layer), **options)
-        build_like(new, layer)
-        if layer.built:
-            copy_weights(layer, new)
-        return new
+        return convert_from_keras(cls, layer, **options)
 
     def to_keras(self):
         """The Keras twin of this layer (same config, built), holding the pruned weights as
@@ -480,6 +485,35 @@ class Prunable:
             masks.append(mask)
         self._pruning_masks = masks
 
+    # Conversions (sparsify, strip without a stored form, densify).
+    _keras_class = None
+    _SPARSE_OPTIONS = ("switch_sparsity", "compute", "prunable")
+
+    @classmethod
+    def from_keras(cls, layer, **options):
+        """A built layer of this class with the configuration and weights of the Keras
+        `layer` (masks all ones)."""
+        return convert_from_keras(cls, layer, **options)
+
+    def to_keras(self):
+        """The Keras twin of this layer (same config, built), holding the pruned weights as
+        zeros: what `sparsekeras.densify` (and `strip`, for a layer without a stored form)
+        puts in its place."""
+        config = self.get_config()
+        for key in self._SPARSE_OPTIONS:
+            config.pop(key, None)
+        twin = self._keras_class.from_config(config)
+        build_like(twin, self)
+        if self.built:
+            own = relative_paths(self)
+            masks = dict(zip(self._prunable_labels(), self.pruning_masks))
+            for path, var in relative_paths(twin).items():
+                value = keras.ops.convert_to_numpy(own[path])
+                if path in masks:
+                    value = value * keras.ops.convert_to_numpy(masks[path])
+                var.assign(value)
+        return twin
+
     @property
     def pruning_masks(self):
         """The masks of `get_prunable_weights()`, in order (1 = kept); None before build."""
@@ -548,6 +582,16 @@ def copy_weights(src, dst, skip_missing=("mask",)):
     if extra:
         raise ValueError(f"{type(dst).__name__} has weights {extra} that {src.name!r} "
                          f"({type(src).__name__}) lacks")
+
+
+def convert_from_keras(cls, layer, **options):
+    """A built `cls` layer with the config (plus `options`) and weights of the Keras `layer`:
+    the masks are fresh (all ones), every other weight is copied by its path."""
+    new = cls(**keras_config(layer), **options)
+    build_like(new, layer)
+    if layer.built:
+        copy_weights(layer, new)
+    return new
 
 
 def build_like(new, old):

@@ -198,11 +198,7 @@ class SparseEinsumDense(_PrunableKernel, keras.layers.EinsumDense):
     # ---- config and conversions -----------------------------------------------------------
 
     def get_config(self):
-        config = super().get_config()
-        config["kernel_constraint"] = keras.constraints.serialize(self._user_kernel_constraint)
-        for key in _UNSUPPORTED:
-            config.pop(key, None)
-        return self._sparse_config(config)
+        return self._sparse_config(super().get_config(), drop=_UNSUPPORTED)
 
     @classmethod
     def from_config(cls, config):

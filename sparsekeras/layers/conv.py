@@ -26,7 +26,7 @@ from sparsekeras import ops as sk_ops
 from sparsekeras.ops._gradients import take as _take
 from sparsekeras.layers._base import (
     _COMPUTE_MODES, _PrunableKernel, _dynamic_variable, _pop_unsupported, _structure_from_mask,
-    MaskTarget, Prunable, build_like, copy_weights, keras_config, relative_paths)
+    MaskTarget, Prunable, refresh_on_assign)
 from sparsekeras.layers._registry import register
 
 __all__ = ["SparseConv2D", "SparseConv1D", "SparseDepthwiseConv2D", "SparseSeparableConv2D",
@@ -208,11 +208,7 @@ class SparseConv2D(_PrunableConv, keras.layers.Conv2D):
                             lambda: super(SparseConv2D, self).convolution_op(inputs, kernel))
 
     def get_config(self):
-        config = super().get_config()
-        config["kernel_constraint"] = keras.constraints.serialize(self._user_kernel_constraint)
-        for key in ("lora_rank", "lora_alpha"):
-            config.pop(key, None)
-        return self._sparse_config(config)
+        return self._sparse_config(super().get_config(), drop=("lora_rank", "lora_alpha"))
 
     @classmethod
     def from_conv(cls, layer, **kwargs):
@@ -310,11 +306,7 @@ class SparseConv1D(_PrunableConv, keras.layers.Conv1D):
         return y
 
     def get_config(self):
-        config = super().get_config()
-        config["kernel_constraint"] = keras.constraints.serialize(self._user_kernel_constraint)
-        for key in ("lora_rank", "lora_alpha"):
-            config.pop(key, None)
-        return self._sparse_config(config)
+        return self._sparse_config(super().get_config(), drop=("lora_rank", "lora_alpha"))
 
 
 @keras.saving.register_keras_serializable(package="sparsekeras")
@@ -384,9 +376,7 @@ class SparseDepthwiseConv2D(_PrunableConv, keras.layers.DepthwiseConv2D):
         return y
 
     def get_config(self):
-        config = super().get_config()
-        config["depthwise_constraint"] = keras.constraints.serialize(self._user_kernel_constraint)
-        return self._sparse_config(config)
+        return self._sparse_config(super().get_config(), constraint_key="depthwise_constraint")
 
     @classmethod
     def from_depthwise(cls, layer, **kwargs):
@@ -398,7 +388,6 @@ class SparseDepthwiseConv2D(_PrunableConv, keras.layers.DepthwiseConv2D):
 
 # ---- the Prunable-protocol convolutions (masks; sparse compute where a kernel applies) --------
 
-_SPARSE_KEYS = ("switch_sparsity", "compute", "prunable")
 
 
 class _ViewedTarget(MaskTarget):
@@ -434,8 +423,6 @@ class _MaskedConv(Prunable):
     `to_keras` (strip without a stored form, densify), and Keras' generic saving of every
     variable (the Keras convolutions save kernel and bias only, which would drop the masks)."""
 
-    _keras_class = None
-
     def _init_prunable(self, prunable):
         _channels_last_only(type(self).__name__, self.data_format)
         self.prunable = bool(prunable)
@@ -446,34 +433,6 @@ class _MaskedConv(Prunable):
     def load_own_variables(self, store):
         keras.layers.Layer.load_own_variables(self, store)
 
-    @classmethod
-    def from_keras(cls, layer, **options):
-        """A built layer of this class with the configuration and weights of the Keras
-        `layer` (masks all ones)."""
-        new = cls(**keras_config(layer), **options)
-        build_like(new, layer)
-        if layer.built:
-            copy_weights(layer, new)
-        return new
-
-    def to_keras(self):
-        """The Keras twin of this layer (same config, built), holding the pruned weights as
-        zeros: what `sparsekeras.densify` (and `strip`, for a layer without a stored form)
-        puts in its place."""
-        config = self.get_config()
-        for key in _SPARSE_KEYS:
-            config.pop(key, None)
-        twin = self._keras_class.from_config(config)
-        build_like(twin, self)
-        if self.built:
-            own = relative_paths(self)
-            masks = dict(zip(self._prunable_labels(), self.pruning_masks))
-            for path, var in relative_paths(twin).items():
-                value = keras.ops.convert_to_numpy(own[path])
-                if path in masks:
-                    value = value * keras.ops.convert_to_numpy(masks[path])
-                var.assign(value)
-        return twin
 
     def get_config(self):
         config = super().get_config()
@@ -545,22 +504,8 @@ class _SparseSeparable(_MaskedConv):
     def _post_build(self):
         super()._post_build()  # Prunable: the masks
         for mask in self.pruning_masks:
-            self._hook_assign(mask)
+            refresh_on_assign(self, mask, "_structures")
         self.refresh_structure()
-
-    def _hook_assign(self, mask):
-        """Refresh the cached structures whenever a mask is assigned eagerly (MaskTarget's
-        set_mask, set_weights, loading): a stale structure would compute the old pattern."""
-        assign = mask.assign
-        layer = self
-
-        def assign_and_refresh(value, *args, **kwargs):
-            result = assign(value, *args, **kwargs)
-            if tf.executing_eagerly() and getattr(layer, "_structures", None) is not None:
-                layer.refresh_structure()
-            return result
-
-        mask.assign = assign_and_refresh
 
     def _kernels_2d_shapes(self):
         """(depthwise (k_h, k_w, C, M), pointwise (1, 1, C * M, F)) as the 2-D computation sees

@@ -426,11 +426,8 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
             c.values.assign(self._keep_values(kernel.reshape(-1)[positions]))
 
     def get_config(self):
-        config = super().get_config()
-        config["kernel_constraint"] = keras.constraints.serialize(self._user_kernel_constraint)
-        for key in ("quantization_config", "lora_rank", "lora_alpha"):
-            config.pop(key, None)
-        return self._sparse_config(config)
+        return self._sparse_config(super().get_config(),
+                                   drop=("quantization_config", "lora_rank", "lora_alpha"))
 
     @classmethod
     def from_config(cls, config):

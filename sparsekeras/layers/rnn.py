@@ -40,7 +40,7 @@ from keras.src import backend as keras_backend
 
 from sparsekeras import ops as sk_ops
 from sparsekeras.layers._base import (DEFAULT_SWITCH_SPARSITY, NotConvertible, Prunable,
-                                      build_like, copy_weights, keras_config, relative_paths)
+                                      convert_from_keras)
 from sparsekeras.layers._registry import register
 
 __all__ = ["SparseLSTM", "SparseGRU", "SparseSimpleRNN"]
@@ -49,8 +49,6 @@ __all__ = ["SparseLSTM", "SparseGRU", "SparseSimpleRNN"]
 class _PrunableRNN(Prunable):
     """`Prunable` for Keras' recurrent layers: the cell's kernel and recurrent kernel are the
     prunable weights; conversions `from_keras` (sparsify) and `to_keras` (strip, densify)."""
-
-    _keras_class = None
 
     def get_prunable_weights(self):
         return [self.cell.kernel, self.cell.recurrent_kernel]
@@ -178,28 +176,7 @@ class _PrunableRNN(Prunable):
         reason = _rnn_check(layer)
         if reason is not None:
             raise NotConvertible(reason)
-        new = cls(**keras_config(layer), **cls._options_of(layer), **options)
-        build_like(new, layer)
-        if layer.built:
-            copy_weights(layer, new)
-        return new
-
-    def to_keras(self):
-        """The Keras twin of this layer (same config, built), holding the pruned weights as
-        zeros: what `sparsekeras.strip` and `densify` put in its place."""
-        config = self.get_config()
-        config.pop("prunable", None)
-        twin = self._keras_class.from_config(config)
-        build_like(twin, self)
-        if self.built:
-            own = relative_paths(self)
-            masks = dict(zip(self._prunable_labels(), self.pruning_masks))
-            for path, var in relative_paths(twin).items():
-                value = keras.ops.convert_to_numpy(own[path])
-                if path in masks:
-                    value = value * keras.ops.convert_to_numpy(masks[path])
-                var.assign(value)
-        return twin
+        return convert_from_keras(cls, layer, **cls._options_of(layer), **options)
 
 
 class _CellImplementation:
