@@ -1,0 +1,581 @@
+"""Coupled channels of a Keras model, found from its Functional graph: what `shrink` removes
+together and what `GradualPruning(granularity="channel", coupled=True)` / `"head"` prunes
+together.
+
+A *group* is a set of channels that must be removed as one: the output units (filters) of the
+layers that produce them, and the matching entries of every layer that reads them. The analysis
+walks the graph of a Sequential or Functional model (nested models inlined) and gives each
+tensor a *layout* for its last axis: a sequence of segments, each the channels of one group,
+repeated `repeat` times (a Flatten after a convolution repeats the C channels once per spatial
+position). Layers act on layouts:
+
+- producers (Dense, Conv1D/2D/3D with groups=1, Embedding, MultiHeadAttention's output
+  projection) start a new group of their units; their input rows are indexed by the input's
+  layout;
+- followers (BatchNormalization, DepthwiseConv with depth_multiplier=1) keep the layout and
+  have per-channel weights indexed by it;
+- activations, Dropout, pooling, padding, cropping and upsampling keep it;
+- Flatten and Reshape keep it when the new last axis is a multiple of the channels;
+- Add / Subtract / Multiply / Average / Maximum / Minimum unite the groups of their inputs;
+- Concatenate on the channel axis concatenates the segments (offsets);
+- MultiHeadAttention's heads form a group of their own (query, key, value and output
+  projections shrink together).
+
+Anything else bounds the groups it touches: they are *fixed* (never pruned), with the reason:
+LayerNormalization (its statistics span the channels), the model's inputs and outputs,
+grouped convolutions, any layer or operation not listed above (by name). An activation that
+does not map 0 to 0 (sigmoid, softplus) fixes its group too: a removed channel must be one
+whose value is exactly zero, so that removing it changes no output.
+"""
+import inspect
+
+import numpy as np
+import keras
+
+__all__ = ["Layout", "Group", "Analysis", "analyze"]
+
+# Activation names that act on each entry alone (whether they keep 0 at 0 is checked).
+_ELEMENTWISE = {
+    "linear", "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "tanh",
+    "sigmoid", "hard_sigmoid", "softplus", "softsign", "exponential", "mish", "hard_silu",
+    "hard_swish", "celu", "squareplus", "tanh_shrink", "hard_tanh", "soft_shrink",
+    "hard_shrink", "log_sigmoid", "sparse_plus", "relu_", "identity"}
+
+L = keras.layers
+_PASSTHROUGH = (L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
+                L.GaussianNoise, L.GaussianDropout, L.ActivityRegularization, L.Identity,
+                L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.AveragePooling1D,
+                L.AveragePooling2D, L.AveragePooling3D, L.GlobalAveragePooling1D,
+                L.GlobalAveragePooling2D, L.GlobalAveragePooling3D, L.GlobalMaxPooling1D,
+                L.GlobalMaxPooling2D, L.GlobalMaxPooling3D, L.ZeroPadding1D, L.ZeroPadding2D,
+                L.ZeroPadding3D, L.Cropping1D, L.Cropping2D, L.Cropping3D, L.UpSampling1D,
+                L.UpSampling2D, L.UpSampling3D)
+_ACTIVATION_LAYERS = (L.Activation, L.ReLU, L.LeakyReLU, L.ELU)
+_MERGES = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
+_CONVS = (L.Conv1D, L.Conv2D, L.Conv3D)
+_DEPTHWISE = tuple(c for c in (getattr(L, "DepthwiseConv1D", None), L.DepthwiseConv2D) if c)
+
+
+def _keras_class(layer):
+    """The Keras class `layer` stands for: its own class, or for a sparsekeras layer the Keras
+    class it is registered for. A user's subclass of a Keras layer is not followed (its call
+    may differ)."""
+    from sparsekeras.layers import _registry
+
+    cls = type(layer)
+    if cls.__module__.startswith("keras."):
+        return cls
+    for keras_cls, sparse_cls in _registry.registered().items():
+        if cls is sparse_cls:
+            return keras_cls
+    return None
+
+
+def _is(kind, classes):
+    return kind is not None and any(kind is c for c in classes)
+
+
+# ---- layouts and groups -----------------------------------------------------------------------
+
+class Group:
+    """A set of coupled channels (union-find node). `size` channels; `kind` "channel" or
+    "head"; `fixed`: reasons it is never pruned (empty: prunable)."""
+
+    def __init__(self, gid, size, kind="channel"):
+        self.id = gid
+        self.size = int(size)
+        self.kind = kind
+        self.parent = self
+        self.fixed = []
+
+    def root(self):
+        g = self
+        while g.parent is not g:
+            g.parent = g.parent.parent
+            g = g.parent
+        return g
+
+    @property
+    def prunable(self):
+        return not self.root().fixed
+
+
+class Layout:
+    """The channel structure of a tensor's last axis: `segments` (groups, in order), the whole
+    repeated `repeat` times (index r * C + offset + c, C the segments' total size)."""
+
+    def __init__(self, segments, repeat=1):
+        self.segments = tuple(segments)
+        self.repeat = int(repeat)
+
+    @property
+    def width(self):
+        return sum(g.size for g in self.segments)
+
+    def groups(self):
+        return [g.root() for g in self.segments]
+
+    def positions(self):
+        """[(root group, (repeat, size) int array of positions on the axis)] per segment."""
+        out, offset, width = [], 0, self.width
+        for g in self.segments:
+            base = offset + np.arange(g.size)
+            out.append((g.root(), np.arange(self.repeat)[:, None] * width + base[None, :]))
+            offset += g.size
+        return out
+
+    def kept(self, keep):
+        """Positions kept on the axis, given {root group id: sorted kept channel indices}."""
+        parts, offset, width = [], 0, self.width
+        for g in self.segments:
+            k = keep.get(g.root().id)
+            parts.append(offset + (np.arange(g.size) if k is None else np.asarray(k)))
+            offset += g.size
+        one = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return (np.arange(self.repeat)[:, None] * width + one[None, :]).reshape(-1)
+
+    def shrunk_width(self, keep):
+        return sum(len(keep[g.root().id]) if g.root().id in keep else g.size
+                   for g in self.segments)
+
+    def shrunk_dim(self, keep):
+        """The axis' length once the groups in `keep` are shrunk."""
+        return self.repeat * self.shrunk_width(keep)
+
+    def changed(self, keep):
+        return any(g.root().id in keep for g in self.segments)
+
+
+class Analysis:
+    """The result of `analyze`: the groups and, for every layer, the layouts of the axes that
+    groups index.
+
+    Attributes:
+        groups: every root group (channel groups and head groups).
+        bindings: {id(layer): (layer, {role: Layout})}. Roles: "in" (the input's channels
+            of a producer or follower), "out" (a producer's units), "reshape" (the output of
+            a Reshape), "query" / "key" / "value" / "heads" (MultiHeadAttention).
+        unsupported: [(layer or operation name, reason)] for what the analysis could not follow.
+        kinds: {id(layer): "producer" | "follower" | "mha" | "reshape"}.
+    """
+
+    def __init__(self):
+        self.bindings = {}
+        self.kinds = {}
+        self.unsupported = []
+        self._all = []
+
+    @property
+    def groups(self):
+        seen, out = set(), []
+        for g in self._all:
+            r = g.root()
+            if id(r) not in seen:
+                seen.add(id(r))
+                out.append(r)
+        return out
+
+    def prunable_groups(self, kind="channel"):
+        return [g for g in self.groups if g.kind == kind and not g.fixed]
+
+    def members(self, group):
+        """[(layer, role, positions (repeat, size))] of every layer axis indexed by `group`."""
+        out = []
+        for layer, roles in self.bindings.values():
+            for role, layout in roles.items():
+                for g, pos in layout.positions():
+                    if g is group:
+                        out.append((layer, role, pos))
+        return out
+
+
+class _Walker:
+    def __init__(self, model):
+        self.model = model
+        self.a = Analysis()
+        self._memo = {}
+        self._nodes = {}
+        self._out_groups = {}
+
+    # groups
+    def new(self, size, kind="channel", fixed=None):
+        g = Group(len(self.a._all), size, kind)
+        self.a._all.append(g)
+        if fixed:
+            g.fixed.append(fixed)
+        return g
+
+    def fresh(self, tensor, reason):
+        """A layout of new fixed channels for a tensor the analysis cannot follow."""
+        shape = getattr(tensor, "shape", None)
+        width = shape[-1] if shape else 0
+        return Layout([self.new(width or 0, fixed=reason)])
+
+    def fix(self, layout, reason):
+        for g in layout.groups():
+            if reason not in g.fixed:
+                g.fixed.append(reason)
+
+    def unite(self, a, b, reason):
+        """Make two layouts the same channels (an Add); fixes both if their structures differ."""
+        sa, sb = [g.size for g in a.segments], [g.size for g in b.segments]
+        if sa != sb or a.repeat != b.repeat:
+            self.fix(a, reason)
+            self.fix(b, reason)
+            return False
+        for ga, gb in zip(a.groups(), b.groups()):
+            if ga is not gb:
+                if ga.kind != gb.kind:
+                    self.fix(Layout([ga, gb]), reason)
+                gb.parent = ga
+                ga.fixed.extend(r for r in gb.fixed if r not in ga.fixed)
+        return True
+
+    def bind(self, layer, kind, role, layout):
+        """Record that `layer`'s `role` axis is indexed by `layout` (a shared layer's second
+        call must index the same channels)."""
+        entry = self.a.bindings.setdefault(id(layer), (layer, {}))
+        self.a.kinds[id(layer)] = kind
+        old = entry[1].get(role)
+        if old is None:
+            entry[1][role] = layout
+        elif old is not layout:
+            self.unite(old, layout, f"{layer.name}: a shared layer called on different channels")
+
+    def unsupported(self, name, reason):
+        if (name, reason) not in self.a.unsupported:
+            self.a.unsupported.append((name, reason))
+
+    # walking
+    def layout(self, tensor, ctx=(), bound=None):
+        key = (id(tensor), ctx)
+        if key in self._memo:
+            return self._memo[key]
+        bound = bound or {}
+        if id(tensor) in bound.get(ctx, {}):
+            out = bound[ctx][id(tensor)]
+        else:
+            history = getattr(tensor, "_keras_history", None)
+            if history is None:
+                out = self.fresh(tensor, "a constant or non-Keras tensor")
+            else:
+                op, node_index, tensor_index = history
+                if isinstance(op, keras.layers.InputLayer):
+                    out = self.fresh(tensor, f"model input {op.name!r}")
+                else:
+                    outs = self.node(op, op._inbound_nodes[node_index], ctx, bound)
+                    out = outs[tensor_index]
+        self._memo[key] = out
+        return out
+
+    def node(self, op, node, ctx, bound):
+        key = (id(node), ctx)
+        if key not in self._nodes:
+            self._nodes[key] = self._visit(op, node, ctx, bound)
+        return self._nodes[key]
+
+    def _visit(self, op, node, ctx, bound):
+        args = node.arguments
+        inputs = [t for t in args.keras_tensors]
+        lays = [self.layout(t, ctx, bound) for t in inputs]
+        outputs = list(node.outputs)
+        name = getattr(op, "name", type(op).__name__)
+
+        def opaque(reason):
+            self.unsupported(name, reason)
+            for lay in lays:
+                self.fix(lay, f"{name}: {reason}")
+            return [self.fresh(t, f"{name}: {reason}") for t in outputs]
+
+        if isinstance(op, keras.Model):
+            return self._nested(op, node, ctx, bound, lays, inputs, opaque)
+        kind = _keras_class(op) if isinstance(op, keras.layers.Layer) else None
+        if kind is None:
+            return opaque(f"{type(op).__name__} is not followed (not a Keras layer the "
+                          "channel analysis knows)")
+        if getattr(op, "data_format", "channels_last") != "channels_last":
+            return opaque(f"data_format={op.data_format!r} (channels_last only)")
+        if len(lays) == 1:
+            (x,) = lays
+        if _is(kind, (L.Dense,) + _CONVS):
+            if len(lays) != 1:
+                return opaque("called on several tensors")
+            if _is(kind, _CONVS) and getattr(op, "groups", 1) != 1:
+                return opaque(f"grouped convolution (groups={op.groups}) is left whole")
+            self.bind(op, "producer", "in", x)
+            out = self._producer(op, op.units if _is(kind, (L.Dense,)) else op.filters)
+            self._activation(op, getattr(op, "activation", None), out)
+            return [out]
+        if _is(kind, _DEPTHWISE):
+            if op.depth_multiplier != 1:
+                return opaque(f"depth_multiplier={op.depth_multiplier} (1 only)")
+            self.bind(op, "follower", "in", x)
+            self._activation(op, op.activation, x)
+            return [x]
+        if _is(kind, (L.BatchNormalization,)):
+            axis = op.axis if isinstance(op.axis, int) else (op.axis[0] if len(op.axis) == 1
+                                                             else None)
+            rank = len(inputs[0].shape)
+            if axis is None or axis % rank != rank - 1:
+                return opaque(f"axis={op.axis} (the last axis only)")
+            self.bind(op, "follower", "in", x)
+            return [x]
+        if _is(kind, (L.Embedding,)):
+            return [self._producer(op, op.output_dim)]
+        if _is(kind, (L.LayerNormalization,)):
+            reason = f"{name}: LayerNormalization normalizes over the channels"
+            self.fix(x, reason)
+            return [self.fresh(outputs[0], reason)]
+        if _is(kind, _PASSTHROUGH):
+            return [x]
+        if _is(kind, _ACTIVATION_LAYERS):
+            if _is(kind, (L.Activation,)) and not _elementwise(op.activation):
+                return opaque(f"activation {_act_name(op.activation)!r} is not elementwise")
+            self._zero_check(op, lambda z: op(z), x)
+            return [x]
+        if _is(kind, (L.Flatten, L.Reshape)):
+            width = x.width
+            new = outputs[0].shape[-1]
+            if not width or new is None or new % width:
+                return opaque(f"the new last axis ({new}) is not a multiple of the channels "
+                              f"({width})")
+            out = Layout(x.segments, new // width)
+            if _is(kind, (L.Reshape,)):
+                self.bind(op, "reshape", "reshape", out)
+            return [out]
+        if _is(kind, _MERGES):
+            shapes = {t.shape[-1] for t in inputs}
+            if len(shapes) != 1:
+                return opaque("broadcasts its inputs' last axes")
+            for other in lays[1:]:
+                self.unite(lays[0], other, f"{name}: inputs of different channel structure")
+            return [lays[0]]
+        if _is(kind, (L.Concatenate,)):
+            rank = len(inputs[0].shape)
+            if op.axis % rank == rank - 1:
+                if any(lay.repeat != 1 for lay in lays):
+                    return opaque("concatenates flattened tensors")
+                return [Layout([g for lay in lays for g in lay.segments])]
+            for other in lays[1:]:
+                self.unite(lays[0], other, f"{name}: inputs of different channel structure")
+            return [lays[0]]
+        if _is(kind, (L.MultiHeadAttention,)):
+            return self._mha(op, node, inputs, lays, outputs, opaque)
+        return opaque(f"{kind.__name__} is not followed by the channel analysis")
+
+    def _producer(self, op, units):
+        g = self._out_groups.get(id(op))
+        if g is None:
+            g = self._out_groups[id(op)] = self.new(units)
+        out = Layout([g])
+        self.bind(op, self.a.kinds.get(id(op), "producer"), "out", out)
+        return out
+
+    def _activation(self, op, fn, layout):
+        if fn is None:
+            return
+        if not _elementwise(fn):
+            self.fix(layout, f"{op.name}: activation {_act_name(fn)!r} is not elementwise")
+            self.unsupported(op.name, f"activation {_act_name(fn)!r} is not elementwise")
+            return
+        self._zero_check(op, fn, layout)
+
+    def _zero_check(self, op, fn, layout):
+        z = np.zeros((1, 4), np.float32)
+        value = np.asarray(keras.ops.convert_to_numpy(fn(z)))
+        if np.any(value != 0):
+            self.fix(layout, f"{op.name}: its activation maps 0 to {float(value.flat[0]):g}, "
+                             "so a pruned channel is not zero")
+
+    def _mha(self, op, node, inputs, lays, outputs, opaque):
+        try:
+            bound = inspect.signature(op.call).bind(*node.arguments.args,
+                                                    **node.arguments.kwargs)
+        except TypeError:
+            return opaque("call arguments not understood")
+        args = bound.arguments
+        by_id = {id(t): lay for t, lay in zip(inputs, lays)}
+        q, v = args.get("query"), args.get("value")
+        k = args.get("key") if args.get("key") is not None else v
+        named = {"query": q, "key": k, "value": v}
+        if any(t is None or id(t) not in by_id for t in named.values()):
+            return opaque("query/key/value not found among its inputs")
+        if getattr(op, "_gate_dense", None) is not None:
+            return opaque("use_gate=True is not followed")
+        out_shape = getattr(op, "_output_shape", None)
+        if out_shape and len(tuple(out_shape)) != 1:
+            return opaque(f"output_shape={out_shape} (one axis only)")
+        for role, t in named.items():
+            self.bind(op, "mha", role, by_id[id(t)])
+        for t, lay in zip(inputs, lays):  # masks: not channels
+            if all(t is not x for x in named.values()):
+                self.fix(lay, f"{op.name}: an attention mask input")
+        heads = self._out_groups.get((id(op), "heads"))
+        if heads is None:
+            heads = self._out_groups[(id(op), "heads")] = self.new(op.num_heads, kind="head")
+        self.bind(op, "mha", "heads", Layout([heads]))
+        out = self._producer(op, outputs[0].shape[-1])
+        self.a.kinds[id(op)] = "mha"
+        rest = [self.fresh(t, f"{op.name}: attention scores") for t in outputs[1:]]
+        return [out] + rest
+
+    def _nested(self, model, node, ctx, bound, lays, inputs, opaque):
+        inner_inputs = list(getattr(model, "inputs", None) or [])
+        args = keras.tree.flatten(node.arguments.args) + keras.tree.flatten(
+            [v for k, v in node.arguments.kwargs.items() if k not in ("training", "mask")])
+        args = [a for a in args if a is not None]
+        if not inner_inputs or len(args) != len(inner_inputs) or not getattr(model, "outputs",
+                                                                               None):
+            return opaque(f"nested model {type(model).__name__} without a traceable graph")
+        by_id = {id(t): lay for t, lay in zip(inputs, lays)}
+        if any(id(a) not in by_id for a in args):
+            return opaque("nested model called on non-tensor arguments")
+        inner_ctx = ctx + (id(node),)
+        bound = dict(bound)
+        bound[inner_ctx] = {id(t): by_id[id(a)] for t, a in zip(inner_inputs, args)}
+        for i, a in enumerate(args):
+            self.bind(model, "nested", f"input{i}", by_id[id(a)])
+        return [self.layout(t, inner_ctx, bound) for t in keras.tree.flatten(model.outputs)]
+
+
+def _act_name(fn):
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def _elementwise(fn):
+    return _act_name(fn) in _ELEMENTWISE
+
+
+def check_graph(model, what="The channel analysis"):
+    """Raise a ValueError naming the model's class unless it is a Sequential or Functional
+    model with a layer graph (inputs and outputs)."""
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"Expected a Keras model. Received: model of type "
+                         f"{type(model).__name__}")
+    try:
+        outputs, inputs = model.outputs, model.inputs
+    except (AttributeError, ValueError):
+        outputs = inputs = None
+    if not outputs or not inputs:
+        raise ValueError(
+            f"{what} needs the layer graph of a Sequential or Functional model; "
+            f"{model.name!r} ({type(model).__name__}) has none (a subclassed model, or a "
+            "Sequential without keras.Input). Build the same layers as a Functional model "
+            "(keras.Model(inputs, outputs)), or give the Sequential a keras.Input, and load "
+            "the weights into it.")
+    return inputs, outputs
+
+
+def analyze(model):
+    """The coupled channel groups of a Sequential or Functional `model` (nested models
+    inlined).
+
+    Args:
+        model: a built Sequential or Functional Keras model (sparsekeras layers are read as
+            the Keras layers they stand for).
+
+    Returns:
+        An `Analysis`.
+
+    Raises:
+        ValueError: for a subclassed model (no graph to follow) or one that is not built.
+    """
+    _, outputs = check_graph(model)
+    w = _Walker(model)
+    for t in keras.tree.flatten(outputs):
+        lay = w.layout(t)
+        w.fix(lay, "model output")
+    return w.a
+
+
+# ---- reading the weights of a group's members ---------------------------------------------------
+
+def _np(v):
+    return None if v is None else np.asarray(keras.ops.convert_to_numpy(v))
+
+
+def _produced(layer):
+    """(kernel, bias) whose last axis is `layer`'s output units (None where absent)."""
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        dense = layer._output_dense
+        return dense.kernel, dense.bias
+    if isinstance(layer, keras.layers.Embedding):
+        return layer.embeddings, None
+    return layer.kernel, getattr(layer, "bias", None)
+
+
+def _bn_offset(layer):
+    """A BatchNormalization's output for a zero input, per channel (inference)."""
+    n = int(layer.moving_mean.shape[0])
+    gamma = _np(layer.gamma) if layer.gamma is not None else np.ones(n, np.float32)
+    beta = _np(layer.beta) if layer.beta is not None else np.zeros(n, np.float32)
+    mean, var = _np(layer.moving_mean), _np(layer.moving_variance)
+    return beta - gamma * mean / np.sqrt(var + layer.epsilon)
+
+
+def dead_channels(analysis, group):
+    """Bool array (group.size,): True where the channel is exactly zero in the model whatever
+    the input (its producers' kernel columns and biases are zero, its BatchNormalizations give
+    zero for zero, its depthwise biases are zero), so removing it changes no output."""
+    dead = np.ones(group.size, bool)
+    for layer, role, pos in analysis.members(group):
+        kind = analysis.kinds[id(layer)]
+        if role == "out":
+            kernel, bias = (_np(v) for v in _produced(layer))
+            cols = kernel.reshape(-1, kernel.shape[-1])
+            zero = ~np.any(cols != 0, axis=0)
+            if bias is not None:
+                zero &= bias.reshape(-1) == 0
+            dead &= zero[pos].all(axis=0)
+        elif role == "in" and kind == "follower":
+            if isinstance(layer, keras.layers.BatchNormalization):
+                dead &= (_bn_offset(layer) == 0)[pos].all(axis=0)
+            elif getattr(layer, "bias", None) is not None:
+                dead &= (_np(layer.bias) == 0)[pos].all(axis=0)
+    return dead
+
+
+def dead_heads(layer):
+    """Bool array (num_heads,): heads whose contribution to the output is exactly zero (their
+    rows of the output projection are zero, or their value projection and bias are)."""
+    out = _np(layer._output_dense.kernel)
+    dead = ~np.any(out.reshape(out.shape[0], -1) != 0, axis=1)
+    value = _np(layer._value_dense.kernel)
+    vzero = ~np.any(np.moveaxis(value, 1, 0).reshape(value.shape[1], -1) != 0, axis=1)
+    if layer._value_dense.bias is not None:
+        vb = _np(layer._value_dense.bias)
+        vzero &= ~np.any(vb.reshape(vb.shape[0], -1) != 0, axis=1)
+    return dead | vzero
+
+
+def _rms_columns(a, axis=-1):
+    a = np.moveaxis(np.asarray(a, np.float64), axis, -1)
+    a = a.reshape(-1, a.shape[-1])
+    return np.sqrt(np.mean(a * a, axis=0)) if a.shape[0] else np.zeros(a.shape[1])
+
+
+def channel_scores(analysis, group):
+    """Score per channel of `group`: the sum over its producers (and depthwise followers) of
+    the RMS of the channel's kernel entries (the L2 norm over sqrt(fan-in), so members of
+    different fan-in weigh alike)."""
+    score = np.zeros(group.size)
+    for layer, role, pos in analysis.members(group):
+        kind = analysis.kinds[id(layer)]
+        if role == "out":
+            score += _rms_columns(_np(_produced(layer)[0]))[pos].sum(axis=0)
+        elif role == "in" and kind == "follower" and not isinstance(
+                layer, keras.layers.BatchNormalization):
+            score += _rms_columns(_np(layer.kernel), axis=-2)[pos].sum(axis=0)
+    return score
+
+
+def _mha_projections(layer):
+    return [layer._query_dense, layer._key_dense, layer._value_dense, layer._output_dense]
+
+
+def head_scores(layer):
+    """Score per head of a MultiHeadAttention: the RMS of the head's query, key and value
+    kernel entries and of its output-projection rows, summed."""
+    q, k, v, o = (_np(d.kernel) for d in _mha_projections(layer))
+    return (_rms_columns(q, 1) + _rms_columns(k, 1) + _rms_columns(v, 1)
+            + _rms_columns(o, 0))

@@ -1,0 +1,317 @@
+"""`sparsekeras.shrink`: a model pruned by whole channels (`granularity="channel"`, best with
+`coupled=True`) and whole attention heads (`granularity="head"`) rebuilt as a plain Keras model
+with smaller layers: the pruned units, filters and heads are removed, and so are the matching
+inputs of every layer that reads them. The coupled channels come from `_groups.analyze`.
+
+Exactness: a channel is removed only where its value is exactly zero in the pruned model
+whatever the input (its producers' kernel columns and biases are zero, a BatchNormalization it
+passes through gives zero for zero, a depthwise bias is zero, and every activation on its way
+maps 0 to 0); a head only where its output-projection rows (or its value projection) are zero.
+Then removing it and the consumers' matching inputs changes no output: the shrunk model equals
+the pruned one up to float rounding. `GradualPruning(granularity="channel", coupled=True)` (and
+`"head"`) zero the biases and BatchNorm scales and offsets of the channels they prune and hold
+them at zero while training, so that every channel they prune is removable. A channel pruned
+otherwise (a kernel column zeroed, its bias left) is a constant, not a zero: it is kept, and the
+report says how many were.
+"""
+import warnings
+
+import numpy as np
+import keras
+
+from sparsekeras import _groups
+
+__all__ = ["shrink", "ShrinkReport"]
+
+
+class ShrinkReport:
+    """What `shrink` did.
+
+    Attributes:
+        rows: one dict per group with pruned (zero) channels or heads: `kind` ("channel" or
+            "head"), `layers` (the layers whose units define it), `size`, `kept`, `status`
+            ("shrunk" or "kept whole") and, when kept whole, `reason`.
+        unsupported: [(layer name, reason)] of the layers and patterns the analysis could not
+            follow (their channels are left whole).
+        params_before, params_after: parameter counts of the pruned and the shrunk model.
+    """
+
+    def __init__(self, rows, unsupported, before, after):
+        self.rows = rows
+        self.unsupported = unsupported
+        self.params_before = before
+        self.params_after = after
+
+    def __str__(self):
+        lines = []
+        for r in self.rows:
+            what = (f"{r['size']} -> {r['kept']}" if r["status"] == "shrunk"
+                    else f"{r['size']} kept whole ({r['zero']} zero): {r['reason']}")
+            lines.append(f"{r['kind']:7s} {', '.join(r['layers'])}: {what}")
+        for name, reason in self.unsupported:
+            lines.append(f"not followed: {name}: {reason}")
+        lines.append(f"parameters: {self.params_before} -> {self.params_after}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def _producers(analysis, group):
+    names = []
+    for layer, role, _ in analysis.members(group):
+        if role in ("out", "heads") and layer.name not in names:
+            names.append(layer.name)
+    return names
+
+
+def _plan(analysis):
+    """{root group id: kept indices} for every group with removable channels, and the rows."""
+    keep, rows = {}, []
+    for g in analysis.groups:
+        if g.kind == "head":
+            owners = [layer for layer, role, _ in analysis.members(g) if role == "heads"]
+            if not owners:
+                continue
+            dead = np.ones(g.size, bool)
+            for layer in owners:
+                dead &= _groups.dead_heads(layer)
+        else:
+            if not any(role == "out" for _, role, _ in analysis.members(g)):
+                continue
+            dead = _groups.dead_channels(analysis, g)
+        if not dead.any():
+            continue
+        row = dict(kind=g.kind, layers=_producers(analysis, g), size=g.size,
+                   zero=int(dead.sum()))
+        if g.fixed:
+            row.update(status="kept whole", kept=g.size, reason="; ".join(g.fixed))
+        else:
+            kept = np.flatnonzero(~dead)
+            if kept.size == 0:
+                kept = np.zeros(1, np.int64)  # a layer keeps one unit (it then outputs zeros)
+            keep[g.id] = kept
+            row.update(status="shrunk", kept=int(kept.size))
+        rows.append(row)
+    return keep, rows
+
+
+# ---- rebuilding ---------------------------------------------------------------------------------
+
+def _roles(analysis, layer):
+    entry = analysis.bindings.get(id(layer))
+    return entry[1] if entry is not None else {}
+
+
+def _new_config(analysis, keep, layer):
+    """The layer's config with its reduced sizes (None: unchanged)."""
+    roles = _roles(analysis, layer)
+    config = layer.get_config()
+    changed = False
+    out = roles.get("out")
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        heads = roles.get("heads")
+        if heads is not None and heads.changed(keep):
+            config["num_heads"] = heads.shrunk_width(keep)
+            changed = True
+        if (out is not None and out.changed(keep)) or (
+                roles.get("query") is not None and roles["query"].changed(keep)):
+            config["output_shape"] = out.shrunk_width(keep)
+            changed = True
+        return config if changed else None
+    if out is not None and out.changed(keep):
+        for key in ("units", "filters", "output_dim"):
+            if key in config:
+                config[key] = out.shrunk_width(keep)
+                changed = True
+                break
+    reshape = roles.get("reshape")
+    if reshape is not None and reshape.changed(keep) and isinstance(layer, keras.layers.Reshape):
+        target = list(config["target_shape"])
+        if target[-1] != -1:
+            target[-1] = reshape.shrunk_dim(keep)
+            config["target_shape"] = tuple(target)
+            changed = True
+    return config if changed else None
+
+
+def _slices(analysis, keep, layer):
+    """{weight path inside the layer: {axis: kept indices}}."""
+    roles = _roles(analysis, layer)
+
+    def idx(role):
+        lay = roles.get(role)
+        return lay.kept(keep) if lay is not None and lay.changed(keep) else None
+
+    out, inp = idx("out"), idx("in")
+    L = keras.layers
+    rules = {}
+    if isinstance(layer, L.MultiHeadAttention):
+        heads = idx("heads")
+        for name, role in (("query", "query"), ("key", "key"), ("value", "value")):
+            rules[f"{name}/kernel"] = {0: idx(role), 1: heads}
+            rules[f"{name}/bias"] = {0: heads}
+        rules["attention_output/kernel"] = {0: heads, 2: out}
+        rules["attention_output/bias"] = {0: out}
+    elif isinstance(layer, L.Embedding):
+        rules["embeddings"] = {1: out}
+    elif isinstance(layer, L.BatchNormalization):
+        for name in ("gamma", "beta", "moving_mean", "moving_variance"):
+            rules[name] = {0: inp}
+    elif isinstance(layer, (L.DepthwiseConv2D, getattr(L, "DepthwiseConv1D", L.DepthwiseConv2D))):
+        rules["kernel"] = {-2: inp}
+        rules["bias"] = {0: inp}
+    elif isinstance(layer, (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D)):
+        rules["kernel"] = {-2: inp, -1: out} if not isinstance(layer, L.Dense) else {0: inp,
+                                                                                      1: out}
+        rules["bias"] = {0: out}
+    return rules
+
+
+def _take(value, rule):
+    for axis, index in (rule or {}).items():
+        if index is not None:
+            value = np.take(value, index, axis=axis)
+    return value
+
+
+def _paths(layer):
+    own = getattr(layer, "path", None) or layer.name
+    out = {}
+    for v in layer.weights:
+        path = getattr(v, "path", v.name)
+        out[path[len(own) + 1:] if path.startswith(own + "/") else v.name] = v
+    return out
+
+
+class _Rebuilder:
+    def __init__(self, analysis, keep):
+        self.analysis = analysis
+        self.keep = keep
+        self.pairs = []
+        self.cache = {}
+
+    def layer(self, layer):
+        if id(layer) in self.cache:
+            return self.cache[id(layer)]
+        if isinstance(layer, keras.Model):
+            new = self.model(layer)
+        else:
+            config = _new_config(self.analysis, self.keep, layer)
+            new = type(layer).from_config(config if config is not None else layer.get_config())
+            self.pairs.append((layer, new))
+        self.cache[id(layer)] = new
+        return new
+
+    def _input(self, model, i, tensor):
+        lay = _roles(self.analysis, model).get(f"input{i}")
+        shape = list(tensor.shape)
+        if lay is not None and lay.changed(self.keep):
+            shape[-1] = lay.shrunk_dim(self.keep)
+        return keras.Input(batch_shape=tuple(shape), dtype=tensor.dtype,
+                           name=getattr(tensor, "name", None))
+
+    def model(self, model):
+        if isinstance(model, keras.Sequential):
+            (x,) = model.inputs
+            layers = [self.layer(layer) for layer in model.layers]
+            return keras.Sequential([self._input(model, 0, x)] + layers, name=model.name)
+        flat = keras.tree.flatten(model.input)
+        new_flat = [self._input(model, i, t) for i, t in enumerate(flat)]
+        inputs = keras.tree.pack_sequence_as(model.input, new_flat)
+        outputs = model._run_through_graph(inputs, operation_fn=self.layer)
+        return keras.Model(inputs, outputs, name=model.name)
+
+    def copy_weights(self):
+        for old, new in self.pairs:
+            rules = _slices(self.analysis, self.keep, old)
+            mine = _paths(new)
+            for path, var in _paths(old).items():
+                value = _take(np.asarray(keras.ops.convert_to_numpy(var)), rules.get(path))
+                target = mine.get(path)
+                if target is None or tuple(target.shape) != value.shape:
+                    raise ValueError(
+                        f"shrink: weight {path!r} of layer {old.name!r} "
+                        f"({type(old).__name__}) does not fit the rebuilt layer "
+                        f"({None if target is None else tuple(target.shape)} vs {value.shape})")
+                target.assign(value)
+
+
+# ---- public -------------------------------------------------------------------------------------
+
+def shrink(model, fold_batchnorm=False, return_report=False, verbose=False):
+    """A plain Keras copy of `model` with its pruned channels and heads removed.
+
+    Every group of coupled channels (see `sparsekeras.callbacks.GradualPruning`'s
+    `coupled=True`: a layer's output units with the residual additions, concatenations,
+    BatchNormalizations and depthwise convolutions they pass through, and the inputs of the
+    layers that read them) whose channels are exactly zero in `model` loses those channels in
+    every member: smaller `units` / `filters` / BatchNormalization / depthwise layers, the
+    matching input rows of the consumers (every C-th entry after a Flatten, the right offsets
+    after a Concatenate), and fewer `num_heads` in MultiHeadAttention. The result holds only
+    Keras layers: it saves, loads and runs without sparsekeras, and exports to SavedModel,
+    LiteRT and ONNX. Its outputs equal `model`'s (float tolerance).
+
+    Left whole, with the reason in the report: the model's inputs and outputs, the channels a
+    LayerNormalization normalizes over (a Transformer's residual width), channels that pass
+    through a layer the analysis does not follow (named in a warning), grouped convolutions,
+    an activation that does not map 0 to 0, and channels whose kernel is zero but whose bias
+    is not (a constant, not a zero).
+
+    Args:
+        model: a built Sequential or Functional model (nested models inside are followed),
+            pruned: sparsekeras layers (they are read through `densify`) or plain Keras layers
+            holding zeros.
+        fold_batchnorm: also fold each inference BatchNormalization into the layer before it
+            (`sparsekeras._fold.fold_batchnorm`) once shrunk.
+        return_report: return `(model, ShrinkReport)`.
+        verbose: print the report.
+
+    Returns:
+        The shrunk model (not compiled), or `(model, report)`.
+
+    Raises:
+        ValueError: for a subclassed model or one without a layer graph (the message names its
+            class and what to do), or a bad argument.
+
+    Example:
+        >>> small = sparsekeras.shrink(pruned_model)
+        >>> small.export("model.tflite", format="litert")
+    """
+    from sparsekeras._convert import _mark_called, densify
+
+    if not isinstance(fold_batchnorm, bool):
+        raise ValueError(f"`fold_batchnorm` must be True or False. Received: "
+                         f"fold_batchnorm={fold_batchnorm!r}")
+    _groups.check_graph(model, "shrink")
+    plain = densify(model)
+    analysis = _groups.analyze(plain)
+    keep, rows = _plan(analysis)
+    rebuilder = _Rebuilder(analysis, keep)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*build.*")
+        small = rebuilder.model(plain)
+    rebuilder.copy_weights()
+    if fold_batchnorm:
+        try:
+            from sparsekeras._fold import fold_batchnorm as fold
+        except ImportError as e:
+            raise ValueError("shrink(fold_batchnorm=True) needs sparsekeras._fold."
+                             f"fold_batchnorm, which is not available ({e}).") from e
+        small = fold(small)
+    _mark_called(small)
+    report = ShrinkReport(rows, list(analysis.unsupported), model.count_params(),
+                          small.count_params())
+    if analysis.unsupported:
+        listed = "; ".join(f"{n} ({r})" for n, r in analysis.unsupported[:8])
+        more = (f" and {len(analysis.unsupported) - 8} more"
+                if len(analysis.unsupported) > 8 else "")
+        warnings.warn(f"shrink left the channels around these layers whole (not followed): "
+                      f"{listed}{more}.", stacklevel=2)
+    whole = [r for r in rows if r["status"] == "kept whole" and r["reason"] != "model output"]
+    if whole:
+        listed = "; ".join(f"{', '.join(r['layers'])}: {r['zero']} zero {r['kind']}s kept "
+                           f"({r['reason']})" for r in whole[:8])
+        warnings.warn(f"shrink kept pruned channels whole: {listed}.", stacklevel=2)
+    if verbose:
+        print(report)
+    return (small, report) if return_report else small
