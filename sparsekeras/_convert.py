@@ -153,8 +153,9 @@ def sparsify(model, layer_names=None, switch_sparsity=None, compute="auto", inpl
             of a block or nested model converts every convertible layer inside it. A name that
             is not in the model, or names a layer that cannot be converted, is an error.
             Keeping a small output layer dense usually costs nothing and protects accuracy.
-        switch_sparsity, compute: passed to each sparse layer that computes through the
-            sparse kernels.
+        switch_sparsity: passed to each sparse layer that computes through the sparse
+            kernels.
+        compute: passed to each sparse layer that computes through the sparse kernels.
         inplace: convert `model` itself instead of a copy (a copy is made through Keras
             serialization, which a subclassed model without `get_config` does not support).
         verbose: print the report.

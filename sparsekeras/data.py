@@ -119,7 +119,10 @@ def from_token_ids(corpus, vocab_size, labels=None, batch_size=32, binary=False,
             `[0, vocab_size)` (an empty document gives an empty row).
         vocab_size: number of features (columns).
         labels: optional array-like `(n_docs, ...)`; the dataset then yields `(x, y)` pairs.
-        batch_size, shuffle, seed, drop_remainder: as in `from_scipy`.
+        batch_size: as in `from_scipy`.
+        shuffle: as in `from_scipy`.
+        seed: as in `from_scipy`.
+        drop_remainder: as in `from_scipy`.
         binary: 1 for every token present instead of its count.
         dtype: the values' dtype.
 

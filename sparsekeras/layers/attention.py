@@ -258,13 +258,19 @@ class CompactEinsumDense(keras.layers.Layer):
     bias has EinsumDense's shape (from `bias_axes`).
 
     Args:
-        equation, output_shape, activation, bias_axes, bias_initializer: as in EinsumDense.
+        equation: as in EinsumDense.
+        output_shape: as in EinsumDense.
+        activation: as in EinsumDense.
+        bias_axes: as in EinsumDense.
+        bias_initializer: as in EinsumDense.
         nnz: number of stored weights (a multiple of `block`; set by from_kernel). None: a
             random pattern of `sparsity` drawn at build time (static sparse training).
         block: 1 (CSC) or the width G of the (1, G) blocks the 2-D kernel is stored in.
-        sparsity, kernel_initializer, seed: the random pattern's fraction of zeros, the
-            initializer of its values (over the 2-D (K, M) kernel) and its seed, when nnz is
-            None (as in CompactDense).
+        sparsity: the random pattern's fraction of zeros, when nnz is None (as in
+            CompactDense).
+        kernel_initializer: the initializer of the random pattern's values (over the 2-D
+            (K, M) kernel).
+        seed: the random pattern's seed.
 
     Input: as the equation says, e.g. (batch, seq, dim) for "abc,cde->abde"; output
     (batch, seq, heads, head_dim).
@@ -544,7 +550,9 @@ class CompactMultiHeadAttention(_ProjectionsMHA):
     Args:
         projections: {projection name ("query", "key", "value", "attention_output", "gate"):
             {"nnz": stored weights, "block": block width}}.
-        Others: as in MultiHeadAttention.
+        num_heads: as in MultiHeadAttention.
+        key_dim: as in MultiHeadAttention.
+        **kwargs: the other arguments of MultiHeadAttention.
     """
 
     def __init__(self, num_heads, key_dim, projections=None, **kwargs):

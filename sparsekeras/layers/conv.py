@@ -1183,9 +1183,17 @@ class CompactSeparableConv2D(_CompactSeparable):
     and compute scale with the nonzeros.
 
     Args:
-        filters, kernel_size, strides, padding, depth_multiplier, dilation_rate, activation,
-            use_bias: as in `keras.layers.SeparableConv2D` (channels_last).
-        depthwise_nnz, pointwise_nnz: the number of stored weights of each kernel.
+        filters: as in `keras.layers.SeparableConv2D`.
+        kernel_size: as in `keras.layers.SeparableConv2D`.
+        depthwise_nnz: the number of stored weights of the depthwise kernel.
+        pointwise_nnz: the number of stored weights of the pointwise kernel.
+        strides: as in `keras.layers.SeparableConv2D`.
+        padding: as in `keras.layers.SeparableConv2D`.
+        depth_multiplier: as in `keras.layers.SeparableConv2D`.
+        dilation_rate: as in `keras.layers.SeparableConv2D`.
+        activation: as in `keras.layers.SeparableConv2D`.
+        use_bias: as in `keras.layers.SeparableConv2D`.
+        **kwargs: as in `keras.layers.Layer`. The data format is channels_last.
 
     Input `(batch, height, width, channels)`; output `(batch, new_height, new_width, filters)`.
 

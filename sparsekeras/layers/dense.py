@@ -477,8 +477,12 @@ class CompactDense(keras.layers.Layer):
         sparsity: fraction of zeros of a random pattern drawn at build time, when nnz is None
             (random blocks when block > 1).
         block: 1 (CSC, unstructured) or the width G of the (1, G) blocks; divides `units`.
-        activation, use_bias, kernel_initializer (for the values of a random pattern),
-        bias_initializer, kernel_regularizer (on the values), bias_regularizer: as in Dense.
+        activation: as in Dense.
+        use_bias: as in Dense.
+        kernel_initializer: as in Dense (for the values of a random pattern).
+        bias_initializer: as in Dense.
+        kernel_regularizer: as in Dense (on the values).
+        bias_regularizer: as in Dense.
         seed: seed of the random pattern.
     """
 

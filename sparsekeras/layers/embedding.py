@@ -168,9 +168,12 @@ class SparseEmbedding(_TablePrunable, keras.layers.Embedding):
     only, as CSR arrays).
 
     Args:
-        input_dim: vocabulary size. output_dim: embedding size.
-        embeddings_initializer, embeddings_regularizer, embeddings_constraint, mask_zero: as in
-            `keras.layers.Embedding`.
+        input_dim: vocabulary size.
+        output_dim: embedding size.
+        embeddings_initializer: as in `keras.layers.Embedding`.
+        embeddings_regularizer: as in `keras.layers.Embedding`.
+        embeddings_constraint: as in `keras.layers.Embedding`.
+        mask_zero: as in `keras.layers.Embedding`.
         prunable: whether `GradualPruning` prunes this layer.
 
     Input: integer `(batch, ...)`; output: `(batch, ..., output_dim)`.
@@ -472,9 +475,13 @@ class CompactReversibleEmbedding(CompactEmbedding):
     compiled sparse product, proportional to the nonzeros.
 
     Args:
-        input_dim, output_dim, nnz, mask_zero, embeddings_regularizer: as in
-            `CompactEmbedding`.
-        reverse_dtype, logit_soft_cap: as in `keras.layers.ReversibleEmbedding`.
+        input_dim: as in `CompactEmbedding`.
+        output_dim: as in `CompactEmbedding`.
+        nnz: as in `CompactEmbedding`.
+        mask_zero: as in `CompactEmbedding`.
+        embeddings_regularizer: as in `CompactEmbedding`.
+        reverse_dtype: as in `keras.layers.ReversibleEmbedding`.
+        logit_soft_cap: as in `keras.layers.ReversibleEmbedding`.
 
     Example:
         >>> layer = sparsekeras.layers.CompactReversibleEmbedding.from_table(table)

@@ -452,10 +452,13 @@ def csr_conv2d(x, indptr, indices, values, kernel_shape, strides=1, padding="val
 
     Args:
         x: `(batch, height, width, in_channels)`.
-        indptr: `(out_channels + 1,)` int32/int64. indices: `(nnz,)` patch positions
-            `(i * k_w + j) * in_channels + c`. values: `(nnz,)`.
+        indptr: `(out_channels + 1,)` int32/int64.
+        indices: `(nnz,)` patch positions `(i * k_w + j) * in_channels + c`.
+        values: `(nnz,)`.
         kernel_shape: `(k_h, k_w, in_channels, out_channels)`.
-        strides, dilations: int or pair. padding: "same" or "valid" (any case).
+        strides: int or pair.
+        padding: "same" or "valid" (any case).
+        dilations: int or pair.
 
     Returns:
         `(batch, out_h, out_w, out_channels)`; differentiable w.r.t. x and values.
@@ -517,7 +520,9 @@ def conv2d(x, kernel, strides=1, padding="valid", dilations=1, mask=None, name=N
         x: `(batch, height, width, in_channels)`.
         kernel: dense `(k_h, k_w, in_channels, out_channels)`; only its nonzeros (or the
             entries where `mask` is set) are used.
-        strides, dilations: int or pair; padding: "same" or "valid".
+        strides: int or pair.
+        padding: "same" or "valid".
+        dilations: int or pair.
         mask: optional pattern of the same shape.
     Returns:
         `(batch, out_h, out_w, out_channels)`; differentiable w.r.t. x and the kernel (its
