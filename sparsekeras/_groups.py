@@ -579,3 +579,144 @@ def head_scores(layer):
     q, k, v, o = (_np(d.kernel) for d in _mha_projections(layer))
     return (_rms_columns(q, 1) + _rms_columns(k, 1) + _rms_columns(v, 1)
             + _rms_columns(o, 0))
+
+
+# ---- pruning coupled channels and heads (GradualPruning) ----------------------------------------
+
+def _mask_of(layer):
+    """The sparsekeras layer holding the kernel mask of a producer (None: no mask)."""
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        layer = layer._output_dense
+    return layer if hasattr(layer, "set_mask") and hasattr(layer, "mask") else None
+
+
+def _select(scores, sizes, forced, sparsity, scope, floor):
+    """Pruned flags per group: the lowest-score channels (forced ones always), `sparsity` of
+    each group ("layer") or of all of them ("global", each group keeping at least
+    max(1, ceil(floor * size)))."""
+    pruned = [f.copy() for f in forced]
+    if scope == "layer":
+        for i, (s, n) in enumerate(zip(scores, sizes)):
+            want = min(max(int(round(sparsity * n)), int(forced[i].sum())), n - 1)
+            order = np.argsort(np.where(forced[i], -np.inf, s), kind="stable")
+            pruned[i][order[:want]] = True
+        return pruned
+    keep_min = [max(1, int(np.ceil(floor * n))) for n in sizes]
+    total = sum(sizes)
+    target = int(round(sparsity * total)) - sum(int(f.sum()) for f in forced)
+    flat = [(s[j], i, j) for i, s in enumerate(scores) for j in range(len(s)) if not forced[i][j]]
+    flat.sort(key=lambda t: (t[0], t[1], t[2]))
+    left = [n - int(f.sum()) for n, f in zip(sizes, forced)]
+    for score, i, j in flat:
+        if target <= 0:
+            break
+        if left[i] <= keep_min[i]:
+            continue
+        pruned[i][j] = True
+        left[i] -= 1
+        target -= 1
+    return pruned
+
+
+def prune_plan(analysis, sparsity, granularity, scope="layer", floor=0.0):
+    """The masks and held-at-zero entries that prune `sparsity` of the coupled channels
+    (granularity "channel") or attention heads ("head") of an analysed sparsekeras model.
+
+    Returns:
+        masks: {id(layer): (layer, new bool mask)} for the sparsekeras layers whose kernel
+            masks change (each a subset of its current mask).
+        holds: [(variable, keep array broadcastable to it)]: the biases, BatchNorm scales and
+            offsets of the pruned channels, to be zeroed and held at zero (a pruned channel
+            is then exactly zero, so `shrink` removes it).
+        skipped: [(group's layer names, reason)] of groups that cannot be pruned here.
+    """
+    masks, holds, skipped = {}, [], []
+
+    def current(layer):
+        if id(layer) not in masks:
+            masks[id(layer)] = (layer, _np(layer.mask) != 0)
+        return masks[id(layer)][1]
+
+    units, scores, sizes, forced = [], [], [], []
+    if granularity == "head":
+        for g in analysis.prunable_groups("head"):
+            owners = [layer for layer, role, _ in analysis.members(g) if role == "heads"]
+            projections = [p for layer in owners for p in _mha_projections(layer)]
+            if not owners or any(_mask_of(p) is None for p in projections):
+                skipped.append(([layer.name for layer in owners], "no pruning masks "
+                                "(use sparsekeras.sparsify: SparseMultiHeadAttention)"))
+                continue
+            units.append((g, owners))
+            scores.append(sum(head_scores(layer) for layer in owners))
+            sizes.append(g.size)
+            gone = np.zeros(g.size, bool)
+            for layer in owners:
+                o = _np(layer._output_dense.mask)
+                gone |= ~np.any(o.reshape(o.shape[0], -1) != 0, axis=1)
+            forced.append(gone)
+    else:
+        for g in analysis.prunable_groups("channel"):
+            members = analysis.members(g)
+            producers = [(layer, pos) for layer, role, pos in members if role == "out"]
+            if not producers:
+                continue
+            bare = [layer.name for layer, _ in producers if _mask_of(layer) is None]
+            if bare:
+                skipped.append(([layer.name for layer, _ in producers],
+                                f"no pruning mask on {bare} (sparsify them)"))
+                continue
+            units.append((g, members))
+            scores.append(channel_scores(analysis, g))
+            sizes.append(g.size)
+            gone = np.zeros(g.size, bool)
+            for layer, pos in producers:
+                m = _np(_mask_of(layer).mask)
+                col = ~np.any(m.reshape(-1, m.shape[-1]) != 0, axis=0)
+                gone |= col[pos].any(axis=0)
+            forced.append(gone)
+    pruned = _select(scores, sizes, forced, sparsity, scope, floor)
+
+    for (g, stuff), cut in zip(units, pruned):
+        if granularity == "head":
+            keep = ~cut
+            for layer in stuff:
+                for p in _mha_projections(layer)[:3]:
+                    m = current(_mask_of(p))
+                    m &= keep[None, :, None]
+                    if p.bias is not None:
+                        holds.append((p.bias, keep[:, None]))
+                o = current(_mask_of(layer._output_dense))
+                o &= keep[:, None, None]
+            continue
+        for layer, role, pos in stuff:
+            kind = analysis.kinds[id(layer)]
+            axis_keep = np.ones(int(pos.max()) + 1 if pos.size else 0, bool)
+            axis_keep[pos[:, cut].reshape(-1)] = False
+            if role == "out":
+                owner = _mask_of(layer)
+                width = int(owner.mask.shape[-1])
+                k = np.ones(width, bool)
+                k[:axis_keep.size] = axis_keep
+                m = current(owner)
+                m &= k
+                bias = _produced(layer)[1]
+                if bias is not None:
+                    holds.append((bias, k))
+            elif role == "in" and kind == "follower":
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    width = int(layer.moving_mean.shape[0])
+                    k = np.ones(width, bool)
+                    k[:axis_keep.size] = axis_keep
+                    for v in (layer.gamma, layer.beta):
+                        if v is not None:
+                            holds.append((v, k))
+                else:  # depthwise, depth_multiplier 1: (..., C, 1) kernel, (C,) bias
+                    width = int(layer.kernel.shape[-2])
+                    k = np.ones(width, bool)
+                    k[:axis_keep.size] = axis_keep
+                    if hasattr(layer, "set_mask"):
+                        m = current(layer)
+                        m &= k[:, None]
+                    if getattr(layer, "bias", None) is not None:
+                        holds.append((layer.bias, k))
+    return masks, holds, skipped

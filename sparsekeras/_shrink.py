@@ -33,7 +33,8 @@ class ShrinkReport:
             ("shrunk" or "kept whole") and, when kept whole, `reason`.
         unsupported: [(layer name, reason)] of the layers and patterns the analysis could not
             follow (their channels are left whole).
-        params_before, params_after: parameter counts of the pruned and the shrunk model.
+        params_before, params_after: parameter counts of the pruned model (as plain Keras
+            layers: `densify(model)`, no masks) and of the shrunk one.
     """
 
     def __init__(self, rows, unsupported, before, after):
@@ -299,7 +300,7 @@ def shrink(model, fold_batchnorm=False, return_report=False, verbose=False):
                              f"fold_batchnorm, which is not available ({e}).") from e
         small = fold(small)
     _mark_called(small)
-    report = ShrinkReport(rows, list(analysis.unsupported), model.count_params(),
+    report = ShrinkReport(rows, list(analysis.unsupported), plain.count_params(),
                           small.count_params())
     if analysis.unsupported:
         listed = "; ".join(f"{n} ({r})" for n, r in analysis.unsupported[:8])

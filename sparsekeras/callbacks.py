@@ -12,12 +12,12 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from sparsekeras import _masks
-from sparsekeras import _compact, _convert
+from sparsekeras import _compact, _convert, _groups
 
 __all__ = ["GradualPruning", "ActivationSparsity", "prunable_layers", "prunable_targets",
            "RigL", "SET"]
 
-_GRANULARITIES = ("unstructured", "block", "n:m", "channel")
+_GRANULARITIES = ("unstructured", "block", "n:m", "channel", "head")
 
 prunable_targets = _convert.prunable_targets
 
@@ -77,8 +77,10 @@ class GradualPruning(keras.callbacks.Callback):
             evaluated at the optimizer's iteration count, so a fit resumed from a checkpoint
             continues the schedule where it stopped.
         granularity: "unstructured", "block" (blocks of `block_shape` over (input, output)),
-            "n:m" (N of every M consecutive inputs kept, `n_m=(2, 4)`), or "channel" (whole
-            output units).
+            "n:m" (N of every M consecutive inputs kept, `n_m=(2, 4)`), "channel" (whole
+            output units), or "head" (whole attention heads of `SparseMultiHeadAttention`
+            layers: query, key, value and output projections together, scored by the sum
+            of their RMS norms; needs a Sequential or Functional model).
         block_shape: (rows, cols) of a block, for granularity="block".
         n_m: (n, m), for granularity="n:m" (its sparsity is 1 - n/m, whatever the schedule).
         scope: "layer" (each layer pruned to the target) or "global" (one magnitude threshold
@@ -98,17 +100,38 @@ class GradualPruning(keras.callbacks.Callback):
             elementwise optimizer (SGD, Adam, AdamW, RMSprop, ...: the optimizer's state is
             carried over exactly); with another, the callback warns and does not compact. A
             later prune that changes a compacted layer's mask decompacts it first.
+        coupled: with granularity="channel", prune groups of coupled channels found from the
+            model's graph (`sparsekeras._groups`: a layer's units with the residual `Add`s,
+            `Concatenate`s, BatchNormalizations and depthwise convolutions they pass
+            through), one score per channel (the sum over the group's members of their
+            RMS norms), so that `sparsekeras.shrink` can remove them. The biases, BatchNorm
+            scales and offsets of pruned channels are zeroed and held at zero (a constraint
+            on those variables), so a pruned channel is exactly zero. Groups bounded by
+            the model's output, a LayerNormalization or a layer the analysis does not
+            follow are not pruned (a warning names them). `sparsity` is then the fraction
+            of prunable channels; with scope="global" each group keeps at least
+            `min_layer_density` of its channels (one at least). Needs a Sequential or
+            Functional model. Default False: each layer's columns pruned on their own (which
+            `shrink` can remove only where nothing couples them). Always on for "head".
 
     Logs: `sparsity` (overall, weighted by size) and `sparsity/<layer name>` per layer.
     """
 
     def __init__(self, schedule, granularity="unstructured", block_shape=(1, 1), n_m=(2, 4),
                  scope="layer", log_dir=None, log_layers=True, compact=True,
-                 min_layer_density=0.02):
+                 min_layer_density=0.02, coupled=False):
         super().__init__()
         if granularity not in _GRANULARITIES:
             raise ValueError(f"Expected `granularity` in {_GRANULARITIES}. "
                              f"Received: granularity={granularity!r}")
+        if not isinstance(coupled, bool):
+            raise ValueError(f"`coupled` must be True or False. Received: coupled={coupled!r}")
+        if coupled and granularity not in ("channel", "head"):
+            raise ValueError("`coupled=True` applies to granularity='channel' (and 'head'). "
+                             f"Received: granularity={granularity!r}")
+        self.coupled = coupled or granularity == "head"
+        self._analysis = None
+        self._holds = {}  # id(variable) -> the keep variable of its constraint
         if scope not in ("layer", "global"):
             raise ValueError(f"Expected `scope` in ('layer', 'global'). Received: scope={scope!r}")
         if not callable(schedule):
@@ -134,6 +157,8 @@ class GradualPruning(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._complete = False
+        if self.coupled:
+            _groups.check_graph(self.model, f"GradualPruning(granularity={self.granularity!r})")
         self._layers = self._targets()
         if not self._layers and not self._lazy_layers():
             raise ValueError("GradualPruning found no prunable layer in the model: use "
@@ -268,6 +293,8 @@ class GradualPruning(keras.callbacks.Callback):
 
         A compacted layer whose mask would change is decompacted first (its optimizer state
         scattered back). Returns whether a layer was decompacted (the traced step is stale)."""
+        if self.coupled:
+            return self._prune_coupled(sparsity)
         # A layer of a subclassed model is built by its first call (the first step).
         layers = [t for t in self._targets() if t.built]
         # A layer may present its kernel in another shape for scoring (a depthwise kernel as
@@ -292,6 +319,66 @@ class GradualPruning(keras.callbacks.Callback):
             layer.set_mask(layer.from_pruning_view(mask) if hasattr(layer, "from_pruning_view")
                            else mask)
         return decompacted
+
+    def _prune_coupled(self, sparsity):
+        """Prune coupled channel groups or heads (see `coupled`); returns whether the traced
+        step is stale (a layer decompacted, or a new hold constraint)."""
+        if self._analysis is None:
+            self._analysis = _groups.analyze(self.model)
+            self._warned_skips = False
+        masks, holds, skipped = _groups.prune_plan(
+            self._analysis, sparsity, self.granularity, self.scope, self.min_layer_density)
+        if not self._warned_skips:
+            self._warned_skips = True
+            fixed = [(g, [layer.name for layer, role, _ in self._analysis.members(g)
+                          if role in ("out", "heads")]) for g in self._analysis.groups
+                     if g.fixed and g.kind == ("head" if self.granularity == "head"
+                                               else "channel")]
+            notes = [f"{', '.join(names)} ({'; '.join(g.fixed)})" for g, names in fixed
+                     if names and g.fixed != ["model output"]]
+            notes += [f"{', '.join(names)} ({reason})" for names, reason in skipped]
+            if notes:
+                warnings.warn(f"GradualPruning(granularity={self.granularity!r}, coupled): "
+                              "these layers' " + ("heads" if self.granularity == "head"
+                                                  else "channels") + " are not pruned: "
+                              + "; ".join(notes[:10]) + (" ..." if len(notes) > 10 else ""),
+                              stacklevel=3)
+        stale = False
+        for layer, mask in masks.values():
+            prev = keras.ops.convert_to_numpy(layer.mask) != 0
+            if np.array_equal(mask, prev):
+                continue
+            if getattr(layer, "compacted", False):
+                with _convert._strategy_scope(self.model):
+                    layer.decompact(_convert._built_optimizer(self.model))
+                stale = True
+            layer.set_mask(mask)
+        combined = {}
+        for var, keep in holds:
+            k = np.broadcast_to(keep, tuple(var.shape))
+            if id(var) in combined:
+                combined[id(var)] = (var, combined[id(var)][1] & k)
+            else:
+                combined[id(var)] = (var, k.copy())
+        for var, keep in combined.values():
+            stale |= self._hold(var, keep)
+        return stale
+
+    def _hold(self, var, keep):
+        """Zero `var` where `keep` is False and keep it there after every optimizer step (a
+        constraint reading a keep variable). Returns True when the constraint is new."""
+        held = self._holds.get(id(var))
+        new = held is None
+        if new:
+            with tf.init_scope(), _convert._strategy_scope(self.model):
+                held = tf.Variable(np.ones(tuple(var.shape), np.float32), trainable=False,
+                                   name="channel_keep")
+            self._holds[id(var)] = held
+            var.constraint = _HoldConstraint(held, var.constraint)
+        current = held.numpy() != 0
+        held.assign((current & keep).astype(np.float32))
+        var.assign(var * keras.ops.cast(held, var.dtype))
+        return new
 
     def _global_masks(self, kernels, sparsity, previous, names):
         """One global magnitude threshold, every layer keeping at least min_layer_density of
@@ -342,6 +429,22 @@ class GradualPruning(keras.callbacks.Callback):
             for layer, name in zip(layers, _convert.target_names(self.model, layers)):
                 logs[f"sparsity/{name}"] = layer.sparsity
         return logs
+
+
+class _HoldConstraint(keras.constraints.Constraint):
+    """Multiplies a weight by a keep variable (0 = held at zero) after each optimizer step,
+    then applies the weight's own constraint. Internal: not serialized."""
+
+    def __init__(self, keep, inner=None):
+        self.keep = keep
+        self.inner = inner
+
+    def __call__(self, w):
+        w = w * keras.ops.cast(self.keep, w.dtype)
+        return self.inner(w) if self.inner is not None else w
+
+    def get_config(self):
+        return {}
 
 
 class ActivationSparsity(keras.callbacks.Callback):
