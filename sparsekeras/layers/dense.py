@@ -113,7 +113,12 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
         return self._kernel
 
     def _structure(self, mask):
-        return _structure_from_mask(mask)
+        s = _structure_from_mask(mask)
+        # Kept for _refresh_compact, which follows in the same refresh: a compacted CSC layer's
+        # structure is these arrays, so a mask assignment computes them once. (Instance dict:
+        # out of Keras' attribute tracking.)
+        self.__dict__["_csc_of"] = (mask, s)
+        return s
 
     @property
     def kernel(self):
@@ -216,7 +221,9 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
     def _refresh_compact(self, mask):
         """The compacted layer's structure from the (boolean) mask, its block width fixed."""
         c = self._compact
-        s = _structure_from_mask(mask, c.block)
+        cached = self.__dict__.pop("_csc_of", None)
+        s = (cached[1] if c.block == 1 and cached is not None and cached[0] is mask
+             else _structure_from_mask(mask, c.block))
         nnz = int(c.values.shape[0])
         if len(s["positions"]) != nnz:
             raise ValueError(f"Layer {self.name!r} is compacted with {nnz} stored values; the "
@@ -288,6 +295,7 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
     def _refresh_more(self, m):
         if self._compact is not None:
             self._refresh_compact(m)
+        self.__dict__.pop("_csc_of", None)
         counts = np.count_nonzero(m, axis=1)
         self._csr_indptr.assign(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
         self._csr_indices.assign(np.nonzero(m)[1].astype(np.int32))  # row-major: CSR order
