@@ -44,14 +44,20 @@ def _step_timer():
     return StepTimer()
 
 
-def _mlp(sizes, sparse, seed):
+def _mlp(sizes, sparse, seed, flat=False):
+    """An MLP of layer `sizes`; with flat=True its input is an image, flattened to sizes[0]."""
     import keras
     from sparsekeras.layers import SparseDense
 
     keras.utils.set_random_seed(seed)
     layer = SparseDense if sparse else keras.layers.Dense
-    inputs = keras.Input((sizes[0],))
-    h = inputs
+    if flat:
+        side = int(round(np.sqrt(sizes[0])))
+        inputs = keras.Input((side, side, 1))
+        h = keras.layers.Flatten()(inputs)
+    else:
+        inputs = keras.Input((sizes[0],))
+        h = inputs
     for i, units in enumerate(sizes[1:]):
         last = i == len(sizes) - 2
         h = layer(units, activation=None if last else "relu", name=f"d{i}")(h)
@@ -75,27 +81,148 @@ def _callback(mode, sparsity, update_every, seed, data):
                  batch_size=256)]
 
 
-def quality(seeds, epochs, sparsity, update_every):
+def _digits(size, n_train, noise, seed=0):
+    """scikit-learn's digits (1,797 8x8 images, 16 grey levels) scaled to [0, 1], upsampled to
+    size x size (bilinear) when size != 8, with Gaussian pixel noise of std `noise` added to
+    train and test images (fixed seed), split stratified into `n_train` training images and
+    the rest for test. Returns (x_tr, y_tr, x_te, y_te) with x of shape (n, size, size, 1)."""
+    from scipy.ndimage import zoom
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype("float32")
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
-    rows = []
-    for mode in ("dense", "static", "set", "rigl"):
-        accs = []
-        for seed in range(seeds):
-            model = _mlp([64, 256, 256, 10], sparse=mode != "dense", seed=seed)
-            cbs = _callback(mode, sparsity, update_every, seed, (x_tr, y_tr))
-            model.fit(x_tr, y_tr, epochs=epochs, batch_size=32, verbose=0, callbacks=cbs)
-            accs.append(float(model.evaluate(x_te, y_te, verbose=0)[1]))
-            sp = cbs[0].overall_sparsity() if cbs else 0.0
-            log(f"  digits {mode:6s} seed {seed}: test accuracy {accs[-1]:.4f} "
-                f"(sparsity {sp:.3f})")
-        rows.append(dict(mode=mode, accuracies=accs, mean=float(np.mean(accs)),
-                         std=float(np.std(accs)), sparsity=sp))
-    return rows
+    x = (x / 16.0).astype("float32").reshape(-1, 8, 8)
+    if size != 8:
+        x = np.clip(zoom(x, (1, size / 8, size / 8), order=1), 0, 1).astype("float32")
+    if noise:
+        x = x + np.random.default_rng(seed).normal(0, noise, x.shape).astype("float32")
+    x_tr, x_te, y_tr, y_te = train_test_split(x[..., None], y, train_size=n_train,
+                                              random_state=seed, stratify=y)
+    return x_tr, y_tr, x_te, y_te
+
+
+def _cnn(sparse, seed, width=32):
+    """A small CNN for 8x8x1 digits: conv3x3(W) - conv3x3(2W) - maxpool - conv3x3(2W) -
+    global average - dense(10)."""
+    import keras
+    from sparsekeras.layers import SparseConv2D, SparseDense
+
+    keras.utils.set_random_seed(seed)
+    conv = SparseConv2D if sparse else keras.layers.Conv2D
+    dense = SparseDense if sparse else keras.layers.Dense
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        conv(width, 3, padding="same", activation="relu", name="c0"),
+        conv(2 * width, 3, padding="same", activation="relu", name="c1"),
+        keras.layers.MaxPooling2D(2),
+        conv(2 * width, 3, padding="same", activation="relu", name="c2"),
+        keras.layers.GlobalAveragePooling2D(),
+        dense(10, name="head"),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model
+
+
+# name: (description, data, model builder, defaults). The defaults make sparsity matter:
+# few training images with pixel noise (the clean 8x8 digits with 1,347 training images let a
+# static random mask at 0.9 match dense: all variants within a point, last measured 0.97).
+QUALITY_TASKS = {
+    "mlp": ("MLP 784-300-100-10 on scikit-learn digits upsampled to 28x28 (784 features; "
+            "digits, not MNIST)",
+            dict(size=28), lambda sparse, seed: _mlp([784, 300, 100, 10], sparse, seed, flat=True),
+            dict(n_train=1000, noise=0.6, epochs=30)),
+    "cnn": ("CNN conv32-conv64-pool-conv64-gap-dense10 on scikit-learn digits (8x8x1)",
+            dict(size=8), lambda sparse, seed: _cnn(sparse, seed),
+            dict(n_train=1000, noise=0.2, epochs=60)),
+}
+
+
+def quality(seeds, sparsity, update_every, tasks=("mlp", "cnn"), batch=32, **overrides):
+    """Each task x mode x seed trained from scratch for the same epochs; test accuracy.
+    `overrides` (n_train, noise, epochs; None: the task's default) apply to every task."""
+    out = {}
+    for task in tasks:
+        desc, data_kw, build, defaults = QUALITY_TASKS[task]
+        cfg = dict(defaults, **{k: v for k, v in overrides.items() if v is not None})
+        n_train, noise, epochs = cfg["n_train"], cfg["noise"], cfg["epochs"]
+        x_tr, y_tr, x_te, y_te = _digits(n_train=n_train, noise=noise, **data_kw)
+        log(f"quality {task}: {desc}; {len(x_tr)} train / {len(x_te)} test, noise std {noise}, "
+            f"{epochs} epochs, batch {batch}")
+        rows = []
+        for mode in ("dense", "static", "set", "rigl"):
+            accs, train_accs, sps, secs = [], [], [], []
+            for seed in range(seeds):
+                model = build(mode != "dense", seed)
+                cbs = _callback(mode, sparsity, update_every, seed, (x_tr, y_tr))
+                t0 = time.perf_counter()
+                hist = model.fit(x_tr, y_tr, epochs=epochs, batch_size=batch, verbose=0,
+                                 callbacks=cbs)
+                secs.append(time.perf_counter() - t0)
+                accs.append(float(model.evaluate(x_te, y_te, verbose=0)[1]))
+                train_accs.append(float(hist.history["accuracy"][-1]))
+                sps.append(cbs[0].overall_sparsity() if cbs else 0.0)
+                log(f"  {task} {mode:6s} seed {seed}: test accuracy {accs[-1]:.4f} "
+                    f"(last epoch's train accuracy {train_accs[-1]:.3f}, sparsity "
+                    f"{sps[-1]:.4f}, {secs[-1]:.1f} s)")
+            rows.append(dict(mode=mode, accuracies=accs, mean=float(np.mean(accs)),
+                             std=float(np.std(accs)), train_accuracies=train_accs,
+                             sparsity=sps, seconds=secs))
+        out[task] = dict(description=desc, n_train=len(x_tr), n_test=len(x_te), noise=noise,
+                         epochs=epochs, batch=batch, update_every=update_every, modes=rows)
+    return out
+
+
+MODE_NAMES = {"dense": "dense", "static": "static random mask (ERK)", "set": "SET",
+              "rigl": "RigL"}
+
+
+def quality_table(q):
+    """Markdown table: one row per (task, mode), one column per seed, mean +- std."""
+    lines = []
+    for task, res in q.items():
+        n = len(res["modes"][0]["accuracies"])
+        lines.append(f"**{res['description']}**: {res['n_train']} train / {res['n_test']} test "
+                     f"images, noise std {res['noise']}, {res['epochs']} epochs, batch "
+                     f"{res['batch']}, update_every {res['update_every']}")
+        lines.append("")
+        lines.append("| | " + " | ".join(f"seed {i}" for i in range(n)) +
+                     " | mean ± std | sparsity |")
+        lines.append("|---" * (n + 3) + "|")
+        for row in res["modes"]:
+            lines.append(f"| {MODE_NAMES[row['mode']]} | "
+                         + " | ".join(f"{a:.3f}" for a in row["accuracies"])
+                         + f" | {row['mean']:.3f} ± {row['std']:.3f} | "
+                         + f"{np.mean(row['sparsity']):.3f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def quality_plot(q, path):
+    """Bar chart of mean test accuracy per mode and task, with each seed as a dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(q), figsize=(5 * len(q), 3.6), squeeze=False)
+    for ax, (task, res) in zip(axes[0], q.items()):
+        modes = res["modes"]
+        xs = np.arange(len(modes))
+        ax.bar(xs, [r["mean"] for r in modes], yerr=[r["std"] for r in modes],
+               color=["#888888", "#6a9fd4", "#e3a33b", "#3b9e5a"][:len(modes)], capsize=4)
+        for x, r in zip(xs, modes):
+            ax.plot([x] * len(r["accuracies"]), r["accuracies"], "k.", ms=5)
+        lo = min(min(r["accuracies"]) for r in modes)
+        ax.set_ylim(max(0.0, lo - 0.05), 1.0)
+        ax.set_xticks(xs, [MODE_NAMES[r["mode"]].replace(" random mask (ERK)", "\nmask")
+                           for r in modes])
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"{task}: 0.9 sparsity, {res['n_train']} train", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def speed(width, steps, sparsity, update_every, batch):
@@ -135,34 +262,7 @@ def speed(width, steps, sparsity, update_every, batch):
     return out
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", required=True)
-    p.add_argument("--quick", action="store_true", help="tiny grid (the smoke test)")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--width", type=int, default=4096)
-    p.add_argument("--steps", type=int, default=240, help="training steps of the speed run")
-    p.add_argument("--update-every", type=int, default=60,
-                   help="RigL's update_every in the speed run (default: updates at steps 60 and 120, before 75%% of 240)")
-    p.add_argument("--skip-quality", action="store_true")
-    args = p.parse_args()
-    if args.quick:
-        args.seeds, args.epochs, args.width, args.steps, args.update_every = 1, 2, 256, 8, 3
-    os.makedirs(args.out, exist_ok=True)
-    setup_tf()
-    log(f"quality: digits MLP 64-256-256-10 at 0.9, {args.epochs} epochs, {args.seeds} seeds")
-    q = ([] if args.skip_quality else
-         quality(args.seeds, args.epochs, 0.9, update_every=25 if not args.quick else 10))
-    log(f"speed: MLP 784-{args.width}-{args.width}-10 at 0.9, batch 256, {args.steps} steps")
-    s = speed(args.width, args.steps, 0.9, update_every=args.update_every, batch=256)
-    result = dict(cpu=cpu_model(), args=vars(args), quality=q, speed=s)
-    with open(os.path.join(args.out, "bench_dst.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    print("digits MLP 64-256-256-10, test accuracy (mean +- std over seeds):")
-    for row in q:
-        print(f"  {row['mode']:6s} {row['mean']:.4f} +- {row['std']:.4f}  "
-              f"(sparsity {row['sparsity']:.3f}) {row['accuracies']}")
+def print_speed(s, args):
     print(f"MLP 784-{args.width}-{args.width}-10, batch 256, {args.steps} steps, one fit each:")
     for row in s:
         print(f"  {row['mode']:6s} fit {row['wall_s']:.2f} s"
@@ -173,6 +273,59 @@ def main():
               + (f", updates {[round(u['seconds'], 3) for u in row['updates']]} s"
                  if row["updates"] else "")
               + f", other processes {row['other_cpu_s']:.1f} CPU-s")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="folder for bench_dst*.json (and the PNG)")
+    p.add_argument("--quick", action="store_true", help="tiny grid (the smoke test)")
+    p.add_argument("--quality", action="store_true", help="the quality runs only")
+    p.add_argument("--skip-quality", action="store_true", help="the speed run only")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs of every quality run (default: the task's)")
+    p.add_argument("--n-train", type=int, default=None,
+                   help="training images of the quality runs, the rest of the 1,797 are test "
+                        "(default: the task's)")
+    p.add_argument("--noise", type=float, default=None,
+                   help="std of the pixel noise added (default: the task's)")
+    p.add_argument("--tasks", nargs="+", default=["mlp", "cnn"], choices=sorted(QUALITY_TASKS))
+    p.add_argument("--q-update-every", type=int, default=25,
+                   help="RigL/SET update_every of the quality runs")
+    p.add_argument("--width", type=int, default=4096)
+    p.add_argument("--steps", type=int, default=240, help="training steps of the speed run")
+    p.add_argument("--update-every", type=int, default=60,
+                   help="RigL's update_every in the speed run (default: updates at steps 60 and "
+                        "120, before 75%% of 240)")
+    args = p.parse_args()
+    if args.quick:
+        args.seeds, args.epochs, args.width, args.steps, args.update_every = 1, 2, 256, 8, 3
+        args.q_update_every, args.n_train = 5, 200
+    os.makedirs(args.out, exist_ok=True)
+    setup_tf()
+    run_quality = not args.skip_quality
+    run_speed = not args.quality
+    q = {}
+    if run_quality:
+        q = quality(args.seeds, 0.9, args.q_update_every, tasks=args.tasks,
+                    n_train=args.n_train, noise=args.noise, epochs=args.epochs)
+        with open(os.path.join(args.out, "bench_dst_quality.json"), "w") as f:
+            json.dump(dict(cpu=cpu_model(), args=vars(args), quality=q), f, indent=1)
+        table = quality_table(q)
+        with open(os.path.join(args.out, "bench_dst_quality.md"), "w") as f:
+            f.write(table + "\n")
+        try:
+            quality_plot(q, os.path.join(args.out, "bench_dst_quality.png"))
+        except ImportError:
+            log("(matplotlib is not installed: no plot)")
+        print(table)
+    if run_speed:
+        log(f"speed: MLP 784-{args.width}-{args.width}-10 at 0.9, batch 256, {args.steps} steps")
+        s = speed(args.width, args.steps, 0.9, update_every=args.update_every, batch=256)
+        with open(os.path.join(args.out, "bench_dst.json"), "w") as f:
+            json.dump(dict(cpu=cpu_model(), args=vars(args), speed=s,
+                           load=os.getloadavg()), f, indent=1)
+        print_speed(s, args)
 
 
 if __name__ == "__main__":

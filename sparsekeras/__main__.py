@@ -2,7 +2,9 @@
 
   demo     prune a 64-2048-2048-10 MLP to 90% during model.fit on scikit-learn's digits, strip
            it, and compare accuracy, size and latency with the dense network (plus a plot);
-           `demo --cnn` does the same for a small CNN whose convolutions are pruned to 80%
+           `demo --cnn` does the same for a small CNN whose convolutions are pruned to 80%;
+           `demo --rigl` trains the MLP sparse from the first step with RigL instead and
+           compares accuracy, sparsity and training time with the same network trained dense
   kernels  time the sparse kernel against dense and scipy products on a 4096 x 4096 layer
   info     print the build: version, SIMD path, thread count
 """
@@ -72,6 +74,9 @@ def main(argv=None):
     p_demo.add_argument("--quick", action="store_true", help="a small, fast run (CI)")
     p_demo.add_argument("--cnn", action="store_true",
                         help="prune a small CNN's convolutions instead (default sparsity 0.8)")
+    p_demo.add_argument("--rigl", action="store_true",
+                        help="train the MLP sparse from the first step with RigL (--sparsity, "
+                             "--epochs-prune epochs) next to the same MLP trained dense")
     p_kernels = sub.add_parser("kernels", help="kernel speed demonstration")
     p_kernels.add_argument("--size", type=int, default=4096)
     p_kernels.add_argument("--batch", type=int, default=256)
@@ -86,7 +91,16 @@ def main(argv=None):
     else:
         from sparsekeras import _demo
 
-        if args.cnn:
+        if args.rigl and args.cnn:
+            parser.error("demo: --rigl and --cnn are separate demos; pick one")
+        if args.rigl:
+            if args.quick:
+                _demo.run_rigl(hidden=256, epochs=3, target=args.sparsity, update_every=10,
+                               out_dir=args.out, verbose=2, block=args.block)
+            else:
+                _demo.run_rigl(hidden=args.hidden, epochs=args.epochs_prune, target=args.sparsity,
+                               out_dir=args.out, block=args.block)
+        elif args.cnn:
             target = 0.8 if args.sparsity == 0.9 and "--sparsity" not in (argv or sys.argv) else args.sparsity
             if args.quick:
                 _demo.run_cnn(width=16, epochs_dense=2, epochs_prune=3, target=target, repeats=3,

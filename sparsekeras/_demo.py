@@ -326,3 +326,160 @@ def run_cnn(width=64, epochs_dense=20, epochs_prune=30, target=0.8, batch_size=6
     return dict(acc_dense=float(acc_dense), acc_pruned=float(acc_pruned), acc_stripped=acc_compact,
                 sparsity=sparsity, size_dense=size_dense, size_stripped=size_compact,
                 latency_ms={f"{k[0]}_b{k[1]}": v for k, v in lat.items()})
+
+
+class _EpochRecorder:
+    """Records (optimizer step, sparsity, test accuracy) at every epoch end of a fit."""
+
+    def __init__(self, x_test, y_test, sparsity_of=None):
+        import keras
+
+        outer = self
+
+        class Recorder(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                step = int(self.model.optimizer.iterations.numpy())
+                _, acc = self.model.evaluate(x_test, y_test, verbose=0)
+                sp = sparsity_of() if sparsity_of is not None else 0.0
+                outer.rows.append((step, float(sp), float(acc)))
+
+        self.rows = []
+        self.callback = Recorder()
+
+
+def run_rigl(hidden=2048, epochs=20, target=0.9, batch_size=64, update_every=50, out_dir=".",
+             seed=0, verbose=1, block=1):
+    """Train a 64-hidden-hidden-10 MLP on digits sparse from the first step with RigL (ERK at
+    `target`, compacted: the kept weights only) and the same network dense for the same epochs
+    from the same initial weights; print accuracy, sparsity and training time; plot both.
+
+    Args:
+        hidden: hidden layer width.
+        epochs: epochs of both fits.
+        target: RigL's overall sparsity.
+        batch_size: batch size of both fits.
+        update_every: RigL's steps between mask updates.
+        out_dir: folder for the plot `sparsekeras_demo_rigl.png`.
+        seed: seed of the data split, the initial weights and RigL's decisions.
+        verbose: Keras' fit verbosity.
+        block: > 1 moves whole (1, block) blocks (the head, not tiled, stays dense).
+
+    Returns:
+        dict of the figures printed (accuracies, sparsity, seconds, per-epoch rows, plot path).
+    """
+    import keras
+
+    import sparsekeras
+    from sparsekeras.layers import SparseDense
+
+    (x_train, y_train), (x_test, y_test) = _load_digits(seed)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def build(layer):
+        keras.utils.set_random_seed(seed)  # the same initial weights for both
+        model = keras.Sequential([
+            keras.Input((64,)),
+            layer(hidden, activation="relu", name="hidden1"),
+            layer(hidden, activation="relu", name="hidden2"),
+            layer(10, name="logits"),
+        ])
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, metrics=["accuracy"])
+        return model
+
+    dense = build(keras.layers.Dense)
+    print(f"1/3  training the dense 64-{hidden}-{hidden}-10 network on digits "
+          f"({len(x_train)} train / {len(x_test)} test images), {epochs} epochs")
+    dense_rows = _EpochRecorder(x_test, y_test)
+    dense_timer = _step_timer()
+    t0 = time.perf_counter()
+    dense.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=verbose,
+              callbacks=[dense_rows.callback, dense_timer])
+    dense_s = time.perf_counter() - t0
+
+    sparse = build(SparseDense)
+    granularity = (dict(granularity="block", block_shape=(1, block), exclude=["logits"])
+                   if block > 1 else {})
+    rigl = sparsekeras.callbacks.RigL(sparsity=target, update_every=update_every, seed=seed,
+                                      data=(x_train, y_train), **granularity)
+    print(f"\n2/3  training the same network sparse from the first step with RigL: "
+          f"{target:.0%} sparse (ERK){f' in (1, {block}) blocks' if block > 1 else ''}, "
+          f"compacted (the kept weights only), weights moved every {update_every} steps; "
+          f"{epochs} epochs")
+    sparse_rows = _EpochRecorder(x_test, y_test, rigl.overall_sparsity)
+    timer = _step_timer()
+    t0 = time.perf_counter()
+    sparse.fit(x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=verbose,
+               callbacks=[rigl, sparse_rows.callback, timer])
+    sparse_s = time.perf_counter() - t0
+    _, acc_dense = dense.evaluate(x_test, y_test, verbose=0)
+    _, acc_sparse = sparse.evaluate(x_test, y_test, verbose=0)
+    compact = sparsekeras.strip(sparse)
+    acc_compact = float(np.mean(np.argmax(compact.predict(x_test, verbose=0, batch_size=256),
+                                          axis=1) == y_test))
+    steps_per_epoch = int(np.ceil(len(x_train) / batch_size))
+    step_ms = {"dense": _median_step_ms(dense_timer.times, steps_per_epoch, 1 << 62),
+               "rigl": _median_step_ms(timer.times, steps_per_epoch, 1 << 62)}
+    params_dense = dense.count_params()
+    params_compact = int(sum(np.prod(w.shape) for w in compact.trainable_weights))
+    layer_rows = [(t.name, float(t.sparsity), bool(getattr(t, "compacted", False)))
+                  for t in rigl.targets]
+    moved = sum(u["moved"] for u in rigl.updates)
+    update_s = sum(u["seconds"] for u in rigl.updates)
+
+    print("\n3/3  results")
+    print("=" * 64)
+    print(f"{'':28}{'dense':>14}{'RigL (stripped)':>22}")
+    print(f"{'test accuracy':28}{acc_dense:>14.4f}{acc_compact:>22.4f}")
+    print(f"{'sparsity':28}{0.0:>14.3f}{rigl.overall_sparsity():>22.3f}")
+    print(f"{'parameters (stored values)':28}{params_dense:>14,d}{params_compact:>22,d}")
+    print(f"{'training time (whole fit)':28}{dense_s:>13.1f}s{sparse_s:>21.1f}s  "
+          f"({sparse_s / dense_s:.2f}x)")
+    if None not in step_ms.values():
+        print(f"{f'median step, batch {batch_size}':28}{step_ms['dense']:>12.2f}ms"
+              f"{step_ms['rigl']:>20.2f}ms  ({step_ms['rigl'] / step_ms['dense']:.2f}x)")
+    print("-" * 64)
+    print(f"mask updates: {len(rigl.updates)}, {moved:,d} weights moved, {update_s:.2f} s in all "
+          "(included in the training time)")
+    for name, s, c in layer_rows:
+        print(f"sparsity of {name:16}{s:>14.3f}{'  (compacted)' if c else '  (trained masked)'}")
+    print("=" * 64)
+    plot_path = _plot_rigl(dense_rows.rows, sparse_rows.rows, target, out_dir, hidden)
+    if plot_path:
+        print(f"plot of test accuracy and sparsity over the steps: {plot_path}")
+    return dict(acc_dense=float(acc_dense), acc_rigl=float(acc_sparse), acc_stripped=acc_compact,
+                sparsity=rigl.overall_sparsity(), layers=layer_rows, seconds_dense=dense_s,
+                seconds_rigl=sparse_s, step_ms=step_ms, updates=len(rigl.updates), moved=moved,
+                history_dense=dense_rows.rows, history_rigl=sparse_rows.rows, plot=plot_path)
+
+
+def _plot_rigl(dense_rows, sparse_rows, target, out_dir, hidden):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib is not installed: no plot)")
+        return None
+    fig, ax1 = plt.subplots(figsize=(7, 4))
+    ax1.plot([r[0] for r in sparse_rows], [r[1] for r in sparse_rows], "o-", color="tab:blue",
+             label="sparsity (RigL)")
+    ax1.axhline(target, color="tab:blue", ls=":", lw=1)
+    ax1.set_xlabel("optimizer step")
+    ax1.set_ylabel("sparsity", color="tab:blue")
+    ax1.set_ylim(0, 1)
+    ax2 = ax1.twinx()
+    ax2.plot([r[0] for r in sparse_rows], [r[2] for r in sparse_rows], "s-", color="tab:red",
+             label="test accuracy (RigL)")
+    ax2.plot([r[0] for r in dense_rows], [r[2] for r in dense_rows], "^--", color="tab:gray",
+             label="test accuracy (dense)")
+    ax2.set_ylabel("test accuracy", color="tab:red")
+    ax2.set_ylim(min(r[2] for r in dense_rows + sparse_rows) - 0.02, 1.0)
+    ax2.legend(loc="lower right")
+    ax1.set_title(f"RigL: a 64-{hidden}-{hidden}-10 MLP on digits, sparse from the first step")
+    fig.tight_layout()
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.abspath(os.path.join(out_dir, "sparsekeras_demo_rigl.png"))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

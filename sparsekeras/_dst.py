@@ -1,8 +1,10 @@
 """Mask maths of dynamic sparse training (RigL, SET): pure NumPy functions of arrays and a seed.
 
-The callbacks (`sparsekeras.dst_callbacks`) only orchestrate: these functions say how dense each
-layer is (`erk_densities`, `uniform_densities`), draw the first masks (`random_mask`), how many
-weights move at a step (`drop_fraction_at`, `update_steps`) and which ones (`drop_grow`).
+The callbacks (`sparsekeras._dst_callbacks`) only orchestrate: these functions say how dense
+each layer is (`erk_densities`, `uniform_densities`), draw the first masks (`random_mask`), how
+many weights move at a step (`drop_fraction_at`, `is_update_step`) and which ones
+(`drop_grow`); with block granularity the same functions work on the grid of blocks
+(`block_norms`, `block_mask_of`, `expand_blocks`, `block_positions`).
 Randomness comes from `rng(seed, step, index)`: one generator per (step, layer), so a decision
 depends on the seed and the step only, never on what ran before (a resumed fit makes the same
 decisions as an uninterrupted one, and every replica the same).
@@ -12,7 +14,9 @@ import math
 import numpy as np
 
 __all__ = ["DISTRIBUTIONS", "erk_densities", "uniform_densities", "densities", "n_active",
-           "random_mask", "drop_fraction_at", "is_update_step", "drop_grow", "rng"]
+           "random_mask", "drop_fraction_at", "is_update_step", "drop_grow", "rng",
+           "GRANULARITIES", "check_block_shape", "block_grid", "block_norms", "block_mask_of",
+           "expand_blocks", "block_positions"]
 
 DISTRIBUTIONS = ("erk", "uniform")
 
@@ -118,23 +122,54 @@ def is_update_step(step, update_every, end_step):
     return 0 < step < end_step and step % update_every == 0
 
 
-def _top_k(score, k, generator):
-    """Indices of the k largest entries of the 1-D `score`; ties at the k-th value are broken
-    at random by `generator`. O(n): a partition, not a sort (a 4096 x 4096 layer has 15M
-    inactive entries to rank). The entries equal to the minimum (the zero gradients of dead
-    units, often most of them) are set aside first: a partition over many equal values is
-    slow (15M float32 with 99% zeros: 8.5 s, against 0.3 s for distinct values)."""
-    n = len(score)
+def _kth_largest(values, k):
+    """The k-th largest entry of the 1-D `values` (1 <= k <= len(values)), exactly.
+
+    A partition over a few million entries costs more than the passes around it: when k is a
+    small part of many values, a deterministic strided sample gives a bound a little below the
+    k-th largest, and only the entries at or above it are partitioned (if fewer than k lie
+    there, the bound was too high and all entries are)."""
+    m = len(values)
+    if m > 400_000 and k < m // 4:
+        sample = values[::m // 100_000]
+        n_s = len(sample)
+        j = min(n_s - 1, int(n_s * k / m * 1.2) + 200)  # ~20% + 200 sample entries of margin
+        bound = np.partition(sample, n_s - 1 - j)[n_s - 1 - j]
+        pool = values[values >= bound]
+        if len(pool) >= k:
+            values, m = pool, len(pool)
+    return np.partition(values, m - k)[m - k]
+
+
+def _top_k(score, k, generator, eligible=None):
+    """Indices of the k largest entries of the 1-D `score` (among the `eligible` ones, a
+    boolean array of its length, if given); ties at the k-th value are broken at random by
+    `generator`. O(n): partitions, not a sort (a 4096 x 4096 layer has 15M inactive entries
+    to rank). The entries equal to the minimum (the zero gradients of dead units, often most
+    of them) are set aside first: a partition over many equal values is slow (15M float32 with
+    99% zeros: 8.5 s, against 0.3 s for distinct values).
+
+    With `eligible`, the result is what `idx[_top_k(score[idx], ...)]` gives for
+    idx = flatnonzero(eligible), without gathering the eligible scores (15M of them)."""
+    n = len(score) if eligible is None else int(np.count_nonzero(eligible))
     if k >= n:
-        return np.arange(n)
-    low = score.min()
-    candidates = np.flatnonzero(score > low)
+        return np.arange(n) if eligible is None else np.flatnonzero(eligible)
+    if eligible is None:
+        low = score.min()
+        above_low = score > low
+    else:
+        low = np.min(score, where=eligible, initial=np.inf)
+        above_low = (score > low) & eligible
+    candidates = np.flatnonzero(above_low)
+    del above_low
     if len(candidates) <= k:
-        above, tied = candidates, np.flatnonzero(score == low)
+        at_low = score == low
+        if eligible is not None:
+            at_low &= eligible
+        above, tied = candidates, np.flatnonzero(at_low)
     else:
         sub = score[candidates]
-        m = len(sub)
-        threshold = sub[np.argpartition(sub, m - k)[m - k]]  # the k-th largest value
+        threshold = _kth_largest(sub, k)
         above, tied = candidates[sub > threshold], candidates[sub == threshold]
     chosen = generator.choice(tied, size=k - len(above), replace=False)
     return np.concatenate([above, np.sort(chosen)])
@@ -163,18 +198,92 @@ def drop_grow(weights, mask, fraction, generator, grow_scores=None):
     mask = np.asarray(mask, bool)
     flat_mask = mask.reshape(-1)
     active = np.flatnonzero(flat_mask)
-    inactive = np.flatnonzero(~flat_mask)
-    k = int(min(round(float(fraction) * len(active)), len(inactive)))
+    k = int(min(round(float(fraction) * len(active)), flat_mask.size - len(active)))
     if k <= 0:
         return mask.copy(), np.zeros(0, np.int64), np.zeros(0, np.int64)
     magnitude = np.abs(np.asarray(weights).reshape(-1)[active])
     dropped = active[_top_k(-magnitude, k, generator)]
     if grow_scores is None:
-        grown = generator.choice(inactive, size=k, replace=False)
+        grown = generator.choice(np.flatnonzero(~flat_mask), size=k, replace=False)
     else:
-        score = np.asarray(grow_scores).reshape(-1)[inactive]
-        grown = inactive[_top_k(score, k, generator)]
+        # ranked in place among the inactive entries (no gather of their 15M scores)
+        grown = _top_k(np.asarray(grow_scores).reshape(-1), k, generator, eligible=~flat_mask)
     new = flat_mask.copy()
     new[dropped] = False
     new[grown] = True
     return new.reshape(mask.shape), np.sort(dropped), np.sort(grown)
+
+
+# ---- block granularity ----------------------------------------------------------------------
+# A weight of shape (..., n_out) is seen as the 2-D (prod(shape[:-1]), n_out) matrix (a Dense
+# kernel's (n_in, n_out); a convolution's (k_h * k_w * c_in, c_out)), cut into (r, c) blocks;
+# with granularity "block" masks are made of whole blocks and RigL/SET move whole blocks.
+
+GRANULARITIES = ("unstructured", "block")
+
+
+def check_block_shape(block_shape):
+    """`block_shape` as a pair of positive ints (r, c), else ValueError naming it."""
+    try:
+        r, c = block_shape
+    except (TypeError, ValueError):
+        raise ValueError(f"Expected `block_shape` a pair (r, c) of positive integers. "
+                         f"Received: block_shape={block_shape!r}") from None
+    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in (r, c)):
+        raise ValueError(f"Expected `block_shape` a pair (r, c) of positive integers. "
+                         f"Received: block_shape={block_shape!r}")
+    return int(r), int(c)
+
+
+def block_grid(shape, block_shape):
+    """(rows of blocks, columns of blocks) of a weight of `shape` in (r, c) blocks; ValueError
+    when the blocks do not tile its 2-D view exactly."""
+    r, c = block_shape
+    k, n = int(np.prod(shape[:-1])), int(shape[-1])
+    if len(shape) < 2 or k % r or n % c:
+        raise ValueError(f"block_shape={tuple(block_shape)} does not tile a weight of shape "
+                         f"{tuple(shape)} (2-D view ({k}, {n})): r must divide {k} and c "
+                         f"divide {n}.")
+    return k // r, n // c
+
+
+def block_norms(array, block_shape):
+    """The L2 norm of each (r, c) block of `array` (its 2-D view): shape block_grid(...)."""
+    shape = np.shape(array)
+    kb, nb = block_grid(shape, block_shape)
+    r, c = block_shape
+    a = np.asarray(array, np.float32).reshape(kb, r, nb, c)
+    return np.sqrt(np.einsum("irjc,irjc->ij", a, a))
+
+
+def block_mask_of(mask, block_shape):
+    """The (kb, nb) block mask of an element mask made of whole blocks; ValueError naming the
+    argument when a block is partly kept."""
+    shape = np.shape(mask)
+    kb, nb = block_grid(shape, block_shape)
+    r, c = block_shape
+    counts = np.asarray(mask, bool).reshape(kb, r, nb, c).sum(axis=(1, 3))
+    if not np.all((counts == 0) | (counts == r * c)):
+        raise ValueError(f"mask is not made of whole {tuple(block_shape)} blocks "
+                         f"({int(np.sum((counts > 0) & (counts < r * c)))} partial blocks).")
+    return counts > 0
+
+
+def expand_blocks(block_mask, shape, block_shape):
+    """The element mask of `shape` whose (r, c) blocks are `block_mask` (kb, nb)."""
+    r, c = block_shape
+    full = np.repeat(np.repeat(np.asarray(block_mask, bool), r, axis=0), c, axis=1)
+    return full.reshape(shape)
+
+
+def block_positions(block_indices, shape, block_shape):
+    """The flat element indices (into `shape`, C order) of the blocks at the flat
+    `block_indices` (into the (kb, nb) grid), sorted."""
+    kb, nb = block_grid(shape, block_shape)
+    r, c = block_shape
+    n = int(shape[-1])
+    bi, bj = np.divmod(np.asarray(block_indices, np.int64), nb)
+    rows = (bi[:, None] * r + np.arange(r)[None, :])  # (m, r)
+    cols = (bj[:, None] * c + np.arange(c)[None, :])  # (m, c)
+    flat = rows[:, :, None] * n + cols[:, None, :]
+    return np.sort(flat.reshape(-1))

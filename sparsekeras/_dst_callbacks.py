@@ -40,6 +40,12 @@ def _dense_kernel(target):
     return keras.ops.convert_to_numpy(_kernel_of(target))
 
 
+def _abs_in_place(tensor):
+    """|tensor| as a NumPy array, in the one copy out of TensorFlow (16M entries: no second)."""
+    value = np.array(keras.ops.convert_to_numpy(tf.convert_to_tensor(tensor)))
+    return np.abs(value, out=value)
+
+
 def _target_layer(target):
     return getattr(target, "layer", target)
 
@@ -126,9 +132,11 @@ def _probe_call(layer, kernel):
     return call
 
 
-def _in_place(target):
-    """Whether a target's mask can move without leaving its compacted state."""
-    return (getattr(target, "compacted", False) and getattr(target, "compact_block", None) == 1
+def _in_place(target, block=1):
+    """Whether a target's mask can move without leaving its compacted state: compacted in
+    (1, block) blocks, the storage that a mask made of whole (r, block) blocks keeps at the
+    same number of stored values."""
+    return (getattr(target, "compacted", False) and getattr(target, "compact_block", None) == block
             and hasattr(target, "_compact"))
 
 
@@ -139,7 +147,8 @@ class _DynamicSparsity(keras.callbacks.Callback):
 
     def __init__(self, sparsity=0.9, distribution="erk", update_every=100, drop_fraction=0.3,
                  end_step=None, seed=None, decay="cosine", exclude=(), compact=True,
-                 log_dir=None, log_layers=False):
+                 log_dir=None, log_layers=False, granularity="unstructured",
+                 block_shape=(1, 1)):
         super().__init__()
         if not 0.0 <= float(sparsity) < 1.0:
             raise ValueError(f"Expected `sparsity` in [0, 1). Received: sparsity={sparsity}")
@@ -160,6 +169,12 @@ class _DynamicSparsity(keras.callbacks.Callback):
             raise ValueError(f"Expected `decay` in ('cosine', 'constant'). Received: decay={decay!r}")
         if isinstance(exclude, str):
             raise ValueError(f"Expected `exclude` a list of layer names. Received: exclude={exclude!r}")
+        if granularity not in _dst.GRANULARITIES:
+            raise ValueError(f"Expected `granularity` in {_dst.GRANULARITIES}. "
+                             f"Received: granularity={granularity!r}")
+        self.granularity = granularity
+        self.block_shape = (_dst.check_block_shape(block_shape) if granularity == "block"
+                            else (1, 1))
         self.sparsity = float(sparsity)
         self.distribution = distribution
         self.update_every = update_every
@@ -240,7 +255,39 @@ class _DynamicSparsity(keras.callbacks.Callback):
         if unbuilt:
             raise ValueError(f"{type(self).__name__} needs built layers; not built: {unbuilt}. "
                              "Build the model (call it on a batch) before fit.")
+        if self.granularity == "block":
+            for t in targets:
+                try:
+                    _dst.block_grid(tuple(t.mask.shape), self.block_shape)
+                except ValueError as e:
+                    raise ValueError(f"{type(self).__name__}: layer {t.name!r}: {e} Pass "
+                                     "another block_shape or exclude=[...] the layer.") from None
         return targets
+
+    @property
+    def _compact_block(self):
+        """The (1, G) block width the SparseDense layers are compacted in."""
+        return self.block_shape[1]
+
+    def _random_mask(self, shape, density, generator):
+        if self.granularity == "block":
+            grid = _dst.block_grid(shape, self.block_shape)
+            return _dst.expand_blocks(_dst.random_mask(grid, density, generator), shape,
+                                      self.block_shape)
+        return _dst.random_mask(shape, density, generator)
+
+    def _drop_grow(self, weights, mask, fraction, generator, score):
+        """drop_grow on entries, or with block granularity on the grid of blocks (scores: the
+        blocks' L2 norms of weights and of gradients); flat element indices either way."""
+        if self.granularity != "block":
+            return _dst.drop_grow(weights, mask, fraction, generator, score)
+        shape, bs = mask.shape, self.block_shape
+        blocks = _dst.block_mask_of(mask, bs)
+        new, dropped, grown = _dst.drop_grow(
+            _dst.block_norms(weights, bs), blocks, fraction, generator,
+            None if score is None else _dst.block_norms(score, bs))
+        return (_dst.expand_blocks(new, shape, bs), _dst.block_positions(dropped, shape, bs),
+                _dst.block_positions(grown, shape, bs))
 
     def _resolve_end_step(self):
         if self.end_step is not None:
@@ -297,13 +344,13 @@ class _DynamicSparsity(keras.callbacks.Callback):
                 optimizer.build(self.model.trainable_variables)
         return _convert.compact_layers(
             self.model, [t for t in self._targets if isinstance(t, keras.layers.Layer)],
-            block=1)
+            block=self._compact_block)
 
     def init_masks(self):
         """Give every target a random mask at its density (seeded), pruned weights zeroed."""
         was_compacted = self._decompact(self._targets)
         for i, (t, d) in enumerate(zip(self._targets, self.layer_densities())):
-            mask = _dst.random_mask(tuple(t.mask.shape), d, _dst.rng(self.seed, 0, 0, i))
+            mask = self._random_mask(tuple(t.mask.shape), d, _dst.rng(self.seed, 0, 0, i))
             t.set_mask(mask)
             zero_optimizer_state(self._optimizer(), _kernel_of(t), np.flatnonzero(~mask))
         if was_compacted:
@@ -325,19 +372,20 @@ class _DynamicSparsity(keras.callbacks.Callback):
         start = time.perf_counter()
         # Compacted CSC layers move in place (no new variables, no retrace); others (block
         # storage) are decompacted and compacted again, which carries the state as well.
-        decompacted = self._decompact([t for t in self._targets if not _in_place(t)])
+        decompacted = self._decompact([t for t in self._targets
+                                       if not _in_place(t, self._compact_block)])
         self._kernels = {}
         scores = self._grow_scores(step)
         optimizer = self._optimizer()
         per_layer = {}
         for i, (t, score) in enumerate(zip(self._targets, scores)):
-            in_place = _in_place(t)
+            in_place = _in_place(t, self._compact_block)
             weights = self._kernels.pop(id(t), None)
             if weights is None:
                 weights = _dense_kernel(t)
             mask = keras.ops.convert_to_numpy(t.mask) != 0
-            new_mask, dropped, grown = _dst.drop_grow(weights, mask, fraction,
-                                                      _dst.rng(self.seed, step, 0, i), score)
+            new_mask, dropped, grown = self._drop_grow(weights, mask, fraction,
+                                                       _dst.rng(self.seed, step, 0, i), score)
             if len(grown) and in_place:
                 with _convert._strategy_scope(self.model):
                     move_compacted(t, new_mask, optimizer)
@@ -424,6 +472,16 @@ class RigL(_DynamicSparsity):
             ...; with another the callback warns and trains masked).
         log_dir: TensorBoard directory for `sparsity`, `moved` (and per layer with log_layers).
         log_layers: also log each layer's sparsity at epoch end.
+        granularity: "unstructured" (entries move one by one) or "block": masks are made of
+            whole `block_shape` blocks of each weight's 2-D view (a Dense kernel's
+            (n_in, n_out), a convolution's (k_h * k_w * c_in, c_out)) and whole blocks move,
+            dropped by smallest L2 norm of their weights, grown (RigL) by largest L2 norm of
+            their dense gradient; each layer keeps its number of blocks exactly. The
+            SparseDense layers are then compacted in the (1, c) block-CSC storage (the
+            faster kernels for c = 4, 8).
+        block_shape: (r, c) with granularity="block", e.g. (1, 8); r must divide n_in
+            (k_h * k_w * c_in) and c divide n_out of every target (else ValueError naming the
+            layer).
         data: (x, y) or (x, y, sample_weight) arrays, or a tf.data.Dataset / iterable of such
             batches, to take the dense gradient on. Required.
         batch_size: rows drawn from array `data` per gradient.
@@ -443,10 +501,12 @@ class RigL(_DynamicSparsity):
 
     def __init__(self, sparsity=0.9, distribution="erk", update_every=100, drop_fraction=0.3,
                  end_step=None, seed=None, decay="cosine", exclude=(), compact=True,
-                 log_dir=None, log_layers=False, data=None, batch_size=256):
+                 log_dir=None, log_layers=False, data=None, batch_size=256,
+                 granularity="unstructured", block_shape=(1, 1)):
         super().__init__(sparsity=sparsity, distribution=distribution, update_every=update_every,
                          drop_fraction=drop_fraction, end_step=end_step, seed=seed, decay=decay,
-                         exclude=exclude, compact=compact, log_dir=log_dir, log_layers=log_layers)
+                         exclude=exclude, compact=compact, log_dir=log_dir, log_layers=log_layers,
+                         granularity=granularity, block_shape=block_shape)
         if data is None:
             raise ValueError("RigL needs `data` to take the dense gradient on at update steps "
                              "(Keras callbacks do not see the training batch): pass "
@@ -489,11 +549,11 @@ class RigL(_DynamicSparsity):
         # sparse path's kernel gradient may be given on the pattern only (convolutions).
         probes = {}
         for t in self._targets:
-            if _in_place(t):
+            if _in_place(t, self._compact_block):
                 self._kernels[id(t)] = _dense_kernel(t)  # kept for update_masks
                 probes[id(t)] = tf.constant(self._kernels[id(t)])
         forced = [layer for layer in layers if isinstance(layer, _PrunableKernel)
-                  and not _in_place(layer) and layer.compute != "dense"]
+                  and not _in_place(layer, self._compact_block) and layer.compute != "dense"]
         saved = [layer.compute for layer in forced]
         for layer in forced:
             layer.compute = "dense"
@@ -515,5 +575,4 @@ class RigL(_DynamicSparsity):
             for t in self._targets:
                 if id(t) in probes:
                     del t.call  # the class's call again
-        return [None if g is None else np.abs(keras.ops.convert_to_numpy(tf.convert_to_tensor(g)))
-                for g in grads]
+        return [None if g is None else _abs_in_place(g) for g in grads]

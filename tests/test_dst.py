@@ -484,3 +484,105 @@ def test_logs_and_tensorboard(tmp_path):
             event = tf.compat.v1.Event.FromString(raw.numpy())
             tags.update(value.tag for value in event.summary.value)
     assert {"sparsity", "moved", "sparsity/h1", "sparsity/h2", "sparsity/out"} <= tags
+
+
+# ---- block granularity -----------------------------------------------------------------------
+
+def test_block_helpers():
+    rs = np.random.default_rng(0)
+    w = rs.normal(size=(6, 8)).astype("float32")
+    norms = _dst.block_norms(w, (2, 4))
+    assert norms.shape == (3, 2)
+    np.testing.assert_allclose(norms[1, 1], np.linalg.norm(w[2:4, 4:8]), rtol=1e-6)
+    blocks = np.array([[1, 0], [0, 1], [1, 1]], bool)
+    mask = _dst.expand_blocks(blocks, (6, 8), (2, 4))
+    assert mask.sum() == 4 * 8 and mask[2:4, 4:8].all() and not mask[2:4, :4].any()
+    np.testing.assert_array_equal(_dst.block_mask_of(mask, (2, 4)), blocks)
+    # the flat element indices of blocks (1, 1) and (2, 0)
+    pos = _dst.block_positions([3, 4], (6, 8), (2, 4))
+    expected = np.zeros((6, 8), bool)
+    expected[2:4, 4:8] = expected[4:6, :4] = True
+    np.testing.assert_array_equal(pos, np.flatnonzero(expected))
+    mask[0, 0] = False
+    with pytest.raises(ValueError, match="partial blocks"):
+        _dst.block_mask_of(mask, (2, 4))
+    with pytest.raises(ValueError, match=r"block_shape=\(4, 4\) does not tile"):
+        _dst.block_grid((6, 8), (4, 4))
+    # a convolution's 2-D view: (kh * kw * c_in, c_out)
+    assert _dst.block_grid((3, 3, 2, 8), (1, 4)) == (18, 2)
+    for bad in [(0, 4), (1,), "x", (1, 2.0), (True, 4)]:
+        with pytest.raises(ValueError, match="block_shape="):
+            _dst.check_block_shape(bad)
+
+
+@pytest.mark.parametrize("kind", ["rigl", "set"])
+def test_block_granularity_keeps_whole_blocks(kind):
+    model = _model()
+    x, y = _data()
+    # the 2-unit head is not tiled by (1, 4) blocks: left dense (else a ValueError, below)
+    kw = dict(sparsity=0.9, update_every=3, seed=1, granularity="block", block_shape=(1, 4),
+              exclude=["out"])
+    cb = (RigL(data=(x, y), batch_size=64, **kw) if kind == "rigl" else SET(**kw))
+    spy = _Spy(cb)
+    _fit(model, cb, extra=[spy])
+    grids = [_dst.block_grid(tuple(t.mask.shape), (1, 4)) for t in cb.targets]
+    expected = [_dst.n_active(g, d) for g, d in zip(grids, cb.layer_densities())]
+    # after every step: each mask made of whole (1, 4) blocks, each layer's block count exact
+    for step in spy.masks:
+        assert [int(_dst.block_mask_of(m, (1, 4)).sum()) for m in step] == expected
+    assert not np.array_equal(spy.masks[0][0], spy.masks[-1][0])  # blocks moved
+    assert [u["step"] for u in cb.updates] == [3, 6, 9, 12, 15]
+    for u in cb.updates:  # whole blocks moved: round(f(t) * active blocks) x 4 weights
+        f = _dst.drop_fraction_at(u["step"], 0.3, 18)
+        assert u["layers"] == {t.name: 4 * min(round(f * n), int(np.prod(g)) - n)
+                               for t, n, g in zip(cb.targets, expected, grids)}
+    # compacted in the (1, 4) block storage from the first step, moved in place: no retrace
+    assert [layer.compact_block for layer in model.layers[:2]] == [4, 4]
+    assert len(spy.functions) == 1
+    for layer in model.layers[:2]:
+        kernel = keras.ops.convert_to_numpy(layer.kernel)
+        assert not kernel[keras.ops.convert_to_numpy(layer.mask) == 0].any()
+    # the inference layer in the same blocks stores exactly the kept blocks, same outputs
+    h1 = model.layers[0]
+    stored = CompactDense.from_kernel(keras.ops.convert_to_numpy(h1.kernel),
+                                      keras.ops.convert_to_numpy(h1.bias), block=4,
+                                      activation="relu")
+    assert stored.block == 4 and stored.nnz == 4 * expected[0]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(stored(x)),
+                               keras.ops.convert_to_numpy(h1(x)), atol=1e-5)
+    assert isinstance(sparsekeras.strip(model).layers[0], CompactDense)
+
+
+def test_block_granularity_bad_arguments():
+    with pytest.raises(ValueError, match="granularity='channel'"):
+        SET(granularity="channel")
+    with pytest.raises(ValueError, match=r"block_shape=\(1, 0\)"):
+        SET(granularity="block", block_shape=(1, 0))
+    # 96 units are not a multiple of 64: named with the layer
+    with pytest.raises(ValueError, match="layer 'h1'.*block_shape=\\(1, 64\\)"):
+        _fit(_model(), SET(granularity="block", block_shape=(1, 64), seed=0), epochs=1)
+
+
+def test_rigl_learns_digits_at_exact_sparsity():
+    """A fast quality check (benchmarks/bench_dst.py --quality has the full one): an MLP
+    trained from scratch at 0.9 with RigL on scikit-learn's digits ends far above chance (0.1),
+    each layer at exactly its ERK count of kept weights."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype("float32")
+    order = np.random.default_rng(0).permutation(len(x))
+    x, y = x[order], y[order]
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((64,)), SparseDense(256, activation="relu"),
+                              SparseDense(256, activation="relu"), SparseDense(10)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    cb = RigL(sparsity=0.9, update_every=20, seed=0, data=(x[:1400], y[:1400]))
+    model.fit(x[:1400], y[:1400], epochs=6, batch_size=32, verbose=0, callbacks=[cb])
+    assert len(cb.updates) >= 5 and all(u["moved"] > 0 for u in cb.updates)
+    expected = [_dst.n_active(tuple(t.mask.shape), d)
+                for t, d in zip(cb.targets, cb.layer_densities())]
+    assert [int(keras.ops.convert_to_numpy(t.mask).sum()) for t in cb.targets] == expected
+    assert abs(cb.overall_sparsity() - 0.9) < 0.001
+    assert model.evaluate(x[1400:], y[1400:], verbose=0)[1] > 0.7

@@ -248,3 +248,18 @@ def test_demo_quick(tmp_path):
     assert "test accuracy" in result.stdout
     assert "same outputs: True" in result.stdout
     assert (out / "sparsekeras_demo.png").is_file()
+
+
+def test_demo_rigl_quick(tmp_path):
+    out = tmp_path / "out"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", MPLBACKEND="Agg")
+    result = subprocess.run([sys.executable, "-m", "sparsekeras", "demo", "--rigl", "--quick",
+                             "--out", str(out)], capture_output=True, text=True, timeout=300,
+                            env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-5000:]
+    lines = {line.split("  ")[0]: line.split() for line in result.stdout.splitlines()}
+    assert float(lines["sparsity"][-1]) == pytest.approx(0.9, abs=0.002)
+    assert float(lines["test accuracy"][-1]) > 0.3  # far above chance (0.1) after 3 epochs
+    assert "mask updates: 5," in result.stdout  # 3 x 23 steps, every 10 until 75%
+    assert "training time (whole fit)" in result.stdout
+    assert (out / "sparsekeras_demo_rigl.png").is_file()
