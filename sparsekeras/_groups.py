@@ -491,7 +491,12 @@ def analyze(model):
 # ---- reading the weights of a group's members ---------------------------------------------------
 
 def _np(v):
-    return None if v is None else np.asarray(keras.ops.convert_to_numpy(v))
+    if v is None:
+        return None
+    # A variable's value (np.asarray on a Keras variable warns on NumPy 2).
+    if hasattr(v, "numpy"):
+        return np.asarray(v.numpy())
+    return np.asarray(keras.ops.convert_to_numpy(v))
 
 
 def _produced(layer):

@@ -227,7 +227,7 @@ class _Rebuilder:
             rules = _slices(self.analysis, self.keep, old)
             mine = _paths(new)
             for path, var in _paths(old).items():
-                value = _take(np.asarray(keras.ops.convert_to_numpy(var)), rules.get(path))
+                value = _take(_groups._np(var), rules.get(path))
                 target = mine.get(path)
                 if target is None or tuple(target.shape) != value.shape:
                     raise ValueError(
@@ -298,7 +298,7 @@ def shrink(model, fold_batchnorm=False, return_report=False, verbose=False):
         except ImportError as e:
             raise ValueError("shrink(fold_batchnorm=True) needs sparsekeras._fold."
                              f"fold_batchnorm, which is not available ({e}).") from e
-        small = fold(small)
+        small = fold(small)  # a rebuilt copy: no placeholder layer is left
     _mark_called(small)
     report = ShrinkReport(rows, list(analysis.unsupported), plain.count_params(),
                           small.count_params())

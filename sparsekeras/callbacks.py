@@ -345,7 +345,7 @@ class GradualPruning(keras.callbacks.Callback):
                               stacklevel=3)
         stale = False
         for layer, mask in masks.values():
-            prev = keras.ops.convert_to_numpy(layer.mask) != 0
+            prev = _groups._np(layer.mask) != 0
             if np.array_equal(mask, prev):
                 continue
             if getattr(layer, "compacted", False):
