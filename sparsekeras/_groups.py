@@ -19,11 +19,14 @@ position). Layers act on layouts:
 - Add / Subtract / Multiply / Average / Maximum / Minimum unite the groups of their inputs;
 - Concatenate on the channel axis concatenates the segments (offsets);
 - MultiHeadAttention's heads form a group of their own (query, key, value and output
-  projections shrink together).
+  projections shrink together);
+- a grouped convolution (groups=G) is a producer whose input and output channels must keep
+  equal numbers in each of its G blocks (`Analysis.blocks`): `shrink` checks it and leaves a
+  group whole where it does not hold; GradualPruning prunes such groups block by block.
 
 Anything else bounds the groups it touches: they are *fixed* (never pruned), with the reason:
 LayerNormalization (its statistics span the channels), the model's inputs and outputs,
-grouped convolutions, any layer or operation not listed above (by name). An activation that
+any layer or operation not listed above (by name). An activation that
 does not map 0 to 0 (sigmoid, softplus) fixes its group too: a removed channel must be one
 whose value is exactly zero, so that removing it changes no output.
 """
@@ -163,6 +166,7 @@ class Analysis:
         self.bindings = {}
         self.kinds = {}
         self.unsupported = []
+        self.blocks = []  # [(layer, Layout, G)]: equal kept channels in each of G blocks
         self._all = []
 
     @property
@@ -300,10 +304,14 @@ class _Walker:
         if _is(kind, (L.Dense,) + _CONVS):
             if len(lays) != 1:
                 return opaque("called on several tensors")
-            if _is(kind, _CONVS) and getattr(op, "groups", 1) != 1:
-                return opaque(f"grouped convolution (groups={op.groups}) is left whole")
+            grouped = _is(kind, _CONVS) and getattr(op, "groups", 1) != 1
+            if grouped and x.repeat != 1:
+                return opaque(f"grouped convolution (groups={op.groups}) on a reshaped input")
             self.bind(op, "producer", "in", x)
             out = self._producer(op, op.units if _is(kind, (L.Dense,)) else op.filters)
+            if grouped:
+                self.a.blocks.append((op, x, op.groups))
+                self.a.blocks.append((op, out, op.groups))
             self._activation(op, getattr(op, "activation", None), out)
             return [out]
         if _is(kind, _DEPTHWISE):
@@ -553,6 +561,24 @@ def dead_heads(layer):
     return dead | vzero
 
 
+def block_ids(analysis, group):
+    """The block (of a grouped convolution) of each channel of `group`: None when no grouped
+    convolution constrains it, an int array (size,) when every one that does splits it the
+    same way and the group is the whole axis there, else a string saying why not."""
+    found = None
+    for layer, layout, n_blocks in analysis.blocks:
+        if not any(g is group for g in layout.groups()):
+            continue
+        if len(layout.segments) != 1 or layout.repeat != 1:
+            return (f"{layer.name}: a grouped convolution over channels of several groups "
+                    "(a concatenation)")
+        ids = np.arange(group.size) // (group.size // n_blocks)
+        if found is not None and not np.array_equal(found, ids):
+            return f"{layer.name}: grouped convolutions with different groups"
+        found = ids
+    return found
+
+
 def _rms_columns(a, axis=-1):
     a = np.moveaxis(np.asarray(a, np.float64), axis, -1)
     a = a.reshape(-1, a.shape[-1])
@@ -595,17 +621,42 @@ def _mask_of(layer):
     return layer if hasattr(layer, "set_mask") and hasattr(layer, "mask") else None
 
 
-def _select(scores, sizes, forced, sparsity, scope, floor):
+def _select(scores, sizes, forced, sparsity, scope, floor, blocks=None):
     """Pruned flags per group: the lowest-score channels (forced ones always), `sparsity` of
     each group ("layer") or of all of them ("global", each group keeping at least
     max(1, ceil(floor * size)))."""
     pruned = [f.copy() for f in forced]
+    if blocks is None:
+        blocks = [None] * len(scores)
+    for i, ids in enumerate(blocks):
+        if ids is None:
+            continue
+        # A grouped convolution's blocks lose the same number of channels (this group's own
+        # rate: `sparsity`, whatever the scope).
+        sizes_b = np.bincount(ids)
+        want = max(int(round(sparsity * sizes_b.min())),
+                   int(np.bincount(ids, weights=forced[i]).max()))
+        want = min(want, int(sizes_b.min()) - 1)
+        for b in range(sizes_b.size):
+            members = np.flatnonzero(ids == b)
+            s = np.where(forced[i][members], -np.inf, scores[i][members])
+            pruned[i][members[np.argsort(s, kind="stable")[:want]]] = True
+    free = [i for i, ids in enumerate(blocks) if ids is None]
+    scores = [scores[i] for i in free]
+    sizes = [sizes[i] for i in free]
+    sub = [pruned[i] for i in free]
+    forced = [forced[i] for i in free]
+    _select_free(scores, sizes, forced, sparsity, scope, floor, sub)
+    return pruned
+
+
+def _select_free(scores, sizes, forced, sparsity, scope, floor, pruned):
     if scope == "layer":
         for i, (s, n) in enumerate(zip(scores, sizes)):
             want = min(max(int(round(sparsity * n)), int(forced[i].sum())), n - 1)
             order = np.argsort(np.where(forced[i], -np.inf, s), kind="stable")
             pruned[i][order[:want]] = True
-        return pruned
+        return
     keep_min = [max(1, int(np.ceil(floor * n))) for n in sizes]
     total = sum(sizes)
     target = int(round(sparsity * total)) - sum(int(f.sum()) for f in forced)
@@ -620,7 +671,6 @@ def _select(scores, sizes, forced, sparsity, scope, floor):
         pruned[i][j] = True
         left[i] -= 1
         target -= 1
-    return pruned
 
 
 def prune_plan(analysis, sparsity, granularity, scope="layer", floor=0.0):
@@ -642,7 +692,7 @@ def prune_plan(analysis, sparsity, granularity, scope="layer", floor=0.0):
             masks[id(layer)] = (layer, _np(layer.mask) != 0)
         return masks[id(layer)][1]
 
-    units, scores, sizes, forced = [], [], [], []
+    units, scores, sizes, forced, blocks = [], [], [], [], []
     if granularity == "head":
         for g in analysis.prunable_groups("head"):
             owners = [layer for layer, role, _ in analysis.members(g) if role == "heads"]
@@ -652,6 +702,7 @@ def prune_plan(analysis, sparsity, granularity, scope="layer", floor=0.0):
                                 "(use sparsekeras.sparsify: SparseMultiHeadAttention)"))
                 continue
             units.append((g, owners))
+            blocks.append(None)
             scores.append(sum(head_scores(layer) for layer in owners))
             sizes.append(g.size)
             gone = np.zeros(g.size, bool)
@@ -670,6 +721,11 @@ def prune_plan(analysis, sparsity, granularity, scope="layer", floor=0.0):
                 skipped.append(([layer.name for layer, _ in producers],
                                 f"no pruning mask on {bare} (sparsify them)"))
                 continue
+            ids = block_ids(analysis, g)
+            if isinstance(ids, str):
+                skipped.append(([layer.name for layer, _ in producers], ids))
+                continue
+            blocks.append(ids)
             units.append((g, members))
             scores.append(channel_scores(analysis, g))
             sizes.append(g.size)
@@ -679,7 +735,7 @@ def prune_plan(analysis, sparsity, granularity, scope="layer", floor=0.0):
                 col = ~np.any(m.reshape(-1, m.shape[-1]) != 0, axis=0)
                 gone |= col[pos].any(axis=0)
             forced.append(gone)
-    pruned = _select(scores, sizes, forced, sparsity, scope, floor)
+    pruned = _select(scores, sizes, forced, sparsity, scope, floor, blocks)
 
     for (g, stuff), cut in zip(units, pruned):
         if granularity == "head":

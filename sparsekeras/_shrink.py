@@ -67,7 +67,7 @@ def _producers(analysis, group):
 
 def _plan(analysis):
     """{root group id: kept indices} for every group with removable channels, and the rows."""
-    keep, rows = {}, []
+    deads = []
     for g in analysis.groups:
         if g.kind == "head":
             owners = [layer for layer, role, _ in analysis.members(g) if role == "heads"]
@@ -80,20 +80,57 @@ def _plan(analysis):
             if not any(role == "out" for _, role, _ in analysis.members(g)):
                 continue
             dead = _groups.dead_channels(analysis, g)
-        if not dead.any():
-            continue
+        if dead.any():
+            deads.append((g, dead))
+    keep = {g.id: (np.flatnonzero(~dead) if (~dead).any() else np.zeros(1, np.int64))
+            for g, dead in deads if not g.fixed}
+    _balance(analysis, keep)
+    rows = []
+    for g, dead in deads:
         row = dict(kind=g.kind, layers=_producers(analysis, g), size=g.size,
                    zero=int(dead.sum()))
         if g.fixed:
             row.update(status="kept whole", kept=g.size, reason="; ".join(g.fixed))
-        else:
-            kept = np.flatnonzero(~dead)
-            if kept.size == 0:
-                kept = np.zeros(1, np.int64)  # a layer keeps one unit (it then outputs zeros)
-            keep[g.id] = kept
-            row.update(status="shrunk", kept=int(kept.size))
+        else:  # a layer keeps one unit at least (a zero one, if all are)
+            row.update(status="shrunk", kept=int(keep[g.id].size))
         rows.append(row)
     return keep, rows
+
+
+def _balance(analysis, keep):
+    """Leave whole (and say why) the groups that would give a grouped convolution unequal
+    numbers of channels in its blocks; repeated until every grouped convolution is balanced."""
+    changed = True
+    while changed:
+        changed = False
+        for layer, layout, n_blocks in analysis.blocks:
+            if not layout.changed(keep):
+                continue
+            kept = layout.kept(keep)
+            counts = np.bincount(kept // (layout.width // n_blocks), minlength=n_blocks)
+            if len(set(counts.tolist())) > 1:
+                reason = (f"{layer.name}: grouped convolution (groups={n_blocks}) would keep "
+                          f"unequal channels per group {counts.tolist()}")
+                for g in layout.groups():
+                    if g.id in keep:
+                        del keep[g.id]
+                        g.fixed.append(reason)
+                changed = True
+
+
+def _grouped_kernel(kernel, n_blocks, inp, out):
+    """A grouped convolution's kernel (..., C_in / G, F) keeping input channels `inp` and
+    filters `out` (positions over C_in and F, or None: all): block by block."""
+    cin_g, f = kernel.shape[-2], kernel.shape[-1]
+    f_g = f // n_blocks
+    pieces = []
+    for b in range(n_blocks):
+        rows = (np.arange(cin_g) if inp is None
+                else inp[(inp >= b * cin_g) & (inp < (b + 1) * cin_g)] - b * cin_g)
+        cols = (np.arange(b * f_g, (b + 1) * f_g) if out is None
+                else out[(out >= b * f_g) & (out < (b + 1) * f_g)])
+        pieces.append(np.take(np.take(kernel, rows, axis=-2), cols, axis=-1))
+    return np.concatenate(pieces, axis=-1)
 
 
 # ---- rebuilding ---------------------------------------------------------------------------------
@@ -161,6 +198,9 @@ def _slices(analysis, keep, layer):
     elif isinstance(layer, (L.DepthwiseConv2D, getattr(L, "DepthwiseConv1D", L.DepthwiseConv2D))):
         rules["kernel"] = {-2: inp}
         rules["bias"] = {0: inp}
+    elif isinstance(layer, (L.Conv1D, L.Conv2D, L.Conv3D)) and layer.groups > 1:
+        rules["kernel"] = ("grouped", layer.groups, inp, out)
+        rules["bias"] = {0: out}
     elif isinstance(layer, (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D)):
         rules["kernel"] = {-2: inp, -1: out} if not isinstance(layer, L.Dense) else {0: inp,
                                                                                       1: out}
@@ -169,6 +209,9 @@ def _slices(analysis, keep, layer):
 
 
 def _take(value, rule):
+    if isinstance(rule, tuple):
+        _, n_blocks, inp, out = rule
+        return _grouped_kernel(value, n_blocks, inp, out)
     for axis, index in (rule or {}).items():
         if index is not None:
             value = np.take(value, index, axis=axis)
@@ -254,9 +297,9 @@ def shrink(model, fold_batchnorm=False, return_report=False, verbose=False):
 
     Left whole, with the reason in the report: the model's inputs and outputs, the channels a
     LayerNormalization normalizes over (a Transformer's residual width), channels that pass
-    through a layer the analysis does not follow (named in a warning), grouped convolutions,
-    an activation that does not map 0 to 0, and channels whose kernel is zero but whose bias
-    is not (a constant, not a zero).
+    through a layer the analysis does not follow (named in a warning), channels that would
+    leave a grouped convolution's blocks unequal, an activation that does not map 0 to 0, and
+    channels whose kernel is zero but whose bias is not (a constant, not a zero).
 
     Args:
         model: a built Sequential or Functional model (nested models inside are followed),

@@ -214,6 +214,47 @@ def test_nested_model_shrinks_with_its_inputs():
     _assert_same_outputs(small, model, x)
 
 
+def _grouped_model():
+    i = keras.Input((8, 8, 4))
+    a = keras.layers.Conv2D(16, 1, activation="relu", name="c1")(i)
+    g = keras.layers.Conv2D(16, 3, padding="same", groups=4, activation="relu",
+                            name="grouped")(a)
+    c = keras.layers.Conv2D(8, 1, activation="relu", name="c3")(g)
+    return keras.Model(i, keras.layers.Dense(3, name="out")(
+        keras.layers.GlobalAveragePooling2D()(c)))
+
+
+def test_grouped_convolution_keeps_equal_channels_per_group():
+    keras.utils.set_random_seed(8)
+    model = _compiled(sparsekeras.sparsify(_grouped_model()))
+    x, y = _data((8, 8, 4), n=32, classes=3)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[GradualPruning(
+        ConstantSparsity(0.5, 0, frequency=1), granularity="channel", coupled=True)])
+    for name in ("c1", "grouped"):  # 2 of every block of 4 channels pruned
+        cut = ~_np(model.get_layer(name).mask).reshape(-1, 16).any(axis=0)
+        np.testing.assert_array_equal(cut.reshape(4, 4).sum(axis=1), 2, err_msg=name)
+    small = sparsekeras.shrink(model)
+    assert tuple(small.get_layer("grouped").kernel.shape) == (3, 3, 2, 8)
+    assert small.get_layer("grouped").groups == 4
+    _assert_same_outputs(small, model, x[:4])
+
+    # Zeros that would leave the blocks unequal: c1's group is left whole, and says why.
+    plain = _grouped_model()
+    c1, grouped = plain.get_layer("c1"), plain.get_layer("grouped")
+    k = _np(c1.kernel)
+    k[..., :2] = 0
+    c1.kernel.assign(k)
+    c1.bias.assign(np.zeros(16, np.float32))
+    k, b = _np(grouped.kernel), _np(grouped.bias)
+    k[..., ::4], b[::4] = 0, 0
+    grouped.kernel.assign(k)
+    grouped.bias.assign(b)
+    with pytest.warns(UserWarning, match="unequal channels per group"):
+        small = sparsekeras.shrink(plain)
+    assert tuple(small.get_layer("grouped").kernel.shape) == (3, 3, 4, 12)
+    _assert_same_outputs(small, plain, x[:4])
+
+
 def test_global_scope_keeps_a_floor_per_group():
     keras.utils.set_random_seed(5)
     model = sparsekeras.sparsify(_mlp())
