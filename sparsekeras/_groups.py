@@ -54,6 +54,9 @@ _PASSTHROUGH = (L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDrop
                 L.ZeroPadding3D, L.Cropping1D, L.Cropping2D, L.Cropping3D, L.UpSampling1D,
                 L.UpSampling2D, L.UpSampling3D)
 _ACTIVATION_LAYERS = (L.Activation, L.ReLU, L.LeakyReLU, L.ELU)
+# keras.ops operations between two tensors (`x + y` in a Functional model) that act entry by
+# entry, as the merge layers do.
+_OPS_MERGES = ("Add", "Subtract", "Multiply", "Maximum", "Minimum")
 _MERGES = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
 _CONVS = (L.Conv1D, L.Conv2D, L.Conv3D)
 _DEPTHWISE = tuple(c for c in (getattr(L, "DepthwiseConv1D", None), L.DepthwiseConv2D) if c)
@@ -294,6 +297,11 @@ class _Walker:
         if isinstance(op, keras.Model):
             return self._nested(op, node, ctx, bound, lays, inputs, opaque)
         kind = _keras_class(op) if isinstance(op, keras.layers.Layer) else None
+        if (kind is None and type(op).__name__ in _OPS_MERGES
+                and type(op).__module__.startswith("keras.src.ops.")
+                and len(inputs) == 2 == len(keras.tree.flatten(node.arguments.args))
+                and not node.arguments.kwargs):
+            kind = L.Add  # x + y, x * y ... on two tensors: elementwise, like the merge layers
         if kind is None:
             return opaque(f"{type(op).__name__} is not followed (not a Keras layer the "
                           "channel analysis knows)")

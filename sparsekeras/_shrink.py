@@ -239,6 +239,8 @@ class _Rebuilder:
             return self.cache[id(layer)]
         if isinstance(layer, keras.Model):
             new = self.model(layer)
+        elif not isinstance(layer, keras.layers.Layer):
+            new = layer  # a keras.ops operation (x + y): stateless, its channels left whole
         else:
             config = _new_config(self.analysis, self.keep, layer)
             new = type(layer).from_config(config if config is not None else layer.get_config())

@@ -214,6 +214,38 @@ def test_nested_model_shrinks_with_its_inputs():
     _assert_same_outputs(small, model, x)
 
 
+def _zero_units(layer, units):
+    k, bias = _np(layer.kernel), _np(layer.bias)
+    k[..., units], bias[units] = 0, 0
+    layer.kernel.assign(k)
+    layer.bias.assign(bias)
+
+
+def test_ops_addition_and_a_shared_layer():
+    """`a + b` (a keras.ops operation) unites its inputs' channels, as Add does; a layer called
+    twice reads the same channels in both calls (so `d` joins `a` and `b`), and its own units
+    appear twice in the Concatenate."""
+    keras.utils.set_random_seed(9)
+    i = keras.Input((8,))
+    a = keras.layers.Dense(6, activation="relu", name="a")(i)
+    b = keras.layers.Dense(6, activation="relu", name="b")(i)
+    shared = keras.layers.Dense(5, activation="relu", name="shared")
+    c1, c2 = shared(a + b), shared(keras.layers.Dense(6, name="d")(i))
+    model = keras.Model(i, keras.layers.Dense(2, name="out")(
+        keras.layers.Concatenate()([c1, c2])))
+    for name in ("a", "b", "d", "shared"):
+        _zero_units(model.get_layer(name), [0, 1])
+    small, report = sparsekeras.shrink(model, return_report=True)
+    assert not report.unsupported
+    assert [small.get_layer(n).units for n in ("a", "b", "d", "shared")] == [4, 4, 4, 3]
+    assert tuple(small.get_layer("out").kernel.shape) == (6, 2)
+    x, _ = _data((8,))
+    _assert_same_outputs(small, model, x)
+    _zero_units(model.get_layer("b"), [2])  # b's channel 2 is not zero in a: both stay
+    small = sparsekeras.shrink(model)
+    assert [small.get_layer(n).units for n in ("a", "b", "d")] == [4, 4, 4]
+
+
 def _grouped_model():
     i = keras.Input((8, 8, 4))
     a = keras.layers.Conv2D(16, 1, activation="relu", name="c1")(i)
