@@ -1,18 +1,24 @@
 """Dynamic sparse training (RigL, SET): quality and wall-clock.
 
-1. Quality: scikit-learn's digits (1,797 8x8 images, shipped with scikit-learn), an MLP
-   64-256-256-10 trained from scratch for the same epochs: dense; a static random mask at 0.9
-   (ERK, no update: SET with drop_fraction=0); SET at 0.9; RigL at 0.9. Test accuracy over
-   several seeds (same data split, same initial weights per seed).
-2. Speed: a whole training run of a 784-W-W-10 MLP (W=4096 by default) on random MNIST-shaped
-   data, batch 256, Adam: dense `keras.layers.Dense` vs RigL at 0.9 (ERK; compacted from step
-   0; mask updates included) vs the static mask, in the same process; ratios of the fit's
-   wall-clock, the median step, and each mask update's time.
+1. Quality (`--quality`): models trained from scratch for the same epochs and optimizer, dense
+   and at 0.9 sparsity (ERK) with a static random mask (SET with drop_fraction=0), SET and
+   RigL, several seeds (initial weights, masks, decisions; the same data split), on data
+   shipped with scikit-learn: its digits, 1,000 training images with Gaussian pixel noise, the
+   797 others for test. Tasks: "mlp", an MLP 784-300-100-10 on the digits upsampled to 28x28
+   (784 features: digits, not MNIST); "cnn", a small CNN on the 8x8x1 digits. Writes
+   DIR/bench_dst_quality.json, .md (the table) and .png.
+2. Speed (`--skip-quality`): a whole training run of a 784-W-W-10 MLP (W=4096 by default) on
+   random MNIST-shaped data, batch 256, Adam: dense `keras.layers.Dense` vs RigL at 0.9 (ERK;
+   compacted from step 0; mask updates included) vs the static mask, in the same process;
+   ratios of the fit's wall-clock, the median step, and each mask update's time. Writes
+   DIR/bench_dst.json. Without either flag both run.
 
-Usage: python benchmarks/bench_dst.py --out DIR [--quick] [--seeds N] [--epochs E] [--width W]
-       [--steps S] [--update-every U] [--skip-quality]
-Writes DIR/bench_dst.json and prints a table. The machine may be shared: the JSON records the
-CPU time other processes used during each timed run.
+Usage: python benchmarks/bench_dst.py --out DIR [--quick] [--quality | --skip-quality]
+       [--seeds N] [--tasks mlp cnn] [--modes dense static set rigl] [--epochs E]
+       [--n-train N] [--noise S] [--q-update-every U] [--width W] [--steps S]
+       [--update-every U]
+The machine may be shared: the speed JSON records the CPU time other processes used during
+each timed run and the load average.
 """
 import argparse
 import json
@@ -139,7 +145,8 @@ QUALITY_TASKS = {
 }
 
 
-def quality(seeds, sparsity, update_every, tasks=("mlp", "cnn"), batch=32, **overrides):
+def quality(seeds, sparsity, update_every, tasks=("mlp", "cnn"), batch=32,
+            modes=("dense", "static", "set", "rigl"), **overrides):
     """Each task x mode x seed trained from scratch for the same epochs; test accuracy.
     `overrides` (n_train, noise, epochs; None: the task's default) apply to every task."""
     out = {}
@@ -151,7 +158,7 @@ def quality(seeds, sparsity, update_every, tasks=("mlp", "cnn"), batch=32, **ove
         log(f"quality {task}: {desc}; {len(x_tr)} train / {len(x_te)} test, noise std {noise}, "
             f"{epochs} epochs, batch {batch}")
         rows = []
-        for mode in ("dense", "static", "set", "rigl"):
+        for mode in modes:
             accs, train_accs, sps, secs = [], [], [], []
             for seed in range(seeds):
                 model = build(mode != "dense", seed)
@@ -290,6 +297,8 @@ def main():
     p.add_argument("--noise", type=float, default=None,
                    help="std of the pixel noise added (default: the task's)")
     p.add_argument("--tasks", nargs="+", default=["mlp", "cnn"], choices=sorted(QUALITY_TASKS))
+    p.add_argument("--modes", nargs="+", default=["dense", "static", "set", "rigl"],
+                   choices=["dense", "static", "set", "rigl"], help="variants of the quality runs")
     p.add_argument("--q-update-every", type=int, default=25,
                    help="RigL/SET update_every of the quality runs")
     p.add_argument("--width", type=int, default=4096)
@@ -307,7 +316,7 @@ def main():
     run_speed = not args.quality
     q = {}
     if run_quality:
-        q = quality(args.seeds, 0.9, args.q_update_every, tasks=args.tasks,
+        q = quality(args.seeds, 0.9, args.q_update_every, tasks=args.tasks, modes=args.modes,
                     n_train=args.n_train, noise=args.noise, epochs=args.epochs)
         with open(os.path.join(args.out, "bench_dst_quality.json"), "w") as f:
             json.dump(dict(cpu=cpu_model(), args=vars(args), quality=q), f, indent=1)
