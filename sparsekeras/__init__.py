@@ -27,6 +27,7 @@ from sparsekeras.ops import CSRTensor
 from sparsekeras import layers, schedules, callbacks, regularizers, data
 from sparsekeras._convert import compact, coverage, decompact, densify, sparsify, strip
 from sparsekeras._shrink import shrink
+from sparsekeras._fold import fold_batchnorm
 
 from sparsekeras._version import __version__
 

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import keras
 
-from sparsekeras import _saving, _tree
+from sparsekeras import _fold, _saving, _tree
 from sparsekeras.layers import _registry
 from sparsekeras.layers._base import NotConvertible, _PrunableKernel
 
@@ -289,7 +289,7 @@ def _decompacted_copy_source(model):
     return model
 
 
-def strip(model, block="auto", inplace=False):
+def strip(model, block="auto", inplace=False, fold_batchnorm=True):
     """A compact inference copy of `model`: every sparse layer becomes its stored form
     (`SparseDense` -> `CompactDense`, sparse convolutions -> `CompactConv2D`, and each other
     family's own), holding only its nonzeros, so memory and the saved `.keras` file scale with
@@ -297,11 +297,33 @@ def strip(model, block="auto", inplace=False):
     the pruned weights stored as zeros. Nested layers are reached. Other layers are copied
     unchanged. The copy is not compiled; compile it to fine-tune its nonzero values.
 
-    block: how the Dense kernels are stored: "auto" (default) takes the block-CSC form with
-    (1, G) blocks where the kernel's nonzeros come in such blocks (pruned with
-    `granularity="block", block_shape=(1, G)`; see `CompactDense.from_kernel`), else CSC; 1
-    forces CSC; an int G forces (1, G) blocks (zeros inside stored blocks are kept).
+    By default BatchNormalization is folded first (see `sparsekeras.fold_batchnorm`): a Dense
+    or convolution (sparse or not) whose output feeds only an inference BatchNormalization
+    takes its scale and shift into its kernel and bias (the sparsity pattern stays), and the
+    BatchNormalization leaves the graph; one warning names each one that cannot be folded
+    (e.g. after a convolution with its own activation) and why. The stripped model then
+    computes as the model does at inference; training it further trains without batch
+    statistics (pass `fold_batchnorm=False` to keep them).
+
+    Args:
+        model: a Keras model holding sparse layers.
+        block: how the Dense kernels are stored: "auto" (default) takes the block-CSC form
+            with (1, G) blocks where the kernel's nonzeros come in such blocks (pruned with
+            `granularity="block", block_shape=(1, G)`; see `CompactDense.from_kernel`), else
+            CSC; 1 forces CSC; an int G forces (1, G) blocks (zeros inside stored blocks are
+            kept).
+        inplace: convert `model` itself instead of a copy (folded BatchNormalization layers
+            are then replaced by identity layers, so `model` stays the same object).
+        fold_batchnorm: fold inference BatchNormalization layers into the layers before them
+            (default True).
+
+    Returns:
+        The stripped model.
     """
+    if not isinstance(fold_batchnorm, bool):
+        raise ValueError(f"`fold_batchnorm` must be True or False. "
+                         f"Received: fold_batchnorm={fold_batchnorm!r}")
+
     def make(layer):
         if hasattr(layer, "to_stored"):
             return layer.to_stored(block=block)
@@ -309,7 +331,13 @@ def strip(model, block="auto", inplace=False):
             return layer.to_keras()
         return None
 
-    return _replace_all(model, make, inplace, "strip")
+    if not fold_batchnorm:
+        return _replace_all(model, make, inplace, "strip")
+    target = model if inplace else _tree.copy_model(model, "strip")
+    if isinstance(target, keras.Model):
+        target, _, skipped = _fold.fold_in_place(target, rebuild=not inplace)
+        _fold.warn_skipped(skipped, "strip (fold_batchnorm=True)")
+    return _replace_all(target, make, True, "strip")
 
 
 def densify(model, inplace=False):
