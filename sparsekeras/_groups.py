@@ -688,9 +688,9 @@ def prune_plan(analysis, sparsity, granularity, scope="layer", floor=0.0):
     Returns:
         masks: {id(layer): (layer, new bool mask)} for the sparsekeras layers whose kernel
             masks change (each a subset of its current mask).
-        holds: [(variable, keep array broadcastable to it)]: the biases, BatchNorm scales and
-            offsets of the pruned channels, to be zeroed and held at zero (a pruned channel
-            is then exactly zero, so `shrink` removes it).
+        holds: [(variable, keep array broadcastable to it)]: the biases, BatchNorm scales,
+            offsets (and moving means) of the pruned channels, to be zeroed and held at zero
+            (a pruned channel is then exactly zero, so `shrink` removes it).
         skipped: [(group's layer names, reason)] of groups that cannot be pruned here.
     """
     masks, holds, skipped = {}, [], []
@@ -776,7 +776,9 @@ def prune_plan(analysis, sparsity, granularity, scope="layer", floor=0.0):
                     width = int(layer.moving_mean.shape[0])
                     k = np.ones(width, bool)
                     k[:axis_keep.size] = axis_keep
-                    for v in (layer.gamma, layer.beta):
+                    # The moving mean of a channel that is zero stays zero once zeroed: then
+                    # the channel is zero in inference even with scale=False.
+                    for v in (layer.gamma, layer.beta, layer.moving_mean):
                         if v is not None:
                             holds.append((v, k))
                 else:  # depthwise, depth_multiplier 1: (..., C, 1) kernel, (C,) bias
