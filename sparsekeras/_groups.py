@@ -307,11 +307,11 @@ class _Walker:
                           "channel analysis knows)")
         if getattr(op, "data_format", "channels_last") != "channels_last":
             return opaque(f"data_format={op.data_format!r} (channels_last only)")
-        if len(lays) == 1:
-            (x,) = lays
+        many = _is(kind, _MERGES + (L.Concatenate, L.MultiHeadAttention))
+        if not many and len(lays) != 1:
+            return opaque(f"called on {len(lays)} tensors")
+        x = lays[0] if lays else None
         if _is(kind, (L.Dense,) + _CONVS):
-            if len(lays) != 1:
-                return opaque("called on several tensors")
             grouped = _is(kind, _CONVS) and getattr(op, "groups", 1) != 1
             if grouped and x.repeat != 1:
                 return opaque(f"grouped convolution (groups={op.groups}) on a reshaped input")
