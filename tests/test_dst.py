@@ -586,3 +586,29 @@ def test_rigl_learns_digits_at_exact_sparsity():
     assert [int(keras.ops.convert_to_numpy(t.mask).sum()) for t in cb.targets] == expected
     assert abs(cb.overall_sparsity() - 0.9) < 0.001
     assert model.evaluate(x[1400:], y[1400:], verbose=0)[1] > 0.7
+
+
+def test_block_granularity_convolutions_trained_masked():
+    keras.utils.set_random_seed(0)
+    rs = np.random.default_rng(0)
+    x = rs.normal(size=(64, 8, 8, 3)).astype("float32")
+    y = (x.mean(axis=(1, 2, 3)) > 0).astype("int32")
+    model = keras.Sequential([keras.Input((8, 8, 3)),
+                              SparseConv2D(16, 3, activation="relu", name="c1"),
+                              SparseConv2D(16, 3, activation="relu", name="c2"),
+                              keras.layers.Flatten(), SparseDense(2, name="out")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    cb = RigL(sparsity=0.8, update_every=2, end_step=100, seed=0, data=(x, y), batch_size=32,
+              granularity="block", block_shape=(1, 4), exclude=["out"])
+    spy = _Spy(cb)
+    model.fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[cb, spy])
+    assert cb.updates and all(u["moved"] > 0 and u["moved"] % 4 == 0 for u in cb.updates)
+    grids = [_dst.block_grid(tuple(t.mask.shape), (1, 4)) for t in cb.targets]
+    assert grids == [(27, 4), (144, 4)]  # (k_h * k_w * c_in, c_out / 4)
+    expected = [_dst.n_active(g, d) for g, d in zip(grids, cb.layer_densities())]
+    for step in spy.masks:
+        assert [int(_dst.block_mask_of(m, (1, 4)).sum()) for m in step] == expected
+    assert not np.array_equal(spy.masks[0][1], spy.masks[-1][1])
+    for t in cb.targets:
+        kernel = keras.ops.convert_to_numpy(t.kernel)
+        assert not kernel[keras.ops.convert_to_numpy(t.mask) == 0].any()
