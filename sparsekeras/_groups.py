@@ -9,9 +9,9 @@ tensor a *layout* for its last axis: a sequence of segments, each the channels o
 repeated `repeat` times (a Flatten after a convolution repeats the C channels once per spatial
 position). Layers act on layouts:
 
-- producers (Dense, Conv1D/2D/3D with groups=1, Embedding, MultiHeadAttention's output
-  projection) start a new group of their units; their input rows are indexed by the input's
-  layout;
+- producers (Dense, Conv1D/2D/3D, SeparableConv1D/2D, Embedding, MultiHeadAttention's
+  output projection) start a new group of their units; their input rows are indexed by the
+  input's layout;
 - followers (BatchNormalization, DepthwiseConv with depth_multiplier=1) keep the layout and
   have per-channel weights indexed by it;
 - activations, Dropout, pooling, padding, cropping and upsampling keep it;
@@ -59,6 +59,7 @@ _ACTIVATION_LAYERS = (L.Activation, L.ReLU, L.LeakyReLU, L.ELU)
 _OPS_MERGES = ("Add", "Subtract", "Multiply", "Maximum", "Minimum")
 _MERGES = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
 _CONVS = (L.Conv1D, L.Conv2D, L.Conv3D)
+_SEPARABLE = (L.SeparableConv1D, L.SeparableConv2D)
 _DEPTHWISE = tuple(c for c in (getattr(L, "DepthwiseConv1D", None), L.DepthwiseConv2D) if c)
 
 
@@ -322,6 +323,13 @@ class _Walker:
                 self.a.blocks.append((op, out, op.groups))
             self._activation(op, getattr(op, "activation", None), out)
             return [out]
+        if _is(kind, _SEPARABLE):
+            # The depthwise part has no bias: a zero input channel stays zero up to the
+            # pointwise kernel, whose rows (channel * depth_multiplier + j) read it.
+            self.bind(op, "producer", "in", x)
+            out = self._producer(op, op.filters)
+            self._activation(op, op.activation, out)
+            return [out]
         if _is(kind, _DEPTHWISE):
             if op.depth_multiplier != 1:
                 return opaque(f"depth_multiplier={op.depth_multiplier} (1 only)")
@@ -522,6 +530,8 @@ def _produced(layer):
         return dense.kernel, dense.bias
     if isinstance(layer, keras.layers.Embedding):
         return layer.embeddings, None
+    if isinstance(layer, _SEPARABLE):
+        return layer.pointwise_kernel, layer.bias
     return layer.kernel, getattr(layer, "bias", None)
 
 
@@ -727,7 +737,9 @@ def prune_plan(analysis, sparsity, granularity, scope="layer", floor=0.0):
             bare = [layer.name for layer, _ in producers if _mask_of(layer) is None]
             if bare:
                 skipped.append(([layer.name for layer, _ in producers],
-                                f"no pruning mask on {bare} (sparsify them)"))
+                                f"no kernel mask coupled pruning can set on {bare} (sparsify "
+                                "them; separable convolutions and embeddings are not "
+                                "pruned by channel group)"))
                 continue
             ids = block_ids(analysis, g)
             if isinstance(ids, str):

@@ -198,6 +198,12 @@ def _slices(analysis, keep, layer):
     elif isinstance(layer, (L.DepthwiseConv2D, getattr(L, "DepthwiseConv1D", L.DepthwiseConv2D))):
         rules["kernel"] = {-2: inp}
         rules["bias"] = {0: inp}
+    elif isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
+        m = layer.depth_multiplier
+        rows = None if inp is None else (inp[:, None] * m + np.arange(m)[None, :]).reshape(-1)
+        rules["depthwise_kernel"] = {-2: inp}
+        rules["pointwise_kernel"] = {-2: rows, -1: out}
+        rules["bias"] = {0: out}
     elif isinstance(layer, (L.Conv1D, L.Conv2D, L.Conv3D)) and layer.groups > 1:
         rules["kernel"] = ("grouped", layer.groups, inp, out)
         rules["bias"] = {0: out}

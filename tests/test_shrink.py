@@ -246,6 +246,26 @@ def test_ops_addition_and_a_shared_layer():
     assert [small.get_layer(n).units for n in ("a", "b", "d")] == [4, 4, 4]
 
 
+def test_separable_convolution_reads_and_produces_channels():
+    keras.utils.set_random_seed(10)
+    i = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(8, 3, activation="relu", name="c1")(i)
+    b = keras.layers.SeparableConv2D(6, 3, depth_multiplier=2, activation="relu", name="sep")(a)
+    model = keras.Model(i, keras.layers.Dense(2, name="out")(
+        keras.layers.GlobalAveragePooling2D()(b)))
+    _zero_units(model.get_layer("c1"), [1, 4, 5])
+    sep = model.get_layer("sep")
+    k, bias = _np(sep.pointwise_kernel), _np(sep.bias)
+    k[..., [0, 3]], bias[[0, 3]] = 0, 0
+    sep.pointwise_kernel.assign(k)
+    sep.bias.assign(bias)
+    small = sparsekeras.shrink(model)
+    assert tuple(small.get_layer("sep").depthwise_kernel.shape) == (3, 3, 5, 2)
+    assert tuple(small.get_layer("sep").pointwise_kernel.shape) == (1, 1, 10, 4)
+    x, _ = _data((8, 8, 3), n=4)
+    _assert_same_outputs(small, model, x)
+
+
 def _grouped_model():
     i = keras.Input((8, 8, 4))
     a = keras.layers.Conv2D(16, 1, activation="relu", name="c1")(i)
