@@ -359,7 +359,7 @@ def shrink(model, fold_batchnorm=False, return_report=False, verbose=False):
                 if len(analysis.unsupported) > 8 else "")
         warnings.warn(f"shrink left the channels around these layers whole (not followed): "
                       f"{listed}{more}.", stacklevel=2)
-    whole = [r for r in rows if r["status"] == "kept whole" and r["reason"] != "model output"]
+    whole = [r for r in rows if r["status"] == "kept whole" and "model output" not in r["reason"]]
     if whole:
         listed = "; ".join(f"{', '.join(r['layers'])}: {r['zero']} zero {r['kind']}s kept "
                            f"({r['reason']})" for r in whole[:8])

@@ -335,7 +335,7 @@ class GradualPruning(keras.callbacks.Callback):
                      if g.fixed and g.kind == ("head" if self.granularity == "head"
                                                else "channel")]
             notes = [f"{', '.join(names)} ({'; '.join(g.fixed)})" for g, names in fixed
-                     if names and g.fixed != ["model output"]]
+                     if names and "model output" not in g.fixed]  # outputs: never pruned
             notes += [f"{', '.join(names)} ({reason})" for names, reason in skipped]
             if notes:
                 warnings.warn(f"GradualPruning(granularity={self.granularity!r}, coupled): "

@@ -266,6 +266,25 @@ def test_separable_convolution_reads_and_produces_channels():
     _assert_same_outputs(small, model, x)
 
 
+@pytest.mark.slow
+def test_mobilenetv2_shrinks_exactly():
+    """keras.applications' MobileNetV2 (ZeroPadding, depthwise, BatchNorm, ReLU6, inverted
+    residual Adds): every group is followed (nothing reported), half the channels go."""
+    keras.utils.set_random_seed(13)
+    base = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None,
+                                          classes=10)
+    model = sparsekeras.sparsify(base)
+    cb = GradualPruning(ConstantSparsity(0.5, 0), granularity="channel", coupled=True)
+    cb.set_model(model)
+    cb.prune(0.5)
+    small, report = sparsekeras.shrink(model, return_report=True)
+    assert not report.unsupported
+    assert all(r["status"] == "shrunk" for r in report.rows) and len(report.rows) >= 20
+    assert report.params_after < 0.35 * report.params_before, report
+    x, _ = _data((32, 32, 3), n=2)
+    _assert_same_outputs(small, model, x)
+
+
 def _grouped_model():
     i = keras.Input((8, 8, 4))
     a = keras.layers.Conv2D(16, 1, activation="relu", name="c1")(i)
