@@ -137,7 +137,7 @@ def test_cnn_with_bn_residual_concat_depthwise_shrinks_exactly():
     model = _compiled(sparsekeras.sparsify(_cnn()))
     x, y = _data((10, 10, 3))
     check = _CheckGroups()
-    model.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[GradualPruning(
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[GradualPruning(
         PolynomialDecay(0.0, 0.5, 0, 6, frequency=2), granularity="channel", coupled=True),
         check])
     assert check.checked and check.max_pruned >= 3
@@ -174,7 +174,7 @@ def test_transformer_block_heads_and_ffn_units_removed():
     x, y = _data((6, 16), classes=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the residual width is reported kept
-        model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[
             GradualPruning(ConstantSparsity(0.5, 0, frequency=2), granularity="channel",
                            coupled=True),
             GradualPruning(ConstantSparsity(0.5, 0, frequency=2), granularity="head")])
