@@ -141,6 +141,30 @@ def _kth_largest(values, k):
     return np.partition(values, m - k)[m - k]
 
 
+def _pool(score, k, n, low, eligible):
+    """The (sorted) indices of the eligible entries of `score` at or above a bound taken from a
+    strided sample, when more than k of them are there and the bound exceeds `low`: they hold
+    every entry above the k-th largest and every entry tied with it, so ranking them gives the
+    choices ranking all eligible entries above `low` gives, without gathering millions of
+    scores. None when that does not hold (small arrays, k a large part of n)."""
+    m = len(score)
+    if m <= 400_000 or k >= n // 4:
+        return None
+    sample = score[::m // 100_000]  # ineligible entries too: the bound is only a guess
+    n_s = len(sample)
+    j = int(n_s * k / n * 1.2) + 200  # ~20% + 200 sample entries of margin above the k-th
+    if j >= n_s:
+        return None
+    bound = np.partition(sample, n_s - 1 - j)[n_s - 1 - j]
+    if not bound > low:
+        return None
+    selected = score >= bound
+    if eligible is not None:
+        selected &= eligible
+    pool = np.flatnonzero(selected)
+    return pool if len(pool) > k else None
+
+
 def _top_k(score, k, generator, eligible=None):
     """Indices of the k largest entries of the 1-D `score` (among the `eligible` ones, a
     boolean array of its length, if given); ties at the k-th value are broken at random by
@@ -156,12 +180,15 @@ def _top_k(score, k, generator, eligible=None):
         return np.arange(n) if eligible is None else np.flatnonzero(eligible)
     if eligible is None:
         low = score.min()
-        above_low = score > low
     else:
         low = np.min(score, where=eligible, initial=np.inf)
-        above_low = (score > low) & eligible
-    candidates = np.flatnonzero(above_low)
-    del above_low
+    candidates = _pool(score, k, n, low, eligible)
+    if candidates is None:
+        above_low = score > low
+        if eligible is not None:
+            above_low &= eligible
+        candidates = np.flatnonzero(above_low)
+        del above_low
     if len(candidates) <= k:
         at_low = score == low
         if eligible is not None:

@@ -85,6 +85,27 @@ def test_drop_grow_counts_and_choices():
     assert not flat_m[g2].any() and np.array_equal(new2, new3) and new2.sum() == mask.sum()
 
 
+@pytest.mark.parametrize("zeros", [0.0, 0.9])
+def test_top_k_large_arrays_with_ties(zeros):
+    """The ranking of millions of entries (a bounded pool, ranked in place among the eligible
+    ones): k distinct eligible indices, none below an eligible one left out, seeded ties."""
+    rs = np.random.default_rng(0)
+    score = np.round(rs.random(1_200_000) * 2000).astype(np.float32)  # many ties
+    score[rs.random(score.size) < zeros] = 0  # dead units: most gradients exactly zero
+    eligible = rs.random(score.size) < 0.9
+    for k in (1, 1000, 50_000, 200_000):
+        got = _dst._top_k(score, k, _dst.rng(0, k), eligible=eligible)
+        assert len(got) == k == len(np.unique(got)) and eligible[got].all()
+        left = np.ones(score.size, bool)
+        left[got] = False
+        assert score[got].min() >= score[left & eligible].max()
+        np.testing.assert_array_equal(got, _dst._top_k(score, k, _dst.rng(0, k), eligible))
+        # the same choices as ranking the gathered eligible scores
+        idx = np.flatnonzero(eligible)
+        np.testing.assert_array_equal(np.sort(got), np.sort(idx[_dst._top_k(
+            score[idx], k, _dst.rng(0, k))]))
+
+
 # ---- callbacks in fit ------------------------------------------------------------------------
 
 def _data(n=256, seed=0):
