@@ -32,5 +32,5 @@ from sparsekeras._fold import fold_batchnorm
 from sparsekeras._version import __version__
 
 __all__ = ["linalg", "ops", "layers", "schedules", "callbacks", "regularizers", "data", "CSRTensor",
-           "sparsify", "strip", "densify", "compact", "decompact", "coverage",
-           "set_num_threads", "get_num_threads", "num_threads", "__version__"]
+           "sparsify", "strip", "densify", "compact", "decompact", "coverage", "shrink",
+           "fold_batchnorm", "set_num_threads", "get_num_threads", "num_threads", "__version__"]

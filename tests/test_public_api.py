@@ -5,6 +5,7 @@ from sparsekeras import linalg
 EXPECTED_TOP = ["linalg", "ops", "layers", "schedules", "callbacks", "regularizers", "data",
                 "CSRTensor",
                 "sparsify", "strip", "densify", "compact", "decompact", "coverage",
+                "shrink", "fold_batchnorm",
                 "set_num_threads", "get_num_threads", "num_threads",
                 "__version__"]
 EXPECTED_OPS = ["CSRTensor", "matmul", "csr_csr_matmul", "dense_csc_matmul", "dense_bcsc_matmul",
