@@ -441,7 +441,8 @@ def run_rigl(hidden=2048, epochs=20, target=0.9, batch_size=64, update_every=50,
     print(f"mask updates: {len(rigl.updates)}, {moved:,d} weights moved, {update_s:.2f} s in all "
           "(included in the training time)")
     for name, s, c in layer_rows:
-        print(f"sparsity of {name:16}{s:>14.3f}{'  (compacted)' if c else '  (trained masked)'}")
+        note = "  (compacted)" if c else "  (dense under ERK)" if s == 0 else "  (trained masked)"
+        print(f"sparsity of {name:16}{s:>14.3f}{note}")
     print("=" * 64)
     plot_path = _plot_rigl(dense_rows.rows, sparse_rows.rows, target, out_dir, hidden)
     if plot_path:
