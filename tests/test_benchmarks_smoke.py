@@ -20,6 +20,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
     ("bench_layers.py", ["bench_layers.json"]),
     ("bench_conv.py", ["bench_conv.json", "bench_conv.png"]),
     ("bench_sparse_input.py", ["bench_sparse_input.json", "bench_sparse_input.png"]),
+    ("bench_models.py", ["bench_models.json", "bench_models.png", "bench_models.md"]),
 ])
 def test_benchmark_quick(tmp_path, script, outputs):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -38,6 +39,11 @@ def test_benchmark_quick(tmp_path, script, outputs):
     if script == "bench_ops.py":  # the block-sparse rows ran (their checks abort on a mismatch)
         assert [r["block"] for r in data["block"]] == [8]
         assert data["block"][0]["forward"]["sk_block_fn"]["median_ms"] > 0
+    if script == "bench_models.py":  # the MLP ran, stripped outputs matched the dense twin's
+        assert data["correct"] is True
+        cells = data["summary"]["mlp"]
+        assert {"infer eager b1", "infer served b1", "train compacted", "file_bytes"} <= set(cells)
+        assert cells["infer predict_on_batch b32"]["block1x8"]["median"] > 0
 
 
 def test_bench_runtimes_quick(tmp_path):

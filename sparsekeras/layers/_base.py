@@ -304,11 +304,21 @@ class _PrunableKernel:
 
     _CACHE_ATTRS = ("_csc_indptr", "_csc_indices", "_positions")
 
-    def _switch(self, sparse_fn, dense_fn):
+    def _switch(self, sparse_fn, dense_fn, rows=None):
         if self.compute == "sparse":
             return sparse_fn()
         if self.compute == "dense":
             return dense_fn()
+        # `rows` (the product's row count: a Python int or a scalar tensor): the layer keeps
+        # `_sparse_rows`, the rows where the cost model (sparsekeras._dispatch) predicts the
+        # sparse product faster, and computes sparse only there (and from switch_sparsity on).
+        sparse_rows = getattr(self, "_sparse_rows", None) if rows is not None else None
+        if tf.executing_eagerly():  # decided in Python: no variable reads, no cond
+            on = self._mask_sparsity >= self.switch_sparsity
+            if on and sparse_rows is not None:
+                lo, hi = self._sparse_rows_py
+                on = lo <= int(rows) <= hi
+            return sparse_fn() if on else dense_fn()
         # The cached structure is read once here, outside the tf.cond, and the branches see
         # those reads in place of the variables. Read inside the sparse branch, the int32
         # arrays its gradient needs become the cond's intermediate outputs, which tf.cond's
@@ -322,7 +332,12 @@ class _PrunableKernel:
         try:
             for name, var in saved.items():
                 self.__dict__[name] = tf.convert_to_tensor(var)
-            return tf.cond(self._sparse_on, sparse_fn, dense_fn)
+            pred = self._sparse_on
+            if sparse_rows is not None:
+                rows = tf.cast(rows, tf.int32)
+                pred = tf.logical_and(pred, tf.logical_and(rows >= sparse_rows[0],
+                                                           rows <= sparse_rows[1]))
+            return tf.cond(pred, sparse_fn, dense_fn)
         finally:
             self.__dict__.update(saved)
 

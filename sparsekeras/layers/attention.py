@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 from keras.src.layers.core.einsum_dense import _analyze_einsum_string
 
-from sparsekeras import _tree
+from sparsekeras import _dispatch, _tree
 from sparsekeras.layers._registry import register
 from sparsekeras.layers._base import (
     _COMPUTE_MODES, DEFAULT_SWITCH_SPARSITY, NotConvertible, _PrunableKernel, _pop_unsupported,
@@ -85,7 +85,9 @@ class SparseEinsumDense(_PrunableKernel, keras.layers.EinsumDense):
         switch_sparsity: mask sparsity from which the layer computes through the sparse kernels
             (forward and backward); below it, through the dense einsum. Default
             `DEFAULT_SWITCH_SPARSITY`.
-        compute: "auto" (switch at `switch_sparsity`), "dense" or "sparse" (always).
+        compute: "auto" (sparse from `switch_sparsity` on, and per call only where the cost
+            model of `sparsekeras._dispatch` predicts the sparse product faster for the call's
+            rows), "dense" or "sparse" (always).
         prunable: whether `GradualPruning` prunes this layer.
 
     Sparse compute applies when the equation is a matrix product once reshaped to 2-D (see
@@ -139,10 +141,15 @@ class SparseEinsumDense(_PrunableKernel, keras.layers.EinsumDense):
             self._k = int(np.prod(shape[:c]))
             self._m = int(np.prod(shape[c:]))
             self._out_dims = list(shape[c:])
+            _dispatch.attach(self)  # the rows where the cost model picks sparse compute
         self._build_sparse()
 
     def _kernel_variable(self):
         return self._kernel
+
+    def _refresh_more(self, mask):
+        if self._contracted is not None:
+            _dispatch.refresh(self, self._k, self._m, int(np.count_nonzero(mask)))
 
     def _structure(self, mask):
         if self._contracted is None:  # masked dense compute only: no structure to cache
@@ -188,7 +195,8 @@ class SparseEinsumDense(_PrunableKernel, keras.layers.EinsumDense):
         if self._contracted is None:
             y = self._dense_einsum(x)
         else:
-            y = self._switch(lambda: self._sparse_einsum(x), lambda: self._dense_einsum(x))
+            y = self._switch(lambda: self._sparse_einsum(x), lambda: self._dense_einsum(x),
+                             rows=_dispatch.rows_of(x, self._contracted))
         if self.bias is not None:
             y = y + tf.cast(self.bias, y.dtype)
         if self.activation is not None:

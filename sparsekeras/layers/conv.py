@@ -22,6 +22,7 @@ import numpy as np
 import keras
 import tensorflow as tf
 
+from sparsekeras import _dispatch
 from sparsekeras import ops as sk_ops
 from sparsekeras.ops._gradients import take as _take
 from sparsekeras.layers._base import (
@@ -106,10 +107,30 @@ class _PrunableConv(_PrunableKernel):
 
     _default_switch_sparsity = DEFAULT_CONV_SWITCH_SPARSITY
 
-    def _switch(self, sparse_fn, dense_fn):
+    def _switch(self, sparse_fn, dense_fn, rows=None):
         if self.compute == "auto" and self.switch_sparsity <= 0.0:
             return sparse_fn()  # sparse at any mask: no dense branch to trace (grouped layers)
-        return super()._switch(sparse_fn, dense_fn)
+        return super()._switch(sparse_fn, dense_fn, rows=rows)
+
+    def _refresh_more(self, mask):
+        # The cost model's rows (output positions) for the sparse convolution: K = taps x
+        # input channels of the full kernel, N = output channels; the dense convolution's work
+        # per position is the kernel's own size (a depthwise or grouped kernel is smaller than
+        # its block-diagonal full form).
+        if getattr(self, "_sparse_rows", None) is not None:
+            *taps, cin, cout = self._full_kernel_shape()
+            _dispatch.refresh(self, int(np.prod(taps)) * cin, cout, int(np.count_nonzero(mask)),
+                              kind="conv", dense_kn=int(mask.size))
+
+    def _output_positions(self, x):
+        """Output positions of a call on x (batch x output spatial size, 'same'-style ceil
+        division by the strides; a Python int where x's shape is static)."""
+        spatial = 1
+        for size, stride in zip(x.shape[1:-1], self.strides):
+            if size is None:
+                return tf.shape(x)[0] * tf.reduce_prod(tf.shape(x)[1:-1])
+            spatial *= -(-int(size) // int(stride))
+        return spatial * (int(x.shape[0]) if x.shape[0] is not None else tf.shape(x)[0])
 
     def _full_kernel_shape(self):
         """The (k_h, k_w, in_channels, out_channels) kernel the sparse convolution computes
@@ -199,13 +220,15 @@ class SparseConv2D(_PrunableConv, keras.layers.Conv2D):
 
     def build(self, input_shape):
         super().build(input_shape)
+        _dispatch.attach(self)  # the rows where the cost model picks sparse compute
         self._build_sparse()
 
     def convolution_op(self, inputs, kernel):
         inputs = tf.convert_to_tensor(inputs)
         shape = self._full_kernel_shape()
         return self._switch(lambda: self._sparse_conv(inputs, kernel, shape),
-                            lambda: super(SparseConv2D, self).convolution_op(inputs, kernel))
+                            lambda: super(SparseConv2D, self).convolution_op(inputs, kernel),
+                            rows=self._output_positions(inputs))
 
     def get_config(self):
         return self._sparse_config(super().get_config(), drop=("lora_rank", "lora_alpha"))
@@ -278,6 +301,7 @@ class SparseConv1D(_PrunableConv, keras.layers.Conv1D):
 
     def build(self, input_shape):
         super().build(input_shape)
+        _dispatch.attach(self)  # the rows where the cost model picks sparse compute
         self._build_sparse()
 
     def call(self, inputs):
@@ -298,7 +322,7 @@ class SparseConv1D(_PrunableConv, keras.layers.Conv1D):
             return keras.ops.conv(x, kernel, strides=list(self.strides), padding=padding,
                                   dilation_rate=self.dilation_rate, data_format=self.data_format)
 
-        y = self._switch(sparse, dense)
+        y = self._switch(sparse, dense, rows=self._output_positions(x))
         if self.use_bias:
             y = y + tf.cast(self.bias, y.dtype)
         if self.activation is not None:
@@ -357,6 +381,7 @@ class SparseDepthwiseConv2D(_PrunableConv, keras.layers.DepthwiseConv2D):
 
     def build(self, input_shape):
         super().build(input_shape)
+        _dispatch.attach(self)  # the rows where the cost model picks sparse compute
         self._build_sparse()
 
     def call(self, inputs):
@@ -368,7 +393,8 @@ class SparseDepthwiseConv2D(_PrunableConv, keras.layers.DepthwiseConv2D):
                                             data_format=self.data_format)
 
         y = self._switch(lambda: self._sparse_conv(x, tf.cast(self.kernel, x.dtype),
-                                                   self._full_kernel_shape()), dense)
+                                                   self._full_kernel_shape()), dense,
+                         rows=self._output_positions(x))
         if self.use_bias:
             y = y + tf.cast(self.bias, y.dtype)
         if self.activation is not None:
@@ -806,6 +832,41 @@ class CompactConv2D(keras.layers.Layer):
                      if self.use_bias else None)
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: cin})
 
+    def _sparse_rows(self):
+        """(lo, hi): the output positions per call for which the cost model predicts the
+        sparse convolution faster than tf.nn.conv2d with the dense kernel (fixed structure:
+        computed once)."""
+        rows = self.__dict__.get("_sparse_rows_cache")
+        if rows is None:
+            k = int(np.prod(self.kernel_size)) * self.in_channels
+            rows = _dispatch.sparse_rows(k, self.filters, self.nnz, kind="conv")
+            self.__dict__["_sparse_rows_cache"] = rows
+        return rows
+
+    def _sparse_conv(self, x):
+        return sk_ops.csr_conv2d(x, self.indptr, self.indices, tf.cast(self.values, x.dtype),
+                                 self.kernel_size + (self.in_channels, self.filters),
+                                 strides=self.strides, padding=self.padding,
+                                 dilations=self.dilation_rate)
+
+    def _dense_conv(self, x):
+        """tf.nn.conv2d with the dense kernel scattered from the stored values in this call
+        (O(kernel size), against the convolution's O(positions x kernel size); the values
+        get their gradient through the scatter). No dense copy is kept: memory stays
+        proportional to the nonzeros, and trained values are never stale."""
+        k = int(np.prod(self.kernel_size)) * self.in_channels
+        indptr = tf.convert_to_tensor(self.indptr)
+        cols = tf.repeat(tf.range(self.filters, dtype=tf.int32), indptr[1:] - indptr[:-1])
+        flat = tf.cast(tf.convert_to_tensor(self.indices), tf.int64) * self.filters + \
+            tf.cast(cols, tf.int64)
+        kernel = tf.reshape(
+            tf.scatter_nd(flat[:, None], tf.cast(self.values, x.dtype),
+                          tf.constant([k * self.filters], tf.int64)),
+            self.kernel_size + (self.in_channels, self.filters))
+        return tf.nn.conv2d(x, kernel, strides=(1,) + tuple(self.strides) + (1,),
+                            padding=self.padding.upper(),
+                            dilations=(1,) + tuple(self.dilation_rate) + (1,))
+
     @classmethod
     def from_structure(cls, structure, values, kernel_shape, bias=None, **kwargs):
         layer = cls(filters=int(kernel_shape[3]), kernel_size=tuple(kernel_shape[:2]),
@@ -868,10 +929,18 @@ class CompactConv2D(keras.layers.Layer):
 
     def call(self, inputs):
         x = tf.convert_to_tensor(inputs)
-        y = sk_ops.csr_conv2d(x, self.indptr, self.indices, tf.cast(self.values, x.dtype),
-                              self.kernel_size + (self.in_channels, self.filters),
-                              strides=self.strides, padding=self.padding,
-                              dilations=self.dilation_rate)
+        lo, hi = self._sparse_rows()
+        if lo > hi:  # the cost model never picks sparse for this layer: no sparse branch
+            y = self._dense_conv(x)
+        elif lo <= 1 and hi >= _dispatch.MAX_ROWS:
+            y = self._sparse_conv(x)
+        else:
+            rows = _PrunableConv._output_positions(self, x)
+            if isinstance(rows, int):  # static: chosen at trace time
+                y = self._sparse_conv(x) if lo <= rows <= hi else self._dense_conv(x)
+            else:
+                y = tf.cond(tf.logical_and(rows >= lo, rows <= hi),
+                            lambda: self._sparse_conv(x), lambda: self._dense_conv(x))
         if self.bias is not None:
             y = y + tf.cast(self.bias, y.dtype)
         if self.activation is not None:

@@ -13,7 +13,7 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-from sparsekeras import _compact, _kernels
+from sparsekeras import _compact, _dispatch, _kernels
 from sparsekeras import linalg as _linalg
 from sparsekeras import ops as sk_ops
 from sparsekeras.layers._registry import register
@@ -23,6 +23,56 @@ from sparsekeras.layers._base import (
     _stored_product, _stored_sparse_input_product, _structure_from_mask)
 
 __all__ = ["SparseDense", "CompactDense"]
+
+
+_FAST_DTYPES = (tf.float32, tf.float64)
+
+
+def _fast_stored_product(layer, x, values, indptr, indices, block, k, n,
+                         transpose_structure=None):
+    """`_stored_product` with the fixed per-call cost cut for the common case (a 2-D float32 or
+    float64 x of the values' dtype, or (batch, ..., k) with static inner dimensions; int32
+    structure): the compiled op is called directly, with
+    its constant arguments made once per layer in eager mode (a small eager op costs ~10 us,
+    as much as the whole sparse product of a 784 x 300 layer at batch 1). Gradients are the
+    op's registered ones, as through `sparsekeras.ops`. Anything else takes `_stored_product`."""
+    values_t = tf.convert_to_tensor(values)
+    indptr_t, indices_t = tf.convert_to_tensor(indptr), tf.convert_to_tensor(indices)
+    rank = x.shape.rank
+    # (batch, d1, ..., k) with d1... static (a sequence): one reshape each way, where the
+    # general path computes the shapes with five more ops.
+    inner = x.shape[1:-1] if rank is not None and rank > 2 else None
+    if (rank is None or rank < 2 or (inner is not None and not inner.is_fully_defined())
+            or x.dtype != values_t.dtype or x.dtype not in _FAST_DTYPES
+            or indptr_t.dtype != tf.int32 or indices_t.dtype != tf.int32):
+        return _stored_product(x, values_t, indptr_t, indices_t, block, k, n,
+                               transpose_structure=transpose_structure)
+    x_in = x
+    if inner is not None:
+        x = tf.reshape(x, [-1, k])
+    eager = tf.executing_eagerly()
+    consts = layer.__dict__.get("_fast_consts") if eager else None
+    if consts is None:
+        consts = (tf.constant([k, n], tf.int64), tf.zeros([0], tf.int32),
+                  tf.zeros([0], tf.int64))
+        if eager:
+            layer.__dict__["_fast_consts"] = consts  # untracked: not a weight
+    shape, empty, empty64 = consts
+    if block > 1:
+        y = sk_ops._ops.sparse_keras_dense_bcsc_mat_mul(x, indptr_t, indices_t, values_t, shape,
+                                                        block=block)
+    else:
+        t_indptr, t_indices, t_perm = (empty, empty, empty64) if transpose_structure is None \
+            else (tf.convert_to_tensor(v) for v in transpose_structure)
+        y = sk_ops._ops.sparse_keras_dense_csc_mat_mul(x, indptr_t, indices_t, values_t, shape,
+                                                       t_indptr, t_indices, t_perm)
+    if inner is not None:
+        y = tf.reshape(y, [-1] + inner.as_list() + [n])
+        if not eager:
+            y.set_shape(x_in.shape[:-1].concatenate([n]))
+    elif not eager:
+        y.set_shape([x.shape[0], n])
+    return y
 
 
 class _KeepConstraint(keras.constraints.Constraint):
@@ -62,7 +112,10 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
         switch_sparsity: mask sparsity from which the layer computes through the sparse kernels
             (forward and backward); below it, through dense `matmul`. Default
             `DEFAULT_SWITCH_SPARSITY` (measured, see benchmarks/).
-        compute: "auto" (switch at `switch_sparsity`), "dense" or "sparse" (always).
+        compute: "auto" (sparse from `switch_sparsity` on, and per call only where the cost
+            model of `sparsekeras._dispatch` predicts the sparse product faster for the call's
+            row count: the batch, times the sequence for 3-D inputs), "dense" or "sparse"
+            (always).
         prunable: whether `GradualPruning` prunes this layer.
 
     The mask is a non-trainable weight of the kernel's shape (1 = kept). Use
@@ -104,6 +157,7 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
         # CSR (row-major) structure of the mask: sparse inputs times the pruned kernel.
         self._csr_indptr = _dynamic_variable(np.zeros(k + 1), np.int32, "csr_indptr")
         self._csr_indices = _dynamic_variable(np.zeros(0), np.int32, "csr_indices")
+        _dispatch.attach(self)  # the rows where the cost model picks sparse compute
         self._build_sparse()
 
     def _kernel_variable(self):
@@ -295,6 +349,7 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
     def _refresh_more(self, m):
         if self._compact is not None:
             self._refresh_compact(m)
+        _dispatch.refresh(self, m.shape[0], m.shape[1], int(np.count_nonzero(m)))
         self.__dict__.pop("_csc_of", None)
         counts = np.count_nonzero(m, axis=1)
         self._csr_indptr.assign(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
@@ -393,10 +448,11 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
             return self.activation(y) if self.activation is not None else y
         x = tf.convert_to_tensor(inputs)
         if c is not None:
-            y = _stored_product(x, c.values, c.indptr, c.indices, c.block, self._input_dim,
-                                self.units, transpose_structure=c.transposed)
+            y = _fast_stored_product(self, x, c.values, c.indptr, c.indices, c.block,
+                                     self._input_dim, self.units, c.transposed)
         else:
-            y = self._switch(lambda: self._sparse_matmul(x), lambda: self._dense_matmul(x))
+            y = self._switch(lambda: self._sparse_matmul(x), lambda: self._dense_matmul(x),
+                             rows=_dispatch.rows_of(x))
         if self.bias is not None:
             y = y + tf.cast(self.bias, y.dtype)
         if self.activation is not None:
@@ -618,8 +674,8 @@ class CompactDense(keras.layers.Layer):
                 y = y + tf.cast(self.bias, y.dtype)
             return self.activation(y) if self.activation is not None else y
         x = tf.convert_to_tensor(inputs)
-        y = _stored_product(x, self.values, self.indptr, self.indices, self.block,
-                            self.input_dim, self.units)
+        y = _fast_stored_product(self, x, self.values, self.indptr, self.indices, self.block,
+                                 self.input_dim, self.units)
         if self.bias is not None:
             y = y + tf.cast(self.bias, y.dtype)
         if self.activation is not None:
