@@ -4,8 +4,8 @@ Models (float32, weights random: timing does not depend on their values):
     mlp_small    MLP 784-300-100-10 (ReLU)                         batches 1, 256
     mlp_wide     MLP 1024-4096-4096-1000 (ReLU)                    batches 32, 256
     bert         BERT-like encoder from Keras layers: 4 blocks of MultiHeadAttention (4 heads
-                 of 64) + LayerNorm + FFN 1024 (GELU), hidden 256, sequence 128 (inputs are the
-                 embedded tokens)                                  batch 8
+                 of 64) + LayerNorm + FFN 1024 (ReLU: tf2onnx does not convert the exact GELU),
+                 hidden 256, sequence 128 (inputs are the embedded tokens)   batch 8
     mobilenetv2  keras.applications.MobileNetV2(input_shape=(128, 128, 3), weights=None)
                                                                    batches 1, 16
     resnet       a ResNet-style CNN: 64x64x3, 3x3 stem, three stages of two basic blocks (32,
@@ -102,7 +102,8 @@ def bert(blocks=4, hidden=256, heads=4, key_dim=64, ffn=1024, seq=128, name="ber
     for i in range(blocks):
         a = keras.layers.MultiHeadAttention(heads, key_dim, name=f"mha{i}")(h, h)
         h = keras.layers.LayerNormalization(name=f"ln{i}a")(keras.layers.Add()([h, a]))
-        f = keras.layers.Dense(ffn, activation="gelu", name=f"ffn{i}a")(h)
+        # ReLU, not GELU: tf2onnx does not convert TensorFlow's exact GELU (its Erfc op).
+        f = keras.layers.Dense(ffn, activation="relu", name=f"ffn{i}a")(h)
         f = keras.layers.Dense(hidden, name=f"ffn{i}b")(f)
         h = keras.layers.LayerNormalization(name=f"ln{i}b")(keras.layers.Add()([h, f]))
     return keras.Model(inp, h, name=name)
@@ -130,8 +131,24 @@ def resnet(size=64, widths=(32, 64, 128), blocks=2, classes=10, name="resnet"):
 
 
 def mobilenet(size=128, alpha=1.0):
+    # Logits (no softmax): a softmax over 1000 classes of a random network is ~1/1000 in
+    # every entry, which would make the output checks vacuous.
     return keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=alpha,
-                                          weights=None)
+                                          weights=None, classifier_activation=None)
+
+
+def randomize_batchnorm(model, seed=0):
+    """BatchNormalization statistics and weights away from their initial identity, so that
+    the output checks see a wrong fold (timing does not depend on the values)."""
+    rng = np.random.default_rng(seed)
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = int(layer.moving_mean.shape[0])
+            layer.moving_mean.assign(rng.normal(0.0, 0.1, n))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, n))
+            layer.gamma.assign(rng.uniform(0.5, 1.5, n))
+            layer.beta.assign(rng.normal(0.0, 0.1, n))
+    return model
 
 
 def _half(n):
@@ -303,7 +320,7 @@ def matches(got, want):
 def run_model(name, spec, target_s, tmp):
     build, batches, keep = spec
     keras.utils.set_random_seed(0)
-    dense = build(False)
+    dense = randomize_batchnorm(build(False))
     log(f"{name}: building variants")
     pruned = prune90(dense, keep)
     with warnings.catch_warnings():
@@ -440,7 +457,7 @@ def plot(rows, path):
 def run_fold(target_s, quick):
     size, batches = (32, [1]) if quick else (128, [1, 16])
     keras.utils.set_random_seed(0)
-    dense = mobilenet(size, alpha=0.35 if quick else 1.0)
+    dense = randomize_batchnorm(mobilenet(size, alpha=0.35 if quick else 1.0))
     keep = model_specs(False)["mobilenetv2"][2]
     pruned = prune90(dense, keep)
     with warnings.catch_warnings():
