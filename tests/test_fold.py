@@ -205,6 +205,29 @@ def test_sparse_layers_keep_their_pattern_and_strip_folds_by_default():
         sparsekeras.strip(sparse, fold_batchnorm="yes")
 
 
+def test_sparse_depthwise_and_separable_fold_through_strip():
+    """SparseDepthwiseConv2D (stored as a CompactConv2D) and SparseSeparableConv2D (its pointwise
+    part) with BatchNorm after them, pruned: strip folds both, outputs equal."""
+    rng = np.random.default_rng(7)
+    dense = _randomize_bns(keras.Sequential([
+        keras.Input((7, 7, 4)),
+        keras.layers.DepthwiseConv2D(3, depth_multiplier=2, use_bias=False, name="dw"),
+        keras.layers.BatchNormalization(name="bn_dw"),
+        keras.layers.SeparableConv2D(6, 3, padding="same", name="sep"),
+        keras.layers.BatchNormalization(name="bn_sep")]))
+    sparse = sparsekeras.sparsify(dense)
+    for t in sparsekeras.callbacks.prunable_targets(sparse):
+        t.set_mask(rng.random(tuple(t.mask.shape)) > 0.5)
+    x = _x((2, 7, 7, 4))
+    want = sparse(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        stripped = sparsekeras.strip(sparse)
+    assert _bns(stripped) == []
+    assert stripped.get_layer("dw").bias is not None and stripped.get_layer("sep").bias is not None
+    _close(stripped(x), want)
+
+
 @pytest.mark.parametrize("block", [1, 4])
 def test_stored_forms_fold_on_their_values(block):
     """A model stripped without folding, folded afterwards: CompactDense (CSC and (1, 4)
