@@ -55,9 +55,16 @@ MAX_ROWS = 2 ** 31 - 1
 DEFAULT_CONSTANTS = {
     "dense": {"fixed": 0.0, "weight": 8.3e-11, "mac": 4.1e-12, "io": 0.0},
     "sparse": {"fixed": 9.0e-6, "weight": 2.0e-10, "mac": 1.47e-11, "io": 0.0},
-    "conv_dense": {"fixed": 1.0e-5, "weight": 0.0, "mac": 4.4e-12, "io": 0.0},
+    "conv_dense": {"fixed": 2.5e-4, "weight": 0.0, "mac": 4.4e-12, "io": 0.0},
     "conv_sparse": {"fixed": 2.0e-5, "weight": 0.0, "mac": 1.2e-11, "io": 1.0e-10},
 }
+# tf.nn.conv2d's fixed cost (oneDNN) measured on small images (32x32 and 16x16, batch 1, 3-128
+# channels, 90%, in tf.function): 0.36-0.53 ms against the sparse convolution's 0.20-0.31 ms
+# with the same call overhead, so ~0.25 ms more. A strided sparse convolution takes the slower
+# planes path (docs/performance.md, sparse convolution): at batch 32, 3x3 stride 2, it ran 2.5-6x
+# slower than conv2d where stride 1 ran 0.5-0.75x; its multiply-adds and traffic count this
+# many times.
+STRIDED_SPARSE_FACTOR = 3.0
 _KEYS = ("fixed", "weight", "mac", "io")
 
 
@@ -99,21 +106,24 @@ class CostModel:
         kn = k * n if dense_kn is None else dense_kn
         return d["fixed"] + d["weight"] * kn + rows * (d["mac"] * kn + d["io"] * (k + n))
 
-    def sparse_time(self, rows, k, n, nnz, kind="matmul"):
-        """Predicted seconds of the same product over `nnz` stored weights (CSC kernel)."""
+    def sparse_time(self, rows, k, n, nnz, kind="matmul", strided=False):
+        """Predicted seconds of the same product over `nnz` stored weights (CSC kernel;
+        `strided`: a convolution with a stride > 1)."""
         s = self.constants["conv_sparse" if kind == "conv" else "sparse"]
-        return s["fixed"] + s["weight"] * nnz + rows * (s["mac"] * nnz + s["io"] * (k + n))
+        f = STRIDED_SPARSE_FACTOR if strided and kind == "conv" else 1.0
+        return s["fixed"] + s["weight"] * nnz + rows * f * (s["mac"] * nnz + s["io"] * (k + n))
 
-    def sparse_rows(self, k, n, nnz, kind="matmul", dense_kn=None):
+    def sparse_rows(self, k, n, nnz, kind="matmul", dense_kn=None, strided=False):
         """(lo, hi): the row counts for which the sparse product is predicted faster, as an
         inclusive interval (lo > hi: never)."""
         if kind not in ("matmul", "conv"):
             raise ValueError(f"Expected kind 'matmul' or 'conv'. Received: kind={kind!r}")
         d = self.constants["conv_dense" if kind == "conv" else "dense"]
         s = self.constants["conv_sparse" if kind == "conv" else "sparse"]
+        f = STRIDED_SPARSE_FACTOR if strided and kind == "conv" else 1.0
         kn = k * n if dense_kn is None else dense_kn
         a = s["fixed"] + s["weight"] * nnz - d["fixed"] - d["weight"] * kn  # at 0 rows
-        b = (s["mac"] * nnz + s["io"] * (k + n)) - (d["mac"] * kn + d["io"] * (k + n))
+        b = f * (s["mac"] * nnz + s["io"] * (k + n)) - (d["mac"] * kn + d["io"] * (k + n))
         # sparse faster where a + b * rows < 0, for rows >= 1
         if b < 0:
             lo = 1 if a < 0 else int(np.floor(a / -b)) + 1
@@ -177,9 +187,9 @@ def set_cost_model(model):
     return previous
 
 
-def sparse_rows(k, n, nnz, kind="matmul", dense_kn=None):
+def sparse_rows(k, n, nnz, kind="matmul", dense_kn=None, strided=False):
     """(lo, hi) rows for which this process' cost model picks the sparse product."""
-    return cost_model().sparse_rows(int(k), int(n), int(nnz), kind, dense_kn)
+    return cost_model().sparse_rows(int(k), int(n), int(nnz), kind, dense_kn, strided)
 
 
 # ---- calibration ---------------------------------------------------------------------------
@@ -305,10 +315,10 @@ def attach(layer):
     layer._sparse_rows_py = (MAX_ROWS, 0)
 
 
-def refresh(layer, k, n, nnz, kind="matmul", dense_kn=None):
+def refresh(layer, k, n, nnz, kind="matmul", dense_kn=None, strided=False):
     """Set the layer's rows for the sparse product of its (k, n) kernel with `nnz` kept weights
     (eager, when the mask changes: the layer's `_refresh_more`)."""
-    rows = sparse_rows(k, n, nnz, kind, dense_kn)
+    rows = sparse_rows(k, n, nnz, kind, dense_kn, strided)
     layer._sparse_rows.assign(rows)
     layer._sparse_rows_py = rows
     return rows

@@ -120,7 +120,8 @@ class _PrunableConv(_PrunableKernel):
         if getattr(self, "_sparse_rows", None) is not None:
             *taps, cin, cout = self._full_kernel_shape()
             _dispatch.refresh(self, int(np.prod(taps)) * cin, cout, int(np.count_nonzero(mask)),
-                              kind="conv", dense_kn=int(mask.size))
+                              kind="conv", dense_kn=int(mask.size),
+                              strided=any(int(v) > 1 for v in self.strides))
 
     def _output_positions(self, x):
         """Output positions of a call on x (batch x output spatial size, 'same'-style ceil
@@ -839,7 +840,8 @@ class CompactConv2D(keras.layers.Layer):
         rows = self.__dict__.get("_sparse_rows_cache")
         if rows is None:
             k = int(np.prod(self.kernel_size)) * self.in_channels
-            rows = _dispatch.sparse_rows(k, self.filters, self.nnz, kind="conv")
+            rows = _dispatch.sparse_rows(k, self.filters, self.nnz, kind="conv",
+                                         strided=any(int(v) > 1 for v in self.strides))
             self.__dict__["_sparse_rows_cache"] = rows
         return rows
 
