@@ -9,6 +9,8 @@ ctypedef fused index_t:
     int64_t
 
 cdef extern from "sk_simd.h" nogil:
+    enum:
+        SK_ISA_AVX512
     int sk_isa()
     int sk_isa_detect()
     int sk_isa_force(int level)

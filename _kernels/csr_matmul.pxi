@@ -102,7 +102,12 @@ cdef void _pack_transposed(int64_t m, int64_t k, const real_t *x, int64_t tile, 
         w = m - t * tile
         if w > tile:
             w = tile
-        _transpose(isa, x + t * tile * k + k0, k, panels + t * tile * k + k0 * w, w, w, k1 - k0)
+        if real_t is float and isa == SK_ISA_AVX512:  # 16 x 16 tiles, whole 64-byte runs
+            _transpose_store(isa, x + t * tile * k + k0, k, panels + t * tile * k + k0 * w, w,
+                             w, k1 - k0)
+        else:
+            _transpose(isa, x + t * tile * k + k0, k, panels + t * tile * k + k0 * w, w, w,
+                       k1 - k0)
 
 
 cdef int _csr_matmul(int64_t n_rows, int64_t n_cols, int64_t n_out, const index_t *indptr,

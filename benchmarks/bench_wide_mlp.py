@@ -22,6 +22,10 @@ layers' arrays, numpy level, 1 and 2 threads, median of repeats) with their roof
 and the bytes the product streams from the packed activation panels (one panel row per stored
 weight, resp. block, per batch tile: the traffic that bounds the unstructured kernel).
 
+--cpu-time runs everything on 1 thread (TensorFlow and sparsekeras) and reports the process CPU
+time per call: on a machine shared by many busy processes, wall times mostly measure waiting for
+a core, CPU times the work done (both still suffer the others' use of the shared caches).
+
 --compare TREE_A TREE_B --runs N runs this script N times for each of two source trees (built in
 place; e.g. the tree before and after a kernel change), alternating A, B, A, B, ... in fresh
 processes (PYTHONPATH=TREE), and prints every run's ratios and times and their medians: a fair
@@ -29,6 +33,7 @@ before/after on a machine whose load changes.
 
 Usage:
     python benchmarks/bench_wide_mlp.py --out DIR [--quick] [--batches 32 256] [--kernels]
+                                        [--cpu-time]
     python benchmarks/bench_wide_mlp.py --out DIR --compare /path/before /path/after --runs 3
 Writes DIR/bench_wide_mlp.json (DIR/bench_wide_mlp_compare.json with --compare) and prints a table.
 """
@@ -102,8 +107,9 @@ def _masked_forward(model, x):
     return y
 
 
-def time_models(models, x, rounds, calls):
-    """{name: [ms per call, one per round]}: the models called interleaved, round by round."""
+def time_models(models, x, rounds, calls, clock=time.perf_counter):
+    """{name: [ms per call, one per round]}: the models called interleaved, round by round.
+    clock: time.perf_counter (wall) or time.process_time (CPU time of the process)."""
     import tensorflow as tf
 
     fns = {name: tf.function(lambda t, m=m: m(t, training=False)) for name, m in models.items()}
@@ -113,10 +119,10 @@ def time_models(models, x, rounds, calls):
     times = {name: [] for name in fns}
     for _ in range(rounds):
         for name, f in fns.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(calls):
                 f(x).numpy()
-            times[name].append((time.perf_counter() - t0) / calls * 1e3)
+            times[name].append((clock() - t0) / calls * 1e3)
     return times
 
 
@@ -169,12 +175,14 @@ def run(args):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(2)
+    threads = 1 if args.cpu_time else 2
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     import sparsekeras
     from sparsekeras import _kernels
 
-    sparsekeras.set_num_threads(2)
+    sparsekeras.set_num_threads(threads)
+    clock = time.process_time if args.cpu_time else time.perf_counter
     layers = QUICK_LAYERS if args.quick else LAYERS
     rounds, calls = (3, 2) if args.quick else (args.rounds, args.calls)
     dense, stripped, masked = build_models(layers)
@@ -186,11 +194,12 @@ def run(args):
                           "cpu_count": os.cpu_count()},
               "layers": [list(t) for t in layers], "sparsity": SPARSITY,
               "blocks": {g: [layer.block for layer in m.layers] for g, m in stripped.items()},
-              "rounds": rounds, "calls_per_round": calls, "batches": {}}
+              "rounds": rounds, "calls_per_round": calls, "threads": threads,
+              "clock": "process CPU time" if args.cpu_time else "wall", "batches": {}}
     for batch in args.batches:
         x = tf.constant(rng.standard_normal((batch, layers[0][0]), dtype=np.float32))
         _check(stripped, masked, x)
-        times = time_models({"dense": dense, **stripped}, x, rounds, calls)
+        times = time_models({"dense": dense, **stripped}, x, rounds, calls, clock)
         med = {name: float(np.median(t)) for name, t in times.items()}
         result["batches"][str(batch)] = {
             "median_ms": med, "all_ms": times,
@@ -210,8 +219,9 @@ def run(args):
 
 def print_result(result):
     dims = "-".join([str(result["layers"][0][0])] + [str(n) for _, n, _ in result["layers"]])
-    print(f"MLP {dims} at {result['sparsity']:.0%} sparsity, TensorFlow, 2 threads; median ms "
-          f"per call (ratio dense / stripped); load {result['load_before'][0]:.2f} -> "
+    print(f"MLP {dims} at {result['sparsity']:.0%} sparsity, TensorFlow, {result['threads']} "
+          f"thread(s); median ms of {result['clock']} per call (ratio dense / stripped); load "
+          f"{result['load_before'][0]:.2f} -> "
           f"{result['load_after'][0]:.2f}")
     for batch, r in result["batches"].items():
         m = r["median_ms"]
@@ -240,6 +250,8 @@ def compare(args):
                 cmd.append("--quick")
             if args.kernels:
                 cmd.append("--kernels")
+            if args.cpu_time:
+                cmd.append("--cpu-time")
             _log(f"run {i + 1}/{args.runs} {label} ({trees[label]})")
             subprocess.run(cmd, check=True, env=env, cwd=args.out, stdout=subprocess.DEVNULL)
             with open(os.path.join(out, "bench_wide_mlp.json")) as f:
@@ -281,6 +293,10 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=3, help="calls per model and round")
     parser.add_argument("--kernels", action="store_true", help="also time the products alone")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="1 thread everywhere and the process CPU time per call instead of "
+                             "wall time: the work each model does, for a machine so loaded that "
+                             "wall times mostly measure waiting")
     parser.add_argument("--compare", nargs=2, metavar=("TREE_A", "TREE_B"))
     parser.add_argument("--runs", type=int, default=3, help="runs per tree with --compare")
     args = parser.parse_args(argv)
