@@ -23,7 +23,7 @@ and the bytes the product streams from the packed activation panels (one panel r
 weight, resp. block, per batch tile: the traffic that bounds the unstructured kernel).
 
 --cpu-time runs everything on 1 thread (TensorFlow and sparsekeras) and reports the process CPU
-time per call: on a machine shared by many busy processes, wall times mostly measure waiting for
+time per call (the products alone: the calling thread's CPU time): on a machine shared by many busy processes, wall times mostly measure waiting for
 a core, CPU times the work done (both still suffer the others' use of the shared caches).
 
 --compare TREE_A TREE_B --runs N runs this script N times for each of two source trees (built in
@@ -126,8 +126,9 @@ def time_models(models, x, rounds, calls, clock=time.perf_counter):
     return times
 
 
-def kernel_rows(stripped, batch, repeats, tile):
-    """The three products alone, per granularity, 1 and 2 threads, with roofline counts."""
+def kernel_rows(stripped, batch, repeats, tile, cpu_time=False):
+    """The three products alone, per granularity, 1 and 2 threads (1 thread and the calling
+    thread's CPU time with cpu_time), with roofline counts."""
     import keras
 
     from sparsekeras import _kernels
@@ -155,13 +156,14 @@ def kernel_rows(stripped, batch, repeats, tile):
                    # one panel row (tile floats) per stored index and batch tile
                    "panel_bytes": 4 * int(len(ix)) * batch,
                    "panel_rows_per_tile": int(len(ix)), "tile": tile, "batch_tiles": n_tiles}
-            for nt in (1, 2):
+            clock = time.thread_time if cpu_time else time.perf_counter
+            for nt in (1,) if cpu_time else (1, 2):
                 f(nt)
                 ts = []
                 for _ in range(repeats):
-                    t0 = time.perf_counter()
+                    t0 = clock()
                     f(nt)
-                    ts.append(time.perf_counter() - t0)
+                    ts.append(clock() - t0)
                 ms = float(np.median(ts)) * 1e3
                 row[f"ms_{nt}t"] = ms
                 row[f"gflops_{nt}t"] = row["flops"] / ms / 1e6
@@ -208,7 +210,8 @@ def run(args):
             f"{n} {m:.2f} ms" for n, m in med.items()))
     if args.kernels:
         tile = 64 if _kernels.isa() != "generic" else 16
-        result["kernels"] = kernel_rows(stripped, max(args.batches), 5 if args.quick else 9, tile)
+        result["kernels"] = kernel_rows(stripped, max(args.batches), 5 if args.quick else 9, tile,
+                                        args.cpu_time)
     result["load_before"] = list(load0)
     result["load_after"] = list(os.getloadavg())
     os.makedirs(args.out, exist_ok=True)
@@ -228,10 +231,11 @@ def print_result(result):
         cells = "  ".join(f"{g} {m[g]:8.2f} ({r['ratio'][g]:.2f}x)" for g in r["ratio"])
         print(f"  batch {batch:>4s}: dense {m['dense']:8.2f}  {cells}")
     for row in result.get("kernels", []):
+        two = (f"  2t {row['ms_2t']:7.2f} ms ({row['gflops_2t']:5.1f} GFLOP/s)"
+               if "ms_2t" in row else "")
         print(f"  kernel {row['granularity']:12s} {row['shape'][0]}x{row['shape'][1]} "
               f"b{row['batch']}: 1t {row['ms_1t']:7.2f} ms ({row['gflops_1t']:5.1f} GFLOP/s, "
-              f"panel {row['panel_gbs_1t']:5.1f} GB/s)  2t {row['ms_2t']:7.2f} ms "
-              f"({row['gflops_2t']:5.1f} GFLOP/s)")
+              f"panel {row['panel_gbs_1t']:5.1f} GB/s){two}")
 
 
 def compare(args):
