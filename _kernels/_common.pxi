@@ -9,6 +9,8 @@ ctypedef fused index_t:
     int64_t
 
 cdef extern from "sk_simd.h" nogil:
+    enum:
+        SK_ISA_AVX512
     int sk_isa()
     int sk_isa_detect()
     int sk_isa_force(int level)
@@ -152,6 +154,24 @@ cdef extern from "sk_simd.h" nogil:
                           int64_t rows, int64_t cols)
     void sk_transpose_f64(int isa, const double *src, int64_t lds, double *dst, int64_t ldd,
                           int64_t rows, int64_t cols)
+
+
+cdef extern from "sk_simd.h" nogil:
+    void sk_transpose_store_f32(int isa, const float *src, int64_t lds, float *dst, int64_t ldd,
+                                int64_t rows, int64_t cols)
+    void sk_transpose_store_f64(int isa, const double *src, int64_t lds, double *dst,
+                                int64_t ldd, int64_t rows, int64_t cols)
+
+
+cdef inline void _transpose_store(int isa, const real_t *src, int64_t lds, real_t *dst,
+                                  int64_t ldd, int64_t rows, int64_t cols) noexcept nogil:
+    """dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols: the batch-major store of a
+    block of output features (rows) by a batch tile (cols). 16 x 16 register transposes writing
+    whole 64-byte runs (AVX-512 float32), else a scalar loop."""
+    if real_t is float:
+        sk_transpose_store_f32(isa, src, lds, dst, ldd, rows, cols)
+    else:
+        sk_transpose_store_f64(isa, src, lds, dst, ldd, rows, cols)
 
 
 cdef inline void _transpose(int isa, const real_t *src, int64_t lds, real_t *dst, int64_t ldd,

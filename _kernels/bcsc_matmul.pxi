@@ -164,10 +164,8 @@ cdef int _dense_bcsc_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, int
                            data + indptr[q + r] * block, block, <int>block, pt, w, w,
                            buf + r * block * w, w)
                 rows = gq * block
-                for j in range(w):
-                    o = out + (t * tile + j) * n_cols + q * block
-                    for r in range(rows):
-                        o[r] = buf[r * w + j]
+                _transpose_store(isa, buf, w, out + t * tile * n_cols + q * block, n_cols,
+                                 rows, w)
                 q = q + gq
     _scratch_free(scratch)
     _scratch_free(panels)

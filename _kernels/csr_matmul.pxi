@@ -32,9 +32,8 @@ cdef void _spmm_panels(int64_t n_rows, int64_t k, int64_t width, const index_t *
     cdef int isa = sk_isa()
     cdef int64_t n_tiles = (width + tile - 1) // tile
     cdef Py_ssize_t c
-    cdef int64_t t, i, w, r0, r1, p0, g0, g, j, r, ldp
+    cdef int64_t t, i, w, r0, r1, p0, g0, g, r, ldp
     cdef real_t *buf
-    cdef real_t *o
     cdef const real_t *pt
     for c in prange(n_parts, nogil=True, schedule='static', chunksize=1, num_threads=n_parts):
         r0 = bounds[c]
@@ -65,10 +64,8 @@ cdef void _spmm_panels(int64_t n_rows, int64_t k, int64_t width, const index_t *
                         p0 = indptr[g0 + r]
                         _spmm_row(isa, indptr[g0 + r + 1] - p0, indices + p0, data + p0,
                                   pt, ldp, w, buf + r * w, 1)
-                    for j in range(w):
-                        o = out + (t * tile + j) * col_stride + g0
-                        for r in range(g):
-                            o[r] = buf[r * w + j]
+                    # g output rows x w batch columns, stored transposed by register tiles
+                    _transpose_store(isa, buf, w, out + t * tile * col_stride + g0, col_stride, g, w)
                     g0 = g0 + g
 
 
@@ -105,7 +102,12 @@ cdef void _pack_transposed(int64_t m, int64_t k, const real_t *x, int64_t tile, 
         w = m - t * tile
         if w > tile:
             w = tile
-        _transpose(isa, x + t * tile * k + k0, k, panels + t * tile * k + k0 * w, w, w, k1 - k0)
+        if real_t is float and isa == SK_ISA_AVX512:  # 16 x 16 tiles, whole 64-byte runs
+            _transpose_store(isa, x + t * tile * k + k0, k, panels + t * tile * k + k0 * w, w,
+                             w, k1 - k0)
+        else:
+            _transpose(isa, x + t * tile * k + k0, k, panels + t * tile * k + k0 * w, w, w,
+                       k1 - k0)
 
 
 cdef int _csr_matmul(int64_t n_rows, int64_t n_cols, int64_t n_out, const index_t *indptr,

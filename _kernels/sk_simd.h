@@ -203,6 +203,85 @@ static inline void sk_transpose_f32(int isa, const float *src, int64_t lds, floa
 #undef SK_TRANSPOSE_SCALAR
 
 /* ------------------------------------------------------------------------------------------ */
+/* Transposed store of a row-major block: dst[j * ldd + i] = src[i * lds + j] for i < rows,     */
+/* j < cols. The output side of the products whose result is batch-major (x @ W): src holds a    */
+/* few output features (rows) by a batch tile (cols), dst is the (batch, features) result, whose */
+/* row stride is often a power of two. AVX-512 (float32): 16 x 16 register transposes, each      */
+/* destination row written as one 64-byte run (half-line runs at a 2^k stride thrash L1);        */
+/* otherwise scalar, feature-innermost.                                                          */
+/* ------------------------------------------------------------------------------------------ */
+#ifdef SK_X86
+__attribute__((target("avx512f"), always_inline)) static inline void sk_tr16x16_avx512(__m512 r[16]) {
+    __m512 t[16];
+    for (int k = 0; k < 8; k++) {
+        t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+        t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+    }
+    for (int k = 0; k < 4; k++) {
+        __m512d a0 = _mm512_castps_pd(t[4 * k]), a1 = _mm512_castps_pd(t[4 * k + 1]);
+        __m512d a2 = _mm512_castps_pd(t[4 * k + 2]), a3 = _mm512_castps_pd(t[4 * k + 3]);
+        r[4 * k] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
+        r[4 * k + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
+        r[4 * k + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
+        r[4 * k + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
+    }
+    /* r[4k + c] now holds, per 128-bit lane L, column 4L + c of rows 4k..4k+3 */
+    for (int c = 0; c < 4; c++) {
+        __m512 b0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);       /* lanes 0,2 of rows 0-7 */
+        __m512 b1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);       /* lanes 1,3 */
+        __m512 b2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+        __m512 b3 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
+        t[c] = _mm512_shuffle_f32x4(b0, b2, 0x88);       /* lane 0: column c */
+        t[8 + c] = _mm512_shuffle_f32x4(b0, b2, 0xDD);   /* lane 2: column 8 + c */
+        t[4 + c] = _mm512_shuffle_f32x4(b1, b3, 0x88);   /* lane 1: column 4 + c */
+        t[12 + c] = _mm512_shuffle_f32x4(b1, b3, 0xDD);  /* lane 3: column 12 + c */
+    }
+    for (int k = 0; k < 16; k++) r[k] = t[k];
+}
+
+__attribute__((target("avx512f"))) static void
+sk_transpose_store_avx512_f32(const float *src, int64_t lds, float *dst, int64_t ldd,
+                              int64_t rows, int64_t cols) {
+    __m512 r[16];
+    for (int64_t i0 = 0; i0 < rows; i0 += 16) {
+        int64_t ni = rows - i0 < 16 ? rows - i0 : 16;
+        __mmask16 mi = (__mmask16)((1u << ni) - 1u);
+        for (int64_t j0 = 0; j0 < cols; j0 += 16) {
+            int64_t nj = cols - j0 < 16 ? cols - j0 : 16;
+            __mmask16 mj = (__mmask16)((1u << nj) - 1u);
+            const float *s0 = src + i0 * lds + j0;
+            for (int k = 0; k < 16; k++)
+                r[k] = k < ni ? _mm512_maskz_loadu_ps(mj, s0 + k * lds) : _mm512_setzero_ps();
+            sk_tr16x16_avx512(r);
+            float *d0 = dst + j0 * ldd + i0;
+            for (int64_t k = 0; k < nj; k++) _mm512_mask_storeu_ps(d0 + k * ldd, mi, r[k]);
+        }
+    }
+}
+#endif
+
+#define SK_TRANSPOSE_STORE_DEF(TS, T)                                                            \
+    static inline void sk_transpose_store_##TS(int isa, const T *src, int64_t lds, T *dst,        \
+                                               int64_t ldd, int64_t rows, int64_t cols) {         \
+        SK_TRANSPOSE_STORE_AVX512_##TS                                                            \
+        (void)isa;                                                                                \
+        for (int64_t j = 0; j < cols; j++)                                                        \
+            for (int64_t i = 0; i < rows; i++) dst[j * ldd + i] = src[i * lds + j];               \
+    }
+#ifdef SK_X86
+#define SK_TRANSPOSE_STORE_AVX512_f32                                                             \
+    if (isa >= SK_ISA_AVX512) { sk_transpose_store_avx512_f32(src, lds, dst, ldd, rows, cols); return; }
+#else
+#define SK_TRANSPOSE_STORE_AVX512_f32
+#endif
+#define SK_TRANSPOSE_STORE_AVX512_f64
+SK_TRANSPOSE_STORE_DEF(f32, float)
+SK_TRANSPOSE_STORE_DEF(f64, double)
+#undef SK_TRANSPOSE_STORE_DEF
+#undef SK_TRANSPOSE_STORE_AVX512_f32
+#undef SK_TRANSPOSE_STORE_AVX512_f64
+
+/* ------------------------------------------------------------------------------------------ */
 /* Gather out[p] = params[idx[p]] for p in [0, n): the value permutations of the gradients and  */
 /* the kept-weight gather of the layers. The reads are random over params (a CSC -> CSR value   */
 /* permutation jumps between columns at every step), so a plain loop waits on one cache miss    */

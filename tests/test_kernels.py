@@ -74,6 +74,46 @@ def test_dense_csc_matmul_vector(isa, case, dtype, index_dtype):
                      ref.ref_dense_csc_matmul(_abs(x), ip, ix, _abs(d), (k, m)), dtype, k)
 
 
+@pytest.mark.parametrize("block", [1, 8])
+@pytest.mark.parametrize("dtype", VALUE_DTYPES)
+def test_dense_matmul_transposed_store_edges(isa, dtype, block):
+    """The batch-major store of the x @ W products (16 x 16 register transposes on AVX-512
+    float32): batches around the 16-lane and 64-row tile edges, output counts that leave a
+    partial group of 16 features in each thread's range, one and two threads bitwise equal,
+    and each output written from its own feature and batch row only (a NaN input row stays in
+    its output row)."""
+    rng = np.random.default_rng(11)
+    k = 37
+    for n in (8, 24, 40, 136):
+        keep = rng.random((k, n // block)) < 0.3
+        keep[:, 0] = False  # an empty feature (group)
+        w = rng.standard_normal((k, n)).astype(dtype) * np.repeat(keep, block, axis=1)
+        if block == 1:
+            ip, ix, d = _kernels.dense_to_csr(np.ascontiguousarray(w.T), index_dtype=np.int32)
+        else:
+            ip, ix, d = linalg.bcsc_from_dense(w, block)
+        for batch in (15, 16, 17, 63, 65, 79, 130):
+            x = _dense(rng, (batch, k), dtype)
+            x[batch // 2] = np.nan
+            outs = []
+            for nt in (1, 2):
+                if block == 1:
+                    outs.append(_kernels.dense_csc_matmul(x, ip, ix, d, (k, n), n_threads=nt))
+                else:
+                    outs.append(_kernels.dense_bcsc_matmul(x, ip, ix, d, (k, n), block,
+                                                           n_threads=nt))
+            np.testing.assert_array_equal(outs[0], outs[1])
+            out = outs[0]
+            assert out.shape == (batch, n)
+            # the NaN row: NaN exactly where W has a stored column, 0 in the empty ones
+            stored = np.repeat(keep.any(axis=0), block) if block > 1 else keep.any(axis=0)
+            assert np.isnan(out[batch // 2, stored]).all()
+            assert (out[batch // 2, ~stored] == 0).all()
+            rows = np.arange(batch) != batch // 2
+            x64, w64 = x[rows].astype(np.float64), w.astype(np.float64)
+            ref.assert_close(out[rows], x64 @ w64, np.abs(x64) @ np.abs(w64), dtype, k)
+
+
 # ---- sddmm, transpose, to_dense, canonicalize --------------------------------------------
 
 def _check_sddmm(ip, ix, shape, u, v, dtype, depth, transposed):
