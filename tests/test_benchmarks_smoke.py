@@ -22,6 +22,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
     ("bench_sparse_input.py", ["bench_sparse_input.json", "bench_sparse_input.png"]),
     ("bench_models.py", ["bench_models.json", "bench_models.png", "bench_models.md"]),
     ("bench_wide_mlp.py", ["bench_wide_mlp.json"]),
+    ("bench_dst.py", ["bench_dst.json", "bench_dst_quality.json", "bench_dst_quality.png"]),
 ])
 def test_benchmark_quick(tmp_path, script, outputs):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
