@@ -20,6 +20,7 @@ import numpy as np
 import keras
 
 from sparsekeras import _groups
+from sparsekeras.layers._base import relative_paths
 
 __all__ = ["shrink", "ShrinkReport"]
 
@@ -224,15 +225,6 @@ def _take(value, rule):
     return value
 
 
-def _paths(layer):
-    own = getattr(layer, "path", None) or layer.name
-    out = {}
-    for v in layer.weights:
-        path = getattr(v, "path", v.name)
-        out[path[len(own) + 1:] if path.startswith(own + "/") else v.name] = v
-    return out
-
-
 class _Rebuilder:
     def __init__(self, analysis, keep):
         self.analysis = analysis
@@ -276,8 +268,8 @@ class _Rebuilder:
     def copy_weights(self):
         for old, new in self.pairs:
             rules = _slices(self.analysis, self.keep, old)
-            mine = _paths(new)
-            for path, var in _paths(old).items():
+            mine = relative_paths(new)
+            for path, var in relative_paths(old).items():
                 value = _take(_groups._np(var), rules.get(path))
                 target = mine.get(path)
                 if target is None or tuple(target.shape) != value.shape:
