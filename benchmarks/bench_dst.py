@@ -15,8 +15,8 @@
 
 Usage: python benchmarks/bench_dst.py --out DIR [--quick] [--quality | --skip-quality]
        [--seeds N] [--tasks mlp cnn] [--modes dense static set rigl] [--epochs E]
-       [--n-train N] [--noise S] [--q-update-every U] [--width W] [--steps S]
-       [--update-every U]
+       [--n-train N] [--noise S] [--q-update-every U] [--cnn-width M] [--width W]
+       [--steps S] [--update-every U]
 The machine may be shared: the speed JSON records the CPU time other processes used during
 each timed run and the load average.
 """
@@ -140,18 +140,27 @@ QUALITY_TASKS = {
             dict(size=28), lambda sparse, seed: _mlp([784, 300, 100, 10], sparse, seed, flat=True),
             dict(n_train=1000, noise=0.6, epochs=30)),
     "cnn": ("CNN conv32-conv64-pool-conv64-gap-dense10 on scikit-learn digits (8x8x1)",
-            dict(size=8), lambda sparse, seed: _cnn(sparse, seed),
+            dict(size=8), lambda sparse, seed, cnn_width=1: _cnn(sparse, seed,
+                                                                 width=32 * cnn_width),
             dict(n_train=1000, noise=0.2, epochs=60)),
 }
 
 
 def quality(seeds, sparsity, update_every, tasks=("mlp", "cnn"), batch=32,
-            modes=("dense", "static", "set", "rigl"), **overrides):
+            modes=("dense", "static", "set", "rigl"), cnn_width=1, first_seed=0, **overrides):
     """Each task x mode x seed trained from scratch for the same epochs; test accuracy.
-    `overrides` (n_train, noise, epochs; None: the task's default) apply to every task."""
+    `overrides` (n_train, noise, epochs; None: the task's default) apply to every task;
+    `cnn_width` multiplies the CNN's filters (1: 32-64-64); the seeds are first_seed,
+    first_seed + 1, ... (to split one grid across runs)."""
     out = {}
     for task in tasks:
         desc, data_kw, build, defaults = QUALITY_TASKS[task]
+        if task == "cnn" and cnn_width != 1:
+            w = 32 * cnn_width
+            desc = (f"CNN conv{w}-conv{2 * w}-pool-conv{2 * w}-gap-dense10 ({cnn_width}x the "
+                    "filters) on scikit-learn digits (8x8x1)")
+            build = (lambda b, m: lambda sparse, seed: b(sparse, seed, cnn_width=m))(build,
+                                                                                    cnn_width)
         cfg = dict(defaults, **{k: v for k, v in overrides.items() if v is not None})
         n_train, noise, epochs = cfg["n_train"], cfg["noise"], cfg["epochs"]
         x_tr, y_tr, x_te, y_te = _digits(n_train=n_train, noise=noise, **data_kw)
@@ -160,7 +169,7 @@ def quality(seeds, sparsity, update_every, tasks=("mlp", "cnn"), batch=32,
         rows = []
         for mode in modes:
             accs, train_accs, sps, secs = [], [], [], []
-            for seed in range(seeds):
+            for seed in range(first_seed, first_seed + seeds):
                 model = build(mode != "dense", seed)
                 cbs = _callback(mode, sparsity, update_every, seed, (x_tr, y_tr))
                 t0 = time.perf_counter()
@@ -173,11 +182,13 @@ def quality(seeds, sparsity, update_every, tasks=("mlp", "cnn"), batch=32,
                 log(f"  {task} {mode:6s} seed {seed}: test accuracy {accs[-1]:.4f} "
                     f"(last epoch's train accuracy {train_accs[-1]:.3f}, sparsity "
                     f"{sps[-1]:.4f}, {secs[-1]:.1f} s)")
-            rows.append(dict(mode=mode, accuracies=accs, mean=float(np.mean(accs)),
+            rows.append(dict(mode=mode, seeds=list(range(first_seed, first_seed + seeds)),
+                             accuracies=accs, mean=float(np.mean(accs)),
                              std=float(np.std(accs)), train_accuracies=train_accs,
                              sparsity=sps, seconds=secs))
         out[task] = dict(description=desc, n_train=len(x_tr), n_test=len(x_te), noise=noise,
-                         epochs=epochs, batch=batch, update_every=update_every, modes=rows)
+                         epochs=epochs, batch=batch, update_every=update_every, modes=rows,
+                         **(dict(cnn_width=cnn_width) if task == "cnn" else {}))
     return out
 
 
@@ -190,11 +201,12 @@ def quality_table(q):
     lines = []
     for task, res in q.items():
         n = len(res["modes"][0]["accuracies"])
+        seeds = res["modes"][0].get("seeds", range(n))
         lines.append(f"**{res['description']}**: {res['n_train']} train / {res['n_test']} test "
                      f"images, noise std {res['noise']}, {res['epochs']} epochs, batch "
                      f"{res['batch']}, update_every {res['update_every']}")
         lines.append("")
-        lines.append("| | " + " | ".join(f"seed {i}" for i in range(n)) +
+        lines.append("| | " + " | ".join(f"seed {i}" for i in seeds) +
                      " | mean ± std | sparsity |")
         lines.append("|---" * (n + 3) + "|")
         for row in res["modes"]:
@@ -289,6 +301,8 @@ def main():
     p.add_argument("--quality", action="store_true", help="the quality runs only")
     p.add_argument("--skip-quality", action="store_true", help="the speed run only")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="seeds of the quality runs: first-seed .. first-seed + seeds - 1")
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs of every quality run (default: the task's)")
     p.add_argument("--n-train", type=int, default=None,
@@ -301,12 +315,16 @@ def main():
                    choices=["dense", "static", "set", "rigl"], help="variants of the quality runs")
     p.add_argument("--q-update-every", type=int, default=25,
                    help="RigL/SET update_every of the quality runs")
+    p.add_argument("--cnn-width", type=int, default=1,
+                   help="multiplier of the quality CNN's filters (1: 32-64-64; 2: 64-128-128)")
     p.add_argument("--width", type=int, default=4096)
     p.add_argument("--steps", type=int, default=240, help="training steps of the speed run")
     p.add_argument("--update-every", type=int, default=60,
                    help="RigL's update_every in the speed run (default: updates at steps 60 and "
                         "120, before 75%% of 240)")
     args = p.parse_args()
+    if args.cnn_width < 1:
+        p.error(f"--cnn-width must be a positive integer, got {args.cnn_width}")
     if args.quick:
         args.seeds, args.epochs, args.width, args.steps, args.update_every = 1, 2, 256, 8, 3
         args.q_update_every, args.n_train = 5, 200
@@ -317,7 +335,8 @@ def main():
     q = {}
     if run_quality:
         q = quality(args.seeds, 0.9, args.q_update_every, tasks=args.tasks, modes=args.modes,
-                    n_train=args.n_train, noise=args.noise, epochs=args.epochs)
+                    cnn_width=args.cnn_width, first_seed=args.first_seed, n_train=args.n_train, noise=args.noise,
+                    epochs=args.epochs)
         with open(os.path.join(args.out, "bench_dst_quality.json"), "w") as f:
             json.dump(dict(cpu=cpu_model(), args=vars(args), quality=q), f, indent=1)
         table = quality_table(q)
