@@ -196,6 +196,9 @@ MODE_NAMES = {"dense": "dense", "static": "static random mask (ERK)", "set": "SE
               "rigl": "RigL"}
 
 
+MODE_COLORS = {"dense": "#888888", "static": "#6a9fd4", "set": "#e3a33b", "rigl": "#3b9e5a"}
+
+
 def quality_table(q):
     """Markdown table: one row per (task, mode), one column per seed, mean +- std."""
     lines = []
@@ -230,7 +233,7 @@ def quality_plot(q, path):
         modes = res["modes"]
         xs = np.arange(len(modes))
         ax.bar(xs, [r["mean"] for r in modes], yerr=[r["std"] for r in modes],
-               color=["#888888", "#6a9fd4", "#e3a33b", "#3b9e5a"][:len(modes)], capsize=4)
+               color=[MODE_COLORS[r["mode"]] for r in modes], capsize=4)
         for x, r in zip(xs, modes):
             ax.plot([x] * len(r["accuracies"]), r["accuracies"], "k.", ms=5)
         lo = min(min(r["accuracies"]) for r in modes)
@@ -238,7 +241,8 @@ def quality_plot(q, path):
         ax.set_xticks(xs, [MODE_NAMES[r["mode"]].replace(" random mask (ERK)", "\nmask")
                            for r in modes])
         ax.set_ylabel("test accuracy")
-        ax.set_title(f"{task}: 0.9 sparsity, {res['n_train']} train", fontsize=10)
+        width = f" {res['cnn_width']}x" if res.get("cnn_width", 1) != 1 else ""
+        ax.set_title(f"{task}{width}: 0.9 sparsity, {res['n_train']} train", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
