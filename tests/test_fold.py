@@ -93,7 +93,7 @@ def test_functional_mobilenet_block_folds_and_reloads(tmp_path):
     h = keras.layers.ReLU(6.0)(h)
     h = keras.layers.Conv2D(4, 1, use_bias=False, name="project")(h)
     h = keras.layers.BatchNormalization(name="project_bn")(h)
-    h = keras.layers.Add()([inp, h])
+    h = keras.layers.Add(name="add")([inp, h])  # named: an automatic name depends on test order
     out = keras.layers.Concatenate()([h, keras.layers.BatchNormalization(name="bn_in")(h)])
     model = _randomize_bns(keras.Model(inp, out))
     x = _x((3, 8, 8, 4))
