@@ -13,6 +13,7 @@ from tensorflow.core.framework import summary_pb2
 
 from sparsekeras import _masks
 from sparsekeras import _compact, _convert, _groups
+from sparsekeras.layers._base import _WeightMaskConstraint
 
 __all__ = ["GradualPruning", "ActivationSparsity", "prunable_layers", "prunable_targets",
            "RigL", "SET"]
@@ -374,7 +375,7 @@ class GradualPruning(keras.callbacks.Callback):
                 held = tf.Variable(np.ones(tuple(var.shape), np.float32), trainable=False,
                                    name="channel_keep")
             self._holds[id(var)] = held
-            var.constraint = _HoldConstraint(held, var.constraint)
+            var.constraint = _WeightMaskConstraint(held, var.constraint)
         current = held.numpy() != 0
         held.assign((current & keep).astype(np.float32))
         var.assign(var * keras.ops.cast(held, var.dtype))
@@ -429,22 +430,6 @@ class GradualPruning(keras.callbacks.Callback):
             for layer, name in zip(layers, _convert.target_names(self.model, layers)):
                 logs[f"sparsity/{name}"] = layer.sparsity
         return logs
-
-
-class _HoldConstraint(keras.constraints.Constraint):
-    """Multiplies a weight by a keep variable (0 = held at zero) after each optimizer step,
-    then applies the weight's own constraint. Internal: not serialized."""
-
-    def __init__(self, keep, inner=None):
-        self.keep = keep
-        self.inner = inner
-
-    def __call__(self, w):
-        w = w * keras.ops.cast(self.keep, w.dtype)
-        return self.inner(w) if self.inner is not None else w
-
-    def get_config(self):
-        return {}
 
 
 class ActivationSparsity(keras.callbacks.Callback):
