@@ -35,14 +35,15 @@ import inspect
 import numpy as np
 import keras
 
-__all__ = ["Layout", "Group", "Analysis", "analyze"]
+__all__ = ["Layout", "Group", "Analysis", "analyze", "LayerAdapter", "register_adapter"]
 
 # Activation names that act on each entry alone (whether they keep 0 at 0 is checked).
 _ELEMENTWISE = {
     "linear", "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "tanh",
     "sigmoid", "hard_sigmoid", "softplus", "softsign", "exponential", "mish", "hard_silu",
     "hard_swish", "celu", "squareplus", "tanh_shrink", "hard_tanh", "soft_shrink",
-    "hard_shrink", "log_sigmoid", "sparse_plus", "relu_", "identity"}
+    "hard_shrink", "log_sigmoid", "sparse_plus", "relu_", "identity",
+    "gelu_approximate"}  # keras_hub's tanh approximation (BERT's encoders)
 
 L = keras.layers
 _PASSTHROUGH = (L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
@@ -171,7 +172,13 @@ class Analysis:
         self.kinds = {}
         self.unsupported = []
         self.blocks = []  # [(layer, Layout, G)]: equal kept channels in each of G blocks
+        self.owners = {}  # id(inner layer) -> the adapted layer holding it
         self._all = []
+
+    def label(self, layer):
+        """`layer`'s name, prefixed with the adapted layer's holding it ("encoder/dense")."""
+        owner = self.owners.get(id(layer))
+        return f"{owner.name}/{layer.name}" if owner is not None else layer.name
 
     @property
     def groups(self):
@@ -297,6 +304,9 @@ class _Walker:
 
         if isinstance(op, keras.Model):
             return self._nested(op, node, ctx, bound, lays, inputs, opaque)
+        adapter = adapter_for(op)
+        if adapter is not None:
+            return adapter.visit(self, op, node, inputs, lays, outputs, opaque)
         kind = _keras_class(op) if isinstance(op, keras.layers.Layer) else None
         if (kind is None and type(op).__name__ in _OPS_MERGES
                 and type(op).__module__.startswith("keras.src.ops.")
@@ -461,6 +471,135 @@ class _Walker:
         for i, a in enumerate(args):
             self.bind(model, "nested", f"input{i}", by_id[id(a)])
         return [self.layout(t, inner_ctx, bound) for t in keras.tree.flatten(model.outputs)]
+
+
+# ---- custom layers that hold prunable Keras layers (adapters) ------------------------------------
+
+class LayerAdapter:
+    """How the channel analysis reads a custom layer (one exact class) whose call is known: which
+    of its inner Keras layers form groups, and how `shrink` rebuilds it with fewer units.
+
+    Subclasses implement `visit` (bind the inner layers as the walker binds Keras layers; return
+    the output layouts) and `config` (the layer's config with its reduced sizes). `inner` names
+    the sublayers whose weights are sliced (their rules are those of the Keras layers they are).
+    """
+
+    def visit(self, walker, layer, node, inputs, layouts, outputs, opaque):
+        raise NotImplementedError
+
+    def inner(self, layer):
+        """{sublayer name inside `layer`: sublayer} of the inner layers the analysis binds."""
+        return {}
+
+    def config(self, layer, config, width):
+        """`config` with reduced sizes, or None if unchanged. `width(inner, role)` is the shrunk
+        width of an inner layer's axis (None: unchanged)."""
+        return None
+
+
+class _TransformerEncoderAdapter(LayerAdapter):
+    """keras_hub's `TransformerEncoder`: a self-attention block and a feedforward block, each
+    with a residual addition and a LayerNormalization over the hidden width. The feedforward
+    units (`_feedforward_intermediate_dense`, read by `_feedforward_output_dense`) are one
+    group: `shrink` rebuilds the encoder with a smaller `intermediate_dim`. The hidden width
+    stays (LayerNormalization). The attention heads stay too: the encoder derives its heads'
+    size as hidden_dim // num_heads in `build`, so its config cannot express fewer heads of the
+    same size; they are reported as not prunable, with that reason."""
+
+    HEADS = ("its attention heads' size is derived as hidden_dim // num_heads in build(), so "
+             "its config cannot hold fewer heads of the same size")
+
+    def inner(self, layer):
+        return {sub.name: sub for sub in (layer._self_attention_layer,
+                                          layer._feedforward_intermediate_dense,
+                                          layer._feedforward_output_dense)}
+
+    def visit(self, w, op, node, inputs, lays, outputs, opaque):
+        names = ("_self_attention_layer", "_feedforward_intermediate_dense",
+                 "_feedforward_output_dense")
+        if not op.built or not all(hasattr(op, n) for n in names):
+            return opaque("a TransformerEncoder without the inner layers "
+                          f"{', '.join(names)} (another keras_hub version)")
+        extra = set(node.arguments.kwargs) - {"padding_mask", "attention_mask", "training"}
+        if extra or len(keras.tree.flatten(node.arguments.args)) != 1:
+            return opaque(f"called with {sorted(extra) or 'several positional arguments'}")
+        mha = op._self_attention_layer
+        ff1, ff2 = op._feedforward_intermediate_dense, op._feedforward_output_dense
+        if getattr(mha, "_gate_dense", None) is not None:
+            return opaque("its attention has use_gate=True")
+        x = node.arguments.args[0]
+        residual = f"{op.name}: LayerNormalization over the hidden width (residual)"
+        for t, lay in zip(inputs, lays):
+            w.fix(lay, residual if t is x else f"{op.name}: an attention mask input")
+        res = w.fresh(outputs[0], residual)
+        for role in ("query", "key", "value"):
+            w.bind(mha, "mha", role, res)
+        heads = w.new(mha.num_heads, kind="head", fixed=f"{op.name}: {self.HEADS}")
+        w.bind(mha, "mha", "heads", Layout([heads]))
+        w.fix(w._producer(mha, int(outputs[0].shape[-1])), residual)
+        w.a.kinds[id(mha)] = "mha"
+        w.bind(ff1, "producer", "in", res)
+        units = w._producer(ff1, ff1.units)
+        w._activation(ff1, ff1.activation, units)
+        w.bind(ff2, "producer", "in", units)
+        w.fix(w._producer(ff2, ff2.units), residual)
+        w.bind(op, "adapter", "encoder", res)  # marks the outer layer for shrink's rebuild
+        for inner in (mha, ff1, ff2):
+            w.a.owners[id(inner)] = op
+        return [res]
+
+    def config(self, layer, config, width):
+        units = width(layer._feedforward_intermediate_dense, "out")
+        if units is None:
+            return None
+        config = dict(config)
+        config["intermediate_dim"] = units
+        return config
+
+
+# Exact classes (module.qualname) read through an adapter: a subclass may call differently.
+_ADAPTERS = {
+    "keras_hub.src.layers.modeling.transformer_encoder.TransformerEncoder":
+        _TransformerEncoderAdapter(),
+}
+
+
+def register_adapter(cls, adapter):
+    """Read every layer of exactly class `cls` through `adapter` (a `LayerAdapter`)."""
+    if not isinstance(adapter, LayerAdapter):
+        raise ValueError(f"`adapter` must be a LayerAdapter. Received: adapter={adapter!r}")
+    _ADAPTERS[f"{cls.__module__}.{cls.__qualname__}"] = adapter
+
+
+def adapter_for(layer):
+    """The `LayerAdapter` registered for `layer`'s exact class (through the thin subclass that
+    marks a user's layer holding sparse layers), or None."""
+    from sparsekeras._saving import _Sparsified
+
+    cls = type(layer)
+    if issubclass(cls, _Sparsified):  # (subclass, _Sparsified, the user's class, ...)
+        cls = cls.__mro__[2]
+    return _ADAPTERS.get(f"{cls.__module__}.{cls.__qualname__}")
+
+
+def costly_unsupported(analysis):
+    """The entries of `analysis.unsupported` that keep some group of a producer whole on their
+    own (no other reason than layers not followed: a LayerNormalization, a model input or
+    output would keep it whole anyway)."""
+    texts = {f"{n}: {r}": (n, r) for n, r in analysis.unsupported}
+    producers = set()
+    for layer, roles in analysis.bindings.values():
+        for role, layout in roles.items():
+            if role in ("out", "heads"):
+                producers.update(id(g) for g in layout.groups())
+    found = []
+    for g in analysis.groups:
+        if id(g) not in producers or not g.fixed or any(r not in texts for r in g.fixed):
+            continue
+        for r in g.fixed:
+            if texts[r] not in found:
+                found.append(texts[r])
+    return [u for u in analysis.unsupported if u in found]
 
 
 def _act_name(fn):

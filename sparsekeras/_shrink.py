@@ -61,8 +61,8 @@ class ShrinkReport:
 def _producers(analysis, group):
     names = []
     for layer, role, _ in analysis.members(group):
-        if role in ("out", "heads") and layer.name not in names:
-            names.append(layer.name)
+        if role in ("out", "heads") and analysis.label(layer) not in names:
+            names.append(analysis.label(layer))
     return names
 
 
@@ -145,6 +145,12 @@ def _new_config(analysis, keep, layer):
     """The layer's config with its reduced sizes (None: unchanged)."""
     roles = _roles(analysis, layer)
     config = layer.get_config()
+    adapter = _groups.adapter_for(layer)
+    if adapter is not None:
+        def width(inner, role):
+            lay = _roles(analysis, inner).get(role)
+            return lay.shrunk_width(keep) if lay is not None and lay.changed(keep) else None
+        return adapter.config(layer, config, width)
     changed = False
     out = roles.get("out")
     if isinstance(layer, keras.layers.MultiHeadAttention):
@@ -184,6 +190,12 @@ def _slices(analysis, keep, layer):
     out, inp = idx("out"), idx("in")
     L = keras.layers
     rules = {}
+    adapter = _groups.adapter_for(layer)
+    if adapter is not None:  # the rules of its inner layers, under their names
+        for prefix, inner in adapter.inner(layer).items():
+            for path, rule in _slices(analysis, keep, inner).items():
+                rules[f"{prefix}/{path}"] = rule
+        return rules
     if isinstance(layer, L.MultiHeadAttention):
         heads = idx("heads")
         for name, role in (("query", "query"), ("key", "key"), ("value", "value")):
@@ -213,6 +225,24 @@ def _slices(analysis, keep, layer):
                                                                                       1: out}
         rules["bias"] = {0: out}
     return rules
+
+
+def _weight_paths(layer):
+    """{path of each weight inside `layer`: variable}, from the names of its sublayers (a
+    converted inner layer's variables may not carry the outer layer's path); the variables'
+    own paths where the names collide."""
+    out = {}
+
+    def walk(obj, prefix):
+        for v in list(obj._trainable_variables) + list(obj._non_trainable_variables):
+            out.setdefault(prefix + v.name, []).append(v)
+        for sub in obj._layers:
+            walk(sub, prefix + sub.name + "/")
+
+    walk(layer, "")
+    if any(len(v) > 1 for v in out.values()) or sum(map(len, out.values())) != len(layer.weights):
+        return relative_paths(layer)
+    return {path: v[0] for path, v in out.items()}
 
 
 def _take(value, rule):
@@ -268,8 +298,8 @@ class _Rebuilder:
     def copy_weights(self):
         for old, new in self.pairs:
             rules = _slices(self.analysis, self.keep, old)
-            mine = relative_paths(new)
-            for path, var in relative_paths(old).items():
+            mine = _weight_paths(new)
+            for path, var in _weight_paths(old).items():
                 value = _take(_groups._np(var), rules.get(path))
                 target = mine.get(path)
                 if target is None or tuple(target.shape) != value.shape:
@@ -346,11 +376,22 @@ def shrink(model, fold_batchnorm=False, return_report=False, verbose=False):
     report = ShrinkReport(rows, list(analysis.unsupported), plain.count_params(),
                           small.count_params())
     if analysis.unsupported:
-        listed = "; ".join(f"{n} ({r})" for n, r in analysis.unsupported[:8])
-        more = (f" and {len(analysis.unsupported) - 8} more"
-                if len(analysis.unsupported) > 8 else "")
-        warnings.warn(f"shrink left the channels around these layers whole (not followed): "
-                      f"{listed}{more}.", stacklevel=2)
+        # Named in the warning: the layers that alone keep some layer's units whole; the others
+        # (whose channels a LayerNormalization, a model input or output bounds anyway) are
+        # counted, and all are in the report.
+        costly = _groups.costly_unsupported(analysis)
+        listed = "; ".join(f"{n} ({r})" for n, r in costly[:8])
+        more = f" and {len(costly) - 8} more" if len(costly) > 8 else ""
+        rest = len(analysis.unsupported) - len(costly)
+        note = (f"{rest} other layer(s) not followed, whose channels are kept whole for another "
+                "reason too (a LayerNormalization, a model input or output): "
+                + ", ".join(n for n, _ in analysis.unsupported if (n, _) not in costly)[:300]
+                + " (report.unsupported has the reasons)") if rest else ""
+        if costly:
+            warnings.warn(f"shrink left the channels around these layers whole (not followed): "
+                          f"{listed}{more}." + (f" Also {note}." if note else ""), stacklevel=2)
+        else:
+            warnings.warn(f"shrink: {note}.", stacklevel=2)
     whole = [r for r in rows if r["status"] == "kept whole" and "model output" not in r["reason"]]
     if whole:
         listed = "; ".join(f"{', '.join(r['layers'])}: {r['zero']} zero {r['kind']}s kept "

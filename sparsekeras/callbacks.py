@@ -331,7 +331,8 @@ class GradualPruning(keras.callbacks.Callback):
             self._analysis, sparsity, self.granularity, self.scope, self.min_layer_density)
         if not self._warned_skips:
             self._warned_skips = True
-            fixed = [(g, [layer.name for layer, role, _ in self._analysis.members(g)
+            fixed = [(g, [self._analysis.label(layer)
+                          for layer, role, _ in self._analysis.members(g)
                           if role in ("out", "heads")]) for g in self._analysis.groups
                      if g.fixed and g.kind == ("head" if self.granularity == "head"
                                                else "channel")]
@@ -344,6 +345,11 @@ class GradualPruning(keras.callbacks.Callback):
                                                   else "channels") + " are not pruned: "
                               + "; ".join(notes[:10]) + (" ..." if len(notes) > 10 else ""),
                               stacklevel=3)
+            kind = "head" if self.granularity == "head" else "channel"
+            if not any(g.kind == kind and not g.fixed for g in self._analysis.groups):
+                warnings.warn(f"GradualPruning(granularity={self.granularity!r}, coupled) "
+                              f"found no prunable {kind} group in model {self.model.name!r}: "
+                              "it prunes nothing.", stacklevel=3)
         stale = False
         for layer, mask in masks.values():
             prev = _groups._np(layer.mask) != 0
