@@ -107,7 +107,10 @@ class GradualPruning(keras.callbacks.Callback):
             through), one score per channel (the sum over the group's members of their
             RMS norms), so that `sparsekeras.shrink` can remove them. The biases, BatchNorm
             scales and offsets of pruned channels are zeroed and held at zero (a constraint
-            on those variables), so a pruned channel is exactly zero. Groups bounded by
+            on those variables), so a pruned channel is exactly zero; the constraints are
+            not saved with the model, so each fit re-establishes them at its first batch for
+            the channels whose masks are already empty (a fit resumed from a `.keras` file
+            keeps them at zero, even after the schedule has ended). Groups bounded by
             the model's output, a LayerNormalization or a layer the analysis does not
             follow are not pruned (a warning names them). `sparsity` is then the fraction
             of prunable channels; with scope="global" each group keeps at least
@@ -201,6 +204,8 @@ class GradualPruning(keras.callbacks.Callback):
         step = int(self.model.optimizer.iterations.numpy())
         if self._last_step is None:  # the first batch of this fit (see on_train_begin)
             self._last_step = step - 1
+            if self.coupled and self._restore_holds():
+                _convert._retrace(self.model)
             self._publish()  # the masks may have been restored since on_train_begin
         if self._metric is not None:
             self._metric.active = True  # until the batch ends (see _SparsityMetric)
@@ -370,6 +375,14 @@ class GradualPruning(keras.callbacks.Callback):
         for var, keep in combined.values():
             stale |= self._hold(var, keep)
         return stale
+
+    def _restore_holds(self):
+        """Zero and hold again the biases, BatchNorm scales and offsets of the channels (heads)
+        already pruned: the masks are saved with the model, the holds (constraints on those
+        variables) are not, so a fit resumed from a `.keras` file or a checkpoint would let them
+        drift (and `shrink` would keep those channels). Pruning to sparsity 0 prunes exactly
+        the channels whose masks are already empty. Returns whether the step is stale."""
+        return self._prune_coupled(0.0)
 
     def _hold(self, var, keep):
         """Zero `var` where `keep` is False and keep it there after every optimizer step (a

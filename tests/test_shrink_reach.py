@@ -124,3 +124,62 @@ def test_keras_hub_encoder_zero_heads_are_reported_kept_with_the_reason():
     assert [e.num_heads for e in _encoders(small)] == [2, 2]
     x = _tokens(4)
     np.testing.assert_allclose(_np(small(x)), _np(model(x)), rtol=1e-4, atol=1e-5)
+
+
+# ---- the zero-holds in a fit resumed from a .keras file -----------------------------------------
+
+def _bn_net():
+    i = keras.Input((6, 6, 3))
+    a = keras.layers.Conv2D(8, 3, padding="same", name="conv")(i)
+    a = keras.layers.BatchNormalization(name="bn")(a)
+    a = keras.layers.ReLU()(a)
+    a = keras.layers.GlobalAveragePooling2D()(a)
+    a = keras.layers.Dense(12, activation="relu", name="hidden")(a)
+    return keras.Model(i, keras.layers.Dense(3, name="out")(a))
+
+
+def _pruned_channels_are_zero(model):
+    """Asserts that every channel whose kernel columns are all masked has a zero bias (and zero
+    BatchNorm scale and offset); returns the number of such channels."""
+    count = 0
+    for name in ("conv", "hidden"):
+        layer = model.get_layer(name)
+        m = _np(layer.mask)
+        cut = ~m.reshape(-1, m.shape[-1]).any(axis=0)
+        count += int(cut.sum())
+        assert np.all(_np(layer.bias)[cut] == 0), (name, _np(layer.bias)[cut])
+        if name == "conv":
+            bn = model.get_layer("bn")
+            for v in (bn.gamma, bn.beta):
+                assert np.all(_np(v)[cut] == 0), (v.path, _np(v)[cut])
+    return count
+
+
+def test_zero_holds_are_re_established_in_a_fit_resumed_from_a_keras_file(tmp_path):
+    keras.utils.set_random_seed(23)
+    rng = np.random.default_rng(23)
+    x, y = rng.random((64, 6, 6, 3), dtype=np.float32), rng.integers(0, 3, 64)
+    model = sparsekeras.sparsify(_bn_net())
+    # A large step, so that a bias the callback no longer holds moves off zero at once.
+    model.compile(keras.optimizers.Adam(0.05), _classifier_loss())
+
+    def pruning():  # the same schedule in both fits: over at step 4 (of 8 in the first fit)
+        return GradualPruning(PolynomialDecay(0.0, 0.5, 0, 4, frequency=2),
+                              granularity="channel", coupled=True)
+
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[pruning()])
+    pruned = _pruned_channels_are_zero(model)
+    assert pruned == 4 + 6  # half of conv's 8 filters and of hidden's 12 units
+    units = (sparsekeras.shrink(model).get_layer("conv").filters,
+             sparsekeras.shrink(model).get_layer("hidden").units)
+    assert units == (4, 6)
+
+    path = tmp_path / "pruned.keras"
+    model.save(path)
+    resumed = keras.saving.load_model(path)
+    assert int(resumed.optimizer.iterations.numpy()) == 8  # past the schedule's end
+    resumed.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[pruning()])
+    assert _pruned_channels_are_zero(resumed) == pruned
+    small = sparsekeras.shrink(resumed)
+    assert (small.get_layer("conv").filters, small.get_layer("hidden").units) == units
+    np.testing.assert_allclose(_np(small(x[:8])), _np(resumed(x[:8])), rtol=1e-4, atol=1e-5)
