@@ -35,6 +35,7 @@ caches them in `<user cache dir>/sparsekeras/dispatch.json` (`$XDG_CACHE_HOME` o
 The model only decides among what the layer may do: `compute="dense"` / `"sparse"` force a
 path, and a layer computes sparse only from its `switch_sparsity` on (the user's floor).
 """
+import contextlib
 import json
 import os
 import time
@@ -42,7 +43,7 @@ import time
 import numpy as np
 
 __all__ = ["DEFAULT_CONSTANTS", "CostModel", "calibrate", "cost_model", "sparse_rows",
-           "cache_path"]
+           "cache_path", "eager_threads"]
 
 # Largest row count the interval can name (int32 row counts of a traced tf.shape).
 MAX_ROWS = 2 ** 31 - 1
@@ -321,7 +322,56 @@ def refresh(layer, k, n, nnz, kind="matmul", dense_kn=None, strided=False):
     rows = sparse_rows(k, n, nnz, kind, dense_kn, strided)
     layer._sparse_rows.assign(rows)
     layer._sparse_rows_py = rows
+    layer._dispatch_work = (int(nnz), kind)  # for eager_threads: multiply-adds per row
     return rows
+
+
+# An eager call of a sparse op whose 2-thread time the cost model predicts below this runs on
+# one thread. In eager mode every op call comes after Python work (Keras' ~0.4 ms per layer), by
+# which time libgomp's second worker sleeps (the throttled spin of `_openmp`); the op then waits
+# until the scheduler runs it. On an idle machine that is a futex wake (~0.05 ms); with the
+# cores busy, as on a shared machine, a time slice: a 3x3 64->64 sparse convolution on 16x16
+# at batch 1 (0.5 ms on one thread) took a median 9-12 ms with two threads called eagerly after
+# other work at load ~4, and 0.5-0.8 ms on one (docs/performance.md, whole models). Below this
+# bound one thread loses at most about as much on an idle machine (the second thread's half).
+# In a traced function the ops run back to back on TensorFlow's threads: not changed there.
+EAGER_SERIAL_SECONDS = 5e-4
+
+
+def eager_threads(work, kind="matmul"):
+    """A context manager for one eager call of a sparse op doing `work` multiply-adds: one
+    kernel thread where the cost model predicts the call under `EAGER_SERIAL_SECONDS` (see
+    there), else nothing. Nothing either inside a traced function (the thread count is read
+    when the op runs, not when it is traced) or when the user chose the thread count
+    (`sparsekeras.set_num_threads`).
+
+    Args:
+        work: the call's multiply-adds (rows x stored weights), an int or None (unknown:
+            nothing is changed).
+        kind: "matmul" or "conv" (which constants predict the time).
+
+    Returns:
+        A context manager.
+    """
+    import tensorflow as tf
+
+    from sparsekeras import _kernels, _threads
+
+    if work is None or not tf.executing_eagerly() or _kernels._num_threads_is_set():
+        return contextlib.nullcontext()
+    mac = cost_model().constants["conv_sparse" if kind == "conv" else "sparse"]["mac"]
+    if mac * float(work) >= EAGER_SERIAL_SECONDS:
+        return contextlib.nullcontext()
+    return _threads.num_threads(1)
+
+
+def layer_eager_threads(layer, rows):
+    """`eager_threads` for a call of `rows` rows of a layer `refresh` has set up (else
+    nothing)."""
+    info = getattr(layer, "_dispatch_work", None)
+    if info is None or not isinstance(rows, (int, np.integer)):
+        return contextlib.nullcontext()
+    return eager_threads(int(rows) * info[0], info[1])
 
 
 def rows_of(x, contracted=1):

@@ -354,3 +354,86 @@ def test_compact_conv_dense_path_matches_sparse(rows):
         np.testing.assert_allclose(got[1], want[1], rtol=1e-4, atol=1e-4)
         positions = _structure_from_mask(kernel.reshape(-1, 6) != 0)["positions"]
         np.testing.assert_allclose(got[2], want[2].reshape(-1)[positions], rtol=1e-4, atol=1e-4)
+
+
+# ---- eager calls: one kernel thread for small products --------------------------------------
+
+def test_eager_threads_chooses_one_thread_for_small_eager_work():
+    from sparsekeras import _kernels
+
+    sparsekeras.set_num_threads(None)  # the default (conftest's fixture sets it explicitly)
+    before = (_kernels._get_num_threads(), _kernels._num_threads_is_set())
+    small = 1000
+    large = int(10 * _dispatch.EAGER_SERIAL_SECONDS
+                / _dispatch.cost_model().constants["sparse"]["mac"])
+    with _dispatch.eager_threads(small):
+        assert _kernels._get_num_threads() == 1
+    assert (_kernels._get_num_threads(), _kernels._num_threads_is_set()) == before
+    with _dispatch.eager_threads(large):
+        assert _kernels._get_num_threads() == before[0]
+    with _dispatch.eager_threads(None):
+        assert _kernels._get_num_threads() == before[0]
+
+    seen = []
+
+    @tf.function
+    def traced():
+        with _dispatch.eager_threads(small):
+            seen.append(_kernels._num_threads_is_set())
+        return tf.constant(0)
+
+    traced()
+    assert seen == [before[1]]  # not changed while tracing: the op runs later
+    with sparsekeras.num_threads(2):  # the user's choice wins
+        with _dispatch.eager_threads(small):
+            assert _kernels._get_num_threads() == 2
+
+
+def _spy(monkeypatch, owner, name):
+    """Replace owner.name by a wrapper recording the kernel thread count at each call."""
+    from sparsekeras import _kernels
+
+    seen, original = [], getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        seen.append(_kernels._get_num_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return seen
+
+
+@pytest.mark.parametrize("layer_kind", ["compact", "pruning", "conv"])
+def test_layers_call_small_eager_products_on_one_thread(monkeypatch, layer_kind):
+    from sparsekeras import _kernels
+    from sparsekeras import ops as sk_ops
+    from sparsekeras.layers import CompactConv2D, SparseConv2D
+    from sparsekeras.layers import dense as dense_module
+
+    sparsekeras.set_num_threads(None)  # the default (conftest's fixture sets it explicitly)
+    if _kernels._get_num_threads() < 2:
+        pytest.skip("needs the default thread count of at least 2 to tell the paths apart")
+    default = _kernels._get_num_threads()
+    if layer_kind == "compact":
+        w = RNG.standard_normal((64, 32)).astype(np.float32) * (RNG.random((64, 32)) < 0.1)
+        layer = CompactDense.from_kernel(w, block=1)
+        seen = _spy(monkeypatch, sk_ops._ops, "sparse_keras_dense_csc_mat_mul")
+        x = RNG.standard_normal((2, 64)).astype(np.float32)
+    elif layer_kind == "pruning":
+        layer = SparseDense(32, compute="auto")
+        layer.build((None, 64))
+        layer.set_mask(RNG.random((64, 32)) < 0.1)
+        layer._sparse_rows_py = (1, _dispatch.MAX_ROWS)  # the sparse path at every batch
+        seen = _spy(monkeypatch, dense_module, "masked_csc_product")
+        x = RNG.standard_normal((2, 64)).astype(np.float32)
+    else:
+        k = RNG.standard_normal((3, 3, 8, 8)).astype(np.float32) * (RNG.random((3, 3, 8, 8)) < 0.1)
+        layer = CompactConv2D.from_kernel(k)
+        seen = _spy(monkeypatch, sk_ops, "csr_conv2d")
+        x = RNG.standard_normal((1, 6, 6, 8)).astype(np.float32)
+    expected = np.asarray(layer(x))
+    assert seen == [1]
+    assert _kernels._get_num_threads() == default and not _kernels._num_threads_is_set()
+    with sparsekeras.num_threads(default):  # same result on the user's thread count
+        np.testing.assert_allclose(np.asarray(layer(x)), expected, rtol=1e-6, atol=1e-6)
+    assert seen == [1, default]

@@ -9,7 +9,7 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-from sparsekeras import _kernels
+from sparsekeras import _dispatch, _kernels
 from sparsekeras import linalg as _linalg
 from sparsekeras import ops as sk_ops
 from sparsekeras.ops._gradients import take as _take
@@ -318,7 +318,10 @@ class _PrunableKernel:
             if on and sparse_rows is not None:
                 lo, hi = self._sparse_rows_py
                 on = lo <= int(rows) <= hi
-            return sparse_fn() if on else dense_fn()
+            if not on:
+                return dense_fn()
+            with _dispatch.layer_eager_threads(self, rows):  # one thread for small calls
+                return sparse_fn()
         # The cached structure is read once here, outside the tf.cond, and the branches see
         # those reads in place of the variables. Read inside the sparse branch, the int32
         # arrays its gradient needs become the cond's intermediate outputs, which tf.cond's

@@ -18,6 +18,8 @@
 
 Masks, the dense/sparse switch and saving behave as in `SparseDense`. channels_last only.
 """
+import contextlib
+
 import numpy as np
 import keras
 import tensorflow as tf
@@ -846,10 +848,15 @@ class CompactConv2D(keras.layers.Layer):
         return rows
 
     def _sparse_conv(self, x):
-        return sk_ops.csr_conv2d(x, self.indptr, self.indices, tf.cast(self.values, x.dtype),
-                                 self.kernel_size + (self.in_channels, self.filters),
-                                 strides=self.strides, padding=self.padding,
-                                 dilations=self.dilation_rate)
+        # Eager: one kernel thread for a small call (see _dispatch.eager_threads).
+        threads = _dispatch.eager_threads(
+            _PrunableConv._output_positions(self, x) * self.nnz, "conv") \
+            if tf.executing_eagerly() else contextlib.nullcontext()
+        with threads:
+            return sk_ops.csr_conv2d(x, self.indptr, self.indices, tf.cast(self.values, x.dtype),
+                                     self.kernel_size + (self.in_channels, self.filters),
+                                     strides=self.strides, padding=self.padding,
+                                     dilations=self.dilation_rate)
 
     def _dense_conv(self, x):
         """tf.nn.conv2d with the dense kernel scattered from the stored values in this call

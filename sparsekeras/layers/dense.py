@@ -9,6 +9,8 @@
   compute scale with the nonzeros, and the optimizer updates the nonzero values only.
   `sparsekeras.strip` turns SparseDense into it.
 """
+import contextlib
+
 import numpy as np
 import keras
 import tensorflow as tf
@@ -58,14 +60,19 @@ def _fast_stored_product(layer, x, values, indptr, indices, block, k, n,
         if eager:
             layer.__dict__["_fast_consts"] = consts  # untracked: not a weight
     shape, empty, empty64 = consts
-    if block > 1:
-        y = sk_ops._ops.sparse_keras_dense_bcsc_mat_mul(x, indptr_t, indices_t, values_t, shape,
-                                                        block=block)
-    else:
-        t_indptr, t_indices, t_perm = (empty, empty, empty64) if transpose_structure is None \
-            else (tf.convert_to_tensor(v) for v in transpose_structure)
-        y = sk_ops._ops.sparse_keras_dense_csc_mat_mul(x, indptr_t, indices_t, values_t, shape,
-                                                       t_indptr, t_indices, t_perm)
+    # Eager: one kernel thread for a small call (see _dispatch.eager_threads).
+    threads = _dispatch.eager_threads(int(x.shape[0]) * int(values_t.shape[0])) if eager \
+        else contextlib.nullcontext()
+    with threads:
+        if block > 1:
+            y = sk_ops._ops.sparse_keras_dense_bcsc_mat_mul(x, indptr_t, indices_t, values_t,
+                                                            shape, block=block)
+        else:
+            t_indptr, t_indices, t_perm = (empty, empty, empty64) \
+                if transpose_structure is None \
+                else (tf.convert_to_tensor(v) for v in transpose_structure)
+            y = sk_ops._ops.sparse_keras_dense_csc_mat_mul(x, indptr_t, indices_t, values_t,
+                                                           shape, t_indptr, t_indices, t_perm)
     if inner is not None:
         y = tf.reshape(y, [-1] + inner.as_list() + [n])
         if not eager:
