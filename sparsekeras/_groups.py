@@ -496,18 +496,31 @@ class LayerAdapter:
         width of an inner layer's axis (None: unchanged)."""
         return None
 
+    def inline(self, layer, width, make):
+        """None (rebuild the layer from `config`), or a function standing for the layer in the
+        rebuilt graph (called as the layer was), made of the inner layers rebuilt by
+        `make(inner, name)`: for a change the layer's config cannot express."""
+        return None
+
 
 class _TransformerEncoderAdapter(LayerAdapter):
     """keras_hub's `TransformerEncoder`: a self-attention block and a feedforward block, each
-    with a residual addition and a LayerNormalization over the hidden width. The feedforward
-    units (`_feedforward_intermediate_dense`, read by `_feedforward_output_dense`) are one
-    group: `shrink` rebuilds the encoder with a smaller `intermediate_dim`. The hidden width
-    stays (LayerNormalization). The attention heads stay too: the encoder derives its heads'
-    size as hidden_dim // num_heads in `build`, so its config cannot express fewer heads of the
-    same size; they are reported as not prunable, with that reason."""
+    with a residual addition and a LayerNormalization over the hidden width (which stays).
 
-    HEADS = ("its attention heads' size is derived as hidden_dim // num_heads in build(), so "
-             "its config cannot hold fewer heads of the same size")
+    The feedforward units (`_feedforward_intermediate_dense`, read by
+    `_feedforward_output_dense`) are one group: with its heads whole, `shrink` rebuilds the
+    encoder from its config with a smaller `intermediate_dim`. Its attention heads are a head
+    group too, but the encoder derives the heads' size as hidden_dim // num_heads in `build`,
+    so its config cannot hold fewer heads of the same size: when heads go, `shrink` writes the
+    encoder out as the Keras layers and operations its `call` runs (MultiHeadAttention with
+    fewer heads, Dropout, residual additions, LayerNormalization, the two Dense layers, and the
+    padding mask's expand_dims / cast), named "<encoder>_<inner layer>": a plain Keras block
+    with the same outputs. That needs the mask as an argument (`padding_mask` or
+    `attention_mask`, as keras_hub's backbones pass it): an encoder that reads an implicit
+    Keras mask keeps its heads, with that reason."""
+
+    IMPLICIT = ("called without padding_mask / attention_mask (an implicit Keras mask is not "
+                "rewritten), so its heads stay")
 
     def inner(self, layer):
         return {sub.name: sub for sub in (layer._self_attention_layer,
@@ -534,7 +547,10 @@ class _TransformerEncoderAdapter(LayerAdapter):
         res = w.fresh(outputs[0], residual)
         for role in ("query", "key", "value"):
             w.bind(mha, "mha", role, res)
-        heads = w.new(mha.num_heads, kind="head", fixed=f"{op.name}: {self.HEADS}")
+        explicit = any(node.arguments.kwargs.get(k) is not None
+                       for k in ("padding_mask", "attention_mask"))
+        heads = w.new(mha.num_heads, kind="head",
+                      fixed=None if explicit else f"{op.name}: {self.IMPLICIT}")
         w.bind(mha, "mha", "heads", Layout([heads]))
         w.fix(w._producer(mha, int(outputs[0].shape[-1])), residual)
         w.a.kinds[id(mha)] = "mha"
@@ -555,6 +571,46 @@ class _TransformerEncoderAdapter(LayerAdapter):
         config = dict(config)
         config["intermediate_dim"] = units
         return config
+
+    def inline(self, layer, width, make):
+        """A function that runs `layer`'s call as Keras layers on Keras tensors, with its
+        inner layers rebuilt by `make(inner, new_name)` (None: the layer is rebuilt from its
+        config instead: its heads are whole)."""
+        if width(layer._self_attention_layer, "heads") is None:
+            return None
+        p = layer.name + "_"
+        mha, ln1, drop1 = (make(sub, p + sub.name) for sub in (
+            layer._self_attention_layer, layer._self_attention_layer_norm,
+            layer._self_attention_dropout))
+        ln2, ff1, ff2, drop2 = (make(sub, p + sub.name) for sub in (
+            layer._feedforward_layer_norm, layer._feedforward_intermediate_dense,
+            layer._feedforward_output_dense, layer._feedforward_dropout))
+        first = layer.normalize_first
+        ops = keras.ops
+
+        def call(inputs, padding_mask=None, attention_mask=None, training=None):
+            # keras_hub's merge_padding_and_attention_mask, with the mask given explicitly
+            mask = None
+            if padding_mask is not None:
+                mask = ops.cast(ops.expand_dims(padding_mask, axis=1), "int32")
+            if attention_mask is not None:
+                am = ops.cast(attention_mask, "int32")
+                mask = am if mask is None else ops.minimum(mask, am)
+            x = residual = inputs
+            if first:
+                x = ln1(x)
+            x = drop1(mha(query=x, value=x, attention_mask=mask, training=training),
+                      training=training)
+            x = x + residual
+            if not first:
+                x = ln1(x)
+            residual = x
+            if first:
+                x = ln2(x)
+            x = drop2(ff2(ff1(x)), training=training) + residual
+            return x if first else ln2(x)
+
+        return call
 
 
 # Exact classes (module.qualname) read through an adapter: a subclass may call differently.

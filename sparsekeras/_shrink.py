@@ -141,16 +141,21 @@ def _roles(analysis, layer):
     return entry[1] if entry is not None else {}
 
 
+def _width_fn(analysis, keep):
+    """width(layer, role): the shrunk width of a layer's axis, None where unchanged."""
+    def width(layer, role):
+        lay = _roles(analysis, layer).get(role)
+        return lay.shrunk_width(keep) if lay is not None and lay.changed(keep) else None
+    return width
+
+
 def _new_config(analysis, keep, layer):
     """The layer's config with its reduced sizes (None: unchanged)."""
     roles = _roles(analysis, layer)
     config = layer.get_config()
     adapter = _groups.adapter_for(layer)
     if adapter is not None:
-        def width(inner, role):
-            lay = _roles(analysis, inner).get(role)
-            return lay.shrunk_width(keep) if lay is not None and lay.changed(keep) else None
-        return adapter.config(layer, config, width)
+        return adapter.config(layer, config, _width_fn(analysis, keep))
     changed = False
     out = roles.get("out")
     if isinstance(layer, keras.layers.MultiHeadAttention):
@@ -270,10 +275,22 @@ class _Rebuilder:
         elif not isinstance(layer, keras.layers.Layer):
             new = layer  # a keras.ops operation (x + y): stateless, its channels left whole
         else:
-            config = _new_config(self.analysis, self.keep, layer)
-            new = type(layer).from_config(config if config is not None else layer.get_config())
-            self.pairs.append((layer, new))
+            adapter = _groups.adapter_for(layer)
+            new = None if adapter is None else adapter.inline(
+                layer, _width_fn(self.analysis, self.keep), self._make)
+            if new is None:
+                new = self._make(layer)
         self.cache[id(layer)] = new
+        return new
+
+    def _make(self, layer, name=None):
+        """`layer` rebuilt from its (reduced) config, under `name` if given; its weights are
+        copied (sliced) by `copy_weights`."""
+        config = _new_config(self.analysis, self.keep, layer) or layer.get_config()
+        if name is not None:
+            config = dict(config, name=name)
+        new = type(layer).from_config(config)
+        self.pairs.append((layer, new))
         return new
 
     def _input(self, model, i, tensor):

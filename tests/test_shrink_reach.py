@@ -32,14 +32,14 @@ def _classifier_loss():
 
 # ---- keras_hub's TransformerEncoder ------------------------------------------------------------
 
-VOCAB, SEQ, HIDDEN, FF = 50, 8, 32, 64
+VOCAB, SEQ, HIDDEN, FF, HEADS = 50, 8, 32, 64, 4
 
 
 def _bert_classifier(keras_hub):
     """A user's model: a BertBackbone built from config (no weights) under a Dense head."""
-    backbone = keras_hub.models.BertBackbone(vocabulary_size=VOCAB, num_layers=2, num_heads=2,
-                                             hidden_dim=HIDDEN, intermediate_dim=FF,
-                                             max_sequence_length=SEQ)
+    backbone = keras_hub.models.BertBackbone(vocabulary_size=VOCAB, num_layers=2,
+                                             num_heads=HEADS, hidden_dim=HIDDEN,
+                                             intermediate_dim=FF, max_sequence_length=SEQ)
     inputs = {k: keras.Input((SEQ,), dtype="int32", name=k)
               for k in ("token_ids", "segment_ids", "padding_mask")}
     logits = keras.layers.Dense(2, name="cls")(backbone(inputs)["pooled_output"])
@@ -59,7 +59,9 @@ def _encoders(model):
             if type(layer).__name__ == "TransformerEncoder"]
 
 
-def test_keras_hub_bert_ffn_units_pruned_in_fit_and_shrunk(tmp_path):
+def test_keras_hub_bert_ffn_units_and_heads_pruned_in_fit_and_shrunk(tmp_path):
+    """Half the feedforward units and half the heads of each encoder go; the encoders, whose
+    config cannot hold fewer heads of the same size, become plain Keras blocks."""
     keras_hub = pytest.importorskip("keras_hub")
     keras.utils.set_random_seed(21)
     model = sparsekeras.sparsify(_bert_classifier(keras_hub))
@@ -69,36 +71,41 @@ def test_keras_hub_bert_ffn_units_pruned_in_fit_and_shrunk(tmp_path):
         GradualPruning(ConstantSparsity(0.5, 0, frequency=2), granularity="channel",
                        coupled=True),
         GradualPruning(ConstantSparsity(0.5, 0, frequency=2), granularity="head")])
-    # Never silent: the heads are named as not prunable, with the reason, and the head
-    # callback says it prunes nothing.
-    heads = [m for m in messages if "heads are not pruned" in m]
-    assert heads and all(f"transformer_layer_{i}/self_attention_layer" in heads[0]
-                         for i in (0, 1)), messages
-    assert "hidden_dim // num_heads" in heads[0]
-    assert any("found no prunable head group" in m for m in messages), messages
+    # The residual width is named as not pruned (LayerNormalization); the units and heads are.
+    (kept,) = [m for m in messages if "channels are not pruned" in m]
+    assert "transformer_layer_1/feedforward_output_dense" in kept
+    assert "feedforward_intermediate_dense" not in kept
+    assert not [m for m in messages if "heads are not pruned" in m or "prunes nothing" in m]
 
     (small, report), messages = _recorded(sparsekeras.shrink, model, return_report=True)
-    assert any("token_embedding" in m for m in messages), messages  # not followed, kept anyway
     print(report)
-    rows = {r["layers"][0]: r for r in report.rows}
+    assert any("token_embedding" in m for m in messages), messages  # not followed, kept anyway
+    rows = {(r["kind"], r["layers"][0]): r for r in report.rows}
     for i in (0, 1):
-        row = rows[f"transformer_layer_{i}/feedforward_intermediate_dense"]
-        assert row["status"] == "shrunk" and (row["size"], row["kept"]) == (FF, FF // 2), row
-    encoders = _encoders(small)
-    assert len(encoders) == 2
-    for enc in encoders:
-        assert type(enc).__module__.startswith("keras_hub."), type(enc)
-        assert (enc.intermediate_dim, enc.num_heads) == (FF // 2, 2)
-        assert tuple(enc._feedforward_intermediate_dense.kernel.shape) == (HIDDEN, FF // 2)
-        assert tuple(enc._feedforward_output_dense.kernel.shape) == (FF // 2, HIDDEN)
-    # Parameters drop by the removed units' rows and columns (and the pooler's): counted from
-    # the layers, not written down.
+        ff = rows[("channel", f"transformer_layer_{i}/feedforward_intermediate_dense")]
+        heads = rows[("head", f"transformer_layer_{i}/self_attention_layer")]
+        assert ff["status"] == heads["status"] == "shrunk", (ff, heads)
+        assert (ff["size"], ff["kept"], heads["size"], heads["kept"]) == (FF, FF // 2, HEADS,
+                                                                          HEADS // 2)
+    _no_sparsekeras_class(small)
+    assert not _encoders(small)
+    for i in (0, 1):
+        mha = small.get_layer("bert_backbone").get_layer(
+            f"transformer_layer_{i}_self_attention_layer")
+        assert isinstance(mha, keras.layers.MultiHeadAttention)
+        assert (mha.num_heads, mha.key_dim) == (HEADS // 2, HIDDEN // HEADS)
+    # Parameters drop by what the removed units and heads held (and the pooler's units):
+    # counted from the sizes, not written down.
+    key_dim = HIDDEN // HEADS
+    per_head = 3 * (HIDDEN * key_dim + key_dim) + key_dim * HIDDEN
     per_unit = HIDDEN + 1 + HIDDEN  # intermediate column and bias, output row
-    pooled = rows["pooled_dense"]
+    pooled = rows[("channel", "pooled_dense")]
     assert pooled["status"] == "shrunk"
-    removed = 2 * (FF // 2) * per_unit + (pooled["size"] - pooled["kept"]) * (HIDDEN + 1 + 2)
+    removed = 2 * ((HEADS // 2) * per_head + (FF // 2) * per_unit) + (
+        pooled["size"] - pooled["kept"]) * (HIDDEN + 1 + 2)
     assert report.params_after == small.count_params() == report.params_before - removed
-    xt = _tokens(6, seed=1)
+    xt = _tokens(6, seed=1)  # padded sequences: the padding mask is rebuilt as the encoder's
+    assert xt["padding_mask"].min() == 0
     np.testing.assert_allclose(_np(small(xt)), _np(model(xt)), rtol=1e-4, atol=1e-5)
     path = tmp_path / "small.keras"
     small.save(path)
@@ -106,23 +113,43 @@ def test_keras_hub_bert_ffn_units_pruned_in_fit_and_shrunk(tmp_path):
     np.testing.assert_allclose(_np(again(xt)), _np(model(xt)), rtol=1e-4, atol=1e-5)
 
 
-def test_keras_hub_encoder_zero_heads_are_reported_kept_with_the_reason():
+def _no_sparsekeras_class(model):
+    for _, layer, path in sparsekeras._tree.walk(model):
+        assert type(layer).__module__.startswith(("keras.", "keras_hub.")), (path, type(layer))
+
+
+def test_keras_hub_encoder_without_mask_argument_keeps_heads_shrinks_ffn():
+    """An encoder called without padding_mask: its feedforward units shrink (the keras_hub
+    layer rebuilt with a smaller intermediate_dim); its zero heads are reported kept, with the
+    reason."""
     keras_hub = pytest.importorskip("keras_hub")
     keras.utils.set_random_seed(22)
-    model = _bert_classifier(keras_hub)
-    (enc,) = [e for e in _encoders(model) if e.name == "transformer_layer_0"]
-    mha = enc._self_attention_layer
-    out = _np(mha._output_dense.kernel)
-    out[0] = 0  # head 0 contributes nothing
-    mha._output_dense.kernel.assign(out)
+    i = keras.Input((SEQ, HIDDEN))
+    enc = keras_hub.layers.TransformerEncoder(intermediate_dim=FF, num_heads=HEADS,
+                                              activation="relu", name="enc")
+    pooled = keras.layers.GlobalAveragePooling1D()(enc(i))
+    model = keras.Model(i, keras.layers.Dense(3, name="out")(pooled))
+    ff1 = enc._feedforward_intermediate_dense
+    k, bias = _np(ff1.kernel), _np(ff1.bias)
+    k[:, :10], bias[:10] = 0, 0  # 10 units give zero
+    ff1.kernel.assign(k)
+    ff1.bias.assign(bias)
+    out = _np(enc._self_attention_layer._output_dense.kernel)
+    out[1] = 0  # head 1 contributes nothing
+    enc._self_attention_layer._output_dense.kernel.assign(out)
+
     (small, report), messages = _recorded(sparsekeras.shrink, model, return_report=True)
-    assert any("kept pruned channels whole" in m and "hidden_dim // num_heads" in m
+    assert any("kept pruned channels whole" in m and "without padding_mask" in m
                for m in messages), messages
-    (row,) = [r for r in report.rows if r["kind"] == "head"]
-    assert row["status"] == "kept whole" and row["zero"] == 1
-    assert row["layers"] == ["transformer_layer_0/self_attention_layer"]
-    assert [e.num_heads for e in _encoders(small)] == [2, 2]
-    x = _tokens(4)
+    rows = {r["kind"]: r for r in report.rows}
+    assert rows["head"]["status"] == "kept whole" and rows["head"]["zero"] == 1
+    assert rows["head"]["layers"] == ["enc/self_attention_layer"]
+    assert rows["channel"]["status"] == "shrunk" and rows["channel"]["kept"] == FF - 10
+    (new,) = _encoders(small)
+    assert type(new).__module__.startswith("keras_hub.")
+    assert (new.intermediate_dim, new.num_heads) == (FF - 10, HEADS)
+    assert report.params_before - report.params_after == 10 * (HIDDEN + 1 + HIDDEN)
+    x = np.random.default_rng(2).random((4, SEQ, HIDDEN), dtype=np.float32)
     np.testing.assert_allclose(_np(small(x)), _np(model(x)), rtol=1e-4, atol=1e-5)
 
 
