@@ -93,6 +93,12 @@ def test_quick_calibration_fits_and_saves(tmp_path):
     assert all(np.isfinite(v) and v >= 0 for part in saved["constants"].values()
                for v in part.values())
     assert len(model.measurements["sparse"]) > 0
+    # the convolution parts are fitted too, from their own measurements
+    assert len(model.measurements["conv_dense"]) > 0 and len(model.measurements["conv_sparse"]) > 0
+    assert model.constants["conv_sparse"] == saved["constants"]["conv_sparse"]
+    kept = _dispatch.calibrate(quick=True, conv=False)
+    assert "conv_dense" not in kept.measurements
+    assert kept.constants["conv_dense"] == model.constants["conv_dense"]  # the current ones
 
 
 # ---- the layers follow the model ----------------------------------------------------------
