@@ -829,10 +829,20 @@ def head_scores(layer):
 # ---- pruning coupled channels and heads (GradualPruning) ----------------------------------------
 
 def _mask_of(layer):
-    """The sparsekeras layer holding the kernel mask of a producer (None: no mask)."""
+    """What holds the mask of a producer's output kernel (None: no mask): the sparsekeras layer
+    itself (`mask`, `set_mask`), or for a layer with several masks (SparseSeparableConv's
+    depthwise and pointwise kernels, SparseEmbedding's table) the `MaskTarget` of the weight
+    whose last axis is the layer's units (the pointwise kernel, the table)."""
     if isinstance(layer, keras.layers.MultiHeadAttention):
         layer = layer._output_dense
-    return layer if hasattr(layer, "set_mask") and hasattr(layer, "mask") else None
+    if hasattr(layer, "set_mask") and hasattr(layer, "mask"):
+        return layer
+    if hasattr(layer, "pruning_targets") and isinstance(layer, (L.Embedding,) + _SEPARABLE):
+        weight = _produced(layer)[0]
+        for target in layer.pruning_targets():
+            if target.kernel is weight:
+                return target
+    return None
 
 
 def _select(scores, sizes, forced, sparsity, scope, floor, blocks=None):
@@ -892,8 +902,8 @@ def prune_plan(analysis, sparsity, granularity, scope="layer", floor=0.0):
     (granularity "channel") or attention heads ("head") of an analysed sparsekeras model.
 
     Returns:
-        masks: {id(layer): (layer, new bool mask)} for the sparsekeras layers whose kernel
-            masks change (each a subset of its current mask).
+        masks: {id(mask variable): (layer or MaskTarget, new bool mask)} for the masks
+            that change (each a subset of its current mask).
         holds: [(variable, keep array broadcastable to it)]: the biases, BatchNorm scales,
             offsets (and moving means) of the pruned channels, to be zeroed and held at zero
             (a pruned channel is then exactly zero, so `shrink` removes it).
@@ -902,9 +912,10 @@ def prune_plan(analysis, sparsity, granularity, scope="layer", floor=0.0):
     masks, holds, skipped = {}, [], []
 
     def current(layer):
-        if id(layer) not in masks:
-            masks[id(layer)] = (layer, _np(layer.mask) != 0)
-        return masks[id(layer)][1]
+        # By the mask variable: a layer's MaskTarget is a new object at every call.
+        if id(layer.mask) not in masks:
+            masks[id(layer.mask)] = (layer, _np(layer.mask) != 0)
+        return masks[id(layer.mask)][1]
 
     units, scores, sizes, forced, blocks = [], [], [], [], []
     if granularity == "head":
@@ -934,8 +945,7 @@ def prune_plan(analysis, sparsity, granularity, scope="layer", floor=0.0):
             if bare:
                 skipped.append(([layer.name for layer, _ in producers],
                                 f"no kernel mask coupled pruning can set on {bare} (sparsify "
-                                "them; separable convolutions and embeddings are not "
-                                "pruned by channel group)"))
+                                "them, with prunable=True)"))
                 continue
             ids = block_ids(analysis, g)
             if isinstance(ids, str):

@@ -210,3 +210,39 @@ def test_zero_holds_are_re_established_in_a_fit_resumed_from_a_keras_file(tmp_pa
     small = sparsekeras.shrink(resumed)
     assert (small.get_layer("conv").filters, small.get_layer("hidden").units) == units
     np.testing.assert_allclose(_np(small(x[:8])), _np(resumed(x[:8])), rtol=1e-4, atol=1e-5)
+
+
+# ---- separable convolutions and embeddings pruned by the callback -------------------------------
+
+def test_embedding_and_separable_convolution_groups_pruned_in_fit_and_shrunk():
+    keras.utils.set_random_seed(24)
+    i = keras.Input((10,), dtype="int32")
+    e = keras.layers.Embedding(30, 16, name="emb")(i)
+    c = keras.layers.Conv1D(12, 3, activation="relu", name="c1")(e)
+    s = keras.layers.SeparableConv1D(10, 3, depth_multiplier=2, activation="relu",
+                                     name="sep")(c)
+    pooled = keras.layers.GlobalAveragePooling1D()(s)
+    model = sparsekeras.sparsify(keras.Model(i, keras.layers.Dense(3, name="out")(pooled)))
+    assert type(model.get_layer("sep")).__name__ == "SparseSeparableConv1D"
+    assert type(model.get_layer("emb")).__name__ == "SparseEmbedding"
+    model.compile(keras.optimizers.Adam(0.01), _classifier_loss())
+    rng = np.random.default_rng(24)
+    x, y = rng.integers(0, 30, (48, 10)).astype("int32"), rng.integers(0, 3, 48)
+    _, messages = _recorded(model.fit, x, y, batch_size=16, epochs=2, verbose=0, callbacks=[
+        GradualPruning(PolynomialDecay(0.0, 0.5, 0, 3, frequency=1), granularity="channel",
+                       coupled=True)])
+    assert not [m for m in messages if "not pruned" in m or "prunes nothing" in m], messages
+    # The table's columns and the pointwise kernel's filters are pruned, the separable
+    # convolution's bias held at zero there (a fit after the schedule: it stayed zero).
+    table = _np(model.get_layer("emb").embeddings)
+    assert int((~table.any(axis=0)).sum()) == 8
+    sep = model.get_layer("sep")
+    cut = ~_np(sep.pointwise_kernel).reshape(-1, 10).any(axis=0)
+    assert int(cut.sum()) == 5 and np.all(_np(sep.bias)[cut] == 0)
+    small, report = sparsekeras.shrink(model, return_report=True)
+    assert all(r["status"] == "shrunk" for r in report.rows), report
+    assert tuple(small.get_layer("emb").embeddings.shape) == (30, 8)
+    assert small.get_layer("c1").filters == 6
+    assert tuple(small.get_layer("sep").depthwise_kernel.shape) == (3, 6, 2)
+    assert tuple(small.get_layer("sep").pointwise_kernel.shape) == (1, 12, 5)
+    np.testing.assert_allclose(_np(small(x[:8])), _np(model(x[:8])), rtol=1e-4, atol=1e-5)
