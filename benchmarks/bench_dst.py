@@ -6,9 +6,9 @@
    shipped with scikit-learn: its digits, 1,000 training images with Gaussian pixel noise, the
    797 others for test. Tasks: "mlp", an MLP 784-300-100-10 on the digits upsampled to 28x28
    (784 features: digits, not MNIST); "cnn", a small CNN on the 8x8x1 digits. Writes
-   DIR/bench_dst_quality.json, .md (the table) and .png. `--lr 0.001 0.003 0.01`: each
-   variant first picks its own Adam learning rate on a validation split (sparse networks
-   often want a larger one), then every seed trains at it.
+   DIR/bench_dst_quality.json, .md (the table) and .png. `--lr 0.001 0.003 0.01
+   [--rescale-init tune]`: each variant first picks its own Adam learning rate (and
+   rescale_init) on a validation split, then every seed trains with it.
 2. Speed (`--skip-quality`): a whole training run of a 784-W-W-10 MLP (W=4096 by default) on
    random MNIST-shaped data, batch 256, Adam: dense `keras.layers.Dense` vs RigL at 0.9 (ERK;
    compacted from step 0; mask updates included) vs the static mask, in the same process;
@@ -18,7 +18,7 @@
 Usage: python benchmarks/bench_dst.py --out DIR [--quick] [--quality | --skip-quality]
        [--seeds N] [--tasks mlp cnn] [--modes dense static set rigl] [--epochs E]
        [--n-train N] [--noise S] [--q-update-every U] [--cnn-width M]
-       [--lr LR [LR ...]] [--no-rescale-init] [--width W]
+       [--lr LR [LR ...]] [--rescale-init off|on|tune] [--width W]
        [--steps S] [--update-every U]
 The machine may be shared: the speed JSON records the CPU time other processes used during
 each timed run and the load average.
@@ -77,7 +77,7 @@ def _mlp(sizes, sparse, seed, flat=False):
     return model
 
 
-def _callback(mode, sparsity, update_every, seed, data, rescale_init=True):
+def _callback(mode, sparsity, update_every, seed, data, rescale_init=False):
     from sparsekeras.callbacks import RigL, SET
 
     kw = dict(sparsity=sparsity, update_every=update_every, seed=seed,
@@ -150,8 +150,8 @@ QUALITY_TASKS = {
 }
 
 
-def _train_eval(build, mode, seed, lr, sparsity, update_every, rescale_init, train, test,
-                epochs, batch):
+def _train_eval(build, mode, seed, lr, sparsity, update_every, train, test, epochs, batch,
+                rescale_init=False):
     """One model trained from scratch; returns (test accuracy, last train accuracy,
     sparsity, seconds)."""
     model = build(mode != "dense", seed)
@@ -167,18 +167,19 @@ def _train_eval(build, mode, seed, lr, sparsity, update_every, rescale_init, tra
 
 def quality(seeds, sparsity, update_every, tasks=("mlp", "cnn"), batch=32,
             modes=("dense", "static", "set", "rigl"), cnn_width=1, first_seed=0,
-            lrs=(1e-3,), rescale_init=True, **overrides):
+            lrs=(1e-3,), rescale_inits=(False,), **overrides):
     """Each task x mode x seed trained from scratch for the same epochs; test accuracy.
     `overrides` (n_train, noise, epochs; None: the task's default) apply to every task;
     `cnn_width` multiplies the CNN's filters (1: 32-64-64); the seeds are first_seed,
     first_seed + 1, ... (to split one grid across runs).
 
-    Learning rate: with one value in `lrs`, every mode trains with it (Adam). With several,
-    each mode picks its own first: one run per learning rate (seed `first_seed`) on 80% of
-    the training images, scored on the other 20% (a validation split; the test images are
-    not looked at), the best kept (ties: the smaller rate); then every seed trains on all
-    the training images with it. Each variant is compared at its own best rate, found the
-    same way for all."""
+    Hyperparameters: the Adam learning rate (`lrs`) and, for the sparse modes, the
+    callback's `rescale_init` (`rescale_inits`). With one setting of each, every mode trains
+    with it. With several, each mode picks its own first: one run per setting (seed
+    `first_seed`) on 80% of the training images, scored on the other 20% (a validation
+    split; the test images are not looked at), the best kept (ties: the first in the grid);
+    then every seed trains on all the training images with it. Each variant is compared at
+    its own best setting, found the same way for all."""
     from sklearn.model_selection import train_test_split
 
     out = {}
@@ -195,45 +196,52 @@ def quality(seeds, sparsity, update_every, tasks=("mlp", "cnn"), batch=32,
         x_tr, y_tr, x_te, y_te = _digits(n_train=n_train, noise=noise, **data_kw)
         log(f"quality {task}: {desc}; {len(x_tr)} train / {len(x_te)} test, noise std {noise}, "
             f"{epochs} epochs, batch {batch}, learning rates {list(lrs)}, rescale_init "
-            f"{rescale_init}")
-        common = dict(sparsity=sparsity, update_every=update_every, rescale_init=rescale_init,
-                      epochs=epochs, batch=batch)
+            f"{list(rescale_inits)}")
+        common = dict(sparsity=sparsity, update_every=update_every, epochs=epochs, batch=batch)
         tuning, chosen = {}, {}
         for mode in modes:
-            if len(lrs) == 1:
-                chosen[mode] = float(lrs[0])
+            grid = [(float(lr), bool(r)) for lr in sorted(lrs)
+                    for r in (rescale_inits if mode != "dense" else rescale_inits[:1])]
+            if len(grid) == 1:
+                chosen[mode] = grid[0]
                 continue
             x_fit, x_val, y_fit, y_val = train_test_split(x_tr, y_tr, test_size=0.2,
                                                           random_state=0, stratify=y_tr)
             scores = {}
-            for lr in sorted(lrs):
-                scores[lr] = _train_eval(build, mode, first_seed, lr, train=(x_fit, y_fit),
-                                         test=(x_val, y_val), **common)[0]
-                log(f"  {task} {mode:6s} tuning: learning rate {lr:g}: validation accuracy "
-                    f"{scores[lr]:.4f}")
-            chosen[mode] = float(max(sorted(scores), key=lambda lr: scores[lr]))
-            tuning[mode] = {f"{lr:g}": v for lr, v in scores.items()}
+            for lr, r in grid:
+                scores[lr, r] = _train_eval(build, mode, first_seed, lr, rescale_init=r,
+                                            train=(x_fit, y_fit), test=(x_val, y_val),
+                                            **common)[0]
+                log(f"  {task} {mode:6s} tuning: learning rate {lr:g}, rescale_init {r}: "
+                    f"validation accuracy {scores[lr, r]:.4f}")
+            chosen[mode] = max(grid, key=lambda g: scores[g])
+            tuning[mode] = [dict(learning_rate=lr, rescale_init=r, validation_accuracy=v)
+                            for (lr, r), v in scores.items()]
         rows = []
         for mode in modes:
             accs, train_accs, sps, secs = [], [], [], []
             for seed in range(first_seed, first_seed + seeds):
-                acc, tr, sp, sec = _train_eval(build, mode, seed, chosen[mode],
+                lr, rescale = chosen[mode]
+                acc, tr, sp, sec = _train_eval(build, mode, seed, lr, rescale_init=rescale,
                                                train=(x_tr, y_tr), test=(x_te, y_te), **common)
                 accs.append(acc)
                 train_accs.append(tr)
                 sps.append(sp)
                 secs.append(sec)
                 log(f"  {task} {mode:6s} seed {seed}: test accuracy {acc:.4f} (learning rate "
-                    f"{chosen[mode]:g}, last epoch's train accuracy {tr:.3f}, sparsity "
+                    f"{lr:g}, rescale_init {rescale}, last epoch's train accuracy {tr:.3f}, sparsity "
                     f"{sp:.4f}, {sec:.1f} s)")
             rows.append(dict(mode=mode, seeds=list(range(first_seed, first_seed + seeds)),
-                             learning_rate=chosen[mode], accuracies=accs,
+                             learning_rate=chosen[mode][0],
+                             rescale_init=chosen[mode][1] if mode != "dense" else None,
+                             accuracies=accs,
                              mean=float(np.mean(accs)), std=float(np.std(accs)),
                              train_accuracies=train_accs, sparsity=sps, seconds=secs,
                              **(dict(tuning=tuning[mode]) if mode in tuning else {})))
         out[task] = dict(description=desc, n_train=len(x_tr), n_test=len(x_te), noise=noise,
                          epochs=epochs, batch=batch, update_every=update_every,
-                         rescale_init=rescale_init, learning_rates=[float(v) for v in lrs],
+                         learning_rates=[float(v) for v in lrs],
+                         rescale_inits=[bool(v) for v in rescale_inits],
                          modes=rows, **(dict(cnn_width=cnn_width) if task == "cnn" else {}))
     return out
 
@@ -263,7 +271,8 @@ def quality_table(q):
                          + " | ".join(f"{a:.3f}" for a in row["accuracies"])
                          + f" | {row['mean']:.3f} ± {row['std']:.3f} | "
                          + f"{np.mean(row['sparsity']):.3f} | "
-                         + f"{row.get('learning_rate', 1e-3):g} |")
+                         + f"{row.get('learning_rate', 1e-3):g}"
+                         + (" (rescale_init)" if row.get("rescale_init") else "") + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -371,8 +380,9 @@ def main():
     p.add_argument("--lr", type=float, nargs="+", default=[1e-3],
                    help="Adam learning rate(s) of the quality runs; several: each mode picks "
                         "its best on a validation split first (see quality())")
-    p.add_argument("--no-rescale-init", action="store_true",
-                   help="RigL/SET/static with rescale_init=False (the initializer's values)")
+    p.add_argument("--rescale-init", choices=["off", "on", "tune"], default="off",
+                   help="the sparse modes' rescale_init: off (the default), on, or tune "
+                        "(chosen with the learning rate on the validation split)")
     p.add_argument("--width", type=int, default=4096)
     p.add_argument("--steps", type=int, default=240, help="training steps of the speed run")
     p.add_argument("--update-every", type=int, default=60,
@@ -392,7 +402,9 @@ def main():
     if run_quality:
         q = quality(args.seeds, 0.9, args.q_update_every, tasks=args.tasks, modes=args.modes,
                     cnn_width=args.cnn_width, first_seed=args.first_seed, lrs=args.lr,
-                    rescale_init=not args.no_rescale_init, n_train=args.n_train,
+                    rescale_inits={"off": (False,), "on": (True,),
+                                   "tune": (False, True)}[args.rescale_init],
+                    n_train=args.n_train,
                     noise=args.noise, epochs=args.epochs)
         with open(os.path.join(args.out, "bench_dst_quality.json"), "w") as f:
             json.dump(dict(cpu=cpu_model(), args=vars(args), quality=q), f, indent=1)

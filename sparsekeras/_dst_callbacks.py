@@ -149,7 +149,7 @@ class _DynamicSparsity(keras.callbacks.Callback):
     def __init__(self, sparsity=0.9, distribution="erk", update_every=100, drop_fraction=0.3,
                  end_step=None, seed=None, decay="cosine", exclude=(), compact=True,
                  log_dir=None, log_layers=False, granularity="unstructured",
-                 block_shape=(1, 1), rescale_init=True):
+                 block_shape=(1, 1), rescale_init=False):
         super().__init__()
         if not 0.0 <= float(sparsity) < 1.0:
             raise ValueError(f"Expected `sparsity` in [0, 1). Received: sparsity={sparsity}")
@@ -500,8 +500,11 @@ class RigL(_DynamicSparsity):
             (sparsity-aware initialization, Evci et al. 2022): a unit that keeps a fraction
             d of its inputs then starts with the pre-activation variance of the dense
             initializer, instead of d times it (which shrinks the signal layer after layer
-            at 0.9 sparsity). Lookup tables (embeddings) are not rescaled. False keeps the
-            initializer's values on the kept entries.
+            at 0.9 sparsity). Lookup tables (embeddings) are not rescaled. False (the
+            default, as in the RigL paper) keeps the initializer's values on the kept
+            entries. Measured in benchmarks/bench_dst.py: it helps a small CNN without
+            normalization at a high learning rate and hurts a noisy-input MLP, so it is
+            a choice to validate, not a default.
         data: (x, y) or (x, y, sample_weight) arrays, or a tf.data.Dataset / iterable of such
             batches, to take the dense gradient on. Required.
         batch_size: rows drawn from array `data` per gradient.
@@ -522,7 +525,7 @@ class RigL(_DynamicSparsity):
     def __init__(self, sparsity=0.9, distribution="erk", update_every=100, drop_fraction=0.3,
                  end_step=None, seed=None, decay="cosine", exclude=(), compact=True,
                  log_dir=None, log_layers=False, data=None, batch_size=256,
-                 granularity="unstructured", block_shape=(1, 1), rescale_init=True):
+                 granularity="unstructured", block_shape=(1, 1), rescale_init=False):
         super().__init__(sparsity=sparsity, distribution=distribution, update_every=update_every,
                          drop_fraction=drop_fraction, end_step=end_step, seed=seed, decay=decay,
                          exclude=exclude, compact=compact, log_dir=log_dir, log_layers=log_layers,
