@@ -35,7 +35,8 @@ import inspect
 import numpy as np
 import keras
 
-__all__ = ["Layout", "Group", "Analysis", "analyze", "LayerAdapter", "register_adapter"]
+__all__ = ["Layout", "Group", "Analysis", "analyze", "graph_model", "LayerAdapter",
+           "register_adapter"]
 
 # Activation names that act on each entry alone (whether they keep 0 at 0 is checked).
 _ELEMENTWISE = {
@@ -313,6 +314,14 @@ class _Walker:
                 and len(inputs) == 2 == len(keras.tree.flatten(node.arguments.args))
                 and not node.arguments.kwargs):
             kind = L.Add  # x + y, x * y ... on two tensors: elementwise, like the merge layers
+        if (kind is None and type(op).__module__ in ("keras.src.ops.nn", "keras.src.ops.numpy")
+                and type(op).__name__.lower() in _ELEMENTWISE and len(inputs) == 1
+                and len(keras.tree.flatten(node.arguments.args)) == 1
+                and not node.arguments.kwargs):
+            # keras.ops.relu(x), keras.ops.tanh(x)... (a subclassed model's call, traced): an
+            # activation, entry by entry
+            self._zero_check(op, lambda z: op(z), lays[0])
+            return [lays[0]]
         if kind is None:
             return opaque(f"{type(op).__name__} is not followed (not a Keras layer the "
                           "channel analysis knows)")
@@ -666,9 +675,21 @@ def _elementwise(fn):
     return _act_name(fn) in _ELEMENTWISE
 
 
-def check_graph(model, what="The channel analysis"):
-    """Raise a ValueError naming the model's class unless it is a Sequential or Functional
-    model with a layer graph (inputs and outputs)."""
+_NEEDS_GRAPH = ("Build the same layers as a Functional model (keras.Model(inputs, outputs)), or "
+                "give the Sequential a keras.Input, and load the weights into it.")
+
+
+def graph_model(model, what="The channel analysis"):
+    """`model` itself if it is a Sequential or Functional model with a layer graph; for a
+    subclassed (or lazily built) model, a Functional model over the model's own layers, traced
+    by running its `call` on symbolic inputs of the shape it was built with, and checked to
+    hold all its weights and to compute what it computes (on a random input).
+
+    Raises:
+        ValueError: naming the model's class and why its graph could not be had (not built,
+            several call arguments, a call that symbolic tensors cannot run, weights used
+            outside its layers, a traced graph that computes something else).
+    """
     if not isinstance(model, keras.Model):
         raise ValueError(f"Expected a Keras model. Received: model of type "
                          f"{type(model).__name__}")
@@ -676,31 +697,71 @@ def check_graph(model, what="The channel analysis"):
         outputs, inputs = model.outputs, model.inputs
     except (AttributeError, ValueError):
         outputs = inputs = None
-    if not outputs or not inputs:
+    if outputs and inputs:
+        return model
+    return _trace(model, what)
+
+
+def _trace(model, what):
+    def fail(why, cause=None):
         raise ValueError(
             f"{what} needs the layer graph of a Sequential or Functional model; "
             f"{model.name!r} ({type(model).__name__}) has none (a subclassed model, or a "
-            "Sequential without keras.Input). Build the same layers as a Functional model "
-            "(keras.Model(inputs, outputs)), or give the Sequential a keras.Input, and load "
-            "the weights into it.")
-    return inputs, outputs
+            f"Sequential without keras.Input), and its call could not be traced: {why}. "
+            + _NEEDS_GRAPH) from cause
+
+    shapes = getattr(model, "_build_shapes_dict", None)
+    if not model.built or not shapes:
+        fail("it is not built (call it once on data first)")
+    if len(shapes) != 1:
+        fail(f"it was built with several arguments {sorted(shapes)}")
+    shape = next(iter(shapes.values()))
+    dtype = getattr(model, "input_dtype", None) or "float32"
+    try:
+        inputs = keras.tree.map_shape_structure(
+            lambda s: keras.Input(batch_shape=(None,) + tuple(s[1:]), dtype=dtype), shape)
+        traced = keras.Model(inputs, model.call(inputs), name=model.name)
+    except Exception as e:  # what symbolic tensors cannot run: tf ops, Python on values...
+        fail(f"running its call on symbolic inputs failed ({type(e).__name__}: "
+             f"{str(e)[:300]})", e)
+    missing = {id(v) for v in model.weights} - {id(v) for v in traced.weights}
+    if missing:
+        fail(f"its call uses {len(missing)} weight(s) outside the layers it calls")
+    rng = np.random.default_rng(0)
+    x = keras.tree.map_shape_structure(
+        lambda s: rng.random((2,) + tuple(s[1:])).astype(dtype), shape)
+    expected, got = (keras.tree.flatten(f(x)) for f in (model, traced))
+    if len(expected) != len(got) or not all(
+            np.allclose(_np(a), _np(b), rtol=1e-4, atol=1e-5) for a, b in zip(expected, got)):
+        fail("the traced graph computes something else than its call (Python control flow "
+             "on values, or state the graph does not hold)")
+    return traced
+
+
+def check_graph(model, what="The channel analysis"):
+    """(inputs, outputs) of `graph_model(model)`: raises a ValueError naming the model's class
+    when it has no layer graph and its call cannot be traced."""
+    g = graph_model(model, what)
+    return g.inputs, g.outputs
 
 
 def analyze(model):
     """The coupled channel groups of a Sequential or Functional `model` (nested models
-    inlined).
+    inlined), or of a subclassed model whose call can be traced (`graph_model`).
 
     Args:
-        model: a built Sequential or Functional Keras model (sparsekeras layers are read as
-            the Keras layers they stand for).
+        model: a built Keras model (sparsekeras layers are read as the Keras layers they
+            stand for).
 
     Returns:
-        An `Analysis`.
+        An `Analysis` (its bindings are on the model's own layers).
 
     Raises:
-        ValueError: for a subclassed model (no graph to follow) or one that is not built.
+        ValueError: for a model with no layer graph whose call cannot be traced, or one that
+            is not built.
     """
-    _, outputs = check_graph(model)
+    model = graph_model(model)
+    outputs = model.outputs
     w = _Walker(model)
     for t in keras.tree.flatten(outputs):
         lay = w.layout(t)

@@ -342,6 +342,12 @@ def shrink(model, fold_batchnorm=False, return_report=False, verbose=False):
     Keras layers: it saves, loads and runs without sparsekeras, and exports to SavedModel,
     LiteRT and ONNX. Its outputs equal `model`'s (float tolerance).
 
+    keras_hub's `TransformerEncoder` is followed inside (its feedforward units and heads; see
+    `sparsekeras._groups.LayerAdapter` for other layers of known call). A subclassed model is
+    traced: its `call` run on symbolic inputs of the shape it was built with gives a Functional
+    graph over its layers (checked to compute what the model computes), and the shrunk model
+    is that graph, Functional.
+
     Left whole, with the reason in the report: the model's inputs and outputs, the channels a
     LayerNormalization normalizes over (a Transformer's residual width), channels that pass
     through a layer the analysis does not follow (named in a warning), channels that would
@@ -349,8 +355,8 @@ def shrink(model, fold_batchnorm=False, return_report=False, verbose=False):
     channels whose kernel is zero but whose bias is not (a constant, not a zero).
 
     Args:
-        model: a built Sequential or Functional model (nested models inside are followed),
-            pruned: sparsekeras layers (they are read through `densify`) or plain Keras layers
+        model: a built Sequential, Functional or (traceable) subclassed model (nested models
+            inside are followed), pruned: sparsekeras layers (they are read through `densify`) or plain Keras layers
             holding zeros.
         fold_batchnorm: also fold each inference BatchNormalization into the layer before it
             (`sparsekeras._fold.fold_batchnorm`) once shrunk.
@@ -361,8 +367,8 @@ def shrink(model, fold_batchnorm=False, return_report=False, verbose=False):
         The shrunk model (not compiled), or `(model, report)`.
 
     Raises:
-        ValueError: for a subclassed model or one without a layer graph (the message names its
-            class and what to do), or a bad argument.
+        ValueError: for a model without a layer graph whose call cannot be traced (the
+            message names its class, why, and what to do), or a bad argument.
 
     Example:
         >>> small = sparsekeras.shrink(pruned_model)
@@ -373,8 +379,9 @@ def shrink(model, fold_batchnorm=False, return_report=False, verbose=False):
     if not isinstance(fold_batchnorm, bool):
         raise ValueError(f"`fold_batchnorm` must be True or False. Received: "
                          f"fold_batchnorm={fold_batchnorm!r}")
-    _groups.check_graph(model, "shrink")
-    plain = densify(model)
+    # A subclassed model: the Functional model traced from its call (its own layers), which
+    # densify copies: the shrunk model is Functional.
+    plain = densify(_groups.graph_model(model, "shrink"))
     analysis = _groups.analyze(plain)
     keep, rows = _plan(analysis)
     rebuilder = _Rebuilder(analysis, keep)

@@ -246,3 +246,52 @@ def test_embedding_and_separable_convolution_groups_pruned_in_fit_and_shrunk():
     assert tuple(small.get_layer("sep").depthwise_kernel.shape) == (3, 6, 2)
     assert tuple(small.get_layer("sep").pointwise_kernel.shape) == (1, 12, 5)
     np.testing.assert_allclose(_np(small(x[:8])), _np(model(x[:8])), rtol=1e-4, atol=1e-5)
+
+
+# ---- subclassed models: traced through their call ----------------------------------------------
+
+class _ResidualNet(keras.Model):
+    """A subclassed model: convolution, BatchNorm, a residual Add (a layer and `+`), pooling
+    and a classifier."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.c1 = keras.layers.Conv2D(8, 3, padding="same", name="c1")
+        self.bn = keras.layers.BatchNormalization(name="bn")
+        self.c2 = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c2")
+        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.fc = keras.layers.Dense(12, activation="relu", name="fc")
+        self.out = keras.layers.Dense(3, name="out")
+
+    def call(self, x, training=None):
+        a = keras.ops.relu(self.bn(self.c1(x), training=training))
+        a = a + self.c2(a)
+        return self.out(self.fc(self.pool(a)))
+
+
+def test_subclassed_model_traced_pruned_in_fit_and_shrunk():
+    keras.utils.set_random_seed(25)
+    rng = np.random.default_rng(25)
+    x, y = rng.random((48, 6, 6, 3), dtype=np.float32), rng.integers(0, 3, 48)
+    net = _ResidualNet(name="resnet")
+    net(x[:2])
+    model = sparsekeras.sparsify(net, inplace=True)  # (a subclassed model: not copied)
+    model.compile(keras.optimizers.Adam(0.01), _classifier_loss())
+    _, messages = _recorded(model.fit, x, y, batch_size=16, epochs=2, verbose=0, callbacks=[
+        GradualPruning(PolynomialDecay(0.0, 0.5, 0, 3, frequency=1), granularity="channel",
+                       coupled=True)])
+    assert not [m for m in messages if "not pruned" in m], messages
+    # c1, bn, c2 (the residual `+`, keras.ops.relu between) are one group; fc another.
+    for layer in (model.c1, model.c2, model.fc):
+        cut = ~_np(layer.mask).reshape(-1, layer.mask.shape[-1]).any(axis=0)
+        assert int(cut.sum()) == layer.mask.shape[-1] // 2, layer.name
+        assert np.all(_np(layer.bias)[cut] == 0), layer.name
+    small, report = sparsekeras.shrink(model, return_report=True)
+    assert not report.unsupported, report
+    assert isinstance(small, keras.Model) and not isinstance(small, _ResidualNet)
+    assert (small.get_layer("c1").filters, small.get_layer("c2").filters) == (4, 4)
+    assert small.get_layer("bn").gamma.shape == (4,)
+    assert small.get_layer("fc").units == 6
+    assert tuple(small.get_layer("fc").kernel.shape) == (4, 6)
+    assert report.params_after == small.count_params() < 0.5 * report.params_before
+    np.testing.assert_allclose(_np(small(x[:8])), _np(model(x[:8])), rtol=1e-4, atol=1e-5)
