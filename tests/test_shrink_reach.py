@@ -153,6 +153,39 @@ def test_keras_hub_encoder_without_mask_argument_keeps_heads_shrinks_ffn():
     np.testing.assert_allclose(_np(small(x)), _np(model(x)), rtol=1e-4, atol=1e-5)
 
 
+def test_keras_hub_pre_norm_encoder_with_padding_mask_written_out_exactly():
+    """normalize_first=True (GPT-2-like order), zero heads and units set by hand: the encoder
+    is written out as Keras layers with fewer heads; same outputs on padded sequences."""
+    keras_hub = pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(26)
+    i = keras.Input((SEQ, HIDDEN))
+    pad = keras.Input((SEQ,), dtype="int32")
+    enc = keras_hub.layers.TransformerEncoder(intermediate_dim=FF, num_heads=HEADS,
+                                              normalize_first=True, dropout=0.1, name="enc")
+    h = keras.layers.Dense(HIDDEN, name="pre")(i)
+    model = keras.Model([i, pad], keras.layers.Dense(3, name="out")(
+        keras.layers.GlobalAveragePooling1D()(enc(h, padding_mask=pad))))
+    mha, ff1 = enc._self_attention_layer, enc._feedforward_intermediate_dense
+    out = _np(mha._output_dense.kernel)
+    out[[0, 2]] = 0  # heads 0 and 2 contribute nothing
+    mha._output_dense.kernel.assign(out)
+    k, bias = _np(ff1.kernel), _np(ff1.bias)
+    k[:, 5:20], bias[5:20] = 0, 0
+    ff1.kernel.assign(k)
+    ff1.bias.assign(bias)
+    (small, report), _ = _recorded(sparsekeras.shrink, model, return_report=True)
+    assert {(r["kind"], r["status"], r["kept"]) for r in report.rows} == {
+        ("head", "shrunk", HEADS - 2), ("channel", "shrunk", FF - 15)}, report
+    assert not _encoders(small)
+    new_mha = small.get_layer("enc_self_attention_layer")
+    assert (new_mha.num_heads, new_mha.key_dim) == (HEADS - 2, HIDDEN // HEADS)
+    assert small.get_layer("enc_feedforward_intermediate_dense").units == FF - 15
+    rng = np.random.default_rng(3)
+    x = [rng.random((4, SEQ, HIDDEN), dtype=np.float32),
+         (np.arange(SEQ)[None, :] < np.array([[2], [5], [8], [7]])).astype("int32")]
+    np.testing.assert_allclose(_np(small(x)), _np(model(x)), rtol=1e-4, atol=1e-5)
+
+
 # ---- the zero-holds in a fit resumed from a .keras file -----------------------------------------
 
 def _bn_net():
