@@ -4,7 +4,8 @@ together.
 
 A *group* is a set of channels that must be removed as one: the output units (filters) of the
 layers that produce them, and the matching entries of every layer that reads them. The analysis
-walks the graph of a Sequential or Functional model (nested models inlined) and gives each
+walks the graph of a Sequential or Functional model (nested models inlined; a subclassed
+model is traced into one first, see `graph_model`) and gives each
 tensor a *layout* for its last axis: a sequence of segments, each the channels of one group,
 repeated `repeat` times (a Flatten after a convolution repeats the C channels once per spatial
 position). Layers act on layouts:
@@ -28,7 +29,12 @@ Anything else bounds the groups it touches: they are *fixed* (never pruned), wit
 LayerNormalization (its statistics span the channels), the model's inputs and outputs,
 any layer or operation not listed above (by name). An activation that
 does not map 0 to 0 (sigmoid, softplus) fixes its group too: a removed channel must be one
-whose value is exactly zero, so that removing it changes no output.
+whose value is exactly zero, so that removing it changes no output. Elementwise keras.ops
+activations (`keras.ops.relu(x)` in a traced call) act as activation layers.
+
+A custom layer of known call is read through a `LayerAdapter` registered for its exact class
+(`register_adapter`): keras_hub's `TransformerEncoder` has one (its feedforward units and its
+heads are groups; its hidden width is bounded by its LayerNormalizations).
 """
 import inspect
 
