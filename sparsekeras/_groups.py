@@ -320,6 +320,10 @@ class _Walker:
                 and len(inputs) == 2 == len(keras.tree.flatten(node.arguments.args))
                 and not node.arguments.kwargs):
             kind = L.Add  # x + y, x * y ... on two tensors: elementwise, like the merge layers
+        if (kind is None and type(op).__name__ == "GetItem"
+                and type(op).__module__ == "keras.src.ops.numpy" and len(inputs) == 1
+                and _keeps_last_axis(node.arguments.args, len(inputs[0].shape))):
+            return [lays[0]]  # x[:, 0, :] (a [CLS] token): other axes indexed, channels kept
         if (kind is None and type(op).__module__ in ("keras.src.ops.nn", "keras.src.ops.numpy")
                 and type(op).__name__.lower() in _ELEMENTWISE and len(inputs) == 1
                 and len(keras.tree.flatten(node.arguments.args)) == 1
@@ -671,6 +675,27 @@ def costly_unsupported(analysis):
             if texts[r] not in found:
                 found.append(texts[r])
     return [u for u in analysis.unsupported if u in found]
+
+
+def _keeps_last_axis(args, rank):
+    """Whether `x[key]` (args = (x, key)) indexes other axes only, with constant ints and
+    slices, keeping the last axis whole and last."""
+    if len(args) != 2:
+        return False
+    # (a list once the model went through a .keras file)
+    key = tuple(args[1]) if isinstance(args[1], (tuple, list)) else (args[1],)
+    if any(k is None or not isinstance(k, (int, slice, type(Ellipsis))) for k in key):
+        return False
+    if any(isinstance(k, slice) and not all(isinstance(v, (int, type(None)))
+                                            for v in (k.start, k.stop, k.step)) for k in key):
+        return False
+    if sum(k is Ellipsis for k in key) > 1:
+        return False
+    if key and key[-1] is Ellipsis:
+        return True
+    if Ellipsis in key or len(key) == rank:  # the last entry indexes the last axis
+        return key[-1] == slice(None)
+    return len(key) < rank
 
 
 def _act_name(fn):

@@ -346,3 +346,28 @@ def test_subclassed_model_traced_pruned_in_fit_and_shrunk():
     assert tuple(small.get_layer("fc").kernel.shape) == (4, 6)
     assert report.params_after == small.count_params() < 0.5 * report.params_before
     np.testing.assert_allclose(_np(small(x[:8])), _np(model(x[:8])), rtol=1e-4, atol=1e-5)
+
+
+def test_indexing_other_axes_keeps_the_channels():
+    """x[:, 0, :] (a [CLS] token) and x[..., :] keep the channel axis: followed; x[..., :3]
+    cuts it: not followed, named."""
+    keras.utils.set_random_seed(27)
+    i = keras.Input((5, 4))
+    a = keras.layers.Dense(8, activation="relu", name="a")(i)
+    b = keras.layers.Dense(6, activation="relu", name="b")(i)
+    model = keras.Model(i, [keras.layers.Dense(3, name="out")(a[:, 0, :]),
+                            keras.layers.Dense(2, name="out_b")(b[..., :3])])
+    for name in ("a", "b"):
+        layer = model.get_layer(name)
+        k, bias = _np(layer.kernel), _np(layer.bias)
+        k[:, :2], bias[:2] = 0, 0
+        layer.kernel.assign(k)
+        layer.bias.assign(bias)
+    (small, report), messages = _recorded(sparsekeras.shrink, model, return_report=True)
+    assert small.get_layer("a").units == 6 and tuple(small.get_layer("out").kernel.shape) == (6, 3)
+    assert small.get_layer("b").units == 6  # behind x[..., :3]: kept whole, and said
+    assert len(report.unsupported) == 1 and "get_item" in report.unsupported[0][0], report
+    assert any("get_item" in m for m in messages), messages
+    x = np.random.default_rng(4).random((3, 5, 4), dtype=np.float32)
+    for got, want in zip(small(x), model(x)):
+        np.testing.assert_allclose(_np(got), _np(want), rtol=1e-4, atol=1e-5)
