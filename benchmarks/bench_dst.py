@@ -6,7 +6,9 @@
    shipped with scikit-learn: its digits, 1,000 training images with Gaussian pixel noise, the
    797 others for test. Tasks: "mlp", an MLP 784-300-100-10 on the digits upsampled to 28x28
    (784 features: digits, not MNIST); "cnn", a small CNN on the 8x8x1 digits. Writes
-   DIR/bench_dst_quality.json, .md (the table) and .png.
+   DIR/bench_dst_quality.json, .md (the table) and .png. `--lr 0.001 0.003 0.01
+   [--rescale-init tune]`: each variant first picks its own Adam learning rate (and
+   rescale_init) on a validation split, then every seed trains with it.
 2. Speed (`--skip-quality`): a whole training run of a 784-W-W-10 MLP (W=4096 by default) on
    random MNIST-shaped data, batch 256, Adam: dense `keras.layers.Dense` vs RigL at 0.9 (ERK;
    compacted from step 0; mask updates included) vs the static mask, in the same process;
@@ -15,7 +17,8 @@
 
 Usage: python benchmarks/bench_dst.py --out DIR [--quick] [--quality | --skip-quality]
        [--seeds N] [--tasks mlp cnn] [--modes dense static set rigl] [--epochs E]
-       [--n-train N] [--noise S] [--q-update-every U] [--cnn-width M] [--width W]
+       [--n-train N] [--noise S] [--q-update-every U] [--cnn-width M]
+       [--lr LR [LR ...]] [--rescale-init off|on|tune] [--width W]
        [--steps S] [--update-every U]
 The machine may be shared: the speed JSON records the CPU time other processes used during
 each timed run and the load average.
@@ -74,17 +77,18 @@ def _mlp(sizes, sparse, seed, flat=False):
     return model
 
 
-def _callback(mode, sparsity, update_every, seed, data):
+def _callback(mode, sparsity, update_every, seed, data, rescale_init=False):
     from sparsekeras.callbacks import RigL, SET
 
+    kw = dict(sparsity=sparsity, update_every=update_every, seed=seed,
+              rescale_init=rescale_init)
     if mode == "dense":
         return []
     if mode == "static":
-        return [SET(sparsity=sparsity, drop_fraction=0.0, update_every=update_every, seed=seed)]
+        return [SET(drop_fraction=0.0, **kw)]
     if mode == "set":
-        return [SET(sparsity=sparsity, update_every=update_every, seed=seed)]
-    return [RigL(sparsity=sparsity, update_every=update_every, seed=seed, data=data,
-                 batch_size=256)]
+        return [SET(**kw)]
+    return [RigL(data=data, batch_size=256, **kw)]
 
 
 def _digits(size, n_train, noise, seed=0):
@@ -146,12 +150,38 @@ QUALITY_TASKS = {
 }
 
 
+def _train_eval(build, mode, seed, lr, sparsity, update_every, train, test, epochs, batch,
+                rescale_init=False):
+    """One model trained from scratch; returns (test accuracy, last train accuracy,
+    sparsity, seconds)."""
+    model = build(mode != "dense", seed)
+    model.optimizer.learning_rate.assign(lr)
+    cbs = _callback(mode, sparsity, update_every, seed, train, rescale_init)
+    t0 = time.perf_counter()
+    hist = model.fit(*train, epochs=epochs, batch_size=batch, verbose=0, callbacks=cbs)
+    secs = time.perf_counter() - t0
+    acc = float(model.evaluate(*test, verbose=0)[1])
+    return (acc, float(hist.history["accuracy"][-1]),
+            cbs[0].overall_sparsity() if cbs else 0.0, secs)
+
+
 def quality(seeds, sparsity, update_every, tasks=("mlp", "cnn"), batch=32,
-            modes=("dense", "static", "set", "rigl"), cnn_width=1, first_seed=0, **overrides):
+            modes=("dense", "static", "set", "rigl"), cnn_width=1, first_seed=0,
+            lrs=(1e-3,), rescale_inits=(False,), **overrides):
     """Each task x mode x seed trained from scratch for the same epochs; test accuracy.
     `overrides` (n_train, noise, epochs; None: the task's default) apply to every task;
     `cnn_width` multiplies the CNN's filters (1: 32-64-64); the seeds are first_seed,
-    first_seed + 1, ... (to split one grid across runs)."""
+    first_seed + 1, ... (to split one grid across runs).
+
+    Hyperparameters: the Adam learning rate (`lrs`) and, for the sparse modes, the
+    callback's `rescale_init` (`rescale_inits`). With one setting of each, every mode trains
+    with it. With several, each mode picks its own first: one run per setting (seed
+    `first_seed`) on 80% of the training images, scored on the other 20% (a validation
+    split; the test images are not looked at), the best kept (ties: the first in the grid);
+    then every seed trains on all the training images with it. Each variant is compared at
+    its own best setting, found the same way for all."""
+    from sklearn.model_selection import train_test_split
+
     out = {}
     for task in tasks:
         desc, data_kw, build, defaults = QUALITY_TASKS[task]
@@ -165,30 +195,54 @@ def quality(seeds, sparsity, update_every, tasks=("mlp", "cnn"), batch=32,
         n_train, noise, epochs = cfg["n_train"], cfg["noise"], cfg["epochs"]
         x_tr, y_tr, x_te, y_te = _digits(n_train=n_train, noise=noise, **data_kw)
         log(f"quality {task}: {desc}; {len(x_tr)} train / {len(x_te)} test, noise std {noise}, "
-            f"{epochs} epochs, batch {batch}")
+            f"{epochs} epochs, batch {batch}, learning rates {list(lrs)}, rescale_init "
+            f"{list(rescale_inits)}")
+        common = dict(sparsity=sparsity, update_every=update_every, epochs=epochs, batch=batch)
+        tuning, chosen = {}, {}
+        for mode in modes:
+            grid = [(float(lr), bool(r)) for lr in sorted(lrs)
+                    for r in (rescale_inits if mode != "dense" else rescale_inits[:1])]
+            if len(grid) == 1:
+                chosen[mode] = grid[0]
+                continue
+            x_fit, x_val, y_fit, y_val = train_test_split(x_tr, y_tr, test_size=0.2,
+                                                          random_state=0, stratify=y_tr)
+            scores = {}
+            for lr, r in grid:
+                scores[lr, r] = _train_eval(build, mode, first_seed, lr, rescale_init=r,
+                                            train=(x_fit, y_fit), test=(x_val, y_val),
+                                            **common)[0]
+                log(f"  {task} {mode:6s} tuning: learning rate {lr:g}, rescale_init {r}: "
+                    f"validation accuracy {scores[lr, r]:.4f}")
+            chosen[mode] = max(grid, key=lambda g: scores[g])
+            tuning[mode] = [dict(learning_rate=lr, rescale_init=r, validation_accuracy=v)
+                            for (lr, r), v in scores.items()]
         rows = []
         for mode in modes:
             accs, train_accs, sps, secs = [], [], [], []
             for seed in range(first_seed, first_seed + seeds):
-                model = build(mode != "dense", seed)
-                cbs = _callback(mode, sparsity, update_every, seed, (x_tr, y_tr))
-                t0 = time.perf_counter()
-                hist = model.fit(x_tr, y_tr, epochs=epochs, batch_size=batch, verbose=0,
-                                 callbacks=cbs)
-                secs.append(time.perf_counter() - t0)
-                accs.append(float(model.evaluate(x_te, y_te, verbose=0)[1]))
-                train_accs.append(float(hist.history["accuracy"][-1]))
-                sps.append(cbs[0].overall_sparsity() if cbs else 0.0)
-                log(f"  {task} {mode:6s} seed {seed}: test accuracy {accs[-1]:.4f} "
-                    f"(last epoch's train accuracy {train_accs[-1]:.3f}, sparsity "
-                    f"{sps[-1]:.4f}, {secs[-1]:.1f} s)")
+                lr, rescale = chosen[mode]
+                acc, tr, sp, sec = _train_eval(build, mode, seed, lr, rescale_init=rescale,
+                                               train=(x_tr, y_tr), test=(x_te, y_te), **common)
+                accs.append(acc)
+                train_accs.append(tr)
+                sps.append(sp)
+                secs.append(sec)
+                log(f"  {task} {mode:6s} seed {seed}: test accuracy {acc:.4f} (learning rate "
+                    f"{lr:g}, rescale_init {rescale}, last epoch's train accuracy {tr:.3f}, sparsity "
+                    f"{sp:.4f}, {sec:.1f} s)")
             rows.append(dict(mode=mode, seeds=list(range(first_seed, first_seed + seeds)),
-                             accuracies=accs, mean=float(np.mean(accs)),
-                             std=float(np.std(accs)), train_accuracies=train_accs,
-                             sparsity=sps, seconds=secs))
+                             learning_rate=chosen[mode][0],
+                             rescale_init=chosen[mode][1] if mode != "dense" else None,
+                             accuracies=accs,
+                             mean=float(np.mean(accs)), std=float(np.std(accs)),
+                             train_accuracies=train_accs, sparsity=sps, seconds=secs,
+                             **(dict(tuning=tuning[mode]) if mode in tuning else {})))
         out[task] = dict(description=desc, n_train=len(x_tr), n_test=len(x_te), noise=noise,
-                         epochs=epochs, batch=batch, update_every=update_every, modes=rows,
-                         **(dict(cnn_width=cnn_width) if task == "cnn" else {}))
+                         epochs=epochs, batch=batch, update_every=update_every,
+                         learning_rates=[float(v) for v in lrs],
+                         rescale_inits=[bool(v) for v in rescale_inits],
+                         modes=rows, **(dict(cnn_width=cnn_width) if task == "cnn" else {}))
     return out
 
 
@@ -210,13 +264,15 @@ def quality_table(q):
                      f"{res['batch']}, update_every {res['update_every']}")
         lines.append("")
         lines.append("| | " + " | ".join(f"seed {i}" for i in seeds) +
-                     " | mean ± std | sparsity |")
-        lines.append("|---" * (n + 3) + "|")
+                     " | mean ± std | sparsity | learning rate |")
+        lines.append("|---" * (n + 4) + "|")
         for row in res["modes"]:
             lines.append(f"| {MODE_NAMES[row['mode']]} | "
                          + " | ".join(f"{a:.3f}" for a in row["accuracies"])
                          + f" | {row['mean']:.3f} ± {row['std']:.3f} | "
-                         + f"{np.mean(row['sparsity']):.3f} |")
+                         + f"{np.mean(row['sparsity']):.3f} | "
+                         + f"{row.get('learning_rate', 1e-3):g}"
+                         + (" (rescale_init)" if row.get("rescale_init") else "") + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -321,6 +377,12 @@ def main():
                    help="RigL/SET update_every of the quality runs")
     p.add_argument("--cnn-width", type=int, default=1,
                    help="multiplier of the quality CNN's filters (1: 32-64-64; 2: 64-128-128)")
+    p.add_argument("--lr", type=float, nargs="+", default=[1e-3],
+                   help="Adam learning rate(s) of the quality runs; several: each mode picks "
+                        "its best on a validation split first (see quality())")
+    p.add_argument("--rescale-init", choices=["off", "on", "tune"], default="off",
+                   help="the sparse modes' rescale_init: off (the default), on, or tune "
+                        "(chosen with the learning rate on the validation split)")
     p.add_argument("--width", type=int, default=4096)
     p.add_argument("--steps", type=int, default=240, help="training steps of the speed run")
     p.add_argument("--update-every", type=int, default=60,
@@ -339,8 +401,11 @@ def main():
     q = {}
     if run_quality:
         q = quality(args.seeds, 0.9, args.q_update_every, tasks=args.tasks, modes=args.modes,
-                    cnn_width=args.cnn_width, first_seed=args.first_seed, n_train=args.n_train, noise=args.noise,
-                    epochs=args.epochs)
+                    cnn_width=args.cnn_width, first_seed=args.first_seed, lrs=args.lr,
+                    rescale_inits={"off": (False,), "on": (True,),
+                                   "tune": (False, True)}[args.rescale_init],
+                    n_train=args.n_train,
+                    noise=args.noise, epochs=args.epochs)
         with open(os.path.join(args.out, "bench_dst_quality.json"), "w") as f:
             json.dump(dict(cpu=cpu_model(), args=vars(args), quality=q), f, indent=1)
         table = quality_table(q)

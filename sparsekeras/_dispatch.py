@@ -28,7 +28,8 @@ ms, at 80% 1.88 / 12.0 ms at 32 / 256) and the per-call overhead of a 1x16 @ 16x
 `tf.function` (the sparse op ~9 us above tf.matmul's). They put the large-batch break-even at
 ~72% sparsity (measured: 0.68 at batch 256) and make sparse win at batch 1 from a much lower
 sparsity (weights read once: 8 bytes per stored weight against 4 per weight).
-`calibrate(save=True)` refits them on the user's machine (about 30 s) and
+`calibrate(save=True)` refits them on the user's machine (about a minute: the products on
+four layer shapes, the convolutions on six small-image layers, 3x3 and 1x1) and
 caches them in `<user cache dir>/sparsekeras/dispatch.json` (`$XDG_CACHE_HOME` or
 `~/.cache`; `SPARSEKERAS_DISPATCH_CACHE` names another file), which later processes read.
 
@@ -198,6 +199,12 @@ def sparse_rows(k, n, nnz, kind="matmul", dense_kn=None, strided=False):
 _SHAPES = ((64, 64), (300, 100), (784, 300), (2048, 2048))
 _DENSITIES = (0.1, 0.3)
 _ROWS = (1, 16, 256)
+# Convolutions (image size, in channels, out channels, kernel size), stride 1, "same": the
+# small images and 1x1 layers of the CNNs people prune (bench_models' ResNet and MobileNet
+# layers), where tf.nn.conv2d's fixed cost and the pointwise layers decide.
+_CONV_SHAPES = ((32, 32, 32, 3), (16, 64, 128, 1), (16, 64, 64, 3), (8, 128, 256, 1),
+                (8, 128, 128, 3), (32, 32, 64, 1))
+_CONV_BATCHES = (1, 8, 32)
 
 
 def _time_per_call(fn, arg, min_time):
@@ -239,19 +246,54 @@ def _fit(features, times):
     return coef / scale
 
 
-def calibrate(save=False, quick=False, path=None):
-    """Measure the dense and the sparse (CSC) product on this machine and fit the cost model's
-    constants (about 30 s; `quick`: a smaller grid, a few seconds, for tests).
+def _calibrate_conv(rng, quick, min_time):
+    """(dense rows, sparse rows) of (output positions, K, N, stored weights, seconds): the
+    dense convolution (tf.nn.conv2d) and the sparse one (csr_conv2d) on the `_CONV_SHAPES`."""
+    import tensorflow as tf
+
+    from sparsekeras import ops as sk_ops
+    from sparsekeras.layers.conv import conv_structure
+
+    shapes = _CONV_SHAPES[:3] if quick else _CONV_SHAPES
+    batches = (1, 8) if quick else _CONV_BATCHES
+    densities = _DENSITIES[:1] if quick else _DENSITIES
+    dense_rows, sparse_rows_ = [], []
+    for size, cin, cout, ks in shapes:
+        w = rng.standard_normal((ks, ks, cin, cout)).astype(np.float32)
+        wt = tf.constant(w)
+        k = ks * ks * cin
+        for batch in batches:
+            x = tf.constant(rng.standard_normal((batch, size, size, cin)).astype(np.float32))
+            rows = batch * size * size
+            t = _time_per_call(lambda a: tf.nn.conv2d(a, wt, 1, "SAME"), x, min_time)
+            dense_rows.append((rows, k, cout, 0, t))
+            for density in densities:
+                mask = rng.random(w.shape) < density
+                st = conv_structure(mask)
+                ip, ix = tf.constant(st["indptr"]), tf.constant(st["indices"])
+                vals = tf.constant(w.reshape(-1)[st["positions"]])
+                t = _time_per_call(
+                    lambda a: sk_ops.csr_conv2d(a, ip, ix, vals, w.shape, padding="same"),
+                    x, min_time)
+                sparse_rows_.append((rows, k, cout, int(ix.shape[0]), t))
+    return dense_rows, sparse_rows_
+
+
+def calibrate(save=False, quick=False, path=None, conv=True):
+    """Measure the dense and the sparse (CSC) product, and the dense and the sparse
+    convolution, on this machine and fit the cost model's constants (about a minute; `quick`:
+    a smaller grid, a few seconds, for tests).
 
     Args:
         save: write the constants to `path` (default `cache_path()`), where later processes
             read them, and use them in this process from now on.
         quick: a smaller grid of shapes and shorter timings.
         path: the file to write (with save=True).
+        conv: also fit the convolution parts (stride 1; `STRIDED_SPARSE_FACTOR` still
+            scales strided sparse convolutions). False keeps their current values.
 
     Returns:
-        The fitted `CostModel` (its `measurements` attribute lists what was timed). The
-        convolution parts keep their current values (not calibrated here).
+        The fitted `CostModel` (its `measurements` attribute lists what was timed).
     """
     import tensorflow as tf
 
@@ -287,9 +329,19 @@ def calibrate(save=False, quick=False, path=None):
 
     dc = _fit(features(d, d[:, 1] * d[:, 2]), d[:, 4])
     sc = _fit(features(s, s[:, 3]), s[:, 4])
-    model = CostModel({**cost_model().constants, "dense": dict(zip(_KEYS, dc)),
-                       "sparse": dict(zip(_KEYS, sc))}, source="calibrated")
-    model.measurements = {"dense": dense_rows, "sparse": sparse_rows_}
+    constants = {**cost_model().constants, "dense": dict(zip(_KEYS, dc)),
+                 "sparse": dict(zip(_KEYS, sc))}
+    measurements = {"dense": dense_rows, "sparse": sparse_rows_}
+    if conv:
+        conv_dense, conv_sparse = _calibrate_conv(rng, quick, min_time)
+        cd = np.array(conv_dense, float)
+        cs = np.array(conv_sparse, float)
+        constants["conv_dense"] = dict(zip(_KEYS, _fit(features(cd, cd[:, 1] * cd[:, 2]),
+                                                       cd[:, 4])))
+        constants["conv_sparse"] = dict(zip(_KEYS, _fit(features(cs, cs[:, 3]), cs[:, 4])))
+        measurements.update(conv_dense=conv_dense, conv_sparse=conv_sparse)
+    model = CostModel(constants, source="calibrated")
+    model.measurements = measurements
     if save:
         path = path or cache_path()
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -18,6 +18,7 @@ from tensorflow.core.framework import summary_pb2
 
 from sparsekeras import _compact, _convert, _dst
 from sparsekeras.layers._base import _PrunableKernel
+from sparsekeras.layers.embedding import _TableTarget
 
 __all__ = ["RigL", "SET"]
 
@@ -148,7 +149,7 @@ class _DynamicSparsity(keras.callbacks.Callback):
     def __init__(self, sparsity=0.9, distribution="erk", update_every=100, drop_fraction=0.3,
                  end_step=None, seed=None, decay="cosine", exclude=(), compact=True,
                  log_dir=None, log_layers=False, granularity="unstructured",
-                 block_shape=(1, 1)):
+                 block_shape=(1, 1), rescale_init=False):
         super().__init__()
         if not 0.0 <= float(sparsity) < 1.0:
             raise ValueError(f"Expected `sparsity` in [0, 1). Received: sparsity={sparsity}")
@@ -172,6 +173,10 @@ class _DynamicSparsity(keras.callbacks.Callback):
         if granularity not in _dst.GRANULARITIES:
             raise ValueError(f"Expected `granularity` in {_dst.GRANULARITIES}. "
                              f"Received: granularity={granularity!r}")
+        if not isinstance(rescale_init, bool):
+            raise ValueError(f"Expected `rescale_init` True or False. "
+                             f"Received: rescale_init={rescale_init!r}")
+        self.rescale_init = rescale_init
         self.granularity = granularity
         self.block_shape = (_dst.check_block_shape(block_shape) if granularity == "block"
                             else (1, 1))
@@ -347,12 +352,21 @@ class _DynamicSparsity(keras.callbacks.Callback):
             block=self._compact_block)
 
     def init_masks(self):
-        """Give every target a random mask at its density (seeded), pruned weights zeroed."""
+        """Give every target a random mask at its density (seeded), pruned weights zeroed;
+        with `rescale_init`, the kept weights of each product target (not lookup tables)
+        multiplied by 1 / sqrt(density)."""
         was_compacted = self._decompact(self._targets)
         for i, (t, d) in enumerate(zip(self._targets, self.layer_densities())):
             mask = self._random_mask(tuple(t.mask.shape), d, _dst.rng(self.seed, 0, 0, i))
             t.set_mask(mask)
-            zero_optimizer_state(self._optimizer(), _kernel_of(t), np.flatnonzero(~mask))
+            kernel = _kernel_of(t)
+            if self.rescale_init and 0 < d < 1 and not isinstance(t, _TableTarget):
+                # Sparsity-aware initialization (Evci et al. 2022, "Gradient flow in sparse
+                # neural networks"): a unit keeps about density * fan_in of its inputs, so
+                # its pre-activation variance is the dense initializer's times density;
+                # 1 / sqrt(density) gives it back. Pruned entries are zero either way.
+                kernel.assign(kernel * np.asarray(1.0 / np.sqrt(d), kernel.dtype))
+            zero_optimizer_state(self._optimizer(), kernel, np.flatnonzero(~mask))
         if was_compacted:
             _convert._retrace(self.model)
 
@@ -482,6 +496,15 @@ class RigL(_DynamicSparsity):
         block_shape: (r, c) with granularity="block", e.g. (1, 8); r must divide n_in
             (k_h * k_w * c_in) and c divide n_out of every target (else ValueError naming the
             layer).
+        rescale_init: at step 0, multiply each layer's kept weights by 1 / sqrt(density)
+            (sparsity-aware initialization, Evci et al. 2022): a unit that keeps a fraction
+            d of its inputs then starts with the pre-activation variance of the dense
+            initializer, instead of d times it (which shrinks the signal layer after layer
+            at 0.9 sparsity). Lookup tables (embeddings) are not rescaled. False (the
+            default, as in the RigL paper) keeps the initializer's values on the kept
+            entries. Measured in benchmarks/bench_dst.py: it helps a small CNN without
+            normalization at a high learning rate and hurts a noisy-input MLP, so it is
+            a choice to validate, not a default.
         data: (x, y) or (x, y, sample_weight) arrays, or a tf.data.Dataset / iterable of such
             batches, to take the dense gradient on. Required.
         batch_size: rows drawn from array `data` per gradient.
@@ -502,11 +525,12 @@ class RigL(_DynamicSparsity):
     def __init__(self, sparsity=0.9, distribution="erk", update_every=100, drop_fraction=0.3,
                  end_step=None, seed=None, decay="cosine", exclude=(), compact=True,
                  log_dir=None, log_layers=False, data=None, batch_size=256,
-                 granularity="unstructured", block_shape=(1, 1)):
+                 granularity="unstructured", block_shape=(1, 1), rescale_init=False):
         super().__init__(sparsity=sparsity, distribution=distribution, update_every=update_every,
                          drop_fraction=drop_fraction, end_step=end_step, seed=seed, decay=decay,
                          exclude=exclude, compact=compact, log_dir=log_dir, log_layers=log_layers,
-                         granularity=granularity, block_shape=block_shape)
+                         granularity=granularity, block_shape=block_shape,
+                         rescale_init=rescale_init)
         if data is None:
             raise ValueError("RigL needs `data` to take the dense gradient on at update steps "
                              "(Keras callbacks do not see the training batch): pass "

@@ -4,7 +4,8 @@ together.
 
 A *group* is a set of channels that must be removed as one: the output units (filters) of the
 layers that produce them, and the matching entries of every layer that reads them. The analysis
-walks the graph of a Sequential or Functional model (nested models inlined) and gives each
+walks the graph of a Sequential or Functional model (nested models inlined; a subclassed
+model is traced into one first, see `graph_model`) and gives each
 tensor a *layout* for its last axis: a sequence of segments, each the channels of one group,
 repeated `repeat` times (a Flatten after a convolution repeats the C channels once per spatial
 position). Layers act on layouts:
@@ -28,14 +29,20 @@ Anything else bounds the groups it touches: they are *fixed* (never pruned), wit
 LayerNormalization (its statistics span the channels), the model's inputs and outputs,
 any layer or operation not listed above (by name). An activation that
 does not map 0 to 0 (sigmoid, softplus) fixes its group too: a removed channel must be one
-whose value is exactly zero, so that removing it changes no output.
+whose value is exactly zero, so that removing it changes no output. Elementwise keras.ops
+activations (`keras.ops.relu(x)` in a traced call) act as activation layers.
+
+A custom layer of known call is read through a `LayerAdapter` registered for its exact class
+(`register_adapter`): keras_hub's `TransformerEncoder` has one (its feedforward units and its
+heads are groups; its hidden width is bounded by its LayerNormalizations).
 """
 import inspect
 
 import numpy as np
 import keras
 
-__all__ = ["Layout", "Group", "Analysis", "analyze", "LayerAdapter", "register_adapter"]
+__all__ = ["Layout", "Group", "Analysis", "analyze", "graph_model", "LayerAdapter",
+           "register_adapter"]
 
 # Activation names that act on each entry alone (whether they keep 0 at 0 is checked).
 _ELEMENTWISE = {
@@ -313,6 +320,14 @@ class _Walker:
                 and len(inputs) == 2 == len(keras.tree.flatten(node.arguments.args))
                 and not node.arguments.kwargs):
             kind = L.Add  # x + y, x * y ... on two tensors: elementwise, like the merge layers
+        if (kind is None and type(op).__module__ in ("keras.src.ops.nn", "keras.src.ops.numpy")
+                and type(op).__name__.lower() in _ELEMENTWISE and len(inputs) == 1
+                and len(keras.tree.flatten(node.arguments.args)) == 1
+                and not node.arguments.kwargs):
+            # keras.ops.relu(x), keras.ops.tanh(x)... (a subclassed model's call, traced): an
+            # activation, entry by entry
+            self._zero_check(op, lambda z: op(z), lays[0])
+            return [lays[0]]
         if kind is None:
             return opaque(f"{type(op).__name__} is not followed (not a Keras layer the "
                           "channel analysis knows)")
@@ -496,18 +511,31 @@ class LayerAdapter:
         width of an inner layer's axis (None: unchanged)."""
         return None
 
+    def inline(self, layer, width, make):
+        """None (rebuild the layer from `config`), or a function standing for the layer in the
+        rebuilt graph (called as the layer was), made of the inner layers rebuilt by
+        `make(inner, name)`: for a change the layer's config cannot express."""
+        return None
+
 
 class _TransformerEncoderAdapter(LayerAdapter):
     """keras_hub's `TransformerEncoder`: a self-attention block and a feedforward block, each
-    with a residual addition and a LayerNormalization over the hidden width. The feedforward
-    units (`_feedforward_intermediate_dense`, read by `_feedforward_output_dense`) are one
-    group: `shrink` rebuilds the encoder with a smaller `intermediate_dim`. The hidden width
-    stays (LayerNormalization). The attention heads stay too: the encoder derives its heads'
-    size as hidden_dim // num_heads in `build`, so its config cannot express fewer heads of the
-    same size; they are reported as not prunable, with that reason."""
+    with a residual addition and a LayerNormalization over the hidden width (which stays).
 
-    HEADS = ("its attention heads' size is derived as hidden_dim // num_heads in build(), so "
-             "its config cannot hold fewer heads of the same size")
+    The feedforward units (`_feedforward_intermediate_dense`, read by
+    `_feedforward_output_dense`) are one group: with its heads whole, `shrink` rebuilds the
+    encoder from its config with a smaller `intermediate_dim`. Its attention heads are a head
+    group too, but the encoder derives the heads' size as hidden_dim // num_heads in `build`,
+    so its config cannot hold fewer heads of the same size: when heads go, `shrink` writes the
+    encoder out as the Keras layers and operations its `call` runs (MultiHeadAttention with
+    fewer heads, Dropout, residual additions, LayerNormalization, the two Dense layers, and the
+    padding mask's expand_dims / cast), named "<encoder>_<inner layer>": a plain Keras block
+    with the same outputs. That needs the mask as an argument (`padding_mask` or
+    `attention_mask`, as keras_hub's backbones pass it): an encoder that reads an implicit
+    Keras mask keeps its heads, with that reason."""
+
+    IMPLICIT = ("called without padding_mask / attention_mask (an implicit Keras mask is not "
+                "rewritten), so its heads stay")
 
     def inner(self, layer):
         return {sub.name: sub for sub in (layer._self_attention_layer,
@@ -534,7 +562,10 @@ class _TransformerEncoderAdapter(LayerAdapter):
         res = w.fresh(outputs[0], residual)
         for role in ("query", "key", "value"):
             w.bind(mha, "mha", role, res)
-        heads = w.new(mha.num_heads, kind="head", fixed=f"{op.name}: {self.HEADS}")
+        explicit = any(node.arguments.kwargs.get(k) is not None
+                       for k in ("padding_mask", "attention_mask"))
+        heads = w.new(mha.num_heads, kind="head",
+                      fixed=None if explicit else f"{op.name}: {self.IMPLICIT}")
         w.bind(mha, "mha", "heads", Layout([heads]))
         w.fix(w._producer(mha, int(outputs[0].shape[-1])), residual)
         w.a.kinds[id(mha)] = "mha"
@@ -555,6 +586,46 @@ class _TransformerEncoderAdapter(LayerAdapter):
         config = dict(config)
         config["intermediate_dim"] = units
         return config
+
+    def inline(self, layer, width, make):
+        """A function that runs `layer`'s call as Keras layers on Keras tensors, with its
+        inner layers rebuilt by `make(inner, new_name)` (None: the layer is rebuilt from its
+        config instead: its heads are whole)."""
+        if width(layer._self_attention_layer, "heads") is None:
+            return None
+        p = layer.name + "_"
+        mha, ln1, drop1 = (make(sub, p + sub.name) for sub in (
+            layer._self_attention_layer, layer._self_attention_layer_norm,
+            layer._self_attention_dropout))
+        ln2, ff1, ff2, drop2 = (make(sub, p + sub.name) for sub in (
+            layer._feedforward_layer_norm, layer._feedforward_intermediate_dense,
+            layer._feedforward_output_dense, layer._feedforward_dropout))
+        first = layer.normalize_first
+        ops = keras.ops
+
+        def call(inputs, padding_mask=None, attention_mask=None, training=None):
+            # keras_hub's merge_padding_and_attention_mask, with the mask given explicitly
+            mask = None
+            if padding_mask is not None:
+                mask = ops.cast(ops.expand_dims(padding_mask, axis=1), "int32")
+            if attention_mask is not None:
+                am = ops.cast(attention_mask, "int32")
+                mask = am if mask is None else ops.minimum(mask, am)
+            x = residual = inputs
+            if first:
+                x = ln1(x)
+            x = drop1(mha(query=x, value=x, attention_mask=mask, training=training),
+                      training=training)
+            x = x + residual
+            if not first:
+                x = ln1(x)
+            residual = x
+            if first:
+                x = ln2(x)
+            x = drop2(ff2(ff1(x)), training=training) + residual
+            return x if first else ln2(x)
+
+        return call
 
 
 # Exact classes (module.qualname) read through an adapter: a subclass may call differently.
@@ -610,9 +681,21 @@ def _elementwise(fn):
     return _act_name(fn) in _ELEMENTWISE
 
 
-def check_graph(model, what="The channel analysis"):
-    """Raise a ValueError naming the model's class unless it is a Sequential or Functional
-    model with a layer graph (inputs and outputs)."""
+_NEEDS_GRAPH = ("Build the same layers as a Functional model (keras.Model(inputs, outputs)), or "
+                "give the Sequential a keras.Input, and load the weights into it.")
+
+
+def graph_model(model, what="The channel analysis"):
+    """`model` itself if it is a Sequential or Functional model with a layer graph; for a
+    subclassed (or lazily built) model, a Functional model over the model's own layers, traced
+    by running its `call` on symbolic inputs of the shape it was built with, and checked to
+    hold all its weights and to compute what it computes (on a random input).
+
+    Raises:
+        ValueError: naming the model's class and why its graph could not be had (not built,
+            several call arguments, a call that symbolic tensors cannot run, weights used
+            outside its layers, a traced graph that computes something else).
+    """
     if not isinstance(model, keras.Model):
         raise ValueError(f"Expected a Keras model. Received: model of type "
                          f"{type(model).__name__}")
@@ -620,31 +703,71 @@ def check_graph(model, what="The channel analysis"):
         outputs, inputs = model.outputs, model.inputs
     except (AttributeError, ValueError):
         outputs = inputs = None
-    if not outputs or not inputs:
+    if outputs and inputs:
+        return model
+    return _trace(model, what)
+
+
+def _trace(model, what):
+    def fail(why, cause=None):
         raise ValueError(
             f"{what} needs the layer graph of a Sequential or Functional model; "
             f"{model.name!r} ({type(model).__name__}) has none (a subclassed model, or a "
-            "Sequential without keras.Input). Build the same layers as a Functional model "
-            "(keras.Model(inputs, outputs)), or give the Sequential a keras.Input, and load "
-            "the weights into it.")
-    return inputs, outputs
+            f"Sequential without keras.Input), and its call could not be traced: {why}. "
+            + _NEEDS_GRAPH) from cause
+
+    shapes = getattr(model, "_build_shapes_dict", None)
+    if not model.built or not shapes:
+        fail("it is not built (call it once on data first)")
+    if len(shapes) != 1:
+        fail(f"it was built with several arguments {sorted(shapes)}")
+    shape = next(iter(shapes.values()))
+    dtype = getattr(model, "input_dtype", None) or "float32"
+    try:
+        inputs = keras.tree.map_shape_structure(
+            lambda s: keras.Input(batch_shape=(None,) + tuple(s[1:]), dtype=dtype), shape)
+        traced = keras.Model(inputs, model.call(inputs), name=model.name)
+    except Exception as e:  # what symbolic tensors cannot run: tf ops, Python on values...
+        fail(f"running its call on symbolic inputs failed ({type(e).__name__}: "
+             f"{str(e)[:300]})", e)
+    missing = {id(v) for v in model.weights} - {id(v) for v in traced.weights}
+    if missing:
+        fail(f"its call uses {len(missing)} weight(s) outside the layers it calls")
+    rng = np.random.default_rng(0)
+    x = keras.tree.map_shape_structure(
+        lambda s: rng.random((2,) + tuple(s[1:])).astype(dtype), shape)
+    expected, got = (keras.tree.flatten(f(x)) for f in (model, traced))
+    if len(expected) != len(got) or not all(
+            np.allclose(_np(a), _np(b), rtol=1e-4, atol=1e-5) for a, b in zip(expected, got)):
+        fail("the traced graph computes something else than its call (Python control flow "
+             "on values, or state the graph does not hold)")
+    return traced
+
+
+def check_graph(model, what="The channel analysis"):
+    """(inputs, outputs) of `graph_model(model)`: raises a ValueError naming the model's class
+    when it has no layer graph and its call cannot be traced."""
+    g = graph_model(model, what)
+    return g.inputs, g.outputs
 
 
 def analyze(model):
     """The coupled channel groups of a Sequential or Functional `model` (nested models
-    inlined).
+    inlined), or of a subclassed model whose call can be traced (`graph_model`).
 
     Args:
-        model: a built Sequential or Functional Keras model (sparsekeras layers are read as
-            the Keras layers they stand for).
+        model: a built Keras model (sparsekeras layers are read as the Keras layers they
+            stand for).
 
     Returns:
-        An `Analysis`.
+        An `Analysis` (its bindings are on the model's own layers).
 
     Raises:
-        ValueError: for a subclassed model (no graph to follow) or one that is not built.
+        ValueError: for a model with no layer graph whose call cannot be traced, or one that
+            is not built.
     """
-    _, outputs = check_graph(model)
+    model = graph_model(model)
+    outputs = model.outputs
     w = _Walker(model)
     for t in keras.tree.flatten(outputs):
         lay = w.layout(t)
@@ -773,10 +896,20 @@ def head_scores(layer):
 # ---- pruning coupled channels and heads (GradualPruning) ----------------------------------------
 
 def _mask_of(layer):
-    """The sparsekeras layer holding the kernel mask of a producer (None: no mask)."""
+    """What holds the mask of a producer's output kernel (None: no mask): the sparsekeras layer
+    itself (`mask`, `set_mask`), or for a layer with several masks (SparseSeparableConv's
+    depthwise and pointwise kernels, SparseEmbedding's table) the `MaskTarget` of the weight
+    whose last axis is the layer's units (the pointwise kernel, the table)."""
     if isinstance(layer, keras.layers.MultiHeadAttention):
         layer = layer._output_dense
-    return layer if hasattr(layer, "set_mask") and hasattr(layer, "mask") else None
+    if hasattr(layer, "set_mask") and hasattr(layer, "mask"):
+        return layer
+    if hasattr(layer, "pruning_targets") and isinstance(layer, (L.Embedding,) + _SEPARABLE):
+        weight = _produced(layer)[0]
+        for target in layer.pruning_targets():
+            if target.kernel is weight:
+                return target
+    return None
 
 
 def _select(scores, sizes, forced, sparsity, scope, floor, blocks=None):
@@ -836,8 +969,8 @@ def prune_plan(analysis, sparsity, granularity, scope="layer", floor=0.0):
     (granularity "channel") or attention heads ("head") of an analysed sparsekeras model.
 
     Returns:
-        masks: {id(layer): (layer, new bool mask)} for the sparsekeras layers whose kernel
-            masks change (each a subset of its current mask).
+        masks: {id(mask variable): (layer or MaskTarget, new bool mask)} for the masks
+            that change (each a subset of its current mask).
         holds: [(variable, keep array broadcastable to it)]: the biases, BatchNorm scales,
             offsets (and moving means) of the pruned channels, to be zeroed and held at zero
             (a pruned channel is then exactly zero, so `shrink` removes it).
@@ -846,9 +979,10 @@ def prune_plan(analysis, sparsity, granularity, scope="layer", floor=0.0):
     masks, holds, skipped = {}, [], []
 
     def current(layer):
-        if id(layer) not in masks:
-            masks[id(layer)] = (layer, _np(layer.mask) != 0)
-        return masks[id(layer)][1]
+        # By the mask variable: a layer's MaskTarget is a new object at every call.
+        if id(layer.mask) not in masks:
+            masks[id(layer.mask)] = (layer, _np(layer.mask) != 0)
+        return masks[id(layer.mask)][1]
 
     units, scores, sizes, forced, blocks = [], [], [], [], []
     if granularity == "head":
@@ -878,8 +1012,7 @@ def prune_plan(analysis, sparsity, granularity, scope="layer", floor=0.0):
             if bare:
                 skipped.append(([layer.name for layer, _ in producers],
                                 f"no kernel mask coupled pruning can set on {bare} (sparsify "
-                                "them; separable convolutions and embeddings are not "
-                                "pruned by channel group)"))
+                                "them, with prunable=True)"))
                 continue
             ids = block_ids(analysis, g)
             if isinstance(ids, str):

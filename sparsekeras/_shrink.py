@@ -141,16 +141,21 @@ def _roles(analysis, layer):
     return entry[1] if entry is not None else {}
 
 
+def _width_fn(analysis, keep):
+    """width(layer, role): the shrunk width of a layer's axis, None where unchanged."""
+    def width(layer, role):
+        lay = _roles(analysis, layer).get(role)
+        return lay.shrunk_width(keep) if lay is not None and lay.changed(keep) else None
+    return width
+
+
 def _new_config(analysis, keep, layer):
     """The layer's config with its reduced sizes (None: unchanged)."""
     roles = _roles(analysis, layer)
     config = layer.get_config()
     adapter = _groups.adapter_for(layer)
     if adapter is not None:
-        def width(inner, role):
-            lay = _roles(analysis, inner).get(role)
-            return lay.shrunk_width(keep) if lay is not None and lay.changed(keep) else None
-        return adapter.config(layer, config, width)
+        return adapter.config(layer, config, _width_fn(analysis, keep))
     changed = False
     out = roles.get("out")
     if isinstance(layer, keras.layers.MultiHeadAttention):
@@ -270,10 +275,22 @@ class _Rebuilder:
         elif not isinstance(layer, keras.layers.Layer):
             new = layer  # a keras.ops operation (x + y): stateless, its channels left whole
         else:
-            config = _new_config(self.analysis, self.keep, layer)
-            new = type(layer).from_config(config if config is not None else layer.get_config())
-            self.pairs.append((layer, new))
+            adapter = _groups.adapter_for(layer)
+            new = None if adapter is None else adapter.inline(
+                layer, _width_fn(self.analysis, self.keep), self._make)
+            if new is None:
+                new = self._make(layer)
         self.cache[id(layer)] = new
+        return new
+
+    def _make(self, layer, name=None):
+        """`layer` rebuilt from its (reduced) config, under `name` if given; its weights are
+        copied (sliced) by `copy_weights`."""
+        config = _new_config(self.analysis, self.keep, layer) or layer.get_config()
+        if name is not None:
+            config = dict(config, name=name)
+        new = type(layer).from_config(config)
+        self.pairs.append((layer, new))
         return new
 
     def _input(self, model, i, tensor):
@@ -325,6 +342,12 @@ def shrink(model, fold_batchnorm=False, return_report=False, verbose=False):
     Keras layers: it saves, loads and runs without sparsekeras, and exports to SavedModel,
     LiteRT and ONNX. Its outputs equal `model`'s (float tolerance).
 
+    keras_hub's `TransformerEncoder` is followed inside (its feedforward units and heads; see
+    `sparsekeras._groups.LayerAdapter` for other layers of known call). A subclassed model is
+    traced: its `call` run on symbolic inputs of the shape it was built with gives a Functional
+    graph over its layers (checked to compute what the model computes), and the shrunk model
+    is that graph, Functional.
+
     Left whole, with the reason in the report: the model's inputs and outputs, the channels a
     LayerNormalization normalizes over (a Transformer's residual width), channels that pass
     through a layer the analysis does not follow (named in a warning), channels that would
@@ -332,8 +355,8 @@ def shrink(model, fold_batchnorm=False, return_report=False, verbose=False):
     channels whose kernel is zero but whose bias is not (a constant, not a zero).
 
     Args:
-        model: a built Sequential or Functional model (nested models inside are followed),
-            pruned: sparsekeras layers (they are read through `densify`) or plain Keras layers
+        model: a built Sequential, Functional or (traceable) subclassed model (nested models
+            inside are followed), pruned: sparsekeras layers (they are read through `densify`) or plain Keras layers
             holding zeros.
         fold_batchnorm: also fold each inference BatchNormalization into the layer before it
             (`sparsekeras._fold.fold_batchnorm`) once shrunk.
@@ -344,8 +367,8 @@ def shrink(model, fold_batchnorm=False, return_report=False, verbose=False):
         The shrunk model (not compiled), or `(model, report)`.
 
     Raises:
-        ValueError: for a subclassed model or one without a layer graph (the message names its
-            class and what to do), or a bad argument.
+        ValueError: for a model without a layer graph whose call cannot be traced (the
+            message names its class, why, and what to do), or a bad argument.
 
     Example:
         >>> small = sparsekeras.shrink(pruned_model)
@@ -356,8 +379,9 @@ def shrink(model, fold_batchnorm=False, return_report=False, verbose=False):
     if not isinstance(fold_batchnorm, bool):
         raise ValueError(f"`fold_batchnorm` must be True or False. Received: "
                          f"fold_batchnorm={fold_batchnorm!r}")
-    _groups.check_graph(model, "shrink")
-    plain = densify(model)
+    # A subclassed model: the Functional model traced from its call (its own layers), which
+    # densify copies: the shrunk model is Functional.
+    plain = densify(_groups.graph_model(model, "shrink"))
     analysis = _groups.analyze(plain)
     keep, rows = _plan(analysis)
     rebuilder = _Rebuilder(analysis, keep)

@@ -81,7 +81,8 @@ class GradualPruning(keras.callbacks.Callback):
             "n:m" (N of every M consecutive inputs kept, `n_m=(2, 4)`), "channel" (whole
             output units), or "head" (whole attention heads of `SparseMultiHeadAttention`
             layers: query, key, value and output projections together, scored by the sum
-            of their RMS norms; needs a Sequential or Functional model).
+            of their RMS norms; needs a Sequential or Functional model, or a subclassed
+            one whose call can be traced; keras_hub's TransformerEncoder is followed).
         block_shape: (rows, cols) of a block, for granularity="block".
         n_m: (n, m), for granularity="n:m" (its sparsity is 1 - n/m, whatever the schedule).
         scope: "layer" (each layer pruned to the target) or "global" (one magnitude threshold
@@ -114,8 +115,10 @@ class GradualPruning(keras.callbacks.Callback):
             the model's output, a LayerNormalization or a layer the analysis does not
             follow are not pruned (a warning names them). `sparsity` is then the fraction
             of prunable channels; with scope="global" each group keeps at least
-            `min_layer_density` of its channels (one at least). Needs a Sequential or
-            Functional model. Default False: each layer's columns pruned on their own (which
+            `min_layer_density` of its channels (one at least). SparseSeparableConv
+            (pointwise filters) and SparseEmbedding (table columns) groups are pruned too.
+            Needs a Sequential or Functional model, or a subclassed one whose call can be
+            traced (`sparsekeras._groups.graph_model`). Default False: each layer's columns pruned on their own (which
             `shrink` can remove only where nothing couples them). Always on for "head".
 
     Logs: `sparsity` (overall, weighted by size) and `sparsity/<layer name>` per layer.

@@ -93,6 +93,12 @@ def test_quick_calibration_fits_and_saves(tmp_path):
     assert all(np.isfinite(v) and v >= 0 for part in saved["constants"].values()
                for v in part.values())
     assert len(model.measurements["sparse"]) > 0
+    # the convolution parts are fitted too, from their own measurements
+    assert len(model.measurements["conv_dense"]) > 0 and len(model.measurements["conv_sparse"]) > 0
+    assert model.constants["conv_sparse"] == saved["constants"]["conv_sparse"]
+    kept = _dispatch.calibrate(quick=True, conv=False)
+    assert "conv_dense" not in kept.measurements
+    assert kept.constants["conv_dense"] == model.constants["conv_dense"]  # the current ones
 
 
 # ---- the layers follow the model ----------------------------------------------------------
@@ -437,3 +443,56 @@ def test_layers_call_small_eager_products_on_one_thread(monkeypatch, layer_kind)
     with sparsekeras.num_threads(default):  # same result on the user's thread count
         np.testing.assert_allclose(np.asarray(layer(x)), expected, rtol=1e-6, atol=1e-6)
     assert seen == [1, default]
+
+
+# ---- a stored depthwise kernel: its dense path is the depthwise convolution ------------------
+
+@pytest.mark.parametrize("strides,padding,multiplier", [((1, 1), "same", 1), ((2, 2), "valid", 2),
+                                                        ((1, 1), "valid", 2)])
+def test_stored_depthwise_dense_path_is_the_depthwise_convolution(strides, padding, multiplier):
+    from sparsekeras.layers import CompactConv2D
+
+    rng = np.random.default_rng(3)
+    c = 6
+    kernel = rng.standard_normal((3, 3, c, multiplier)).astype(np.float32)
+    kernel *= rng.random(kernel.shape) < 0.3
+    layer = CompactConv2D.from_depthwise_kernel(kernel, strides=strides, padding=padding)
+    assert layer.depth_multiplier == multiplier
+    twin = keras.layers.DepthwiseConv2D(3, strides=strides, padding=padding,
+                                        depth_multiplier=multiplier, use_bias=False)
+    x = rng.standard_normal((2, 9, 9, c)).astype(np.float32)
+    twin.build(x.shape)
+    twin.kernel.assign(kernel)
+    want = np.asarray(twin(x))
+    xt = tf.constant(x)
+    for path in (layer._dense_conv, layer._sparse_conv):
+        np.testing.assert_allclose(np.asarray(path(xt)), want, rtol=1e-4, atol=1e-4)
+    with tf.GradientTape() as tape:  # the values get their gradient through the dense path too
+        loss = tf.reduce_sum(layer._dense_conv(xt) ** 2)
+    grad = tape.gradient(loss, layer.values)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer._sparse_conv(xt) ** 2)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(tape.gradient(loss, layer.values)),
+                               rtol=1e-3, atol=1e-3)
+    # the cost model compares with the depthwise kernel's work: dense from fewer rows than a
+    # full convolution of the same stored weights would be
+    full = CompactConv2D.from_depthwise_kernel(kernel, strides=strides, padding=padding,
+                                               depth_multiplier=None)
+    assert full.depth_multiplier is None
+    assert layer._sparse_rows()[1] <= full._sparse_rows()[1]
+    again = CompactConv2D.from_config(layer.get_config())
+    assert again.depth_multiplier == multiplier
+    with pytest.raises(ValueError, match="depth_multiplier"):
+        CompactConv2D(filters=6, kernel_size=3, nnz=1, depth_multiplier=4)
+
+
+def test_stripped_depthwise_layer_keeps_its_multiplier():
+    model = keras.Sequential([keras.Input((8, 8, 4)),
+                              keras.layers.DepthwiseConv2D(3, depth_multiplier=2, name="dw")])
+    sparse = sparsekeras.sparsify(model)
+    sparse.get_layer("dw").set_mask(RNG.random((3, 3, 4, 2)) < 0.2)
+    stripped = sparsekeras.strip(sparse)
+    assert stripped.get_layer("dw").depth_multiplier == 2
+    x = RNG.standard_normal((2, 8, 8, 4)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(stripped(x)), np.asarray(sparse(x)), rtol=1e-4,
+                               atol=1e-4)

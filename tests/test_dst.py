@@ -336,6 +336,60 @@ def test_invalid_arguments(kwargs, match):
         SET(**kwargs)
 
 
+def test_rescale_init_bad_value():
+    with pytest.raises(ValueError, match="rescale_init='yes'"):
+        SET(rescale_init="yes")
+
+
+def test_rescale_init_scales_kept_weights_by_inverse_sqrt_density():
+    """At step 0 the kept weights of product layers are the initializer's times
+    1 / sqrt(density); a lookup table's are not rescaled; rescale_init=False keeps them. The
+    masks do not depend on it."""
+    from sparsekeras._dst_callbacks import _kernel_of
+    from sparsekeras.layers import SparseEmbedding
+
+    def build():
+        keras.utils.set_random_seed(0)
+        inp = keras.Input((5,), dtype="int32")
+        h = keras.layers.Flatten()(SparseEmbedding(50, 24, name="emb")(inp))
+        h = SparseDense(96, activation="relu", name="h1")(h)
+        model = keras.Model(inp, SparseDense(2, name="out")(h))
+        # learning rate 0: after fit the weights are the ones set at step 0
+        model.compile(optimizer=keras.optimizers.SGD(0.0),
+                      loss="sparse_categorical_crossentropy")
+        return model
+
+    x = np.random.default_rng(0).integers(0, 50, size=(64, 5)).astype("int32")
+    y = np.random.default_rng(1).integers(0, 2, size=64).astype("int32")
+    fresh = build()
+    before = {"emb": fresh.get_layer("emb").embeddings, "h1": fresh.get_layer("h1").kernel,
+              "out": fresh.get_layer("out").kernel}
+    before = {k: keras.ops.convert_to_numpy(v) for k, v in before.items()}
+    runs = {}
+    for rescale in (True, False):
+        model = build()
+        cb = SET(sparsity=0.8, distribution="uniform", update_every=1000, seed=0,
+                 compact=False, rescale_init=rescale)
+        model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
+        layers = [getattr(t, "layer", t).name for t in cb.targets]
+        runs[rescale] = dict(
+            names=layers, densities=cb.layer_densities(),
+            masks=[keras.ops.convert_to_numpy(t.mask) != 0 for t in cb.targets],
+            kernels=[keras.ops.convert_to_numpy(_kernel_of(t)) for t in cb.targets],
+            before=[before[n] for n in layers],
+            tables=[type(t).__name__ == "_TableTarget" for t in cb.targets])
+    on, off = runs[True], runs[False]
+    assert on["tables"].count(True) == 1 and len(on["names"]) == 3
+    for i, name in enumerate(on["names"]):
+        mask, d = on["masks"][i], on["densities"][i]
+        np.testing.assert_array_equal(mask, off["masks"][i])
+        assert 0 < d < 1, (name, d)
+        np.testing.assert_allclose(off["kernels"][i], on["before"][i] * mask, rtol=1e-6)
+        scale = 1.0 if on["tables"][i] else 1.0 / math.sqrt(d)
+        np.testing.assert_allclose(on["kernels"][i], on["before"][i] * mask * scale, rtol=1e-5,
+                                   err_msg=name)
+
+
 def test_rigl_needs_data_and_unknown_length_needs_end_step():
     with pytest.raises(ValueError, match="data=None"):
         RigL()

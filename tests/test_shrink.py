@@ -377,18 +377,24 @@ def test_unsupported_patterns_are_reported_by_name_and_left_whole():
     _assert_same_outputs(small, model, x)
 
 
-def test_subclassed_model_is_an_error_naming_its_class():
+def test_untraceable_subclassed_model_is_an_error_naming_its_class():
+    """A subclassed model is traced through its call (tests/test_shrink_reach.py); one whose
+    call symbolic tensors cannot run, or one not built, is a clear error."""
+    import tensorflow as tf
+
     class Net(keras.Model):
         def __init__(self):
             super().__init__()
             self.d = keras.layers.Dense(4)
 
         def call(self, x):
-            return self.d(x)
+            return self.d(tf.math.cumsum(x, axis=-1))  # a TensorFlow op on the input
 
     net = Net()
+    with pytest.raises(ValueError, match="Net.*not built"):
+        sparsekeras.shrink(net)
     net(np.zeros((1, 3), np.float32))
-    with pytest.raises(ValueError, match="Net.*Functional"):
+    with pytest.raises(ValueError, match="Net.*could not be traced.*Functional"):
         sparsekeras.shrink(net)
     with pytest.raises(ValueError, match="Received: coupled=1"):
         GradualPruning(ConstantSparsity(0.5), granularity="channel", coupled=1)

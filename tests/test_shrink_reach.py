@@ -1,6 +1,10 @@
 """Issue 24, the reach of shrinking structured pruning: a keras_hub encoder under a classifier
 head (its feedforward units shrink; its heads are reported, with the reason), and the
 zero-holds of coupled pruning re-established in a fit resumed from a `.keras` file."""
+import os
+import subprocess
+import sys
+import textwrap
 import warnings
 
 import keras
@@ -32,14 +36,14 @@ def _classifier_loss():
 
 # ---- keras_hub's TransformerEncoder ------------------------------------------------------------
 
-VOCAB, SEQ, HIDDEN, FF = 50, 8, 32, 64
+VOCAB, SEQ, HIDDEN, FF, HEADS = 50, 8, 32, 64, 4
 
 
 def _bert_classifier(keras_hub):
     """A user's model: a BertBackbone built from config (no weights) under a Dense head."""
-    backbone = keras_hub.models.BertBackbone(vocabulary_size=VOCAB, num_layers=2, num_heads=2,
-                                             hidden_dim=HIDDEN, intermediate_dim=FF,
-                                             max_sequence_length=SEQ)
+    backbone = keras_hub.models.BertBackbone(vocabulary_size=VOCAB, num_layers=2,
+                                             num_heads=HEADS, hidden_dim=HIDDEN,
+                                             intermediate_dim=FF, max_sequence_length=SEQ)
     inputs = {k: keras.Input((SEQ,), dtype="int32", name=k)
               for k in ("token_ids", "segment_ids", "padding_mask")}
     logits = keras.layers.Dense(2, name="cls")(backbone(inputs)["pooled_output"])
@@ -59,7 +63,9 @@ def _encoders(model):
             if type(layer).__name__ == "TransformerEncoder"]
 
 
-def test_keras_hub_bert_ffn_units_pruned_in_fit_and_shrunk(tmp_path):
+def test_keras_hub_bert_ffn_units_and_heads_pruned_in_fit_and_shrunk(tmp_path):
+    """Half the feedforward units and half the heads of each encoder go; the encoders, whose
+    config cannot hold fewer heads of the same size, become plain Keras blocks."""
     keras_hub = pytest.importorskip("keras_hub")
     keras.utils.set_random_seed(21)
     model = sparsekeras.sparsify(_bert_classifier(keras_hub))
@@ -69,60 +75,132 @@ def test_keras_hub_bert_ffn_units_pruned_in_fit_and_shrunk(tmp_path):
         GradualPruning(ConstantSparsity(0.5, 0, frequency=2), granularity="channel",
                        coupled=True),
         GradualPruning(ConstantSparsity(0.5, 0, frequency=2), granularity="head")])
-    # Never silent: the heads are named as not prunable, with the reason, and the head
-    # callback says it prunes nothing.
-    heads = [m for m in messages if "heads are not pruned" in m]
-    assert heads and all(f"transformer_layer_{i}/self_attention_layer" in heads[0]
-                         for i in (0, 1)), messages
-    assert "hidden_dim // num_heads" in heads[0]
-    assert any("found no prunable head group" in m for m in messages), messages
+    # The residual width is named as not pruned (LayerNormalization); the units and heads are.
+    (kept,) = [m for m in messages if "channels are not pruned" in m]
+    assert "transformer_layer_1/feedforward_output_dense" in kept
+    assert "feedforward_intermediate_dense" not in kept
+    assert not [m for m in messages if "heads are not pruned" in m or "prunes nothing" in m]
 
     (small, report), messages = _recorded(sparsekeras.shrink, model, return_report=True)
-    assert any("token_embedding" in m for m in messages), messages  # not followed, kept anyway
     print(report)
-    rows = {r["layers"][0]: r for r in report.rows}
+    assert any("token_embedding" in m for m in messages), messages  # not followed, kept anyway
+    rows = {(r["kind"], r["layers"][0]): r for r in report.rows}
     for i in (0, 1):
-        row = rows[f"transformer_layer_{i}/feedforward_intermediate_dense"]
-        assert row["status"] == "shrunk" and (row["size"], row["kept"]) == (FF, FF // 2), row
-    encoders = _encoders(small)
-    assert len(encoders) == 2
-    for enc in encoders:
-        assert type(enc).__module__.startswith("keras_hub."), type(enc)
-        assert (enc.intermediate_dim, enc.num_heads) == (FF // 2, 2)
-        assert tuple(enc._feedforward_intermediate_dense.kernel.shape) == (HIDDEN, FF // 2)
-        assert tuple(enc._feedforward_output_dense.kernel.shape) == (FF // 2, HIDDEN)
-    # Parameters drop by the removed units' rows and columns (and the pooler's): counted from
-    # the layers, not written down.
+        ff = rows[("channel", f"transformer_layer_{i}/feedforward_intermediate_dense")]
+        heads = rows[("head", f"transformer_layer_{i}/self_attention_layer")]
+        assert ff["status"] == heads["status"] == "shrunk", (ff, heads)
+        assert (ff["size"], ff["kept"], heads["size"], heads["kept"]) == (FF, FF // 2, HEADS,
+                                                                          HEADS // 2)
+    _no_sparsekeras_class(small)
+    assert not _encoders(small)
+    for i in (0, 1):
+        mha = small.get_layer("bert_backbone").get_layer(
+            f"transformer_layer_{i}_self_attention_layer")
+        assert isinstance(mha, keras.layers.MultiHeadAttention)
+        assert (mha.num_heads, mha.key_dim) == (HEADS // 2, HIDDEN // HEADS)
+    # Parameters drop by what the removed units and heads held (and the pooler's units):
+    # counted from the sizes, not written down.
+    key_dim = HIDDEN // HEADS
+    per_head = 3 * (HIDDEN * key_dim + key_dim) + key_dim * HIDDEN
     per_unit = HIDDEN + 1 + HIDDEN  # intermediate column and bias, output row
-    pooled = rows["pooled_dense"]
+    pooled = rows[("channel", "pooled_dense")]
     assert pooled["status"] == "shrunk"
-    removed = 2 * (FF // 2) * per_unit + (pooled["size"] - pooled["kept"]) * (HIDDEN + 1 + 2)
+    removed = 2 * ((HEADS // 2) * per_head + (FF // 2) * per_unit) + (
+        pooled["size"] - pooled["kept"]) * (HIDDEN + 1 + 2)
     assert report.params_after == small.count_params() == report.params_before - removed
-    xt = _tokens(6, seed=1)
+    xt = _tokens(6, seed=1)  # padded sequences: the padding mask is rebuilt as the encoder's
+    assert xt["padding_mask"].min() == 0
     np.testing.assert_allclose(_np(small(xt)), _np(model(xt)), rtol=1e-4, atol=1e-5)
-    path = tmp_path / "small.keras"
-    small.save(path)
-    again = keras.saving.load_model(path)
-    np.testing.assert_allclose(_np(again(xt)), _np(model(xt)), rtol=1e-4, atol=1e-5)
+    # Saved, it loads and predicts in a fresh interpreter with keras_hub (its embeddings) and
+    # without sparsekeras (exec, not a fork: libgomp is not fork-safe).
+    small.save(tmp_path / "small.keras")
+    np.savez(tmp_path / "x.npz", **xt)
+    np.save(tmp_path / "y.npy", _np(model(xt)))
+    code = textwrap.dedent("""
+        import sys, numpy as np, keras, keras_hub
+        m = keras.models.load_model("small.keras")
+        got = m.predict(dict(np.load("x.npz")), verbose=0)
+        np.testing.assert_allclose(got, np.load("y.npy"), rtol=1e-4, atol=1e-5)
+        assert not any(name.startswith("sparsekeras") for name in sys.modules), "imported"
+        print("loaded without sparsekeras")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "loaded without sparsekeras" in proc.stdout
 
 
-def test_keras_hub_encoder_zero_heads_are_reported_kept_with_the_reason():
+def _no_sparsekeras_class(model):
+    for _, layer, path in sparsekeras._tree.walk(model):
+        assert type(layer).__module__.startswith(("keras.", "keras_hub.")), (path, type(layer))
+
+
+def test_keras_hub_encoder_without_mask_argument_keeps_heads_shrinks_ffn():
+    """An encoder called without padding_mask: its feedforward units shrink (the keras_hub
+    layer rebuilt with a smaller intermediate_dim); its zero heads are reported kept, with the
+    reason."""
     keras_hub = pytest.importorskip("keras_hub")
     keras.utils.set_random_seed(22)
-    model = _bert_classifier(keras_hub)
-    (enc,) = [e for e in _encoders(model) if e.name == "transformer_layer_0"]
-    mha = enc._self_attention_layer
-    out = _np(mha._output_dense.kernel)
-    out[0] = 0  # head 0 contributes nothing
-    mha._output_dense.kernel.assign(out)
+    i = keras.Input((SEQ, HIDDEN))
+    enc = keras_hub.layers.TransformerEncoder(intermediate_dim=FF, num_heads=HEADS,
+                                              activation="relu", name="enc")
+    pooled = keras.layers.GlobalAveragePooling1D()(enc(i))
+    model = keras.Model(i, keras.layers.Dense(3, name="out")(pooled))
+    ff1 = enc._feedforward_intermediate_dense
+    k, bias = _np(ff1.kernel), _np(ff1.bias)
+    k[:, :10], bias[:10] = 0, 0  # 10 units give zero
+    ff1.kernel.assign(k)
+    ff1.bias.assign(bias)
+    out = _np(enc._self_attention_layer._output_dense.kernel)
+    out[1] = 0  # head 1 contributes nothing
+    enc._self_attention_layer._output_dense.kernel.assign(out)
+
     (small, report), messages = _recorded(sparsekeras.shrink, model, return_report=True)
-    assert any("kept pruned channels whole" in m and "hidden_dim // num_heads" in m
+    assert any("kept pruned channels whole" in m and "without padding_mask" in m
                for m in messages), messages
-    (row,) = [r for r in report.rows if r["kind"] == "head"]
-    assert row["status"] == "kept whole" and row["zero"] == 1
-    assert row["layers"] == ["transformer_layer_0/self_attention_layer"]
-    assert [e.num_heads for e in _encoders(small)] == [2, 2]
-    x = _tokens(4)
+    rows = {r["kind"]: r for r in report.rows}
+    assert rows["head"]["status"] == "kept whole" and rows["head"]["zero"] == 1
+    assert rows["head"]["layers"] == ["enc/self_attention_layer"]
+    assert rows["channel"]["status"] == "shrunk" and rows["channel"]["kept"] == FF - 10
+    (new,) = _encoders(small)
+    assert type(new).__module__.startswith("keras_hub.")
+    assert (new.intermediate_dim, new.num_heads) == (FF - 10, HEADS)
+    assert report.params_before - report.params_after == 10 * (HIDDEN + 1 + HIDDEN)
+    x = np.random.default_rng(2).random((4, SEQ, HIDDEN), dtype=np.float32)
+    np.testing.assert_allclose(_np(small(x)), _np(model(x)), rtol=1e-4, atol=1e-5)
+
+
+def test_keras_hub_pre_norm_encoder_with_padding_mask_written_out_exactly():
+    """normalize_first=True (GPT-2-like order), zero heads and units set by hand: the encoder
+    is written out as Keras layers with fewer heads; same outputs on padded sequences."""
+    keras_hub = pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(26)
+    i = keras.Input((SEQ, HIDDEN))
+    pad = keras.Input((SEQ,), dtype="int32")
+    enc = keras_hub.layers.TransformerEncoder(intermediate_dim=FF, num_heads=HEADS,
+                                              normalize_first=True, dropout=0.1, name="enc")
+    h = keras.layers.Dense(HIDDEN, name="pre")(i)
+    model = keras.Model([i, pad], keras.layers.Dense(3, name="out")(
+        keras.layers.GlobalAveragePooling1D()(enc(h, padding_mask=pad))))
+    mha, ff1 = enc._self_attention_layer, enc._feedforward_intermediate_dense
+    out = _np(mha._output_dense.kernel)
+    out[[0, 2]] = 0  # heads 0 and 2 contribute nothing
+    mha._output_dense.kernel.assign(out)
+    k, bias = _np(ff1.kernel), _np(ff1.bias)
+    k[:, 5:20], bias[5:20] = 0, 0
+    ff1.kernel.assign(k)
+    ff1.bias.assign(bias)
+    (small, report), _ = _recorded(sparsekeras.shrink, model, return_report=True)
+    assert {(r["kind"], r["status"], r["kept"]) for r in report.rows} == {
+        ("head", "shrunk", HEADS - 2), ("channel", "shrunk", FF - 15)}, report
+    assert not _encoders(small)
+    new_mha = small.get_layer("enc_self_attention_layer")
+    assert (new_mha.num_heads, new_mha.key_dim) == (HEADS - 2, HIDDEN // HEADS)
+    assert small.get_layer("enc_feedforward_intermediate_dense").units == FF - 15
+    rng = np.random.default_rng(3)
+    x = [rng.random((4, SEQ, HIDDEN), dtype=np.float32),
+         (np.arange(SEQ)[None, :] < np.array([[2], [5], [8], [7]])).astype("int32")]
     np.testing.assert_allclose(_np(small(x)), _np(model(x)), rtol=1e-4, atol=1e-5)
 
 
@@ -183,3 +261,88 @@ def test_zero_holds_are_re_established_in_a_fit_resumed_from_a_keras_file(tmp_pa
     small = sparsekeras.shrink(resumed)
     assert (small.get_layer("conv").filters, small.get_layer("hidden").units) == units
     np.testing.assert_allclose(_np(small(x[:8])), _np(resumed(x[:8])), rtol=1e-4, atol=1e-5)
+
+
+# ---- separable convolutions and embeddings pruned by the callback -------------------------------
+
+def test_embedding_and_separable_convolution_groups_pruned_in_fit_and_shrunk():
+    keras.utils.set_random_seed(24)
+    i = keras.Input((10,), dtype="int32")
+    e = keras.layers.Embedding(30, 16, name="emb")(i)
+    c = keras.layers.Conv1D(12, 3, activation="relu", name="c1")(e)
+    s = keras.layers.SeparableConv1D(10, 3, depth_multiplier=2, activation="relu",
+                                     name="sep")(c)
+    pooled = keras.layers.GlobalAveragePooling1D()(s)
+    model = sparsekeras.sparsify(keras.Model(i, keras.layers.Dense(3, name="out")(pooled)))
+    assert type(model.get_layer("sep")).__name__ == "SparseSeparableConv1D"
+    assert type(model.get_layer("emb")).__name__ == "SparseEmbedding"
+    model.compile(keras.optimizers.Adam(0.01), _classifier_loss())
+    rng = np.random.default_rng(24)
+    x, y = rng.integers(0, 30, (48, 10)).astype("int32"), rng.integers(0, 3, 48)
+    _, messages = _recorded(model.fit, x, y, batch_size=16, epochs=2, verbose=0, callbacks=[
+        GradualPruning(PolynomialDecay(0.0, 0.5, 0, 3, frequency=1), granularity="channel",
+                       coupled=True)])
+    assert not [m for m in messages if "not pruned" in m or "prunes nothing" in m], messages
+    # The table's columns and the pointwise kernel's filters are pruned, the separable
+    # convolution's bias held at zero there (a fit after the schedule: it stayed zero).
+    table = _np(model.get_layer("emb").embeddings)
+    assert int((~table.any(axis=0)).sum()) == 8
+    sep = model.get_layer("sep")
+    cut = ~_np(sep.pointwise_kernel).reshape(-1, 10).any(axis=0)
+    assert int(cut.sum()) == 5 and np.all(_np(sep.bias)[cut] == 0)
+    small, report = sparsekeras.shrink(model, return_report=True)
+    assert all(r["status"] == "shrunk" for r in report.rows), report
+    assert tuple(small.get_layer("emb").embeddings.shape) == (30, 8)
+    assert small.get_layer("c1").filters == 6
+    assert tuple(small.get_layer("sep").depthwise_kernel.shape) == (3, 6, 2)
+    assert tuple(small.get_layer("sep").pointwise_kernel.shape) == (1, 12, 5)
+    np.testing.assert_allclose(_np(small(x[:8])), _np(model(x[:8])), rtol=1e-4, atol=1e-5)
+
+
+# ---- subclassed models: traced through their call ----------------------------------------------
+
+class _ResidualNet(keras.Model):
+    """A subclassed model: convolution, BatchNorm, a residual Add (a layer and `+`), pooling
+    and a classifier."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.c1 = keras.layers.Conv2D(8, 3, padding="same", name="c1")
+        self.bn = keras.layers.BatchNormalization(name="bn")
+        self.c2 = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c2")
+        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.fc = keras.layers.Dense(12, activation="relu", name="fc")
+        self.out = keras.layers.Dense(3, name="out")
+
+    def call(self, x, training=None):
+        a = keras.ops.relu(self.bn(self.c1(x), training=training))
+        a = a + self.c2(a)
+        return self.out(self.fc(self.pool(a)))
+
+
+def test_subclassed_model_traced_pruned_in_fit_and_shrunk():
+    keras.utils.set_random_seed(25)
+    rng = np.random.default_rng(25)
+    x, y = rng.random((48, 6, 6, 3), dtype=np.float32), rng.integers(0, 3, 48)
+    net = _ResidualNet(name="resnet")
+    net(x[:2])
+    model = sparsekeras.sparsify(net, inplace=True)  # (a subclassed model: not copied)
+    model.compile(keras.optimizers.Adam(0.01), _classifier_loss())
+    _, messages = _recorded(model.fit, x, y, batch_size=16, epochs=2, verbose=0, callbacks=[
+        GradualPruning(PolynomialDecay(0.0, 0.5, 0, 3, frequency=1), granularity="channel",
+                       coupled=True)])
+    assert not [m for m in messages if "not pruned" in m], messages
+    # c1, bn, c2 (the residual `+`, keras.ops.relu between) are one group; fc another.
+    for layer in (model.c1, model.c2, model.fc):
+        cut = ~_np(layer.mask).reshape(-1, layer.mask.shape[-1]).any(axis=0)
+        assert int(cut.sum()) == layer.mask.shape[-1] // 2, layer.name
+        assert np.all(_np(layer.bias)[cut] == 0), layer.name
+    small, report = sparsekeras.shrink(model, return_report=True)
+    assert not report.unsupported, report
+    assert isinstance(small, keras.Model) and not isinstance(small, _ResidualNet)
+    assert (small.get_layer("c1").filters, small.get_layer("c2").filters) == (4, 4)
+    assert small.get_layer("bn").gamma.shape == (4,)
+    assert small.get_layer("fc").units == 6
+    assert tuple(small.get_layer("fc").kernel.shape) == (4, 6)
+    assert report.params_after == small.count_params() < 0.5 * report.params_before
+    np.testing.assert_allclose(_np(small(x[:8])), _np(model(x[:8])), rtol=1e-4, atol=1e-5)

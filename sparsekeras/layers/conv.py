@@ -407,6 +407,10 @@ class SparseDepthwiseConv2D(_PrunableConv, keras.layers.DepthwiseConv2D):
     def get_config(self):
         return self._sparse_config(super().get_config(), constraint_key="depthwise_constraint")
 
+    def _stored_kwargs(self):
+        # the stored CompactConv2D's dense path is then the depthwise convolution itself
+        return dict(super()._stored_kwargs(), depth_multiplier=int(self.kernel.shape[-1]))
+
     @classmethod
     def from_depthwise(cls, layer, **kwargs):
         """A SparseDepthwiseConv2D with the configuration of a `keras.layers.DepthwiseConv2D`."""
@@ -803,13 +807,25 @@ class CompactConv2D(keras.layers.Layer):
     Args:
         filters: output channels. kernel_size, strides, padding, dilation_rate, activation,
             use_bias: as in Conv2D (channels_last). nnz: number of stored weights.
+        depth_multiplier: None, or M for a depthwise kernel stored as its block-diagonal full
+            one (filters = in_channels * M; `from_depthwise_kernel`, `strip`): the dense path
+            the cost model may pick is then the depthwise convolution (k_h * k_w * M
+            multiply-adds per output value, not k_h * k_w * in_channels).
     """
 
     def __init__(self, filters, kernel_size, nnz, strides=(1, 1), padding="valid",
-                 dilation_rate=(1, 1), activation=None, use_bias=True, **kwargs):
+                 dilation_rate=(1, 1), activation=None, use_bias=True, depth_multiplier=None,
+                 **kwargs):
         super().__init__(**kwargs)
         if not isinstance(filters, int) or filters <= 0:
             raise ValueError(f"Expected a positive integer `filters`. Received: filters={filters}")
+        if depth_multiplier is not None and (
+                isinstance(depth_multiplier, bool) or not isinstance(depth_multiplier, int)
+                or depth_multiplier <= 0 or filters % depth_multiplier):
+            raise ValueError("Expected `depth_multiplier` None or a positive integer dividing "
+                             f"`filters`. Received: depth_multiplier={depth_multiplier!r}, "
+                             f"filters={filters!r}")
+        self.depth_multiplier = depth_multiplier
         if not isinstance(nnz, int) or nnz < 0:
             raise ValueError(f"Expected a non-negative integer `nnz`. Received: nnz={nnz}")
         self.filters = filters
@@ -824,6 +840,10 @@ class CompactConv2D(keras.layers.Layer):
 
     def build(self, input_shape):
         cin = int(input_shape[-1])
+        if self.depth_multiplier is not None and cin * self.depth_multiplier != self.filters:
+            raise ValueError(f"A depthwise CompactConv2D needs filters = in_channels x "
+                             f"depth_multiplier. Received: filters={self.filters}, "
+                             f"in_channels={cin}, depth_multiplier={self.depth_multiplier}")
         self.in_channels = cin
         self.indptr = self.add_weight(name="indptr", shape=(self.filters + 1,), dtype="int32",
                                       initializer="zeros", trainable=False)
@@ -842,7 +862,10 @@ class CompactConv2D(keras.layers.Layer):
         rows = self.__dict__.get("_sparse_rows_cache")
         if rows is None:
             k = int(np.prod(self.kernel_size)) * self.in_channels
+            dense_kn = None if self.depth_multiplier is None else \
+                int(np.prod(self.kernel_size)) * self.filters  # the depthwise kernel's size
             rows = _dispatch.sparse_rows(k, self.filters, self.nnz, kind="conv",
+                                         dense_kn=dense_kn,
                                          strided=any(int(v) > 1 for v in self.strides))
             self.__dict__["_sparse_rows_cache"] = rows
         return rows
@@ -866,6 +889,19 @@ class CompactConv2D(keras.layers.Layer):
         k = int(np.prod(self.kernel_size)) * self.in_channels
         indptr = tf.convert_to_tensor(self.indptr)
         cols = tf.repeat(tf.range(self.filters, dtype=tf.int32), indptr[1:] - indptr[:-1])
+        if self.depth_multiplier is not None:
+            # row tap * C + c, column c * M + q -> the depthwise kernel's (tap, c, q)
+            m = self.depth_multiplier
+            flat = tf.cast(tf.convert_to_tensor(self.indices), tf.int64) * m + \
+                tf.cast(cols % m, tf.int64)
+            kernel = tf.reshape(
+                tf.scatter_nd(flat[:, None], tf.cast(self.values, x.dtype),
+                              tf.constant([k * m], tf.int64)),
+                self.kernel_size + (self.in_channels, m))
+            return keras.ops.depthwise_conv(x, kernel, strides=self.strides,
+                                            padding=self.padding,
+                                            dilation_rate=self.dilation_rate,
+                                            data_format="channels_last")
         flat = tf.cast(tf.convert_to_tensor(self.indices), tf.int64) * self.filters + \
             tf.cast(cols, tf.int64)
         kernel = tf.reshape(
@@ -903,6 +939,7 @@ class CompactConv2D(keras.layers.Layer):
         kernel = np.asarray(kernel)
         kh, kw, c, m = kernel.shape
         s = depthwise_structure(kernel != 0)
+        kwargs.setdefault("depth_multiplier", int(m))
         return cls.from_structure(s, kernel.reshape(-1)[s["positions"]], (kh, kw, c, c * m), bias,
                                   **kwargs)
 
@@ -974,7 +1011,7 @@ class CompactConv2D(keras.layers.Layer):
                       strides=self.strides, padding=self.padding,
                       dilation_rate=self.dilation_rate,
                       activation=keras.activations.serialize(self.activation),
-                      use_bias=self.use_bias)
+                      use_bias=self.use_bias, depth_multiplier=self.depth_multiplier)
         return config
 
 
@@ -1078,6 +1115,7 @@ class CompactConv1D(CompactConv2D):
 
     def get_config(self):
         config = super().get_config()
+        config.pop("depth_multiplier", None)  # 2-D depthwise only
         config.update(kernel_size=self.kernel_size[1], strides=self.strides[1],
                       padding=self._padding_1d, dilation_rate=self.dilation_rate[1])
         return config
