@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <string>
 #include <cstdint>
 #include <initializer_list>
@@ -17,6 +18,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/tensor.h"
 #include "tensorflow/core/framework/tensor_shape.h"
+#include "tensorflow/core/platform/logging.h"
 #include "tensorflow/core/util/overflow.h"
 
 namespace sparsekeras {
@@ -30,10 +32,39 @@ using ::tensorflow::Tensor;
 // takes what is left of the budget (at least one), so concurrent ops never oversubscribe.
 inline std::atomic<int> g_active_threads{0};
 
+// Work (multiply-adds, as ThreadLease is given) below which an op runs on its calling thread.
+// The kernels' own threshold (sk_threads_for_work: 2e5, an OpenMP fork/join of ~10 us) holds
+// for a team whose workers are spinning. An op called from TensorFlow mostly finds them asleep:
+// after a Python gap (eager, a new step) or other ops, libgomp's throttled spin (more threads
+// than CPUs once TensorFlow's pools exist) sends them to sleep within microseconds. Waking one
+// costs a futex wake on an idle machine (~50 us) and a scheduler time slice on a busy one: the
+// SparseLSTM input projection (512 x 64 @ 64 x 512 at 90%, 1.7e6 multiply-adds) made its
+// layer's forward 36.7 ms against 8.7 ms with one thread, in tf.function, at load ~5 on the
+// 2-core development machine (docs/performance.md, whole models). Below ~4e6 multiply-adds
+// (~0.1 ms on one core) a second thread saves less than a wake-up can cost.
+// SPARSEKERAS_OP_PARALLEL_MIN_WORK (an integer >= 0, read once) sets another bound.
+inline constexpr int64_t kOpParallelMinWork = int64_t{1} << 22;
+
+inline int64_t OpParallelMinWork() {
+  static const int64_t value = [] {
+    const char* env = std::getenv("SPARSEKERAS_OP_PARALLEL_MIN_WORK");
+    if (env == nullptr || *env == '\0') return kOpParallelMinWork;
+    char* end = nullptr;
+    long long v = std::strtoll(env, &end, 10);
+    if (end == env || *end != '\0' || v < 0) {
+      LOG(WARNING) << "sparsekeras: ignoring SPARSEKERAS_OP_PARALLEL_MIN_WORK=" << env
+                   << " (expected an integer >= 0); using " << kOpParallelMinWork;
+      return kOpParallelMinWork;
+    }
+    return static_cast<int64_t>(v);
+  }();
+  return value;
+}
+
 class ThreadLease {
  public:
   ThreadLease(OpKernelContext* ctx, int64_t work) {
-    int want = sk_threads_for_work(work);
+    int want = work < OpParallelMinWork() ? 1 : sk_threads_for_work(work);
     int budget = sk_get_num_threads();
     if (!sk_num_threads_is_set()) {
       // Default: the intra-op parallelism TensorFlow was configured with.

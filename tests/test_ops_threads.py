@@ -114,3 +114,36 @@ def test_after_tf_threading_config(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "OK (64, 200)" in proc.stdout
+
+
+@pytest.mark.parametrize("value", ["0", "not-a-number"])
+def test_op_parallel_min_work_setting(tmp_path, value):
+    """SPARSEKERAS_OP_PARALLEL_MIN_WORK (read once by the ops library): 0 lets every op take
+    the kernel threads, a bad value is said in a warning and the default used; the results
+    are the same as with the default bound (the thread count is bitwise invisible)."""
+    code = textwrap.dedent("""
+        import numpy as np, scipy.sparse as sp
+        from sparsekeras import ops
+        rng = np.random.default_rng(0)
+        out = {}
+        for rows, k, n in ((4, 300, 100), (256, 1024, 1024)):  # below / above the default
+            w = sp.random(k, n, density=0.1, format="csr", random_state=1, dtype=np.float32)
+            x = rng.standard_normal((rows, k)).astype(np.float32)
+            out[f"y{rows}"] = ops.matmul(x, w).numpy()
+        np.savez(OUT, **out)
+        print("OK")
+    """)
+    results = {}
+    for label, setting in (("default", None), ("set", value)):
+        env = {k: v for k, v in os.environ.items() if k != "SPARSEKERAS_OP_PARALLEL_MIN_WORK"}
+        if setting is not None:
+            env["SPARSEKERAS_OP_PARALLEL_MIN_WORK"] = setting
+        out = tmp_path / f"{label}.npz"
+        proc = subprocess.run([sys.executable, "-c", f"OUT = {str(out)!r}\n" + code],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        warned = "ignoring SPARSEKERAS_OP_PARALLEL_MIN_WORK=not-a-number" in proc.stderr
+        assert warned == (setting == "not-a-number"), proc.stderr[-2000:]
+        results[label] = dict(np.load(out))
+    for name in results["default"]:
+        np.testing.assert_array_equal(results["default"][name], results["set"][name], err_msg=name)
