@@ -433,7 +433,10 @@ class MaskTarget:
     @property
     def sparsity(self):
         """Fraction of the weight that is pruned (mask == 0). Eager only."""
-        m = keras.ops.convert_to_numpy(self.mask)
+        # .numpy(): NumPy 2 warns on np.asarray(variable) (its __array__ has no `copy`), and
+        # this runs at every training step.
+        m = (self.mask.numpy() if hasattr(self.mask, "numpy")
+             else keras.ops.convert_to_numpy(self.mask))
         return 1.0 - float(np.count_nonzero(m)) / m.size if m.size else 0.0
 
     def set_mask(self, mask):
