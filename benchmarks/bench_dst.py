@@ -18,7 +18,7 @@
 Usage: python benchmarks/bench_dst.py --out DIR [--quick] [--quality | --skip-quality]
        [--seeds N] [--tasks mlp cnn] [--modes dense static set rigl] [--epochs E]
        [--n-train N] [--noise S] [--q-update-every U] [--cnn-width M]
-       [--lr LR [LR ...]] [--rescale-init off|on|tune] [--width W]
+       [--lr LR [LR ...]] [--rescale-init off|on|tune] [--tune-seeds K] [--width W]
        [--steps S] [--update-every U]
 The machine may be shared: the speed JSON records the CPU time other processes used during
 each timed run and the load average.
@@ -167,7 +167,7 @@ def _train_eval(build, mode, seed, lr, sparsity, update_every, train, test, epoc
 
 def quality(seeds, sparsity, update_every, tasks=("mlp", "cnn"), batch=32,
             modes=("dense", "static", "set", "rigl"), cnn_width=1, first_seed=0,
-            lrs=(1e-3,), rescale_inits=(False,), **overrides):
+            lrs=(1e-3,), rescale_inits=(False,), tune_seeds=1, **overrides):
     """Each task x mode x seed trained from scratch for the same epochs; test accuracy.
     `overrides` (n_train, noise, epochs; None: the task's default) apply to every task;
     `cnn_width` multiplies the CNN's filters (1: 32-64-64); the seeds are first_seed,
@@ -175,9 +175,10 @@ def quality(seeds, sparsity, update_every, tasks=("mlp", "cnn"), batch=32,
 
     Hyperparameters: the Adam learning rate (`lrs`) and, for the sparse modes, the
     callback's `rescale_init` (`rescale_inits`). With one setting of each, every mode trains
-    with it. With several, each mode picks its own first: one run per setting (seed
-    `first_seed`) on 80% of the training images, scored on the other 20% (a validation
-    split; the test images are not looked at), the best kept (ties: the first in the grid);
+    with it. With several, each mode picks its own first: `tune_seeds` runs per setting
+    (seeds first_seed, ...) on 80% of the training images, scored on the other 20% (a
+    validation split; the test images are not looked at), the best mean kept (ties: the
+    first in the grid);
     then every seed trains on all the training images with it. Each variant is compared at
     its own best setting, found the same way for all."""
     from sklearn.model_selection import train_test_split
@@ -209,9 +210,10 @@ def quality(seeds, sparsity, update_every, tasks=("mlp", "cnn"), batch=32,
                                                           random_state=0, stratify=y_tr)
             scores = {}
             for lr, r in grid:
-                scores[lr, r] = _train_eval(build, mode, first_seed, lr, rescale_init=r,
-                                            train=(x_fit, y_fit), test=(x_val, y_val),
-                                            **common)[0]
+                scores[lr, r] = float(np.mean([
+                    _train_eval(build, mode, first_seed + k, lr, rescale_init=r,
+                                train=(x_fit, y_fit), test=(x_val, y_val), **common)[0]
+                    for k in range(tune_seeds)]))
                 log(f"  {task} {mode:6s} tuning: learning rate {lr:g}, rescale_init {r}: "
                     f"validation accuracy {scores[lr, r]:.4f}")
             chosen[mode] = max(grid, key=lambda g: scores[g])
@@ -242,6 +244,7 @@ def quality(seeds, sparsity, update_every, tasks=("mlp", "cnn"), batch=32,
                          epochs=epochs, batch=batch, update_every=update_every,
                          learning_rates=[float(v) for v in lrs],
                          rescale_inits=[bool(v) for v in rescale_inits],
+                         tune_seeds=tune_seeds,
                          modes=rows, **(dict(cnn_width=cnn_width) if task == "cnn" else {}))
     return out
 
@@ -383,6 +386,8 @@ def main():
     p.add_argument("--rescale-init", choices=["off", "on", "tune"], default="off",
                    help="the sparse modes' rescale_init: off (the default), on, or tune "
                         "(chosen with the learning rate on the validation split)")
+    p.add_argument("--tune-seeds", type=int, default=1,
+                   help="runs (seeds) per setting when choosing among several (mean scored)")
     p.add_argument("--width", type=int, default=4096)
     p.add_argument("--steps", type=int, default=240, help="training steps of the speed run")
     p.add_argument("--update-every", type=int, default=60,
@@ -404,6 +409,7 @@ def main():
                     cnn_width=args.cnn_width, first_seed=args.first_seed, lrs=args.lr,
                     rescale_inits={"off": (False,), "on": (True,),
                                    "tune": (False, True)}[args.rescale_init],
+                    tune_seeds=args.tune_seeds,
                     n_train=args.n_train,
                     noise=args.noise, epochs=args.epochs)
         with open(os.path.join(args.out, "bench_dst_quality.json"), "w") as f:
