@@ -169,9 +169,8 @@ cdef int _dense_bcsc_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, int
                            data + indptr[q + r] * block, block, <int>block, pt, w, w,
                            buf + r * block * w, w)
                 rows = gq * block
-                _bias_act_rows(buf, rows, w, bias + q * block if bias != NULL else NULL, act)
-                _transpose_store(isa, buf, w, out + t * tile * n_cols + q * block, n_cols,
-                                 rows, w)
+                _store_rows(isa, buf, rows, w, bias + q * block if bias != NULL else NULL, act,
+                            out + t * tile * n_cols + q * block, n_cols)
                 q = q + gq
     _scratch_free(scratch)
     _scratch_free(panels)
