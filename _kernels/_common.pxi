@@ -161,6 +161,9 @@ cdef extern from "sk_simd.h" nogil:
                                 int64_t rows, int64_t cols)
     void sk_transpose_store_f64(int isa, const double *src, int64_t lds, double *dst,
                                 int64_t ldd, int64_t rows, int64_t cols)
+    int sk_transpose_store_epi_f32(int isa, const float *src, int64_t lds, float *dst,
+                                   int64_t ldd, int64_t rows, int64_t cols, const float *bias,
+                                   int act)
 
 
 cdef inline void _transpose_store(int isa, const real_t *src, int64_t lds, real_t *dst,

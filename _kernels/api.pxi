@@ -213,13 +213,36 @@ def csr_matmul(indptr, indices, data, shape, b, *, n_threads=None):
     return out.reshape(n_rows) if b_arr.ndim == 1 else out
 
 
-def dense_csc_matmul(x, indptr, indices, data, shape, *, n_threads=None, names=("x", "w")):
-    """Y = X @ W with X dense (M x K, or K for a vector) and W sparse (K x N) in CSC form
-    (indptr: N + 1 entries over columns, indices: row ids in [0, K)).
+_ACTIVATIONS = {None: 0, "linear": 0, "relu": 1}  # SK_ACT_LINEAR, SK_ACT_RELU
+
+
+def _epilogue(bias, activation, n, dt):
+    """(bias as a contiguous (n,) array of dtype dt or None, the kernel's act code), checked."""
+    if not isinstance(activation, (str, type(None))) or activation not in _ACTIVATIONS:
+        raise ValueError(f"activation must be None, 'linear' or 'relu'; received "
+                         f"activation={activation!r}")
+    if bias is not None:
+        bias = _values(bias, dt, "bias")
+        if bias.shape != (n,):
+            raise ValueError(f"bias must have shape ({n},) (one entry per output column); "
+                             f"received bias.shape={bias.shape}")
+    return bias, _ACTIVATIONS[activation]
+
+
+def dense_csc_matmul(x, indptr, indices, data, shape, *, bias=None, activation=None,
+                     n_threads=None, names=("x", "w")):
+    """Y = act(X @ W + bias) with X dense (M x K, or K for a vector) and W sparse (K x N) in CSC
+    form (indptr: N + 1 entries over columns, indices: row ids in [0, K)).
 
     This is the Dense-layer orientation (batch x in @ in x out). Returns (M, N) (or (N,)).
+    bias: None or N values added to every row; activation: None / "linear" or "relu". Both are
+    applied to each output tile before it is stored (a Dense layer's epilogue, fused).
     names: what the messages call X and W (linalg.matmul(a, b) passes ("a", "b")).
     Complexity O(nnz(W) * M).
+
+    Raises:
+        ValueError: for a malformed W, a shape mismatch, a bias not of shape (N,) or an
+            activation other than None, "linear" or "relu".
     """
     xn, wn = names
     n_inner, n_cols = _shape2(shape, f"{wn}.shape")
@@ -235,24 +258,31 @@ def dense_csc_matmul(x, indptr, indices, data, shape, *, n_threads=None, names=(
     cdef cnp.ndarray d = _values(data, dt, f"{wn}.data")
     cdef cnp.ndarray xx = _values(x_arr.reshape(x_arr.shape[0] if x_arr.ndim == 2 else 1, n_inner), dt, xn)
     cdef int64_t m = xx.shape[0], k = n_inner, n = n_cols
+    bias_arr, act_code = _epilogue(bias, activation, n_cols, dt)
     cdef cnp.ndarray out = np.empty((m, n), dtype=dt)
     cdef cnp.ndarray ip = indptr, ix = indices
+    cdef void *bp = NULL if bias_arr is None else _ptr(<cnp.ndarray>bias_arr)
+    cdef int act = act_code
     cdef int nt = _threads(n_threads, indices.shape[0] * m + m * k)
     cdef bint f32 = dt == np.float32, i32 = indptr.dtype == np.int32
     cdef int rc
     with nogil:
         if f32 and i32:
-            rc = sk_dense_csc_matmul_f32_i32(m, k, n, <int32_t *>_ptr(ip), <int32_t *>_ptr(ix),
-                                             <float *>_ptr(d), <float *>_ptr(xx), <float *>_ptr(out), nt)
+            rc = sk_dense_csc_matmul_bias_act_f32_i32(
+                m, k, n, <int32_t *>_ptr(ip), <int32_t *>_ptr(ix), <float *>_ptr(d),
+                <float *>_ptr(xx), <float *>bp, act, <float *>_ptr(out), nt)
         elif f32:
-            rc = sk_dense_csc_matmul_f32_i64(m, k, n, <int64_t *>_ptr(ip), <int64_t *>_ptr(ix),
-                                             <float *>_ptr(d), <float *>_ptr(xx), <float *>_ptr(out), nt)
+            rc = sk_dense_csc_matmul_bias_act_f32_i64(
+                m, k, n, <int64_t *>_ptr(ip), <int64_t *>_ptr(ix), <float *>_ptr(d),
+                <float *>_ptr(xx), <float *>bp, act, <float *>_ptr(out), nt)
         elif i32:
-            rc = sk_dense_csc_matmul_f64_i32(m, k, n, <int32_t *>_ptr(ip), <int32_t *>_ptr(ix),
-                                             <double *>_ptr(d), <double *>_ptr(xx), <double *>_ptr(out), nt)
+            rc = sk_dense_csc_matmul_bias_act_f64_i32(
+                m, k, n, <int32_t *>_ptr(ip), <int32_t *>_ptr(ix), <double *>_ptr(d),
+                <double *>_ptr(xx), <double *>bp, act, <double *>_ptr(out), nt)
         else:
-            rc = sk_dense_csc_matmul_f64_i64(m, k, n, <int64_t *>_ptr(ip), <int64_t *>_ptr(ix),
-                                             <double *>_ptr(d), <double *>_ptr(xx), <double *>_ptr(out), nt)
+            rc = sk_dense_csc_matmul_bias_act_f64_i64(
+                m, k, n, <int64_t *>_ptr(ip), <int64_t *>_ptr(ix), <double *>_ptr(d),
+                <double *>_ptr(xx), <double *>bp, act, <double *>_ptr(out), nt)
     if rc:
         raise MemoryError("dense_csc_matmul: could not allocate scratch memory")
     return out.reshape(n) if x_arr.ndim == 1 else out

@@ -95,8 +95,11 @@ cdef inline void _bspmm(int isa, int64_t nb, const index_t *idx, const real_t *v
 
 cdef int _dense_bcsc_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, int64_t block,
                             const index_t *indptr, const index_t *indices, const real_t *data,
-                            const real_t *x, real_t *out, int n_threads) noexcept nogil:
-    """out (n_rows x n_cols) = x (n_rows x n_inner) @ W, W in block-CSC form (see above).
+                            const real_t *x, const real_t *bias, int act, real_t *out,
+                            int n_threads) noexcept nogil:
+    """out (n_rows x n_cols) = act(x (n_rows x n_inner) @ W + bias), W in block-CSC form (see
+    above); bias (n_cols) may be NULL, act SK_ACT_LINEAR or SK_ACT_RELU (applied to each output
+    tile in cache, before its store).
 
     As the CSC kernel: x^T packed in panels of `tile` batch rows; a thread owns a range of groups
     balanced by blocks; per panel, the groups' outputs are buffered (SK_ROW_GROUP rows or one
@@ -132,6 +135,8 @@ cdef int _dense_bcsc_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, int
                 acc = x[indices[b]]
                 for g in range(block):
                     o[g] = o[g] + data[b * block + g] * acc
+            for g in range(block):
+                o[g] = _bias_act1(o[g], bias, qq * block + g, act)
         return 0
     bounds = <int64_t *>malloc((n_threads + 1) * sizeof(int64_t))
     if bounds == NULL:
@@ -164,8 +169,8 @@ cdef int _dense_bcsc_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, int
                            data + indptr[q + r] * block, block, <int>block, pt, w, w,
                            buf + r * block * w, w)
                 rows = gq * block
-                _transpose_store(isa, buf, w, out + t * tile * n_cols + q * block, n_cols,
-                                 rows, w)
+                _store_rows(isa, buf, rows, w, bias + q * block if bias != NULL else NULL, act,
+                            out + t * tile * n_cols + q * block, n_cols)
                 q = q + gq
     _scratch_free(scratch)
     _scratch_free(panels)
@@ -176,26 +181,51 @@ cdef int _dense_bcsc_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, int
 cdef public int sk_dense_bcsc_matmul_f32_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols,
         int64_t block, const int32_t *indptr, const int32_t *indices, const float *data,
         const float *x, float *out, int n_threads) noexcept nogil:
-    return _dense_bcsc_matmul(n_rows, n_inner, n_cols, block, indptr, indices, data, x, out,
-                              n_threads)
+    return _dense_bcsc_matmul(n_rows, n_inner, n_cols, block, indptr, indices, data, x, NULL,
+                              SK_ACT_LINEAR, out, n_threads)
 
 cdef public int sk_dense_bcsc_matmul_f32_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols,
         int64_t block, const int64_t *indptr, const int64_t *indices, const float *data,
         const float *x, float *out, int n_threads) noexcept nogil:
-    return _dense_bcsc_matmul(n_rows, n_inner, n_cols, block, indptr, indices, data, x, out,
-                              n_threads)
+    return _dense_bcsc_matmul(n_rows, n_inner, n_cols, block, indptr, indices, data, x, NULL,
+                              SK_ACT_LINEAR, out, n_threads)
 
 cdef public int sk_dense_bcsc_matmul_f64_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols,
         int64_t block, const int32_t *indptr, const int32_t *indices, const double *data,
         const double *x, double *out, int n_threads) noexcept nogil:
-    return _dense_bcsc_matmul(n_rows, n_inner, n_cols, block, indptr, indices, data, x, out,
-                              n_threads)
+    return _dense_bcsc_matmul(n_rows, n_inner, n_cols, block, indptr, indices, data, x, NULL,
+                              SK_ACT_LINEAR, out, n_threads)
 
 cdef public int sk_dense_bcsc_matmul_f64_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols,
         int64_t block, const int64_t *indptr, const int64_t *indices, const double *data,
         const double *x, double *out, int n_threads) noexcept nogil:
-    return _dense_bcsc_matmul(n_rows, n_inner, n_cols, block, indptr, indices, data, x, out,
-                              n_threads)
+    return _dense_bcsc_matmul(n_rows, n_inner, n_cols, block, indptr, indices, data, x, NULL,
+                              SK_ACT_LINEAR, out, n_threads)
+
+cdef public int sk_dense_bcsc_matmul_bias_act_f32_i32(int64_t n_rows, int64_t n_inner,
+        int64_t n_cols, int64_t block, const int32_t *indptr, const int32_t *indices, const float *data,
+        const float *x, const float *bias, int act, float *out, int n_threads) noexcept nogil:
+    return _dense_bcsc_matmul(n_rows, n_inner, n_cols, block, indptr, indices, data, x, bias, act,
+                              out, n_threads)
+
+cdef public int sk_dense_bcsc_matmul_bias_act_f32_i64(int64_t n_rows, int64_t n_inner,
+        int64_t n_cols, int64_t block, const int64_t *indptr, const int64_t *indices, const float *data,
+        const float *x, const float *bias, int act, float *out, int n_threads) noexcept nogil:
+    return _dense_bcsc_matmul(n_rows, n_inner, n_cols, block, indptr, indices, data, x, bias, act,
+                              out, n_threads)
+
+cdef public int sk_dense_bcsc_matmul_bias_act_f64_i32(int64_t n_rows, int64_t n_inner,
+        int64_t n_cols, int64_t block, const int32_t *indptr, const int32_t *indices, const double *data,
+        const double *x, const double *bias, int act, double *out, int n_threads) noexcept nogil:
+    return _dense_bcsc_matmul(n_rows, n_inner, n_cols, block, indptr, indices, data, x, bias, act,
+                              out, n_threads)
+
+cdef public int sk_dense_bcsc_matmul_bias_act_f64_i64(int64_t n_rows, int64_t n_inner,
+        int64_t n_cols, int64_t block, const int64_t *indptr, const int64_t *indices, const double *data,
+        const double *x, const double *bias, int act, double *out, int n_threads) noexcept nogil:
+    return _dense_bcsc_matmul(n_rows, n_inner, n_cols, block, indptr, indices, data, x, bias, act,
+                              out, n_threads)
+
 
 
 def check_block(block):
@@ -227,14 +257,22 @@ def _bcsc_data(data, nb, block):
     return data_arr
 
 
-def dense_bcsc_matmul(x, indptr, indices, data, shape, block, *, n_threads=None):
-    """Y = X @ W with X dense (M x K, or K for a vector) and W (K x N) in block-CSC form:
-    groups of `block` consecutive columns, one index list per group (see `bcsc_from_dense`).
+def dense_bcsc_matmul(x, indptr, indices, data, shape, block, *, bias=None, activation=None,
+                      n_threads=None):
+    """Y = act(X @ W + bias) with X dense (M x K, or K for a vector) and W (K x N) in block-CSC
+    form: groups of `block` consecutive columns, one index list per group (see
+    `bcsc_from_dense`).
 
     indptr: N / block + 1 entries over groups; indices: input rows in [0, K), one per block;
     data: block values, shape (nblocks * block,) or (nblocks, block), data[b, g] the weight of
-    column q * block + g of block b's group q. Returns (M, N) (or (N,)).
+    column q * block + g of block b's group q. bias: None or N values added to every row;
+    activation: None / "linear" or "relu" (both applied to each output tile before it is
+    stored). Returns (M, N) (or (N,)).
     Complexity O(nblocks * block * M).
+
+    Raises:
+        ValueError: for a malformed W, a shape mismatch, a bias not of shape (N,) or an
+            activation other than None, "linear" or "relu".
     """
     indptr, indices, n_inner, n_cols, block = _check_bcsc(indptr, indices, shape, block)
     nb = indices.shape[0]
@@ -249,24 +287,31 @@ def dense_bcsc_matmul(x, indptr, indices, data, shape, block, *, n_threads=None)
     cdef cnp.ndarray d = _values(data_arr.reshape(nb * block), dt, "w.data")
     cdef cnp.ndarray xx = _values(x_arr.reshape(x_arr.shape[0] if x_arr.ndim == 2 else 1, n_inner), dt, "x")
     cdef int64_t m = xx.shape[0], k = n_inner, n = n_cols, g = block
+    bias_arr, act_code = _epilogue(bias, activation, n_cols, dt)
     cdef cnp.ndarray out = np.empty((m, n), dtype=dt)
     cdef cnp.ndarray ip = indptr, ix = indices
+    cdef void *bp = NULL if bias_arr is None else _ptr(<cnp.ndarray>bias_arr)
+    cdef int act = act_code
     cdef int nt = _threads(n_threads, nb * block * m + m * k)
     cdef bint f32 = dt == np.float32, i32 = indptr.dtype == np.int32
     cdef int rc
     with nogil:
         if f32 and i32:
-            rc = sk_dense_bcsc_matmul_f32_i32(m, k, n, g, <int32_t *>_ptr(ip), <int32_t *>_ptr(ix),
-                                              <float *>_ptr(d), <float *>_ptr(xx), <float *>_ptr(out), nt)
+            rc = sk_dense_bcsc_matmul_bias_act_f32_i32(
+                m, k, n, g, <int32_t *>_ptr(ip), <int32_t *>_ptr(ix), <float *>_ptr(d),
+                <float *>_ptr(xx), <float *>bp, act, <float *>_ptr(out), nt)
         elif f32:
-            rc = sk_dense_bcsc_matmul_f32_i64(m, k, n, g, <int64_t *>_ptr(ip), <int64_t *>_ptr(ix),
-                                              <float *>_ptr(d), <float *>_ptr(xx), <float *>_ptr(out), nt)
+            rc = sk_dense_bcsc_matmul_bias_act_f32_i64(
+                m, k, n, g, <int64_t *>_ptr(ip), <int64_t *>_ptr(ix), <float *>_ptr(d),
+                <float *>_ptr(xx), <float *>bp, act, <float *>_ptr(out), nt)
         elif i32:
-            rc = sk_dense_bcsc_matmul_f64_i32(m, k, n, g, <int32_t *>_ptr(ip), <int32_t *>_ptr(ix),
-                                              <double *>_ptr(d), <double *>_ptr(xx), <double *>_ptr(out), nt)
+            rc = sk_dense_bcsc_matmul_bias_act_f64_i32(
+                m, k, n, g, <int32_t *>_ptr(ip), <int32_t *>_ptr(ix), <double *>_ptr(d),
+                <double *>_ptr(xx), <double *>bp, act, <double *>_ptr(out), nt)
         else:
-            rc = sk_dense_bcsc_matmul_f64_i64(m, k, n, g, <int64_t *>_ptr(ip), <int64_t *>_ptr(ix),
-                                              <double *>_ptr(d), <double *>_ptr(xx), <double *>_ptr(out), nt)
+            rc = sk_dense_bcsc_matmul_bias_act_f64_i64(
+                m, k, n, g, <int64_t *>_ptr(ip), <int64_t *>_ptr(ix), <double *>_ptr(d),
+                <double *>_ptr(xx), <double *>bp, act, <double *>_ptr(out), nt)
     if rc:
         raise MemoryError("dense_bcsc_matmul: could not allocate scratch memory")
     return out.reshape(n) if x_arr.ndim == 1 else out

@@ -12,12 +12,68 @@
 cdef enum:
     SK_ROW_GROUP = 16   # rows buffered before a transposed store (one cache line of float32)
 
+# The epilogue of the x @ W products (a Dense layer's bias and activation, fused into the
+# output store): act is one of these (defined in the C API header).
+cdef extern from "sparsekeras_kernels.h":
+    enum:
+        SK_ACT_LINEAR
+        SK_ACT_RELU
+
+
+cdef inline void _bias_act_rows(real_t *buf, int64_t rows, int64_t w, const real_t *bias,
+                                int act) noexcept nogil:
+    """buf (rows x w, row r = output feature r) <- act(buf + bias[r]) in place: the epilogue,
+    applied to the buffered rows (in L1) before their transposed store. bias may be NULL (no
+    bias); act SK_ACT_LINEAR or SK_ACT_RELU. The same two float operations, in the same order,
+    as TensorFlow's BiasAdd then Relu (relu keeps a NaN)."""
+    cdef int64_t r, j
+    cdef real_t bv, v
+    cdef real_t *row
+    # one branch-free loop per case, so that the compiler vectorizes each
+    for r in range(rows):
+        row = buf + r * w
+        if bias != NULL and act == SK_ACT_RELU:
+            bv = bias[r]
+            for j in range(w):
+                v = row[j] + bv
+                row[j] = 0 if v < 0 else v
+        elif bias != NULL:
+            bv = bias[r]
+            for j in range(w):
+                row[j] = row[j] + bv
+        elif act == SK_ACT_RELU:
+            for j in range(w):
+                v = row[j]
+                row[j] = 0 if v < 0 else v
+
+
+cdef inline void _store_rows(int isa, real_t *buf, int64_t rows, int64_t w, const real_t *bias,
+                             int act, real_t *dst, int64_t ldd) noexcept nogil:
+    """The epilogue (see _bias_act_rows) and the transposed store of buf (rows x w) into dst
+    (dst[j * ldd + i] = act(buf[i * w + j] + bias[i])). AVX-512 float32: both in registers,
+    after each 16 x 16 transpose (a separate pass over buf, compiled for baseline x86-64, cost
+    as much as TensorFlow's own BiasAdd and Relu ops)."""
+    if real_t is float:
+        if sk_transpose_store_epi_f32(isa, buf, w, dst, ldd, rows, w, bias, act):
+            return
+    _bias_act_rows(buf, rows, w, bias, act)
+    _transpose_store(isa, buf, w, dst, ldd, rows, w)
+
+
+cdef inline real_t _bias_act1(real_t v, const real_t *bias, int64_t col, int act) noexcept nogil:
+    """The epilogue of one output element of column col (see _bias_act_rows)."""
+    if bias != NULL:
+        v = v + bias[col]
+    if act == SK_ACT_RELU and v < 0:
+        v = 0
+    return v
+
 
 cdef void _spmm_panels(int64_t n_rows, int64_t k, int64_t width, const index_t *indptr,
                        const index_t *indices, const real_t *data, const real_t *panels,
-                       int64_t tile, bint packed, real_t *out, int64_t row_stride,
-                       int64_t col_stride, real_t *scratch, const int64_t *bounds,
-                       int n_parts) noexcept nogil:
+                       int64_t tile, bint packed, const real_t *bias, int act, real_t *out,
+                       int64_t row_stride, int64_t col_stride, real_t *scratch,
+                       const int64_t *bounds, int n_parts) noexcept nogil:
     """Row-panel SpMM over column panels of the dense operand.
 
     packed: panel t (columns [t*tile, t*tile + w_t)) at panels + t*tile*k, row stride w_t;
@@ -27,7 +83,9 @@ cdef void _spmm_panels(int64_t n_rows, int64_t k, int64_t width, const index_t *
     When col_stride != 1 (a transposed output, row_stride == 1), each thread computes
     SK_ROW_GROUP rows into its scratch block (n_parts * SK_ROW_GROUP * tile entries) and writes
     them out column by column: SK_ROW_GROUP consecutive elements per store run instead of one
-    element per cache line. Complexity O(nnz * width).
+    element per cache line; there the epilogue (bias: one entry per row, or NULL; act) is applied
+    to the buffered rows before the store (direct stores: to each row's tile as it is stored).
+    Complexity O(nnz * width).
     """
     cdef int isa = sk_isa()
     cdef int64_t n_tiles = (width + tile - 1) // tile
@@ -54,6 +112,9 @@ cdef void _spmm_panels(int64_t n_rows, int64_t k, int64_t width, const index_t *
                     p0 = indptr[i]
                     _spmm_row(isa, indptr[i + 1] - p0, indices + p0, data + p0,
                               pt, ldp, w, out + i * row_stride + t * tile, 1)
+                    # (x @ W with a single output column stores directly too)
+                    _bias_act_rows(out + i * row_stride + t * tile, 1, w,
+                                   bias + i if bias != NULL else NULL, act)
             else:
                 g0 = r0
                 while g0 < r1:
@@ -65,7 +126,8 @@ cdef void _spmm_panels(int64_t n_rows, int64_t k, int64_t width, const index_t *
                         _spmm_row(isa, indptr[g0 + r + 1] - p0, indices + p0, data + p0,
                                   pt, ldp, w, buf + r * w, 1)
                     # g output rows x w batch columns, stored transposed by register tiles
-                    _transpose_store(isa, buf, w, out + t * tile * col_stride + g0, col_stride, g, w)
+                    _store_rows(isa, buf, g, w, bias + g0 if bias != NULL else NULL, act,
+                                out + t * tile * col_stride + g0, col_stride)
                     g0 = g0 + g
 
 
@@ -141,8 +203,8 @@ cdef int _csr_matmul(int64_t n_rows, int64_t n_cols, int64_t n_out, const index_
             return -1
         _pack_columns(n_cols, n_out, b, tile, panels, n_threads)
     _spmm_panels(n_rows, n_cols, n_out, indptr, indices, data,
-                 panels if panels != NULL else b, tile, panels != NULL, out, n_out, 1,
-                 NULL, bounds, n_threads)
+                 panels if panels != NULL else b, tile, panels != NULL, NULL, SK_ACT_LINEAR, out,
+                 n_out, 1, NULL, bounds, n_threads)
     _scratch_free(panels)
     free(bounds)
     return 0
@@ -150,8 +212,11 @@ cdef int _csr_matmul(int64_t n_rows, int64_t n_cols, int64_t n_out, const index_
 
 cdef int _dense_csc_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, const index_t *indptr,
                            const index_t *indices, const real_t *data, const real_t *x,
-                           real_t *out, int n_threads) noexcept nogil:
-    """out (n_rows x n_cols) = x (n_rows x n_inner) @ W, W (n_inner x n_cols) in CSC form.
+                           const real_t *bias, int act, real_t *out,
+                           int n_threads) noexcept nogil:
+    """out (n_rows x n_cols) = act(x (n_rows x n_inner) @ W + bias), W (n_inner x n_cols) in CSC
+    form; bias (n_cols) may be NULL, act SK_ACT_LINEAR or SK_ACT_RELU (the epilogue is applied
+    to each output tile in cache, before its store: no second pass over out).
 
     CSC of W is CSR of W^T, so out^T = W^T @ x^T: the row-panel SpMM over W^T's rows with x^T
     packed in panels of `tile` batch rows; each output row n is scattered into column n of out.
@@ -167,8 +232,8 @@ cdef int _dense_csc_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, cons
         n_threads = 1
     if n_rows == 1:
         for nn in prange(n_cols, nogil=True, schedule='guided', num_threads=n_threads):
-            out[nn] = _dot_gather(indptr[nn + 1] - indptr[nn], indices + indptr[nn],
-                                  data + indptr[nn], x, 1)
+            out[nn] = _bias_act1(_dot_gather(indptr[nn + 1] - indptr[nn], indices + indptr[nn],
+                                             data + indptr[nn], x, 1), bias, nn, act)
         return 0
     bounds = <int64_t *>malloc((n_threads + 1) * sizeof(int64_t))
     if bounds == NULL:
@@ -182,8 +247,8 @@ cdef int _dense_csc_matmul(int64_t n_rows, int64_t n_inner, int64_t n_cols, cons
         return -1
     _balanced_bounds(n_cols, indptr, 1, 4, n_threads, bounds)
     _pack_transposed(n_rows, n_inner, x, tile, panels, n_threads)
-    _spmm_panels(n_cols, n_inner, n_rows, indptr, indices, data, panels, tile, True, out, 1,
-                 n_cols, scratch, bounds, n_threads)
+    _spmm_panels(n_cols, n_inner, n_rows, indptr, indices, data, panels, tile, True, bias, act,
+                 out, 1, n_cols, scratch, bounds, n_threads)
     _scratch_free(scratch)
     _scratch_free(panels)
     free(bounds)
@@ -305,22 +370,26 @@ cdef public int sk_csr_matmul_f64_i64(int64_t n_rows, int64_t n_cols, int64_t n_
 cdef public int sk_dense_csc_matmul_f32_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols,
         const int32_t *indptr, const int32_t *indices, const float *data, const float *x,
         float *out, int n_threads) noexcept nogil:
-    return _dense_csc_matmul(n_rows, n_inner, n_cols, indptr, indices, data, x, out, n_threads)
+    return _dense_csc_matmul(n_rows, n_inner, n_cols, indptr, indices, data, x, NULL,
+                             SK_ACT_LINEAR, out, n_threads)
 
 cdef public int sk_dense_csc_matmul_f32_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols,
         const int64_t *indptr, const int64_t *indices, const float *data, const float *x,
         float *out, int n_threads) noexcept nogil:
-    return _dense_csc_matmul(n_rows, n_inner, n_cols, indptr, indices, data, x, out, n_threads)
+    return _dense_csc_matmul(n_rows, n_inner, n_cols, indptr, indices, data, x, NULL,
+                             SK_ACT_LINEAR, out, n_threads)
 
 cdef public int sk_dense_csc_matmul_f64_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols,
         const int32_t *indptr, const int32_t *indices, const double *data, const double *x,
         double *out, int n_threads) noexcept nogil:
-    return _dense_csc_matmul(n_rows, n_inner, n_cols, indptr, indices, data, x, out, n_threads)
+    return _dense_csc_matmul(n_rows, n_inner, n_cols, indptr, indices, data, x, NULL,
+                             SK_ACT_LINEAR, out, n_threads)
 
 cdef public int sk_dense_csc_matmul_f64_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols,
         const int64_t *indptr, const int64_t *indices, const double *data, const double *x,
         double *out, int n_threads) noexcept nogil:
-    return _dense_csc_matmul(n_rows, n_inner, n_cols, indptr, indices, data, x, out, n_threads)
+    return _dense_csc_matmul(n_rows, n_inner, n_cols, indptr, indices, data, x, NULL,
+                             SK_ACT_LINEAR, out, n_threads)
 
 cdef public int sk_dense_csr_matmul_f32_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols,
         const int32_t *indptr, const int32_t *indices, const float *data, const float *x,
@@ -341,3 +410,27 @@ cdef public int sk_dense_csr_matmul_f64_i64(int64_t n_rows, int64_t n_inner, int
         const int64_t *indptr, const int64_t *indices, const double *data, const double *x,
         double *out, int n_threads) noexcept nogil:
     return _dense_csr_matmul(n_rows, n_inner, n_cols, indptr, indices, data, x, out, n_threads)
+
+cdef public int sk_dense_csc_matmul_bias_act_f32_i32(int64_t n_rows, int64_t n_inner,
+        int64_t n_cols, const int32_t *indptr, const int32_t *indices, const float *data, const float *x,
+        const float *bias, int act, float *out, int n_threads) noexcept nogil:
+    return _dense_csc_matmul(n_rows, n_inner, n_cols, indptr, indices, data, x, bias, act, out,
+                             n_threads)
+
+cdef public int sk_dense_csc_matmul_bias_act_f32_i64(int64_t n_rows, int64_t n_inner,
+        int64_t n_cols, const int64_t *indptr, const int64_t *indices, const float *data, const float *x,
+        const float *bias, int act, float *out, int n_threads) noexcept nogil:
+    return _dense_csc_matmul(n_rows, n_inner, n_cols, indptr, indices, data, x, bias, act, out,
+                             n_threads)
+
+cdef public int sk_dense_csc_matmul_bias_act_f64_i32(int64_t n_rows, int64_t n_inner,
+        int64_t n_cols, const int32_t *indptr, const int32_t *indices, const double *data, const double *x,
+        const double *bias, int act, double *out, int n_threads) noexcept nogil:
+    return _dense_csc_matmul(n_rows, n_inner, n_cols, indptr, indices, data, x, bias, act, out,
+                             n_threads)
+
+cdef public int sk_dense_csc_matmul_bias_act_f64_i64(int64_t n_rows, int64_t n_inner,
+        int64_t n_cols, const int64_t *indptr, const int64_t *indices, const double *data, const double *x,
+        const double *bias, int act, double *out, int n_threads) noexcept nogil:
+    return _dense_csc_matmul(n_rows, n_inner, n_cols, indptr, indices, data, x, bias, act, out,
+                             n_threads)

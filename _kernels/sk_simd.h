@@ -239,13 +239,18 @@ __attribute__((target("avx512f"), always_inline)) static inline void sk_tr16x16_
     for (int k = 0; k < 16; k++) r[k] = t[k];
 }
 
+/* The transposed store with a Dense layer's epilogue: dst[j * ldd + i] = act(src[i * lds + j] +
+ * bias[i]) (bias may be NULL; act 1: ReLU, keeping a NaN as TensorFlow's Relu does: max(0, v)
+ * returns its second operand when it is a NaN). Applied in registers after the transpose, where
+ * bias[i0..i0+16] is one vector: no pass over memory. */
 __attribute__((target("avx512f"))) static void
-sk_transpose_store_avx512_f32(const float *src, int64_t lds, float *dst, int64_t ldd,
-                              int64_t rows, int64_t cols) {
+sk_transpose_store_epi_avx512_f32(const float *src, int64_t lds, float *dst, int64_t ldd,
+                                  int64_t rows, int64_t cols, const float *bias, int act) {
     __m512 r[16];
     for (int64_t i0 = 0; i0 < rows; i0 += 16) {
         int64_t ni = rows - i0 < 16 ? rows - i0 : 16;
         __mmask16 mi = (__mmask16)((1u << ni) - 1u);
+        const __m512 bv = bias != NULL ? _mm512_maskz_loadu_ps(mi, bias + i0) : _mm512_setzero_ps();
         for (int64_t j0 = 0; j0 < cols; j0 += 16) {
             int64_t nj = cols - j0 < 16 ? cols - j0 : 16;
             __mmask16 mj = (__mmask16)((1u << nj) - 1u);
@@ -253,12 +258,38 @@ sk_transpose_store_avx512_f32(const float *src, int64_t lds, float *dst, int64_t
             for (int k = 0; k < 16; k++)
                 r[k] = k < ni ? _mm512_maskz_loadu_ps(mj, s0 + k * lds) : _mm512_setzero_ps();
             sk_tr16x16_avx512(r);
+            if (bias != NULL)
+                for (int k = 0; k < 16; k++) r[k] = _mm512_add_ps(r[k], bv);
+            if (act == 1)
+                for (int k = 0; k < 16; k++) r[k] = _mm512_max_ps(_mm512_setzero_ps(), r[k]);
             float *d0 = dst + j0 * ldd + i0;
             for (int64_t k = 0; k < nj; k++) _mm512_mask_storeu_ps(d0 + k * ldd, mi, r[k]);
         }
     }
 }
+
+__attribute__((target("avx512f"))) static void
+sk_transpose_store_avx512_f32(const float *src, int64_t lds, float *dst, int64_t ldd,
+                              int64_t rows, int64_t cols) {
+    sk_transpose_store_epi_avx512_f32(src, lds, dst, ldd, rows, cols, NULL, 0);
+}
 #endif
+
+/* sk_transpose_store_epi_avx512_f32 where the CPU has AVX-512: returns 1 when done, 0 when not
+ * (the caller applies the epilogue and stores by the other paths). */
+static inline int sk_transpose_store_epi_f32(int isa, const float *src, int64_t lds, float *dst,
+                                             int64_t ldd, int64_t rows, int64_t cols,
+                                             const float *bias, int act) {
+#ifdef SK_X86
+    if (isa >= SK_ISA_AVX512) {
+        sk_transpose_store_epi_avx512_f32(src, lds, dst, ldd, rows, cols, bias, act);
+        return 1;
+    }
+#endif
+    (void)isa; (void)src; (void)lds; (void)dst; (void)ldd; (void)rows; (void)cols; (void)bias;
+    (void)act;
+    return 0;
+}
 
 #define SK_TRANSPOSE_STORE_DEF(TS, T)                                                            \
     static inline void sk_transpose_store_##TS(int isa, const T *src, int64_t lds, T *dst,        \

@@ -27,11 +27,19 @@
 extern "C" {
 #endif
 
+/* The epilogues of the *_bias_act products (a Dense layer's activation). */
+#define SK_ACT_LINEAR 0
+#define SK_ACT_RELU 1
+
 /* sk_csr_matmul: out (n_rows x n_out) = A (n_rows x n_cols, CSR) @ b (n_cols x n_out).
  *   Complexity O(nnz(A) * n_out + n_cols * n_out).
  * sk_dense_csc_matmul: out (n_rows x n_cols) = x (n_rows x n_inner) @ W (n_inner x n_cols),
  *   W in CSC form: indptr has n_cols + 1 entries, indices are row ids of W in [0, n_inner)
  *   (equivalently W^T in CSR). The Dense-layer orientation. Complexity O(nnz(W) * n_rows).
+ * sk_dense_csc_matmul_bias_act: the same with a Dense layer's epilogue fused into the output
+ *   store, out = act(x @ W + bias): bias has n_cols entries (or is NULL: no bias), act is
+ *   SK_ACT_LINEAR or SK_ACT_RELU. Equal, bitwise, to the product followed by the bias add and
+ *   the activation.
  * sk_dense_csr_matmul: out (n_rows x n_cols) = x (n_rows x n_inner) @ B (n_inner x n_cols, CSR):
  *   the transposed-kernel product (scatter formulation), e.g. a Dense layer's dX = dY @ W^T from
  *   W's CSC arrays. Bitwise identical for every n_threads. Complexity O(nnz(B) * n_rows).
@@ -49,6 +57,9 @@ int sk_csr_matmul_f32_i32(int64_t n_rows, int64_t n_cols, int64_t n_out, const i
     const int32_t *indices, const float *data, const float *b, float *out, int n_threads);
 int sk_dense_csc_matmul_f32_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols, const int32_t *indptr,
     const int32_t *indices, const float *data, const float *x, float *out, int n_threads);
+int sk_dense_csc_matmul_bias_act_f32_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols,
+    const int32_t *indptr, const int32_t *indices, const float *data, const float *x, const float *bias, int act,
+    float *out, int n_threads);
 int sk_dense_csr_matmul_f32_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols, const int32_t *indptr,
     const int32_t *indices, const float *data, const float *x, float *out, int n_threads);
 int sk_csr_sddmm_f32_i32(int64_t n_rows, int64_t n_cols, int64_t depth, const int32_t *indptr,
@@ -63,6 +74,9 @@ int sk_csr_matmul_f32_i64(int64_t n_rows, int64_t n_cols, int64_t n_out, const i
     const int64_t *indices, const float *data, const float *b, float *out, int n_threads);
 int sk_dense_csc_matmul_f32_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols, const int64_t *indptr,
     const int64_t *indices, const float *data, const float *x, float *out, int n_threads);
+int sk_dense_csc_matmul_bias_act_f32_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols,
+    const int64_t *indptr, const int64_t *indices, const float *data, const float *x, const float *bias, int act,
+    float *out, int n_threads);
 int sk_dense_csr_matmul_f32_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols, const int64_t *indptr,
     const int64_t *indices, const float *data, const float *x, float *out, int n_threads);
 int sk_csr_sddmm_f32_i64(int64_t n_rows, int64_t n_cols, int64_t depth, const int64_t *indptr,
@@ -77,6 +91,9 @@ int sk_csr_matmul_f64_i32(int64_t n_rows, int64_t n_cols, int64_t n_out, const i
     const int32_t *indices, const double *data, const double *b, double *out, int n_threads);
 int sk_dense_csc_matmul_f64_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols, const int32_t *indptr,
     const int32_t *indices, const double *data, const double *x, double *out, int n_threads);
+int sk_dense_csc_matmul_bias_act_f64_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols,
+    const int32_t *indptr, const int32_t *indices, const double *data, const double *x, const double *bias, int act,
+    double *out, int n_threads);
 int sk_dense_csr_matmul_f64_i32(int64_t n_rows, int64_t n_inner, int64_t n_cols, const int32_t *indptr,
     const int32_t *indices, const double *data, const double *x, double *out, int n_threads);
 int sk_csr_sddmm_f64_i32(int64_t n_rows, int64_t n_cols, int64_t depth, const int32_t *indptr,
@@ -91,6 +108,9 @@ int sk_csr_matmul_f64_i64(int64_t n_rows, int64_t n_cols, int64_t n_out, const i
     const int64_t *indices, const double *data, const double *b, double *out, int n_threads);
 int sk_dense_csc_matmul_f64_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols, const int64_t *indptr,
     const int64_t *indices, const double *data, const double *x, double *out, int n_threads);
+int sk_dense_csc_matmul_bias_act_f64_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols,
+    const int64_t *indptr, const int64_t *indices, const double *data, const double *x, const double *bias, int act,
+    double *out, int n_threads);
 int sk_dense_csr_matmul_f64_i64(int64_t n_rows, int64_t n_inner, int64_t n_cols, const int64_t *indptr,
     const int64_t *indices, const double *data, const double *x, double *out, int n_threads);
 int sk_csr_sddmm_f64_i64(int64_t n_rows, int64_t n_cols, int64_t depth, const int64_t *indptr,
@@ -154,6 +174,10 @@ SK_SPGEMM_DECL(f64, i64, double, int64_t)
  *   data block values block-major (data[b * block + g] = W[indices[b], q * block + g] for a
  *   block b of group q). A layer pruned in (1, block) blocks. Complexity O(nblocks * block *
  *   n_rows). Bitwise identical for every n_threads.
+ * sk_dense_bcsc_matmul_bias_act: the same with a Dense layer's epilogue fused into the output
+ *   store, out = act(x @ W + bias): bias has n_cols entries (or is NULL: no bias), act is
+ *   SK_ACT_LINEAR or SK_ACT_RELU. Equal, bitwise, to the product followed by the bias add and
+ *   the activation.
  * sk_dense_bcsc_matmul_t: out (n_rows x n_inner) = dy (n_rows x n_cols) @ W^T, W block-CSC as
  *   above: the input gradient of the block product (no transpose of W). Bitwise identical for
  *   every n_threads. Complexity O(nblocks * block * n_rows).
@@ -175,6 +199,9 @@ void sk_bcsc_expand_i64(int64_t n_groups, int64_t block, const int64_t *indptr,
   int sk_dense_bcsc_matmul_##TS##_##IS(int64_t n_rows, int64_t n_inner, int64_t n_cols,          \
       int64_t block, const I *indptr, const I *indices, const T *data, const T *x, T *out,        \
       int n_threads);                                                                             \
+  int sk_dense_bcsc_matmul_bias_act_##TS##_##IS(int64_t n_rows, int64_t n_inner, int64_t n_cols, \
+      int64_t block, const I *indptr, const I *indices, const T *data, const T *x, const T *bias, \
+      int act, T *out, int n_threads);                                                            \
   int sk_bcsc_sddmm_##TS##_##IS(int64_t n_rows, int64_t n_inner, int64_t n_cols, int64_t block,  \
       const I *indptr, const I *indices, const T *x, const T *dy, T *out, int n_threads);         \
   int sk_dense_bcsc_matmul_t_##TS##_##IS(int64_t n_rows, int64_t n_inner, int64_t n_cols,       \

@@ -9,6 +9,8 @@
 //   DenseCscMatMul(x, indptr, indices, values, dense_shape) -> x @ W         W: K x N (CSC)
 //   DenseCsrMatMul(x, indptr, indices, values, dense_shape) -> x @ B         B: N x K (CSR)
 //   DenseBcscMatMul(x, indptr, indices, values, dense_shape; block) -> x @ W  W: K x N (1 x block blocks)
+//   DenseCscMatMulBiasAct, DenseBcscMatMulBiasAct(..., bias; activation) -> act(x @ W + bias):
+//     the two products with a Dense layer's epilogue fused into their output store
 //   BcscExpand(indptr, indices, dense_shape; block) -> (e_indptr, e_indices, positions, inverse)
 //   DenseBcscMatMulT(dy, indptr, indices, values, dense_shape; block) -> dy @ W^T
 //   BcscSddmm(indptr, indices, dense_shape, x, dy; block) -> block values of x^T dy
@@ -20,6 +22,8 @@
 #include <atomic>
 #include <cstdint>
 #include <limits>
+#include <memory>
+#include <string>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -119,6 +123,22 @@ absl::Status DenseBcscMatMulShape(InferenceContext* c) {
   TF_RETURN_IF_ERROR(c->Multiply(groups, block, &n));
   c->set_output(0, c->Matrix(c->Dim(x, 0), n));
   return absl::OkStatus();
+}
+
+// The fused epilogue's bias (input `input`): a vector (N entries, or none: no bias).
+absl::Status BiasShape(InferenceContext* c, int input) {
+  ShapeHandle bias;
+  return c->WithRank(c->input(input), 1, &bias);
+}
+
+absl::Status DenseCscMatMulBiasActShape(InferenceContext* c) {
+  TF_RETURN_IF_ERROR(BiasShape(c, 8));
+  return DenseCscMatMulShape(c);
+}
+
+absl::Status DenseBcscMatMulBiasActShape(InferenceContext* c) {
+  TF_RETURN_IF_ERROR(BiasShape(c, 5));
+  return DenseBcscMatMulShape(c);
 }
 
 absl::Status DenseBcscMatMulTShape(InferenceContext* c) {
@@ -275,6 +295,42 @@ REGISTER_OP("SparseKeras>DenseBcscMatMul")
          "columns, indptr over the N / block groups, indices one row id per stored block, values "
          "`block` weights per block (block-major); dense_shape = [K, N].");
 
+REGISTER_OP("SparseKeras>DenseCscMatMulBiasAct")
+    .Input("x: T")
+    .Input("indptr: Tindex")
+    .Input("indices: Tindex")
+    .Input("values: T")
+    .Input("dense_shape: int64")
+    .Input("t_indptr: Tindex")
+    .Input("t_indices: Tindex")
+    .Input("t_perm: int64")
+    .Input("bias: T")
+    .Output("out: T")
+    .Attr("activation: {'linear', 'relu'} = 'linear'")
+    .Attr("T: {float, double}")
+    .Attr("Tindex: {int32, int64}")
+    .SetShapeFn(sparsekeras::DenseCscMatMulBiasActShape)
+    .Doc("out = activation(x @ W + bias): DenseCscMatMul with a Dense layer's epilogue applied "
+         "to each output tile before it is stored (no second pass over out). bias: N values, or "
+         "none (shape [0]). Equal, bitwise, to the product, then the bias add, then the "
+         "activation.");
+
+REGISTER_OP("SparseKeras>DenseBcscMatMulBiasAct")
+    .Input("x: T")
+    .Input("indptr: Tindex")
+    .Input("indices: Tindex")
+    .Input("values: T")
+    .Input("dense_shape: int64")
+    .Input("bias: T")
+    .Output("out: T")
+    .Attr("block: int >= 1")
+    .Attr("activation: {'linear', 'relu'} = 'linear'")
+    .Attr("T: {float, double}")
+    .Attr("Tindex: {int32, int64}")
+    .SetShapeFn(sparsekeras::DenseBcscMatMulBiasActShape)
+    .Doc("out = activation(x @ W + bias): DenseBcscMatMul with a Dense layer's epilogue applied "
+         "to each output tile before it is stored. bias: N values, or none (shape [0]).");
+
 REGISTER_OP("SparseKeras>DenseBcscMatMulT")
     .Input("dy: T")
     .Input("indptr: Tindex")
@@ -395,6 +451,17 @@ namespace {
                              const I* ix, const T* d, const T* x, T* out, int nt) {               \
     return sk_dense_bcsc_matmul_##TS##_##IS(m, k, n, block, ip, ix, d, x, out, nt);             \
   }                                                                                                \
+  inline int DenseCscMatMulBiasAct(int64_t m, int64_t k, int64_t n, const I* ip, const I* ix,    \
+                                   const T* d, const T* x, const T* bias, int act, T* out,        \
+                                   int nt) {                                                       \
+    return sk_dense_csc_matmul_bias_act_##TS##_##IS(m, k, n, ip, ix, d, x, bias, act, out, nt);    \
+  }                                                                                                \
+  inline int DenseBcscMatMulBiasAct(int64_t m, int64_t k, int64_t n, int64_t block, const I* ip, \
+                                    const I* ix, const T* d, const T* x, const T* bias, int act,  \
+                                    T* out, int nt) {                                              \
+    return sk_dense_bcsc_matmul_bias_act_##TS##_##IS(m, k, n, block, ip, ix, d, x, bias, act,     \
+                                                     out, nt);                                     \
+  }                                                                                                \
   inline int DenseBcscMatMulT(int64_t m, int64_t k, int64_t n, int64_t block, const I* ip,     \
                               const I* ix, const T* d, const T* dy, T* out, int nt) {             \
     return sk_dense_bcsc_matmul_t_##TS##_##IS(m, k, n, block, ip, ix, d, dy, out, nt);          \
@@ -511,10 +578,39 @@ class CsrMatMulOp : public OpKernel {
   }
 };
 
-template <typename T, typename I>
+// The fused epilogue of the *BiasAct ops: attr "activation" and the bias input (N values or
+// none), checked against the product's N columns.
+class Epilogue {
+ public:
+  explicit Epilogue(OpKernelConstruction* ctx) {
+    std::string activation;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("activation", &activation));
+    act_ = activation == "relu" ? SK_ACT_RELU : SK_ACT_LINEAR;
+  }
+  // The bias pointer (nullptr: none), or an error naming the bias and the columns expected.
+  template <typename T>
+  absl::Status Bias(const Tensor& bias, int64_t n, const T** out) const {
+    if (bias.dims() != 1 || (bias.dim_size(0) != 0 && bias.dim_size(0) != n)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "bias must be a vector of ", n, " entries (one per output column) or empty (no "
+          "bias); received shape ", bias.shape().DebugString()));
+    }
+    *out = bias.dim_size(0) == 0 ? nullptr : bias.flat<T>().data();
+    return absl::OkStatus();
+  }
+  int act() const { return act_; }
+
+ private:
+  int act_ = SK_ACT_LINEAR;
+};
+
+// x @ W, W in CSC form (kFused: DenseCscMatMulBiasAct, act(x @ W + bias)).
+template <typename T, typename I, bool kFused = false>
 class DenseCscMatMulOp : public OpKernel {
  public:
-  explicit DenseCscMatMulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+  explicit DenseCscMatMulOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    if constexpr (kFused) epilogue_ = std::make_unique<Epilogue>(ctx);
+  }
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x = ctx->input(0);
     const Tensor& indptr = ctx->input(1);
@@ -535,15 +631,28 @@ class DenseCscMatMulOp : public OpKernel {
     OP_REQUIRES_OK(ctx, OutputShape({m, d.rows}, "x @ w", absl::StrCat(
         "x.shape ", x.shape().DebugString(), " and w.dense_shape ", Dims({d.cols, d.rows})),
         &out_shape));
+    const T* bias = nullptr;
+    if constexpr (kFused) OP_REQUIRES_OK(ctx, epilogue_->Bias<T>(ctx->input(8), d.rows, &bias));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
     if (m == 0 || d.rows == 0) return;
     ThreadLease lease(ctx, WorkOf(d.nnz, m, m, d.cols));
-    int rc = DenseCscMatMul(m, d.cols, d.rows, indptr.flat<I>().data(), indices.flat<I>().data(),
-                            values.flat<T>().data(), x.flat<T>().data(), out->flat<T>().data(),
-                            lease.n());
+    int rc;
+    if constexpr (kFused) {
+      rc = DenseCscMatMulBiasAct(m, d.cols, d.rows, indptr.flat<I>().data(),
+                                 indices.flat<I>().data(), values.flat<T>().data(),
+                                 x.flat<T>().data(), bias, epilogue_->act(),
+                                 out->flat<T>().data(), lease.n());
+    } else {
+      rc = DenseCscMatMul(m, d.cols, d.rows, indptr.flat<I>().data(), indices.flat<I>().data(),
+                          values.flat<T>().data(), x.flat<T>().data(), out->flat<T>().data(),
+                          lease.n());
+    }
     OP_REQUIRES(ctx, rc == 0, Allocation("DenseCscMatMul"));
   }
+
+ private:
+  std::unique_ptr<Epilogue> epilogue_;
 };
 
 // The block-CSC ops: their group width, attr "block".
@@ -557,11 +666,15 @@ class BlockOpKernel : public OpKernel {
   int64_t block_ = 1;
 };
 
-// x @ W (kTransposed = false: DenseBcscMatMul) or dy @ W^T (true: DenseBcscMatMulT), W block-CSC.
-template <typename T, typename I, bool kTransposed>
+// x @ W (kTransposed = false: DenseBcscMatMul) or dy @ W^T (true: DenseBcscMatMulT), W block-CSC;
+// kFused (with kTransposed = false): DenseBcscMatMulBiasAct, act(x @ W + bias).
+template <typename T, typename I, bool kTransposed, bool kFused = false>
 class DenseBcscMatMulOp : public BlockOpKernel {
  public:
-  explicit DenseBcscMatMulOp(OpKernelConstruction* ctx) : BlockOpKernel(ctx) {}
+  explicit DenseBcscMatMulOp(OpKernelConstruction* ctx) : BlockOpKernel(ctx) {
+    static_assert(!(kTransposed && kFused), "the epilogue is fused into x @ W only");
+    if constexpr (kFused) epilogue_ = std::make_unique<Epilogue>(ctx);
+  }
   void Compute(OpKernelContext* ctx) override {
     const Tensor& dense = ctx->input(0);
     const Tensor& indptr = ctx->input(1);
@@ -585,6 +698,8 @@ class DenseBcscMatMulOp : public BlockOpKernel {
                                     absl::StrCat(name, ".shape ", dense.shape().DebugString(),
                                                  " and w.dense_shape ", Dims({d.cols, n})),
                                     &out_shape));
+    const T* bias = nullptr;
+    if constexpr (kFused) OP_REQUIRES_OK(ctx, epilogue_->Bias<T>(ctx->input(5), n, &bias));
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
     if (m == 0 || width_out == 0) return;
@@ -596,6 +711,9 @@ class DenseBcscMatMulOp : public BlockOpKernel {
     if constexpr (kTransposed) {
       rc = DenseBcscMatMulT(m, d.cols, n, block_, ip, ix, v, dense.flat<T>().data(),
                             out->flat<T>().data(), lease.n());
+    } else if constexpr (kFused) {
+      rc = DenseBcscMatMulBiasAct(m, d.cols, n, block_, ip, ix, v, dense.flat<T>().data(), bias,
+                                  epilogue_->act(), out->flat<T>().data(), lease.n());
     } else {
       rc = DenseBcscMatMul(m, d.cols, n, block_, ip, ix, v, dense.flat<T>().data(),
                            out->flat<T>().data(), lease.n());
@@ -603,6 +721,8 @@ class DenseBcscMatMulOp : public BlockOpKernel {
     OP_REQUIRES(ctx, rc == 0, Allocation(kTransposed ? "DenseBcscMatMulT" : "DenseBcscMatMul"));
   }
 
+ private:
+  std::unique_ptr<Epilogue> epilogue_;
 };
 
 template <typename T, typename I>
@@ -790,6 +910,8 @@ SK_REGISTER_EXPAND(int64_t)
   SK_REGISTER_CPU_TI("DenseCscMatMul", T, I, DenseCscMatMulOp<T, I>);                       \
   SK_REGISTER_CPU_TI("DenseBcscMatMul", T, I, DenseBcscMatMulOp<T, I, false>);              \
   SK_REGISTER_CPU_TI("DenseBcscMatMulT", T, I, DenseBcscMatMulOp<T, I, true>);              \
+  SK_REGISTER_CPU_TI("DenseCscMatMulBiasAct", T, I, DenseCscMatMulOp<T, I, true>);          \
+  SK_REGISTER_CPU_TI("DenseBcscMatMulBiasAct", T, I, DenseBcscMatMulOp<T, I, false, true>); \
   SK_REGISTER_CPU_TI("BcscSddmm", T, I, BcscSddmmOp<T, I>);                                 \
   SK_REGISTER_CPU_TI("DenseCsrMatMul", T, I, DenseCsrMatMulOp<T, I>);                       \
   SK_REGISTER_CPU_TI("CsrSddmm", T, I, CsrSddmmOp<T, I, false>);                            \

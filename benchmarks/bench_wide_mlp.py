@@ -22,6 +22,11 @@ layers' arrays, numpy level, 1 and 2 threads, median of repeats) with their roof
 and the bytes the product streams from the packed activation panels (one panel row per stored
 weight, resp. block, per batch tile: the traffic that bounds the unstructured kernel).
 
+--unfused adds, per granularity, the stripped model with its bias and ReLU applied by TensorFlow
+after the product (BiasAdd and Relu ops) instead of fused into the product's output store (the
+*BiasAct ops CompactDense uses for linear and ReLU layers): the same layers and weights, timed
+interleaved with the others, so the epilogue's share is measured within one process.
+
 --cpu-time runs everything on 1 thread (TensorFlow and sparsekeras) and reports the process CPU
 time per call (the products alone: the calling thread's CPU time): on a machine shared by many busy processes, wall times mostly measure waiting for
 a core, CPU times the work done (both still suffer the others' use of the shared caches).
@@ -33,7 +38,7 @@ before/after on a machine whose load changes.
 
 Usage:
     python benchmarks/bench_wide_mlp.py --out DIR [--quick] [--batches 32 256] [--kernels]
-                                        [--cpu-time]
+                                        [--cpu-time] [--unfused]
     python benchmarks/bench_wide_mlp.py --out DIR --compare /path/before /path/after --runs 3
 Writes DIR/bench_wide_mlp.json (DIR/bench_wide_mlp_compare.json with --compare) and prints a table.
 """
@@ -79,6 +84,23 @@ def build_models(layers, seed=0):
         masked[gname] = sparse
         stripped[gname] = sparsekeras.strip(sparse)
     return dense, stripped, masked
+
+
+def unfused_twins(stripped):
+    """{granularity + "_unfused": a copy of the stripped model whose activations are wrapped so
+    that CompactDense does not recognise (and fuse) them: its bias and ReLU then run as
+    TensorFlow ops after the product."""
+    import keras
+
+    twins = {}
+    for gname, model in stripped.items():
+        twin = keras.models.clone_model(model)
+        twin.set_weights(model.get_weights())
+        for layer in twin.layers:
+            act = layer.activation
+            layer.activation = lambda y, act=act: act(y)
+        twins[f"{gname}_unfused"] = twin
+    return twins
 
 
 def _check(stripped, masked, x):
@@ -188,6 +210,7 @@ def run(args):
     layers = QUICK_LAYERS if args.quick else LAYERS
     rounds, calls = (3, 2) if args.quick else (args.rounds, args.calls)
     dense, stripped, masked = build_models(layers)
+    extra = unfused_twins(stripped) if args.unfused else {}
     rng = np.random.default_rng(0)
     load0 = os.getloadavg()
     result = {"machine": {"platform": platform.platform(), "isa": _kernels.isa(),
@@ -201,11 +224,16 @@ def run(args):
     for batch in args.batches:
         x = tf.constant(rng.standard_normal((batch, layers[0][0]), dtype=np.float32))
         _check(stripped, masked, x)
-        times = time_models({"dense": dense, **stripped}, x, rounds, calls, clock)
+        for name, twin in extra.items():  # the same outputs, epilogue unfused
+            fused = stripped[name[:-len("_unfused")]]
+            np.testing.assert_allclose(twin(x, training=False).numpy(),
+                                       fused(x, training=False).numpy(), rtol=1e-5, atol=1e-5,
+                                       err_msg=name)
+        times = time_models({"dense": dense, **stripped, **extra}, x, rounds, calls, clock)
         med = {name: float(np.median(t)) for name, t in times.items()}
         result["batches"][str(batch)] = {
             "median_ms": med, "all_ms": times,
-            "ratio": {g: med["dense"] / med[g] for g in stripped}}
+            "ratio": {g: med["dense"] / med[g] for g in [*stripped, *extra]}}
         _log(f"  batch {batch}: " + "  ".join(
             f"{n} {m:.2f} ms" for n, m in med.items()))
     if args.kernels:
@@ -256,6 +284,8 @@ def compare(args):
                 cmd.append("--kernels")
             if args.cpu_time:
                 cmd.append("--cpu-time")
+            if args.unfused:
+                cmd.append("--unfused")
             _log(f"run {i + 1}/{args.runs} {label} ({trees[label]})")
             subprocess.run(cmd, check=True, env=env, cwd=args.out, stdout=subprocess.DEVNULL)
             with open(os.path.join(out, "bench_wide_mlp.json")) as f:
@@ -301,6 +331,9 @@ def main(argv=None):
                         help="1 thread everywhere and the process CPU time per call instead of "
                              "wall time: the work each model does, for a machine so loaded that "
                              "wall times mostly measure waiting")
+    parser.add_argument("--unfused", action="store_true",
+                        help="also time each stripped model with its bias and ReLU as separate "
+                             "TensorFlow ops (not fused into the product)")
     parser.add_argument("--compare", nargs=2, metavar=("TREE_A", "TREE_B"))
     parser.add_argument("--runs", type=int, default=3, help="runs per tree with --compare")
     args = parser.parse_args(argv)

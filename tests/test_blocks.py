@@ -63,6 +63,39 @@ def test_dense_bcsc_matmul(isa, case, dtype, index_dtype, block, batch):
                                                                    block)[0])
 
 
+@pytest.mark.parametrize("with_bias, activation", [(True, None), (True, "relu"),
+                                                    (False, "relu")])
+@pytest.mark.parametrize("batch", [1, 129])
+@pytest.mark.parametrize("block", [3, 8])
+@pytest.mark.parametrize("dtype, index_dtype", [(np.float32, np.int32), (np.float64, np.int64)])
+@pytest.mark.parametrize("case", SHAPES, ids=SHAPE_IDS)
+def test_dense_bcsc_matmul_bias_act(isa, case, dtype, index_dtype, block, batch, with_bias,
+                                    activation):
+    """The fused epilogue act(x @ W + bias) against the float64 reference, bitwise equal to the
+    unfused product followed by the same bias add and ReLU, for every thread count."""
+    ip, ix, v, shape = make_bcsc(case, block, index_dtype, dtype, seed=batch)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((batch, shape[0])).astype(dtype)
+    bias = rng.standard_normal(shape[1]).astype(dtype) if with_bias else None
+    w = ref_bcsc_dense(ip, ix, v, shape, block)
+    w_abs = ref_bcsc_dense(ip, ix, np.abs(v), shape, block)
+    outs = [_kernels.dense_bcsc_matmul(x, ip, ix, v, shape, block, bias=bias,
+                                       activation=activation, n_threads=nt) for nt in (1, 2)]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    out = outs[0]
+    want = x.astype(np.float64) @ w + (0.0 if bias is None else bias.astype(np.float64))
+    mag = np.abs(x.astype(np.float64)) @ w_abs + (0.0 if bias is None else np.abs(bias))
+    if activation == "relu":
+        want = np.maximum(want, 0.0)
+    R.assert_close(out, want, mag, dtype, shape[0] + 1)
+    unfused = _kernels.dense_bcsc_matmul(x, ip, ix, v, shape, block)
+    if bias is not None:
+        unfused = unfused + bias
+    if activation == "relu":
+        unfused = np.where(unfused < 0, np.zeros_like(unfused), unfused)
+    np.testing.assert_array_equal(out, unfused)
+
+
 @pytest.mark.parametrize("block", [4, 8, 16])
 @pytest.mark.parametrize("dtype", VALUE_DTYPES)
 def test_dense_bcsc_matmul_same_bits_for_any_thread_count(isa, dtype, block):

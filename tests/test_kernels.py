@@ -74,6 +74,91 @@ def test_dense_csc_matmul_vector(isa, case, dtype, index_dtype):
                      ref.ref_dense_csc_matmul(_abs(x), ip, ix, _abs(d), (k, m)), dtype, k)
 
 
+def _epilogue_ref(y, bias, activation):
+    """act(y + bias) in float64, and its magnitude bound's extra term (|bias|)."""
+    y = np.asarray(y, np.float64) + (0.0 if bias is None else np.asarray(bias, np.float64))
+    return np.maximum(y, 0.0) if activation == "relu" else y
+
+
+EPILOGUES = [(True, None), (True, "relu"), (False, "relu"), (False, "linear")]
+
+
+@pytest.mark.parametrize("with_bias, activation", EPILOGUES)
+@pytest.mark.parametrize("batch", [1, 65])
+@pytest.mark.parametrize("dtype, index_dtype", [(np.float32, np.int32), (np.float64, np.int64)])
+@pytest.mark.parametrize("case", SHAPES, ids=SHAPE_IDS)
+def test_dense_csc_matmul_bias_act(isa, case, dtype, index_dtype, batch, with_bias, activation):
+    """The fused epilogue act(x @ W + bias) against the float64 reference, and bitwise equal to
+    the unfused product followed by the same bias add and ReLU in the same dtype."""
+    ip, ix, d, (m, k) = ref.make_csr(case, index_dtype, dtype, seed=batch)
+    rng = np.random.default_rng(5)
+    x = _dense(rng, (batch, k), dtype)
+    bias = _dense(rng, m, dtype) if with_bias else None
+    out = _kernels.dense_csc_matmul(x, ip, ix, d, (k, m), bias=bias, activation=activation)
+    plain = ref.ref_dense_csc_matmul(x, ip, ix, d, (k, m))
+    mag = ref.ref_dense_csc_matmul(_abs(x), ip, ix, _abs(d), (k, m)) + (
+        0.0 if bias is None else _abs(bias))
+    ref.assert_close(out, _epilogue_ref(plain, bias, activation), mag, dtype, k + 1)
+    unfused = _kernels.dense_csc_matmul(x, ip, ix, d, (k, m))
+    if bias is not None:
+        unfused = unfused + bias
+    if activation == "relu":
+        unfused = np.where(unfused < 0, np.zeros_like(unfused), unfused)
+    np.testing.assert_array_equal(out, unfused)
+    if activation == "relu":
+        assert (out >= 0).all()
+    # a 1-D x (the batch-one path) gets the same epilogue
+    out1 = _kernels.dense_csc_matmul(x[0], ip, ix, d, (k, m), bias=bias, activation=activation)
+    one = _kernels.dense_csc_matmul(x[0], ip, ix, d, (k, m))
+    one = one + bias if bias is not None else one
+    np.testing.assert_array_equal(out1, np.where(one < 0, 0, one).astype(dtype)
+                                  if activation == "relu" else one)
+
+
+def test_dense_csc_matmul_bias_act_threads_bitwise_and_nan(big_problem):
+    """Fused epilogue: 1 and 2 threads bitwise equal; a NaN stays NaN through the ReLU (as
+    TensorFlow's Relu keeps it)."""
+    _, _, w, x = big_problem
+    x = x.copy()
+    x[3, :] = np.nan
+    bias = np.random.default_rng(6).standard_normal(w.shape[1]).astype(np.float32)
+    outs = [_kernels.dense_csc_matmul(x, w.indptr, w.indices, w.data, w.shape, bias=bias,
+                                      activation="relu", n_threads=nt) for nt in (1, 2)]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    stored = np.diff(w.indptr) > 0
+    assert np.isnan(outs[0][3, stored]).all()
+    assert (outs[0][3, ~stored] == np.maximum(bias[~stored], 0)).all()
+    assert (outs[0][np.arange(len(x)) != 3] >= 0).all()
+
+
+@pytest.mark.parametrize("fn", ["csc", "bcsc"])
+def test_bias_act_rejects_bad_arguments(fn):
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((6, 8)).astype(np.float32)
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+    if fn == "csc":
+        ip, ix, d = _kernels.dense_to_csr(np.ascontiguousarray(w.T))
+
+        def call(**kw):
+            return _kernels.dense_csc_matmul(x, ip, ix, d, (6, 8), **kw)
+    else:
+        ip, ix, d = linalg.bcsc_from_dense(w, 4)
+
+        def call(**kw):
+            return _kernels.dense_bcsc_matmul(x, ip, ix, d, (6, 8), 4, **kw)
+    with pytest.raises(ValueError,
+                       match=r"bias must have shape \(8,\).*received bias.shape=\(7,\)"):
+        call(bias=np.zeros(7, np.float32))
+    with pytest.raises(ValueError,
+                       match=r"bias must have shape \(8,\).*received bias.shape=\(1, 8\)"):
+        call(bias=np.zeros((1, 8), np.float32))
+    with pytest.raises(ValueError, match="activation must be None, 'linear' or 'relu'; received "
+                                         "activation='tanh'"):
+        call(activation="tanh")
+    with pytest.raises(ValueError, match="activation must be None"):
+        call(activation=np.maximum)
+
+
 @pytest.mark.parametrize("block", [1, 8])
 @pytest.mark.parametrize("dtype", VALUE_DTYPES)
 def test_dense_matmul_transposed_store_edges(isa, dtype, block):

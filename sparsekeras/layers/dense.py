@@ -30,14 +30,35 @@ __all__ = ["SparseDense", "CompactDense"]
 _FAST_DTYPES = (tf.float32, tf.float64)
 
 
+def _fused_activation(activation):
+    """The compiled ops' name for a Dense activation they fuse into their output store
+    ("linear" or "relu"), or None (not fusable: applied by TensorFlow after the product)."""
+    if activation is None or activation is keras.activations.linear:
+        return "linear"
+    if activation is keras.activations.relu:
+        return "relu"
+    return None
+
+
+def _epilogue(y, bias, activation):
+    """y + bias, then activation: the layer's epilogue, applied by TensorFlow."""
+    if bias is not None:
+        y = y + tf.cast(bias, y.dtype)
+    return activation(y) if activation is not None else y
+
+
 def _fast_stored_product(layer, x, values, indptr, indices, block, k, n,
-                         transpose_structure=None):
+                         transpose_structure=None, bias=None, activation=None):
     """`_stored_product` with the fixed per-call cost cut for the common case (a 2-D float32 or
     float64 x of the values' dtype, or (batch, ..., k) with static inner dimensions; int32
     structure): the compiled op is called directly, with
     its constant arguments made once per layer in eager mode (a small eager op costs ~10 us,
     as much as the whole sparse product of a 784 x 300 layer at batch 1). Gradients are the
-    op's registered ones, as through `sparsekeras.ops`. Anything else takes `_stored_product`."""
+    op's registered ones, as through `sparsekeras.ops`. Anything else takes `_stored_product`.
+    Returns activation(x @ W + bias) (bias may be None, activation a Keras activation or None):
+    on the fast path with a linear or ReLU activation the op applies both as it stores each
+    output tile (the *BiasAct ops), where separate BiasAdd and Relu ops would pass over the
+    whole output twice more."""
     values_t = tf.convert_to_tensor(values)
     indptr_t, indices_t = tf.convert_to_tensor(indptr), tf.convert_to_tensor(indices)
     rank = x.shape.rank
@@ -47,8 +68,9 @@ def _fast_stored_product(layer, x, values, indptr, indices, block, k, n,
     if (rank is None or rank < 2 or (inner is not None and not inner.is_fully_defined())
             or x.dtype != values_t.dtype or x.dtype not in _FAST_DTYPES
             or indptr_t.dtype != tf.int32 or indices_t.dtype != tf.int32):
-        return _stored_product(x, values_t, indptr_t, indices_t, block, k, n,
-                               transpose_structure=transpose_structure)
+        return _epilogue(_stored_product(x, values_t, indptr_t, indices_t, block, k, n,
+                                         transpose_structure=transpose_structure),
+                         bias, activation)
     x_in = x
     if inner is not None:
         x = tf.reshape(x, [-1, k])
@@ -60,19 +82,36 @@ def _fast_stored_product(layer, x, values, indptr, indices, block, k, n,
         if eager:
             layer.__dict__["_fast_consts"] = consts  # untracked: not a weight
     shape, empty, empty64 = consts
+    act = _fused_activation(activation)
+    fuse = act is not None and (bias is not None or act != "linear")
+    if fuse:
+        bias_t = tf.cast(bias, x.dtype) if bias is not None else tf.zeros([0], x.dtype)
     # Eager: one kernel thread for a small call (see _dispatch.eager_threads).
     threads = _dispatch.eager_threads(int(x.shape[0]) * int(values_t.shape[0])) if eager \
         else contextlib.nullcontext()
     with threads:
         if block > 1:
-            y = sk_ops._ops.sparse_keras_dense_bcsc_mat_mul(x, indptr_t, indices_t, values_t,
-                                                            shape, block=block)
+            if fuse:
+                y = sk_ops._ops.sparse_keras_dense_bcsc_mat_mul_bias_act(
+                    x, indptr_t, indices_t, values_t, shape, bias_t, block=block,
+                    activation=act)
+            else:
+                y = sk_ops._ops.sparse_keras_dense_bcsc_mat_mul(x, indptr_t, indices_t,
+                                                                values_t, shape, block=block)
         else:
             t_indptr, t_indices, t_perm = (empty, empty, empty64) \
                 if transpose_structure is None \
                 else (tf.convert_to_tensor(v) for v in transpose_structure)
-            y = sk_ops._ops.sparse_keras_dense_csc_mat_mul(x, indptr_t, indices_t, values_t,
-                                                           shape, t_indptr, t_indices, t_perm)
+            if fuse:
+                y = sk_ops._ops.sparse_keras_dense_csc_mat_mul_bias_act(
+                    x, indptr_t, indices_t, values_t, shape, t_indptr, t_indices, t_perm,
+                    bias_t, activation=act)
+            else:
+                y = sk_ops._ops.sparse_keras_dense_csc_mat_mul(x, indptr_t, indices_t, values_t,
+                                                               shape, t_indptr, t_indices,
+                                                               t_perm)
+    if not fuse:
+        y = _epilogue(y, bias, activation)
     if inner is not None:
         y = tf.reshape(y, [-1] + inner.as_list() + [n])
         if not eager:
@@ -454,12 +493,12 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
                 y = y + tf.cast(self.bias, y.dtype)
             return self.activation(y) if self.activation is not None else y
         x = tf.convert_to_tensor(inputs)
-        if c is not None:
-            y = _fast_stored_product(self, x, c.values, c.indptr, c.indices, c.block,
-                                     self._input_dim, self.units, c.transposed)
-        else:
-            y = self._switch(lambda: self._sparse_matmul(x), lambda: self._dense_matmul(x),
-                             rows=_dispatch.rows_of(x))
+        if c is not None:  # the product with the bias and activation (fused where it can)
+            return _fast_stored_product(self, x, c.values, c.indptr, c.indices, c.block,
+                                        self._input_dim, self.units, c.transposed,
+                                        bias=self.bias, activation=self.activation)
+        y = self._switch(lambda: self._sparse_matmul(x), lambda: self._dense_matmul(x),
+                         rows=_dispatch.rows_of(x))
         if self.bias is not None:
             y = y + tf.cast(self.bias, y.dtype)
         if self.activation is not None:
@@ -681,13 +720,10 @@ class CompactDense(keras.layers.Layer):
                 y = y + tf.cast(self.bias, y.dtype)
             return self.activation(y) if self.activation is not None else y
         x = tf.convert_to_tensor(inputs)
-        y = _fast_stored_product(self, x, self.values, self.indptr, self.indices, self.block,
-                                 self.input_dim, self.units)
-        if self.bias is not None:
-            y = y + tf.cast(self.bias, y.dtype)
-        if self.activation is not None:
-            y = self.activation(y)
-        return y
+        # the product with the bias and activation (fused into the op where it can)
+        return _fast_stored_product(self, x, self.values, self.indptr, self.indices, self.block,
+                                    self.input_dim, self.units, bias=self.bias,
+                                    activation=self.activation)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.units,)

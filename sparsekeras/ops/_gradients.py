@@ -266,3 +266,38 @@ def _csr_conv2d_grad(op, grad):
 
 tf.no_gradient("SparseKeras>CsrCsrMatMulGradA")
 tf.no_gradient("SparseKeras>CsrCsrMatMulGradW")
+
+
+class _LeadingInputs:
+    """An op seen through its first n inputs (and its attrs): the fused *BiasAct ops reuse the
+    gradient functions of their products on it."""
+
+    def __init__(self, op, n):
+        self.inputs = list(op.inputs)[:n]
+        self.outputs = op.outputs
+        self.get_attr = op.get_attr
+
+
+def _bias_act_grad(op, grad, n_product_inputs, product_grad):
+    """Gradients of out = act(product + bias): g = grad masked where a ReLU output is not
+    positive (TensorFlow's ReluGrad on the op's output), d_bias = column sums of g (None for an
+    empty bias), then the product's own gradients of g."""
+    if op.get_attr("activation") == b"relu" or op.get_attr("activation") == "relu":
+        grad = tf.raw_ops.ReluGrad(gradients=grad, features=op.outputs[0])
+    bias = op.inputs[n_product_inputs]
+    d_bias = None
+    if not (bias.shape.rank == 1 and bias.shape[0] == 0):
+        d_bias = tf.reduce_sum(grad, axis=0)
+    return product_grad(_LeadingInputs(op, n_product_inputs), grad) + [d_bias]
+
+
+@tf.RegisterGradient("SparseKeras>DenseCscMatMulBiasAct")
+def _dense_csc_matmul_bias_act_grad(op, grad):
+    """out = act(x @ W + bias), W in CSC: see `_bias_act_grad` and `_dense_csc_matmul_grad`."""
+    return _bias_act_grad(op, grad, 8, _dense_csc_matmul_grad)
+
+
+@tf.RegisterGradient("SparseKeras>DenseBcscMatMulBiasAct")
+def _dense_bcsc_matmul_bias_act_grad(op, grad):
+    """out = act(x @ W + bias), W block-CSC: see `_bias_act_grad` and `_dense_bcsc_matmul_grad`."""
+    return _bias_act_grad(op, grad, 5, _dense_bcsc_matmul_grad)
