@@ -136,6 +136,9 @@ def test_op_parallel_min_work_setting(tmp_path, value):
     results = {}
     for label, setting in (("default", None), ("set", value)):
         env = {k: v for k, v in os.environ.items() if k != "SPARSEKERAS_OP_PARALLEL_MIN_WORK"}
+        # TensorFlow's C++ log level hides the library's LOG(WARNING) from 2 on; a package
+        # imported earlier in the session (tf2onnx) may have set it in os.environ.
+        env["TF_CPP_MIN_LOG_LEVEL"] = "0"
         if setting is not None:
             env["SPARSEKERAS_OP_PARALLEL_MIN_WORK"] = setting
         out = tmp_path / f"{label}.npz"

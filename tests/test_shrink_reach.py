@@ -43,7 +43,8 @@ def _bert_classifier(keras_hub):
     """A user's model: a BertBackbone built from config (no weights) under a Dense head."""
     backbone = keras_hub.models.BertBackbone(vocabulary_size=VOCAB, num_layers=2,
                                              num_heads=HEADS, hidden_dim=HIDDEN,
-                                             intermediate_dim=FF, max_sequence_length=SEQ)
+                                             intermediate_dim=FF, max_sequence_length=SEQ,
+                                             name="bert_backbone")  # not bert_backbone_3
     inputs = {k: keras.Input((SEQ,), dtype="int32", name=k)
               for k in ("token_ids", "segment_ids", "padding_mask")}
     logits = keras.layers.Dense(2, name="cls")(backbone(inputs)["pooled_output"])
