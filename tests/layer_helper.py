@@ -106,3 +106,38 @@ def dense_reference(x, kernel, mask, bias):
     """x @ (kernel * mask) + bias with plain TensorFlow ops."""
     y = tf.matmul(x, tf.convert_to_tensor(kernel) * tf.convert_to_tensor(mask))
     return y if bias is None else y + bias
+
+
+def assert_loads_without_sparsekeras(model, inputs, expected, tmp_path, imports=(),
+                                     rtol=1e-5, atol=1e-5):
+    """Save `model` to `.keras`; a fresh interpreter loads it, predicts `inputs` (an array or a
+    dict of arrays) equal to `expected`, and must not have imported sparsekeras. `imports` are
+    modules the child needs for the model's classes (e.g. "keras_hub"). The child is exec'd, not
+    forked: libgomp hangs in a child forked after the parent used OpenMP."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    model.save(tmp_path / "model.keras")
+    if isinstance(inputs, dict):
+        np.savez(tmp_path / "x.npz", **inputs)
+        load_x = 'dict(np.load("x.npz"))'
+    else:
+        np.save(tmp_path / "x.npy", inputs)
+        load_x = 'np.load("x.npy")'
+    np.save(tmp_path / "y.npy", np.asarray(expected))
+    code = textwrap.dedent(f"""
+        import sys, numpy as np, keras
+        {"; ".join(f"import {name}" for name in imports) or "pass"}
+        m = keras.models.load_model("model.keras")
+        got = m.predict({load_x}, verbose=0)
+        np.testing.assert_allclose(got, np.load("y.npy"), rtol={rtol}, atol={atol})
+        assert not any(name.startswith("sparsekeras") for name in sys.modules), "imported"
+        print("loaded without sparsekeras")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "loaded without sparsekeras" in proc.stdout

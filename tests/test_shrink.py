@@ -1,9 +1,5 @@
 """`sparsekeras.shrink` and coupled channel / head pruning (issue 24): the shrunk model is plain
 Keras, smaller, and computes what the pruned model computes."""
-import os
-import subprocess
-import sys
-import textwrap
 import warnings
 
 import keras
@@ -14,6 +10,8 @@ import sparsekeras
 from sparsekeras import _groups
 from sparsekeras.callbacks import GradualPruning
 from sparsekeras.schedules import ConstantSparsity, PolynomialDecay
+
+from layer_helper import assert_loads_without_sparsekeras
 
 
 def _np(x):
@@ -417,23 +415,7 @@ def shrunk_cnn():
 def test_shrunk_model_loads_and_predicts_without_sparsekeras(shrunk_cnn, tmp_path):
     small, _ = shrunk_cnn
     x, _ = _data((10, 10, 3), n=4, seed=8)
-    small.save(tmp_path / "small.keras")
-    np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "y.npy", _np(small(x)))
-    code = textwrap.dedent("""
-        import sys, numpy as np, keras
-        m = keras.models.load_model("small.keras")
-        np.testing.assert_allclose(m.predict(np.load("x.npy"), verbose=0), np.load("y.npy"),
-                                   rtol=1e-5, atol=1e-5)
-        assert not any(name.startswith("sparsekeras") for name in sys.modules), "imported"
-        print("loaded without sparsekeras")
-    """)
-    # A fresh interpreter (exec, not a fork of this process: libgomp is not fork-safe).
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-                          cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "loaded without sparsekeras" in proc.stdout
+    assert_loads_without_sparsekeras(small, x, _np(small(x)), tmp_path)
 
 
 @pytest.mark.filterwarnings("ignore:In the future `np.object`:FutureWarning")

@@ -1,10 +1,6 @@
 """Issue 24, the reach of shrinking structured pruning: a keras_hub encoder under a classifier
 head (its feedforward units shrink; its heads are reported, with the reason), and the
 zero-holds of coupled pruning re-established in a fit resumed from a `.keras` file."""
-import os
-import subprocess
-import sys
-import textwrap
 import warnings
 
 import keras
@@ -15,6 +11,8 @@ import sparsekeras
 from sparsekeras import _groups
 from sparsekeras.callbacks import GradualPruning
 from sparsekeras.schedules import ConstantSparsity, PolynomialDecay
+
+from layer_helper import assert_loads_without_sparsekeras
 
 
 def _np(x):
@@ -113,23 +111,9 @@ def test_keras_hub_bert_ffn_units_and_heads_pruned_in_fit_and_shrunk(tmp_path):
     assert xt["padding_mask"].min() == 0
     np.testing.assert_allclose(_np(small(xt)), _np(model(xt)), rtol=1e-4, atol=1e-5)
     # Saved, it loads and predicts in a fresh interpreter with keras_hub (its embeddings) and
-    # without sparsekeras (exec, not a fork: libgomp is not fork-safe).
-    small.save(tmp_path / "small.keras")
-    np.savez(tmp_path / "x.npz", **xt)
-    np.save(tmp_path / "y.npy", _np(model(xt)))
-    code = textwrap.dedent("""
-        import sys, numpy as np, keras, keras_hub
-        m = keras.models.load_model("small.keras")
-        got = m.predict(dict(np.load("x.npz")), verbose=0)
-        np.testing.assert_allclose(got, np.load("y.npy"), rtol=1e-4, atol=1e-5)
-        assert not any(name.startswith("sparsekeras") for name in sys.modules), "imported"
-        print("loaded without sparsekeras")
-    """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-                          cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "loaded without sparsekeras" in proc.stdout
+    # without sparsekeras.
+    assert_loads_without_sparsekeras(small, xt, _np(model(xt)), tmp_path, imports=["keras_hub"],
+                                     rtol=1e-4, atol=1e-5)
 
 
 def _no_sparsekeras_class(model):
