@@ -262,15 +262,19 @@ REGISTER_OP("SparseKeras>CsrMatMul")
     .SetShapeFn(sparsekeras::CsrMatMulShape)
     .Doc("out = A @ b, A sparse (M x K) given as CSR (indptr, indices, values, dense_shape).");
 
+// The operands of x @ W with W in CSC (and its transposed structure, read by the gradient) or
+// block-CSC form: shared by the plain products and their fused-epilogue twins, so the two stay
+// one signature plus the epilogue's inputs.
+#define SK_DENSE_CSC_INPUTS                                                             \
+  .Input("x: T").Input("indptr: Tindex").Input("indices: Tindex").Input("values: T")     \
+      .Input("dense_shape: int64").Input("t_indptr: Tindex").Input("t_indices: Tindex") \
+      .Input("t_perm: int64")
+#define SK_DENSE_BCSC_INPUTS                                                        \
+  .Input("x: T").Input("indptr: Tindex").Input("indices: Tindex").Input("values: T") \
+      .Input("dense_shape: int64")
+
 REGISTER_OP("SparseKeras>DenseCscMatMul")
-    .Input("x: T")
-    .Input("indptr: Tindex")
-    .Input("indices: Tindex")
-    .Input("values: T")
-    .Input("dense_shape: int64")
-    .Input("t_indptr: Tindex")
-    .Input("t_indices: Tindex")
-    .Input("t_perm: int64")
+    SK_DENSE_CSC_INPUTS
     .Output("out: T")
     .Attr("T: {float, double}")
     .Attr("Tindex: {int32, int64}")
@@ -281,11 +285,7 @@ REGISTER_OP("SparseKeras>DenseCscMatMul")
          "gradient; empty tensors make the gradient compute them.");
 
 REGISTER_OP("SparseKeras>DenseBcscMatMul")
-    .Input("x: T")
-    .Input("indptr: Tindex")
-    .Input("indices: Tindex")
-    .Input("values: T")
-    .Input("dense_shape: int64")
+    SK_DENSE_BCSC_INPUTS
     .Output("out: T")
     .Attr("block: int >= 1")
     .Attr("T: {float, double}")
@@ -296,14 +296,7 @@ REGISTER_OP("SparseKeras>DenseBcscMatMul")
          "`block` weights per block (block-major); dense_shape = [K, N].");
 
 REGISTER_OP("SparseKeras>DenseCscMatMulBiasAct")
-    .Input("x: T")
-    .Input("indptr: Tindex")
-    .Input("indices: Tindex")
-    .Input("values: T")
-    .Input("dense_shape: int64")
-    .Input("t_indptr: Tindex")
-    .Input("t_indices: Tindex")
-    .Input("t_perm: int64")
+    SK_DENSE_CSC_INPUTS
     .Input("bias: T")
     .Output("out: T")
     .Attr("activation: {'linear', 'relu'} = 'linear'")
@@ -316,11 +309,7 @@ REGISTER_OP("SparseKeras>DenseCscMatMulBiasAct")
          "activation.");
 
 REGISTER_OP("SparseKeras>DenseBcscMatMulBiasAct")
-    .Input("x: T")
-    .Input("indptr: Tindex")
-    .Input("indices: Tindex")
-    .Input("values: T")
-    .Input("dense_shape: int64")
+    SK_DENSE_BCSC_INPUTS
     .Input("bias: T")
     .Output("out: T")
     .Attr("block: int >= 1")
@@ -578,6 +567,26 @@ class CsrMatMulOp : public OpKernel {
   }
 };
 
+// Row splitting (RunRows) for x @ W: each part streams all of W, so it pays only while W stays
+// in cache; a larger W keeps the kernel's own split of W's columns over its OpenMP team (each
+// thread streams its share of W).
+inline constexpr int64_t kRowSplitMaxWeightBytes = int64_t{2} << 20;
+
+template <typename T, typename I>
+bool RowSplitPays(int64_t stored) {
+  const int64_t bytes = MulSize(stored, sizeof(T) + sizeof(I));
+  return bytes >= 0 && bytes <= kRowSplitMaxWeightBytes;
+}
+
+// Rows per part: the kernels' batch tile on AVX2 / AVX-512 (256 bytes of a row of x^T). The
+// scatter products (DenseCsrMatMul, DenseBcscMatMulT) split W in two and sum the halves when
+// they see a single batch tile, so their parts keep two tiles at least (scatter = true): the
+// bits of a row do not depend on the split.
+template <typename T>
+constexpr int64_t RowGrain(bool scatter = false) {
+  return (scatter ? 2 : 1) * static_cast<int64_t>(256 / sizeof(T));
+}
+
 // The fused epilogue of the *BiasAct ops: attr "activation" and the bias input (N values or
 // none), checked against the product's N columns.
 class Epilogue {
@@ -637,17 +646,21 @@ class DenseCscMatMulOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
     if (m == 0 || d.rows == 0) return;
     ThreadLease lease(ctx, WorkOf(d.nnz, m, m, d.cols));
-    int rc;
-    if constexpr (kFused) {
-      rc = DenseCscMatMulBiasAct(m, d.cols, d.rows, indptr.flat<I>().data(),
-                                 indices.flat<I>().data(), values.flat<T>().data(),
-                                 x.flat<T>().data(), bias, epilogue_->act(),
-                                 out->flat<T>().data(), lease.n());
-    } else {
-      rc = DenseCscMatMul(m, d.cols, d.rows, indptr.flat<I>().data(), indices.flat<I>().data(),
-                          values.flat<T>().data(), x.flat<T>().data(), out->flat<T>().data(),
-                          lease.n());
-    }
+    const I* ip = indptr.flat<I>().data();
+    const I* ix = indices.flat<I>().data();
+    const T* v = values.flat<T>().data();
+    const T* xs = x.flat<T>().data();
+    T* ys = out->flat<T>().data();
+    const int64_t k = d.cols, n = d.rows;
+    int rc = RunRows(ctx, lease.n(), m, RowGrain<T>(), RowSplitPays<T, I>(d.nnz),
+                     [&](int64_t lo, int64_t hi, int nt) {
+      if constexpr (kFused) {
+        return DenseCscMatMulBiasAct(hi - lo, k, n, ip, ix, v, xs + lo * k, bias,
+                                     epilogue_->act(), ys + lo * n, nt);
+      } else {
+        return DenseCscMatMul(hi - lo, k, n, ip, ix, v, xs + lo * k, ys + lo * n, nt);
+      }
+    });
     OP_REQUIRES(ctx, rc == 0, Allocation("DenseCscMatMul"));
   }
 
@@ -707,17 +720,21 @@ class DenseBcscMatMulOp : public BlockOpKernel {
     const I* ip = indptr.flat<I>().data();
     const I* ix = indices.flat<I>().data();
     const T* v = values.flat<T>().data();
-    int rc;
-    if constexpr (kTransposed) {
-      rc = DenseBcscMatMulT(m, d.cols, n, block_, ip, ix, v, dense.flat<T>().data(),
-                            out->flat<T>().data(), lease.n());
-    } else if constexpr (kFused) {
-      rc = DenseBcscMatMulBiasAct(m, d.cols, n, block_, ip, ix, v, dense.flat<T>().data(), bias,
-                                  epilogue_->act(), out->flat<T>().data(), lease.n());
-    } else {
-      rc = DenseBcscMatMul(m, d.cols, n, block_, ip, ix, v, dense.flat<T>().data(),
-                           out->flat<T>().data(), lease.n());
-    }
+    const T* xs = dense.flat<T>().data();
+    T* ys = out->flat<T>().data();
+    const int64_t k = d.cols, block = block_;
+    int rc = RunRows(ctx, lease.n(), m, RowGrain<T>(kTransposed),
+                     RowSplitPays<T, I>(d.nnz * block_),
+                     [&](int64_t lo, int64_t hi, int nt) {
+      if constexpr (kTransposed) {
+        return DenseBcscMatMulT(hi - lo, k, n, block, ip, ix, v, xs + lo * n, ys + lo * k, nt);
+      } else if constexpr (kFused) {
+        return DenseBcscMatMulBiasAct(hi - lo, k, n, block, ip, ix, v, xs + lo * k, bias,
+                                      epilogue_->act(), ys + lo * n, nt);
+      } else {
+        return DenseBcscMatMul(hi - lo, k, n, block, ip, ix, v, xs + lo * k, ys + lo * n, nt);
+      }
+    });
     OP_REQUIRES(ctx, rc == 0, Allocation(kTransposed ? "DenseBcscMatMulT" : "DenseBcscMatMul"));
   }
 
@@ -814,9 +831,16 @@ class DenseCsrMatMulOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
     if (m == 0 || d.cols == 0) return;
     ThreadLease lease(ctx, WorkOf(d.nnz, m, m, d.rows));
-    int rc = DenseCsrMatMul(m, d.rows, d.cols, indptr.flat<I>().data(), indices.flat<I>().data(),
-                            values.flat<T>().data(), x.flat<T>().data(), out->flat<T>().data(),
-                            lease.n());
+    const I* ip = indptr.flat<I>().data();
+    const I* ix = indices.flat<I>().data();
+    const T* v = values.flat<T>().data();
+    const T* xs = x.flat<T>().data();
+    T* ys = out->flat<T>().data();
+    const int64_t k = d.rows, n = d.cols;
+    int rc = RunRows(ctx, lease.n(), m, RowGrain<T>(true), RowSplitPays<T, I>(d.nnz),
+                     [&](int64_t lo, int64_t hi, int nt) {
+      return DenseCsrMatMul(hi - lo, k, n, ip, ix, v, xs + lo * k, ys + lo * n, nt);
+    });
     OP_REQUIRES(ctx, rc == 0, Allocation("DenseCsrMatMul"));
   }
 };
