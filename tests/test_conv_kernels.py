@@ -22,6 +22,11 @@ GEOMETRIES = [
     (2, 6, 6, 4, 5, 3, 3, (1, 1), (1, 1), "SAME", 1.0),     # density 1
     (2, 6, 6, 4, 5, 3, 3, (1, 1), (1, 1), "SAME", 0.0),     # nnz = 0
     (1, 5, 6, 3, 17, 2, 2, (1, 1), (1, 1), "VALID", 0.05),  # mostly empty output channels
+    # strided: planes with row phases, flat tiles over several output rows
+    (2, 20, 20, 8, 16, 3, 3, (2, 2), (1, 1), "SAME", 0.2),
+    (2, 17, 19, 6, 9, 3, 5, (3, 2), (2, 1), "SAME", 0.4),   # stride and dilation mixed
+    (2, 13, 11, 5, 7, 1, 1, (2, 2), (1, 1), "SAME", 0.3),   # strided 1x1, gathered pixels
+    (1, 9, 130, 3, 4, 1, 1, (1, 3), (1, 1), "VALID", 0.5),  # strided 1x1, > one tile of pixels
 ]
 GEO_IDS = [f"{g[0]}x{g[1]}x{g[2]}x{g[3]}-{g[4]}-k{g[5]}{g[6]}-s{g[7][0]}{g[7][1]}"
            f"-d{g[8][0]}{g[8][1]}-{g[9]}-{g[10]}" for g in GEOMETRIES]
@@ -119,11 +124,13 @@ def test_conv2d_matches_tensorflow():
         np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2)])
 @pytest.mark.parametrize("fn", ["forward", "grad_input", "grad_values"])
-def test_conv2d_threads_bitwise(fn):
-    geo = (4, 20, 30, 16, 24, 3, 3, (1, 1), (1, 1), "SAME", 0.2)
+def test_conv2d_threads_bitwise(fn, strides):
+    geo = (4, 20, 30, 16, 24, 3, 3, strides, (1, 1), "SAME", 0.2)
     x, kernel, _, (ip, ix, d), kw = _case(geo, np.float32, np.int32, seed=3)
-    dy = np.random.default_rng(4).standard_normal((4, 20, 30, 24)).astype(np.float32)
+    dy = np.random.default_rng(4).standard_normal(
+        (4, 20 // strides[0], 30 // strides[1], 24)).astype(np.float32)
     def run(nt):
         if fn == "forward":
             return _kernels.csr_conv2d(x, ip, ix, d, kernel.shape, n_threads=nt, **kw)
