@@ -62,11 +62,14 @@ DEFAULT_CONSTANTS = {
 }
 # tf.nn.conv2d's fixed cost (oneDNN) measured on small images (32x32 and 16x16, batch 1, 3-128
 # channels, 90%, in tf.function): 0.36-0.53 ms against the sparse convolution's 0.20-0.31 ms
-# with the same call overhead, so ~0.25 ms more. A strided sparse convolution takes the slower
-# planes path (docs/performance.md, sparse convolution): at batch 32, 3x3 stride 2, it ran 2.5-6x
-# slower than conv2d where stride 1 ran 0.5-0.75x; its multiply-adds and traffic count this
-# many times.
-STRIDED_SPARSE_FACTOR = 3.0
+# with the same call overhead, so ~0.25 ms more. A strided sparse convolution builds its input
+# planes for the whole batch (stride 1 fuses them into bands): its multiply-adds and traffic
+# count this many times. 3.0 until the strided kernel ran flat tiles over several output rows
+# (session 12); since then, the stripped ResNet of benchmarks/bench_models.py at batch 32, 90%,
+# in tf.function: 3x3 32 -> 64 stride 2 sparse 1.45 ms / dense path 2.74 ms, 64 -> 128 stride 2
+# 1.11 / 2.18 ms, both predicted dense at 3.0 (sparse from below ~1.4 and ~2.0); the strided
+# depthwise layers of the MobileNet stay dense (sparse 1.3-3.4 ms / 0.5-0.7 ms) at 1.3.
+STRIDED_SPARSE_FACTOR = 1.3
 _KEYS = ("fixed", "weight", "mac", "io")
 
 
