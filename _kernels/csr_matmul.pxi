@@ -18,21 +18,37 @@ cdef extern from "sparsekeras_kernels.h":
     enum:
         SK_ACT_LINEAR
         SK_ACT_RELU
+        SK_ACT_GELU
+
+cdef extern from "sk_simd.h" nogil:
+    float sk_gelu_f32(float v)
+    double sk_gelu_f64(double v)
+
+
+cdef inline real_t _gelu(real_t v) noexcept nogil:
+    if real_t is float:
+        return sk_gelu_f32(v)
+    else:
+        return sk_gelu_f64(v)
 
 
 cdef inline void _bias_act_rows(real_t *buf, int64_t rows, int64_t w, const real_t *bias,
                                 int act) noexcept nogil:
     """buf (rows x w, row r = output feature r) <- act(buf + bias[r]) in place: the epilogue,
     applied to the buffered rows (in L1) before their transposed store. bias may be NULL (no
-    bias); act SK_ACT_LINEAR or SK_ACT_RELU. The same two float operations, in the same order,
-    as TensorFlow's BiasAdd then Relu (relu keeps a NaN)."""
+    bias); act SK_ACT_LINEAR, SK_ACT_RELU or SK_ACT_GELU. The same two float operations, in the
+    same order, as TensorFlow's BiasAdd then Relu (relu keeps a NaN); GELU as sk_gelu_*."""
     cdef int64_t r, j
     cdef real_t bv, v
     cdef real_t *row
     # one branch-free loop per case, so that the compiler vectorizes each
     for r in range(rows):
         row = buf + r * w
-        if bias != NULL and act == SK_ACT_RELU:
+        if act == SK_ACT_GELU:
+            bv = bias[r] if bias != NULL else 0
+            for j in range(w):
+                row[j] = _gelu(row[j] + bv if bias != NULL else row[j])
+        elif bias != NULL and act == SK_ACT_RELU:
             bv = bias[r]
             for j in range(w):
                 v = row[j] + bv
@@ -66,6 +82,8 @@ cdef inline real_t _bias_act1(real_t v, const real_t *bias, int64_t col, int act
         v = v + bias[col]
     if act == SK_ACT_RELU and v < 0:
         v = 0
+    elif act == SK_ACT_GELU:
+        v = _gelu(v)
     return v
 
 

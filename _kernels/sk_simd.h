@@ -210,6 +210,49 @@ static inline void sk_transpose_f32(int isa, const float *src, int64_t lds, floa
 /* destination row written as one 64-byte run (half-line runs at a 2^k stride thrash L1);        */
 /* otherwise scalar, feature-innermost.                                                          */
 /* ------------------------------------------------------------------------------------------ */
+/* GELU of the fused epilogues (SK_ACT_GELU): 0.5 v (1 + erf(v / sqrt(2))), erf as Eigen's
+ * float rational approximation, x clamped to [-4, 4], erf(x) = x P(x^2) / Q(x^2). The scalar and
+ * the AVX-512 versions run the same operations in the same order (fused multiply-adds, one
+ * division), so a tile gets the same bits whichever path stores it. */
+#define SK_ERF_A13 -2.72614225801306e-10f
+#define SK_ERF_A11 2.77068142495902e-08f
+#define SK_ERF_A9 -2.10102402082508e-06f
+#define SK_ERF_A7 -5.69250639462346e-05f
+#define SK_ERF_A5 -7.34990630326855e-04f
+#define SK_ERF_A3 -2.95459980854025e-03f
+#define SK_ERF_A1 -1.60960333262415e-02f
+#define SK_ERF_B8 -1.45660718464996e-05f
+#define SK_ERF_B6 -2.13374055278905e-04f
+#define SK_ERF_B4 -1.68282697438203e-03f
+#define SK_ERF_B2 -7.37332916720468e-03f
+#define SK_ERF_B0 -1.42647390514189e-02f
+#define SK_SQRT1_2F 0.70710678118654752f
+
+static inline float sk_gelu_f32(float v) {
+    float x = v * SK_SQRT1_2F;
+    x = x < -4.0f ? -4.0f : x;
+    x = x > 4.0f ? 4.0f : x;
+    const float x2 = x * x;
+    float p = fmaf(x2, SK_ERF_A13, SK_ERF_A11);
+    p = fmaf(x2, p, SK_ERF_A9);
+    p = fmaf(x2, p, SK_ERF_A7);
+    p = fmaf(x2, p, SK_ERF_A5);
+    p = fmaf(x2, p, SK_ERF_A3);
+    p = fmaf(x2, p, SK_ERF_A1);
+    p = x * p;
+    float q = fmaf(x2, SK_ERF_B8, SK_ERF_B6);
+    q = fmaf(x2, q, SK_ERF_B4);
+    q = fmaf(x2, q, SK_ERF_B2);
+    q = fmaf(x2, q, SK_ERF_B0);
+    const float e = p / q;
+    const float h = v * 0.5f;
+    return fmaf(h, e, h);
+}
+
+static inline double sk_gelu_f64(double v) {
+    return 0.5 * v * (1.0 + erf(v * 0.70710678118654752440));
+}
+
 #ifdef SK_X86
 __attribute__((target("avx512f"), always_inline)) static inline void sk_tr16x16_avx512(__m512 r[16]) {
     __m512 t[16];
@@ -239,9 +282,32 @@ __attribute__((target("avx512f"), always_inline)) static inline void sk_tr16x16_
     for (int k = 0; k < 16; k++) r[k] = t[k];
 }
 
+#ifdef SK_X86
+__attribute__((target("avx512f"))) static inline __m512 sk_gelu_avx512_f32(__m512 v) {
+    __m512 x = _mm512_mul_ps(v, _mm512_set1_ps(SK_SQRT1_2F));
+    x = _mm512_max_ps(x, _mm512_set1_ps(-4.0f));
+    x = _mm512_min_ps(x, _mm512_set1_ps(4.0f));
+    const __m512 x2 = _mm512_mul_ps(x, x);
+    __m512 p = _mm512_fmadd_ps(x2, _mm512_set1_ps(SK_ERF_A13), _mm512_set1_ps(SK_ERF_A11));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(SK_ERF_A9));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(SK_ERF_A7));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(SK_ERF_A5));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(SK_ERF_A3));
+    p = _mm512_fmadd_ps(x2, p, _mm512_set1_ps(SK_ERF_A1));
+    p = _mm512_mul_ps(x, p);
+    __m512 q = _mm512_fmadd_ps(x2, _mm512_set1_ps(SK_ERF_B8), _mm512_set1_ps(SK_ERF_B6));
+    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(SK_ERF_B4));
+    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(SK_ERF_B2));
+    q = _mm512_fmadd_ps(x2, q, _mm512_set1_ps(SK_ERF_B0));
+    const __m512 e = _mm512_div_ps(p, q);
+    const __m512 h = _mm512_mul_ps(v, _mm512_set1_ps(0.5f));
+    return _mm512_fmadd_ps(h, e, h);
+}
+#endif
+
 /* The transposed store with a Dense layer's epilogue: dst[j * ldd + i] = act(src[i * lds + j] +
  * bias[i]) (bias may be NULL; act 1: ReLU, keeping a NaN as TensorFlow's Relu does: max(0, v)
- * returns its second operand when it is a NaN). Applied in registers after the transpose, where
+ * returns its second operand when it is a NaN; act 2: GELU, sk_gelu_avx512_f32). Applied in registers after the transpose, where
  * bias[i0..i0+16] is one vector: no pass over memory. */
 __attribute__((target("avx512f"))) static void
 sk_transpose_store_epi_avx512_f32(const float *src, int64_t lds, float *dst, int64_t ldd,
@@ -262,6 +328,8 @@ sk_transpose_store_epi_avx512_f32(const float *src, int64_t lds, float *dst, int
                 for (int k = 0; k < 16; k++) r[k] = _mm512_add_ps(r[k], bv);
             if (act == 1)
                 for (int k = 0; k < 16; k++) r[k] = _mm512_max_ps(_mm512_setzero_ps(), r[k]);
+            else if (act == 2)
+                for (int k = 0; k < nj; k++) r[k] = sk_gelu_avx512_f32(r[k]);
             float *d0 = dst + j0 * ldd + i0;
             for (int64_t k = 0; k < nj; k++) _mm512_mask_storeu_ps(d0 + k * ldd, mi, r[k]);
         }

@@ -30,6 +30,10 @@ extern "C" {
 /* The epilogues of the *_bias_act products (a Dense layer's activation). */
 #define SK_ACT_LINEAR 0
 #define SK_ACT_RELU 1
+/* Exact GELU, 0.5 v (1 + erf(v / sqrt(2))): float32 through a rational approximation of erf on
+ * [-4, 4] (Eigen's, the one TensorFlow's Erf uses on CPU; within a few ulp of erf), float64
+ * through libm's erf. Not bitwise TensorFlow's Gelu: within float rounding of it. */
+#define SK_ACT_GELU 2
 
 /* sk_csr_matmul: out (n_rows x n_out) = A (n_rows x n_cols, CSR) @ b (n_cols x n_out).
  *   Complexity O(nnz(A) * n_out + n_cols * n_out).
@@ -38,8 +42,8 @@ extern "C" {
  *   (equivalently W^T in CSR). The Dense-layer orientation. Complexity O(nnz(W) * n_rows).
  * sk_dense_csc_matmul_bias_act: the same with a Dense layer's epilogue fused into the output
  *   store, out = act(x @ W + bias): bias has n_cols entries (or is NULL: no bias), act is
- *   SK_ACT_LINEAR or SK_ACT_RELU. Equal, bitwise, to the product followed by the bias add and
- *   the activation.
+ *   SK_ACT_LINEAR, SK_ACT_RELU or SK_ACT_GELU. Equal, bitwise, to the product followed by the
+ *   bias add and the activation (ReLU; GELU within float rounding of TensorFlow's).
  * sk_dense_csr_matmul: out (n_rows x n_cols) = x (n_rows x n_inner) @ B (n_inner x n_cols, CSR):
  *   the transposed-kernel product (scatter formulation), e.g. a Dense layer's dX = dY @ W^T from
  *   W's CSC arrays. Bitwise identical for every n_threads. Complexity O(nnz(B) * n_rows).
@@ -176,8 +180,8 @@ SK_SPGEMM_DECL(f64, i64, double, int64_t)
  *   n_rows). Bitwise identical for every n_threads.
  * sk_dense_bcsc_matmul_bias_act: the same with a Dense layer's epilogue fused into the output
  *   store, out = act(x @ W + bias): bias has n_cols entries (or is NULL: no bias), act is
- *   SK_ACT_LINEAR or SK_ACT_RELU. Equal, bitwise, to the product followed by the bias add and
- *   the activation.
+ *   SK_ACT_LINEAR, SK_ACT_RELU or SK_ACT_GELU. Equal, bitwise, to the product followed by the
+ *   bias add and the activation (ReLU; GELU within float rounding of TensorFlow's).
  * sk_dense_bcsc_matmul_t: out (n_rows x n_inner) = dy (n_rows x n_cols) @ W^T, W block-CSC as
  *   above: the input gradient of the block product (no transpose of W). Bitwise identical for
  *   every n_threads. Complexity O(nblocks * block * n_rows).

@@ -299,21 +299,21 @@ REGISTER_OP("SparseKeras>DenseCscMatMulBiasAct")
     SK_DENSE_CSC_INPUTS
     .Input("bias: T")
     .Output("out: T")
-    .Attr("activation: {'linear', 'relu'} = 'linear'")
+    .Attr("activation: {'linear', 'relu', 'gelu'} = 'linear'")
     .Attr("T: {float, double}")
     .Attr("Tindex: {int32, int64}")
     .SetShapeFn(sparsekeras::DenseCscMatMulBiasActShape)
     .Doc("out = activation(x @ W + bias): DenseCscMatMul with a Dense layer's epilogue applied "
          "to each output tile before it is stored (no second pass over out). bias: N values, or "
          "none (shape [0]). Equal, bitwise, to the product, then the bias add, then the "
-         "activation.");
+         "activation (relu; gelu is exact GELU, within float rounding of tf.nn.gelu).");
 
 REGISTER_OP("SparseKeras>DenseBcscMatMulBiasAct")
     SK_DENSE_BCSC_INPUTS
     .Input("bias: T")
     .Output("out: T")
     .Attr("block: int >= 1")
-    .Attr("activation: {'linear', 'relu'} = 'linear'")
+    .Attr("activation: {'linear', 'relu', 'gelu'} = 'linear'")
     .Attr("T: {float, double}")
     .Attr("Tindex: {int32, int64}")
     .SetShapeFn(sparsekeras::DenseBcscMatMulBiasActShape)
@@ -594,7 +594,8 @@ class Epilogue {
   explicit Epilogue(OpKernelConstruction* ctx) {
     std::string activation;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("activation", &activation));
-    act_ = activation == "relu" ? SK_ACT_RELU : SK_ACT_LINEAR;
+    act_ = activation == "relu" ? SK_ACT_RELU
+           : activation == "gelu" ? SK_ACT_GELU : SK_ACT_LINEAR;
   }
   // The bias pointer (nullptr: none), or an error naming the bias and the columns expected.
   template <typename T>

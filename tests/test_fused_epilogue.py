@@ -46,8 +46,15 @@ def _fused(x, ip, ix, v, shape, block, bias, activation):
         x, ip, ix, v, tf.constant(shape, tf.int64), bias, block=block, activation=activation)
 
 
+def _gelu64(z):
+    """Exact GELU and its derivative in float64."""
+    from scipy.special import erf
+    cdf = 0.5 * (1.0 + erf(z / np.sqrt(2.0)))
+    return z * cdf, cdf + z * np.exp(-0.5 * z * z) / np.sqrt(2.0 * np.pi)
+
+
 @pytest.mark.parametrize("with_bias", [True, False])
-@pytest.mark.parametrize("activation", ["linear", "relu"])
+@pytest.mark.parametrize("activation", ["linear", "relu", "gelu"])
 @pytest.mark.parametrize("block", [1, 8])
 @pytest.mark.parametrize("idt", INDEX_DTYPES)
 @pytest.mark.parametrize("vdt", VALUE_DTYPES)
@@ -70,10 +77,11 @@ def test_fused_op_and_gradients(vdt, idt, block, activation, with_bias, run):
     tol = 1e-4 if vdt == np.float32 else 1e-10
     w64 = w.astype(np.float64)
     pre = x.astype(np.float64) @ w64 + (b.astype(np.float64) if with_bias else 0.0)
-    want = np.maximum(pre, 0.0) if activation == "relu" else pre
+    gelu, dgelu = _gelu64(pre)
+    want = {"relu": np.maximum(pre, 0.0), "gelu": gelu}.get(activation, pre)
     assert y.dtype == vdt and y.shape == want.shape
     np.testing.assert_allclose(y, want, rtol=tol, atol=tol)
-    g = dy.astype(np.float64) * (pre > 0) if activation == "relu" else dy.astype(np.float64)
+    g = dy.astype(np.float64) * {"relu": pre > 0, "gelu": dgelu}.get(activation, 1.0)
     np.testing.assert_allclose(dx, g @ w64.T, rtol=tol, atol=tol)
     stored = linalg.bcsc_to_dense(ip, ix, np.ones_like(v), w.shape, block) != 0
     np.testing.assert_allclose(linalg.bcsc_to_dense(ip, ix, dv.numpy(), w.shape, block),
@@ -123,12 +131,12 @@ def _op_types(layer, x):
 
 
 @pytest.mark.parametrize("use_bias", [True, False])
-@pytest.mark.parametrize("activation", ["relu", None, "tanh"])
+@pytest.mark.parametrize("activation", ["relu", None, "tanh", "gelu"])
 @pytest.mark.parametrize("block", [1, 8])
 def test_compact_dense_fuses_bias_and_relu(block, activation, use_bias):
-    """CompactDense computes act(x @ W + b) through the fused op when its activation is ReLU
-    or linear (and there is something to fuse), through the plain op and TensorFlow otherwise;
-    outputs and gradients equal the dense layer's either way."""
+    """CompactDense computes act(x @ W + b) through the fused op when its activation is ReLU,
+    exact GELU or linear (and there is something to fuse), through the plain op and TensorFlow
+    otherwise; outputs and gradients equal the dense layer's either way."""
     w, _, _, _ = _case(block, np.int32, np.float32, seed=5, k=40, n=32)
     b = np.random.default_rng(6).standard_normal(32).astype(np.float32)
     layer = CompactDense.from_kernel(w, b if use_bias else None, block=block,
@@ -142,9 +150,10 @@ def test_compact_dense_fuses_bias_and_relu(block, activation, use_bias):
     types = _op_types(layer, x)
     fused = "SparseKeras>DenseBcscMatMulBiasAct" if block > 1 else \
         "SparseKeras>DenseCscMatMulBiasAct"
-    expect_fused = activation == "relu" or (activation is None and use_bias)
+    expect_fused = activation in ("relu", "gelu") or (activation is None and use_bias)
     assert (fused in types) == expect_fused, types
     assert ("Relu" in types) == (activation == "relu" and not expect_fused)
+    assert "Erf" not in types  # GELU in the epilogue, not TensorFlow's
     np.testing.assert_allclose(layer(x), dense(x), rtol=1e-5, atol=1e-5)
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)
@@ -170,3 +179,28 @@ def test_compact_dense_fused_on_a_sequence_input():
     x = np.random.default_rng(11).standard_normal((3, 5, 16)).astype(np.float32)
     assert "SparseKeras>DenseBcscMatMulBiasAct" in _op_types(layer, tf.constant(x))
     np.testing.assert_allclose(layer(x), np.maximum(x @ w + b, 0), rtol=1e-5, atol=1e-5)
+
+
+def test_gelu_epilogue_special_values_and_threads():
+    """The GELU epilogue: large |z| gives z (positive) or 0 (negative) as the exact function
+    does in float32, a NaN stays NaN, and 1, 2 and 3 kernel threads give the same bits (the
+    in-register and the scalar path run the same operations)."""
+    from sparsekeras import _kernels
+    w, ip, ix, v = _case(1, np.int32, np.float32, seed=12, k=30, n=40, keep=0.5)
+    x = np.random.default_rng(13).standard_normal((150, 30)).astype(np.float32) * 3
+    x[5] = np.nan
+    bias = np.zeros(40, np.float32)
+    bias[:4] = [60.0, -60.0, 1e30, -1e30]
+    outs = [_kernels.dense_csc_matmul(x, ip, ix, v, w.shape, bias=bias, activation="gelu",
+                                      n_threads=nt) for nt in (1, 2, 3)]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
+    out = outs[0]
+    pre = x.astype(np.float64) @ w.astype(np.float64) + bias
+    ok = np.arange(len(x)) != 5
+    stored = (w != 0).any(axis=0)
+    assert np.isnan(out[5, stored]).all()
+    np.testing.assert_array_equal(out[ok, 0], pre[ok, 0].astype(np.float32))  # GELU(z) = z
+    assert (np.abs(out[ok, 1]) == 0).all() and (out[ok, 3] == 0).all()
+    np.testing.assert_array_equal(out[ok, 2], np.float32(1e30))
+    np.testing.assert_allclose(out[ok], _gelu64(pre[ok])[0], rtol=1e-4, atol=1e-4)

@@ -32,11 +32,14 @@ _FAST_DTYPES = (tf.float32, tf.float64)
 
 def _fused_activation(activation):
     """The compiled ops' name for a Dense activation they fuse into their output store
-    ("linear" or "relu"), or None (not fusable: applied by TensorFlow after the product)."""
+    ("linear", "relu" or "gelu": Keras' exact GELU, `activation="gelu"`), or None (not
+    fusable: applied by TensorFlow after the product)."""
     if activation is None or activation is keras.activations.linear:
         return "linear"
     if activation is keras.activations.relu:
         return "relu"
+    if activation is keras.activations.gelu:
+        return "gelu"
     return None
 
 

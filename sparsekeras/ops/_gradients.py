@@ -280,10 +280,25 @@ class _LeadingInputs:
 
 def _bias_act_grad(op, grad, n_product_inputs, product_grad):
     """Gradients of out = act(product + bias): g = grad masked where a ReLU output is not
-    positive (TensorFlow's ReluGrad on the op's output), d_bias = column sums of g (None for an
-    empty bias), then the product's own gradients of g."""
-    if op.get_attr("activation") == b"relu" or op.get_attr("activation") == "relu":
+    positive (TensorFlow's ReluGrad on the op's output), or, for GELU, grad * GELU'(z) with the
+    pre-activation z = product + bias recomputed by the same op with no activation (GELU is not
+    invertible from its output); d_bias = column sums of g (None for an empty bias), then the
+    product's own gradients of g."""
+    act = op.get_attr("activation")
+    act = act.decode() if isinstance(act, bytes) else act
+    if act == "relu":
         grad = tf.raw_ops.ReluGrad(gradients=grad, features=op.outputs[0])
+    elif act == "gelu":
+        attrs = {"activation": "linear"}
+        if op.type == "SparseKeras>DenseBcscMatMulBiasAct":
+            attrs["block"] = op.get_attr("block")
+            z = _ops.sparse_keras_dense_bcsc_mat_mul_bias_act(*op.inputs, **attrs)
+        else:
+            z = _ops.sparse_keras_dense_csc_mat_mul_bias_act(*op.inputs, **attrs)
+        # d/dz [z Phi(z)] = Phi(z) + z phi(z), Phi(z) = (1 + erf(z / sqrt 2)) / 2
+        phi = tf.exp(-0.5 * z * z) * tf.constant(0.3989422804014327, z.dtype)
+        cdf = 0.5 * (1.0 + tf.math.erf(z * tf.constant(0.7071067811865476, z.dtype)))
+        grad = grad * (cdf + z * phi)
     bias = op.inputs[n_product_inputs]
     d_bias = None
     if not (bias.shape.rank == 1 and bias.shape[0] == 0):
