@@ -69,7 +69,7 @@ cdef struct _Planes:
     # Element (c, hp, phase, q) is at c * plane + (hp % sh) * phblock + (hp // sh) * rowstride
     # + phase * phstride + q.
     int64_t hp, s, wq, plane, image
-    int64_t sh, hq, phblock, rowstride, phstride, phased
+    int64_t sh, phblock, rowstride, phstride, phased
 
 
 cdef inline void _planes_init(_Planes *pl, int64_t n, int64_t c, int64_t src_h, int64_t src_w,
@@ -89,7 +89,6 @@ cdef inline void _planes_init(_Planes *pl, int64_t n, int64_t c, int64_t src_h, 
     pl.plane = hp * s * wq
     pl.image = c * hp * s * wq
     pl.sh = 1
-    pl.hq = hp
     pl.phblock = 0
     pl.rowstride = s * wq
     pl.phstride = wq
@@ -99,7 +98,6 @@ cdef inline void _planes_init(_Planes *pl, int64_t n, int64_t c, int64_t src_h, 
 cdef inline void _phase_rows(_Planes *pl, int64_t sh, int64_t hq) noexcept nogil:
     """Re-lay planes with sh row phases of hq rows each (see _Planes): hp = sh * hq rows."""
     pl.sh = sh
-    pl.hq = hq
     pl.hp = sh * hq
     pl.phblock = pl.s * hq * pl.wq
     pl.rowstride = pl.wq
@@ -107,6 +105,11 @@ cdef inline void _phase_rows(_Planes *pl, int64_t sh, int64_t hq) noexcept nogil
     pl.phased = 1
     pl.plane = pl.hp * pl.s * pl.wq
     pl.image = pl.c * pl.plane
+
+
+cdef inline int64_t _row_at(const _Planes *pl, int64_t r) noexcept nogil:
+    """Offset of padded row r of channel 0, phase 0, in an image of T (pl's layout)."""
+    return (r % pl.sh) * pl.phblock + (r // pl.sh) * pl.rowstride
 
 
 cdef inline int64_t _src_index(int64_t pos, int64_t pad, int64_t dil, int64_t size) noexcept nogil:
@@ -138,7 +141,7 @@ cdef int _to_planes(const _Planes *pl, const real_t *x, real_t *t, int n_threads
     for item in prange(pl.n * pl.hp, nogil=True, schedule='dynamic', chunksize=2, num_threads=n_threads):
         b = item // pl.hp
         r = item % pl.hp
-        dst = t + b * pl.image + (r % pl.sh) * pl.phblock + (r // pl.sh) * pl.rowstride
+        dst = t + b * pl.image + _row_at(pl, r)
         sr = _src_index(r, pl.pad_top, pl.idil_h, pl.src_h)
         if sr < 0:
             for c in range(pl.c):
@@ -551,8 +554,7 @@ cdef inline int64_t _tap_offset(const sk_conv2d_geom *g, const _Planes *pl, int6
     cdef int64_t tap = k // g.in_c
     cdef int64_t id_ = (tap // g.k_w) * g.dil_h
     cdef int64_t jd = (tap % g.k_w) * g.dil_w
-    return (c * pl.plane + (id_ % pl.sh) * pl.phblock + (id_ // pl.sh) * pl.rowstride
-            + (jd % pl.s) * pl.phstride + jd // pl.s)
+    return c * pl.plane + _row_at(pl, id_) + (jd % pl.s) * pl.phstride + jd // pl.s
 
 
 cdef inline void _forward_planes(const sk_conv2d_geom *g, _Planes *pl) noexcept nogil:
