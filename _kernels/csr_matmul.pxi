@@ -44,10 +44,13 @@ cdef inline void _bias_act_rows(real_t *buf, int64_t rows, int64_t w, const real
     # one branch-free loop per case, so that the compiler vectorizes each
     for r in range(rows):
         row = buf + r * w
-        if act == SK_ACT_GELU:
-            bv = bias[r] if bias != NULL else 0
+        if bias != NULL and act == SK_ACT_GELU:
+            bv = bias[r]
             for j in range(w):
-                row[j] = _gelu(row[j] + bv if bias != NULL else row[j])
+                row[j] = _gelu(row[j] + bv)
+        elif act == SK_ACT_GELU:
+            for j in range(w):
+                row[j] = _gelu(row[j])
         elif bias != NULL and act == SK_ACT_RELU:
             bv = bias[r]
             for j in range(w):
