@@ -213,14 +213,15 @@ def csr_matmul(indptr, indices, data, shape, b, *, n_threads=None):
     return out.reshape(n_rows) if b_arr.ndim == 1 else out
 
 
-_ACTIVATIONS = {None: 0, "linear": 0, "relu": 1, "gelu": 2}  # SK_ACT_LINEAR, _RELU, _GELU
+# SK_ACT_LINEAR, _RELU, _GELU, _RELU6
+_ACTIVATIONS = {None: 0, "linear": 0, "relu": 1, "gelu": 2, "relu6": 3}
 
 
 def _epilogue(bias, activation, n, dt):
     """(bias as a contiguous (n,) array of dtype dt or None, the kernel's act code), checked."""
     if not isinstance(activation, (str, type(None))) or activation not in _ACTIVATIONS:
-        raise ValueError(f"activation must be None, 'linear', 'relu' or 'gelu' (exact); received "
-                         f"activation={activation!r}")
+        raise ValueError(f"activation must be None, 'linear', 'relu', 'gelu' or 'relu6' (exact); "
+                         f"received activation={activation!r}")
     if bias is not None:
         bias = _values(bias, dt, "bias")
         if bias.shape != (n,):
@@ -235,7 +236,7 @@ def dense_csc_matmul(x, indptr, indices, data, shape, *, bias=None, activation=N
     form (indptr: N + 1 entries over columns, indices: row ids in [0, K)).
 
     This is the Dense-layer orientation (batch x in @ in x out). Returns (M, N) (or (N,)).
-    bias: None or N values added to every row; activation: None / "linear", "relu" or "gelu". Both are
+    bias: None or N values added to every row; activation: None / "linear", "relu", "gelu" or "relu6". Both are
     applied to each output tile before it is stored (a Dense layer's epilogue, fused).
     names: what the messages call X and W (linalg.matmul(a, b) passes ("a", "b")).
     Complexity O(nnz(W) * M).

@@ -266,7 +266,7 @@ def dense_bcsc_matmul(x, indptr, indices, data, shape, block, *, bias=None, acti
     indptr: N / block + 1 entries over groups; indices: input rows in [0, K), one per block;
     data: block values, shape (nblocks * block,) or (nblocks, block), data[b, g] the weight of
     column q * block + g of block b's group q. bias: None or N values added to every row;
-    activation: None / "linear" or "relu" (both applied to each output tile before it is
+    activation: None / "linear", "relu", "gelu" or "relu6" (both applied to each output tile before it is
     stored). Returns (M, N) (or (N,)).
     Complexity O(nblocks * block * M).
 

@@ -194,10 +194,28 @@ cdef int _to_planes(const _Planes *pl, const real_t *x, real_t *t, int n_threads
     return 0
 
 
-cdef inline void _store_flat_tile(int isa, const real_t *buf, int64_t w, int64_t f0, int64_t wq,
-                                  int64_t out_w, int64_t out_c, real_t *img) noexcept nogil:
+cdef inline void _store_tile(int isa, real_t *buf, int64_t lds, real_t *dst, int64_t out_c,
+                             int64_t cols, const real_t *bias, int act) noexcept nogil:
+    """Store buf (out_c x cols, row stride lds) transposed into NHWC pixels dst (cols pixels of
+    out_c channels), with the epilogue act(v + bias[o]) (bias may be NULL, act an SK_ACT_*):
+    in registers after each 16 x 16 transpose on AVX-512 float32, else applied to buf in place
+    (in L1) before the transpose. Same values either way (_bias_act_rows' operations)."""
+    if bias == NULL and act == SK_ACT_LINEAR:
+        _transpose(isa, buf, lds, dst, out_c, out_c, cols)
+        return
+    if real_t is float:
+        if sk_transpose_store_epi_f32(isa, buf, lds, dst, out_c, out_c, cols, bias, act):
+            return
+    _bias_act_block(buf, out_c, lds, cols, bias, act)
+    _transpose(isa, buf, lds, dst, out_c, out_c, cols)
+
+
+cdef inline void _store_flat_tile(int isa, real_t *buf, int64_t w, int64_t f0, int64_t wq,
+                                  int64_t out_w, int64_t out_c, real_t *img, const real_t *bias,
+                                  int act) noexcept nogil:
     """Store a flat tile buf (out_c x w; positions f0 .. f0 + w - 1 of rows wq apart) into the
-    NHWC image img (rows of out_w pixels), dropping the padding columns (ow >= out_w)."""
+    NHWC image img (rows of out_w pixels), dropping the padding columns (ow >= out_w); with
+    the epilogue (see _store_tile)."""
     cdef int64_t j = 0, f, oh, ow, seg
     while j < w:
         f = f0 + j
@@ -209,7 +227,7 @@ cdef inline void _store_flat_tile(int isa, const real_t *buf, int64_t w, int64_t
         seg = out_w - ow
         if seg > w - j:
             seg = w - j
-        _transpose(isa, buf + j, w, img + (oh * out_w + ow) * out_c, out_c, out_c, seg)
+        _store_tile(isa, buf + j, w, img + (oh * out_w + ow) * out_c, out_c, seg, bias, act)
         j = j + seg
 
 
@@ -280,8 +298,8 @@ cdef inline int64_t _band_rows(int64_t n, int64_t out_h, int64_t wq, int64_t row
 
 cdef int _conv_banded(const _Planes *pl, int64_t out_h, int64_t out_w, int64_t out_c,
                       int64_t band, int64_t reach, const int64_t *rowptr, const int64_t *off,
-                      const real_t *val, const real_t *x, real_t *out,
-                      int n_threads) noexcept nogil:
+                      const real_t *val, const real_t *x, const real_t *bias, int act,
+                      real_t *out, int n_threads) noexcept nogil:
     """Stride-1 convolution fused with the layout change: each work item (image, band of
     `band` output rows) transposes the band's band + reach padded input rows into a per-thread
     panel (pl.plane must be (band + reach) * wq: the offsets index it), runs flat tiles over it
@@ -326,7 +344,7 @@ cdef int _conv_banded(const _Planes *pl, int64_t out_h, int64_t out_w, int64_t o
                 _spmm_row(isa, rowptr[o + 1] - p0, off + p0, val + p0, panel + f0, 1, w,
                           buf + o * w, 1)
             _store_flat_tile(isa, buf, w, f0, pl.wq, out_w, out_c,
-                             out + (b * out_h + oh0) * out_w * out_c)
+                             out + (b * out_h + oh0) * out_w * out_c, bias, act)
             f0 = f0 + tile
     _scratch_free(scratch)
     return 0
@@ -410,8 +428,8 @@ cdef int _grad_values_banded(const sk_conv2d_geom *g, _Planes *pl, const index_t
 
 cdef int _conv_planes(const _Planes *pl, int64_t out_h, int64_t out_w, int64_t out_c,
                       int64_t row_step, const int64_t *rowptr, const int64_t *off,
-                      const real_t *val, const real_t *t, real_t *out,
-                      int n_threads) noexcept nogil:
+                      const real_t *val, const real_t *t, const real_t *bias, int act,
+                      real_t *out, int n_threads) noexcept nogil:
     """out (n, out_h, out_w, out_c) from planes T: output row oh of image b reads T at
     b * image + oh * row_step + off_p + ow. Each thread computes out_c x w tiles into its
     scratch and stores them transposed (8x8 register transposes).
@@ -465,17 +483,18 @@ cdef int _conv_planes(const _Planes *pl, int64_t out_h, int64_t out_w, int64_t o
             p0 = rowptr[o]
             _spmm_row(isa, rowptr[o + 1] - p0, off + p0, val + p0, base, 1, w, buf + o * w, 1)
         if not flat:
-            _transpose(isa, buf, w, out + ((b * out_h + oh) * out_w + ow0) * out_c, out_c,
-                       out_c, w)
+            _store_tile(isa, buf, w, out + ((b * out_h + oh) * out_w + ow0) * out_c, out_c, w,
+                        bias, act)
             continue
-        _store_flat_tile(isa, buf, w, ow0, pl.wq, out_w, out_c, out + b * out_h * out_w * out_c)
+        _store_flat_tile(isa, buf, w, ow0, pl.wq, out_w, out_c, out + b * out_h * out_w * out_c,
+                         bias, act)
     _scratch_free(scratch)
     return 0
 
 
 cdef int _pointwise(int64_t n_pix, int64_t c_in, int64_t c_out, const int64_t *rowptr,
-                    const int64_t *idx, const real_t *val, const real_t *x, real_t *out,
-                    int n_threads) noexcept nogil:
+                    const int64_t *idx, const real_t *val, const real_t *x, const real_t *bias,
+                    int act, real_t *out, int n_threads) noexcept nogil:
     """A 1x1, stride-1 convolution, out (n_pix x c_out) = x (n_pix x c_in) @ W, W given per
     output channel o as entries idx (input channels) / val in [rowptr[o], rowptr[o+1]).
 
@@ -509,14 +528,14 @@ cdef int _pointwise(int64_t n_pix, int64_t c_in, int64_t c_out, const int64_t *r
         for o in range(c_out):
             q0 = rowptr[o]
             _spmm_row(isa, rowptr[o + 1] - q0, idx + q0, val + q0, panel, w, w, buf + o * w, 1)
-        _transpose(isa, buf, w, out + p0 * c_out, c_out, c_out, w)
+        _store_tile(isa, buf, w, out + p0 * c_out, c_out, w, bias, act)
     _scratch_free(scratch)
     return 0
 
 
 cdef int _strided_pointwise(const sk_conv2d_geom *g, const int64_t *rowptr, const int64_t *idx,
-                            const real_t *val, const real_t *x, real_t *out,
-                            int n_threads) noexcept nogil:
+                            const real_t *val, const real_t *x, const real_t *bias, int act,
+                            real_t *out, int n_threads) noexcept nogil:
     """A 1x1 convolution with no padding (strided, or cropping): pixel (oh * stride_h,
     ow * stride_w) of x for each output pixel, copied into one contiguous
     (n * out_h * out_w, in_c) array, then _pointwise: the same FMA chain per output (the
@@ -538,7 +557,8 @@ cdef int _strided_pointwise(const sk_conv2d_geom *g, const int64_t *rowptr, cons
         dst = sub + item * g.out_w * c
         for ow in range(g.out_w):
             memcpy(dst + ow * c, src + ow * g.stride_w * c, c * sizeof(real_t))
-    rc = _pointwise(n_rows * g.out_w, c, g.out_c, rowptr, idx, val, sub, out, n_threads)
+    rc = _pointwise(n_rows * g.out_w, c, g.out_c, rowptr, idx, val, sub, bias, act, out,
+                    n_threads)
     _scratch_free(sub)
     return rc
 
@@ -571,8 +591,10 @@ cdef inline void _band_planes(_Planes *pl, int64_t rows) noexcept nogil:
 
 
 cdef int _csr_conv2d(const sk_conv2d_geom *g, const index_t *indptr, const index_t *indices,
-                     const real_t *data, const real_t *x, real_t *out,
-                     int n_threads) noexcept nogil:
+                     const real_t *data, const real_t *bias, int act, const real_t *x,
+                     real_t *out, int n_threads) noexcept nogil:
+    """out = act(conv2d(x, W) + bias): bias (out_c) may be NULL, act an SK_ACT_* code, applied
+    to each output tile as it is stored (no pass over out)."""
     cdef int64_t nnz = indptr[g.out_c]
     cdef _Planes pl
     cdef int64_t *rowptr
@@ -596,8 +618,8 @@ cdef int _csr_conv2d(const sk_conv2d_geom *g, const index_t *indptr, const index
     if _is_pointwise(g):
         for p in range(nnz):
             off[p] = indices[p]
-        rc = _pointwise(g.batch * g.in_h * g.in_w, g.in_c, g.out_c, rowptr, off, data, x, out,
-                        n_threads)
+        rc = _pointwise(g.batch * g.in_h * g.in_w, g.in_c, g.out_c, rowptr, off, data, x, bias,
+                        act, out, n_threads)
         free(off)
         free(rowptr)
         return rc
@@ -608,7 +630,7 @@ cdef int _csr_conv2d(const sk_conv2d_geom *g, const index_t *indptr, const index
         # (32 -> 64 stride 2 at 32x32, batch 32, 10%).
         for p in range(nnz):
             off[p] = indices[p]
-        rc = _strided_pointwise(g, rowptr, off, data, x, out, n_threads)
+        rc = _strided_pointwise(g, rowptr, off, data, x, bias, act, out, n_threads)
         free(off)
         free(rowptr)
         return rc
@@ -622,7 +644,7 @@ cdef int _csr_conv2d(const sk_conv2d_geom *g, const index_t *indptr, const index
         for p in range(nnz):
             off[p] = _tap_offset(g, &pl, indices[p])
         rc = _conv_banded(&pl, g.out_h, g.out_w, g.out_c, band, reach, rowptr, off, data, x,
-                          out, n_threads)
+                          bias, act, out, n_threads)
         free(off)
         free(rowptr)
         return rc
@@ -643,7 +665,7 @@ cdef int _csr_conv2d(const sk_conv2d_geom *g, const index_t *indptr, const index
     if rc == 0:
         rc = _conv_planes(&pl, g.out_h, g.out_w, g.out_c,
                           pl.wq if pl.phased else g.stride_h * pl.s * pl.wq, rowptr, off,
-                          data, t, out, n_threads)
+                          data, t, bias, act, out, n_threads)
     _scratch_free(t)
     free(off)
     free(rowptr)
@@ -715,8 +737,8 @@ cdef int _csr_conv2d_grad_input(const sk_conv2d_geom *g, const index_t *indptr,
                 off[q] = o
             val[q] = data[p]
     if _is_pointwise(g):
-        rc = _pointwise(g.batch * g.in_h * g.in_w, g.out_c, g.in_c, rowptr, off, val, dy, dx,
-                        n_threads)
+        rc = _pointwise(g.batch * g.in_h * g.in_w, g.out_c, g.in_c, rowptr, off, val, dy, NULL,
+                        SK_ACT_LINEAR, dx, n_threads)
         _scratch_free(t)
         free(val)
         free(off)
@@ -724,13 +746,13 @@ cdef int _csr_conv2d_grad_input(const sk_conv2d_geom *g, const index_t *indptr,
         free(rowptr)
         return rc
     if band > 0:
-        rc = _conv_banded(&pl, g.in_h, g.in_w, g.in_c, band, reach, rowptr, off, val, dy, dx,
-                          n_threads)
+        rc = _conv_banded(&pl, g.in_h, g.in_w, g.in_c, band, reach, rowptr, off, val, dy, NULL,
+                          SK_ACT_LINEAR, dx, n_threads)
     else:
         rc = _to_planes(&pl, dy, t, n_threads)
         if rc == 0:
-            rc = _conv_planes(&pl, g.in_h, g.in_w, g.in_c, pl.wq, rowptr, off, val, t, dx,
-                              n_threads)
+            rc = _conv_planes(&pl, g.in_h, g.in_w, g.in_c, pl.wq, rowptr, off, val, t, NULL,
+                              SK_ACT_LINEAR, dx, n_threads)
     _scratch_free(t)
     free(val)
     free(off)
@@ -870,22 +892,42 @@ cdef int _csr_conv2d_grad_values(const sk_conv2d_geom *g, const index_t *indptr,
 cdef public int sk_csr_conv2d_f32_i32(const sk_conv2d_geom *g, const int32_t *indptr,
         const int32_t *indices, const float *data, const float *x, float *out,
         int n_threads) noexcept nogil:
-    return _csr_conv2d(g, indptr, indices, data, x, out, n_threads)
+    return _csr_conv2d(g, indptr, indices, data, NULL, SK_ACT_LINEAR, x, out, n_threads)
+
+cdef public int sk_csr_conv2d_bias_act_f32_i32(const sk_conv2d_geom *g, const int32_t *indptr,
+        const int32_t *indices, const float *data, const float *bias, int act, const float *x,
+        float *out, int n_threads) noexcept nogil:
+    return _csr_conv2d(g, indptr, indices, data, bias, act, x, out, n_threads)
 
 cdef public int sk_csr_conv2d_f32_i64(const sk_conv2d_geom *g, const int64_t *indptr,
         const int64_t *indices, const float *data, const float *x, float *out,
         int n_threads) noexcept nogil:
-    return _csr_conv2d(g, indptr, indices, data, x, out, n_threads)
+    return _csr_conv2d(g, indptr, indices, data, NULL, SK_ACT_LINEAR, x, out, n_threads)
+
+cdef public int sk_csr_conv2d_bias_act_f32_i64(const sk_conv2d_geom *g, const int64_t *indptr,
+        const int64_t *indices, const float *data, const float *bias, int act, const float *x,
+        float *out, int n_threads) noexcept nogil:
+    return _csr_conv2d(g, indptr, indices, data, bias, act, x, out, n_threads)
 
 cdef public int sk_csr_conv2d_f64_i32(const sk_conv2d_geom *g, const int32_t *indptr,
         const int32_t *indices, const double *data, const double *x, double *out,
         int n_threads) noexcept nogil:
-    return _csr_conv2d(g, indptr, indices, data, x, out, n_threads)
+    return _csr_conv2d(g, indptr, indices, data, NULL, SK_ACT_LINEAR, x, out, n_threads)
+
+cdef public int sk_csr_conv2d_bias_act_f64_i32(const sk_conv2d_geom *g, const int32_t *indptr,
+        const int32_t *indices, const double *data, const double *bias, int act, const double *x,
+        double *out, int n_threads) noexcept nogil:
+    return _csr_conv2d(g, indptr, indices, data, bias, act, x, out, n_threads)
 
 cdef public int sk_csr_conv2d_f64_i64(const sk_conv2d_geom *g, const int64_t *indptr,
         const int64_t *indices, const double *data, const double *x, double *out,
         int n_threads) noexcept nogil:
-    return _csr_conv2d(g, indptr, indices, data, x, out, n_threads)
+    return _csr_conv2d(g, indptr, indices, data, NULL, SK_ACT_LINEAR, x, out, n_threads)
+
+cdef public int sk_csr_conv2d_bias_act_f64_i64(const sk_conv2d_geom *g, const int64_t *indptr,
+        const int64_t *indices, const double *data, const double *bias, int act, const double *x,
+        double *out, int n_threads) noexcept nogil:
+    return _csr_conv2d(g, indptr, indices, data, bias, act, x, out, n_threads)
 
 cdef public int sk_csr_conv2d_grad_input_f32_i32(const sk_conv2d_geom *g, const int32_t *indptr,
         const int32_t *indices, const float *data, const float *dy, float *dx,
@@ -1022,7 +1064,7 @@ def _conv_args(x_shape, indptr, indices, data, kernel_shape, strides, padding, d
 
 
 def csr_conv2d(x, indptr, indices, data, kernel_shape, *, strides=(1, 1), padding="VALID",
-               dilations=(1, 1), n_threads=None):
+               dilations=(1, 1), bias=None, activation=None, n_threads=None):
     """2-D convolution of NHWC `x` with a sparse kernel (TensorFlow's conv2d semantics).
 
     Args:
@@ -1032,8 +1074,12 @@ def csr_conv2d(x, indptr, indices, data, kernel_shape, *, strides=(1, 1), paddin
             entries; indices are patch positions (i * k_w + j) * in_channels + c.
         kernel_shape: (k_h, k_w, in_channels, out_channels).
         strides, dilations: int or pair; padding: "SAME" or "VALID".
+        bias: None or out_channels values added to every output pixel; activation: None /
+            "linear", "relu", "gelu" or "relu6". Both are applied to each output tile as it
+            is stored (a Conv2D layer's epilogue, fused).
     Returns:
-        (batch, out_h, out_w, out_channels), float32 or float64.
+        (batch, out_h, out_w, out_channels) = activation(conv2d(x, W) + bias), float32 or
+        float64.
     Complexity O(nnz * batch * out_h * out_w + size(x)).
     """
     xa = np.asarray(x)
@@ -1043,6 +1089,9 @@ def csr_conv2d(x, indptr, indices, data, kernel_shape, *, strides=(1, 1), paddin
     cdef cnp.ndarray d = _values(data, dt, "data")
     cdef cnp.ndarray xx = _values(xa, dt, "x")
     cdef cnp.ndarray out = np.zeros((geo["batch"], geo["out_h"], geo["out_w"], geo["out_c"]), dtype=dt)
+    bias_arr, act_code = _epilogue(bias, activation, geo["out_c"], dt)
+    cdef void *bp = NULL if bias_arr is None else _ptr(<cnp.ndarray>bias_arr)
+    cdef int act = act_code
     cdef sk_conv2d_geom g = _geom_struct(geo)
     cdef cnp.ndarray cip = ip, cix = ix
     cdef int nt = _threads(n_threads, ix.shape[0] * geo["batch"] * geo["out_h"] * geo["out_w"] + xa.size)
@@ -1050,17 +1099,21 @@ def csr_conv2d(x, indptr, indices, data, kernel_shape, *, strides=(1, 1), paddin
     cdef int rc
     with nogil:
         if f32 and i32:
-            rc = sk_csr_conv2d_f32_i32(&g, <int32_t *>_ptr(cip), <int32_t *>_ptr(cix),
-                                       <float *>_ptr(d), <float *>_ptr(xx), <float *>_ptr(out), nt)
+            rc = sk_csr_conv2d_bias_act_f32_i32(&g, <int32_t *>_ptr(cip), <int32_t *>_ptr(cix),
+                                                <float *>_ptr(d), <float *>bp, act,
+                                                <float *>_ptr(xx), <float *>_ptr(out), nt)
         elif f32:
-            rc = sk_csr_conv2d_f32_i64(&g, <int64_t *>_ptr(cip), <int64_t *>_ptr(cix),
-                                       <float *>_ptr(d), <float *>_ptr(xx), <float *>_ptr(out), nt)
+            rc = sk_csr_conv2d_bias_act_f32_i64(&g, <int64_t *>_ptr(cip), <int64_t *>_ptr(cix),
+                                                <float *>_ptr(d), <float *>bp, act,
+                                                <float *>_ptr(xx), <float *>_ptr(out), nt)
         elif i32:
-            rc = sk_csr_conv2d_f64_i32(&g, <int32_t *>_ptr(cip), <int32_t *>_ptr(cix),
-                                       <double *>_ptr(d), <double *>_ptr(xx), <double *>_ptr(out), nt)
+            rc = sk_csr_conv2d_bias_act_f64_i32(&g, <int32_t *>_ptr(cip), <int32_t *>_ptr(cix),
+                                                <double *>_ptr(d), <double *>bp, act,
+                                                <double *>_ptr(xx), <double *>_ptr(out), nt)
         else:
-            rc = sk_csr_conv2d_f64_i64(&g, <int64_t *>_ptr(cip), <int64_t *>_ptr(cix),
-                                       <double *>_ptr(d), <double *>_ptr(xx), <double *>_ptr(out), nt)
+            rc = sk_csr_conv2d_bias_act_f64_i64(&g, <int64_t *>_ptr(cip), <int64_t *>_ptr(cix),
+                                                <double *>_ptr(d), <double *>bp, act,
+                                                <double *>_ptr(xx), <double *>_ptr(out), nt)
     if rc:
         raise MemoryError("csr_conv2d: could not allocate scratch memory")
     return out

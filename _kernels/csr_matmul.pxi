@@ -19,6 +19,7 @@ cdef extern from "sparsekeras_kernels.h":
         SK_ACT_LINEAR
         SK_ACT_RELU
         SK_ACT_GELU
+        SK_ACT_RELU6
 
 cdef extern from "sk_simd.h" nogil:
     float sk_gelu_f32(float v)
@@ -34,16 +35,22 @@ cdef inline real_t _gelu(real_t v) noexcept nogil:
 
 cdef inline void _bias_act_rows(real_t *buf, int64_t rows, int64_t w, const real_t *bias,
                                 int act) noexcept nogil:
-    """buf (rows x w, row r = output feature r) <- act(buf + bias[r]) in place: the epilogue,
+    _bias_act_block(buf, rows, w, w, bias, act)
+
+
+cdef inline void _bias_act_block(real_t *buf, int64_t rows, int64_t ld, int64_t w,
+                                 const real_t *bias, int act) noexcept nogil:
+    """buf (rows x w, row r = output feature r at buf + r * ld) <- act(buf + bias[r]) in place: the epilogue,
     applied to the buffered rows (in L1) before their transposed store. bias may be NULL (no
-    bias); act SK_ACT_LINEAR, SK_ACT_RELU or SK_ACT_GELU. The same two float operations, in the
-    same order, as TensorFlow's BiasAdd then Relu (relu keeps a NaN); GELU as sk_gelu_*."""
+    bias); act SK_ACT_LINEAR, SK_ACT_RELU, SK_ACT_GELU or SK_ACT_RELU6. The same float
+    operations, in the same order, as TensorFlow's BiasAdd then Relu / Relu6 (a NaN stays NaN);
+    GELU as sk_gelu_*."""
     cdef int64_t r, j
     cdef real_t bv, v
     cdef real_t *row
     # one branch-free loop per case, so that the compiler vectorizes each
     for r in range(rows):
-        row = buf + r * w
+        row = buf + r * ld
         if bias != NULL and act == SK_ACT_GELU:
             bv = bias[r]
             for j in range(w):
@@ -56,6 +63,17 @@ cdef inline void _bias_act_rows(real_t *buf, int64_t rows, int64_t w, const real
             for j in range(w):
                 v = row[j] + bv
                 row[j] = 0 if v < 0 else v
+        elif bias != NULL and act == SK_ACT_RELU6:
+            bv = bias[r]
+            for j in range(w):
+                v = row[j] + bv
+                v = 0 if v < 0 else v
+                row[j] = 6 if v > 6 else v
+        elif act == SK_ACT_RELU6:
+            for j in range(w):
+                v = row[j]
+                v = 0 if v < 0 else v
+                row[j] = 6 if v > 6 else v
         elif bias != NULL:
             bv = bias[r]
             for j in range(w):
@@ -87,6 +105,9 @@ cdef inline real_t _bias_act1(real_t v, const real_t *bias, int64_t col, int act
         v = 0
     elif act == SK_ACT_GELU:
         v = _gelu(v)
+    elif act == SK_ACT_RELU6:
+        v = 0 if v < 0 else v
+        v = 6 if v > 6 else v
     return v
 
 

@@ -307,7 +307,8 @@ __attribute__((target("avx512f"))) static inline __m512 sk_gelu_avx512_f32(__m51
 
 /* The transposed store with a Dense layer's epilogue: dst[j * ldd + i] = act(src[i * lds + j] +
  * bias[i]) (bias may be NULL; act 1: ReLU, keeping a NaN as TensorFlow's Relu does: max(0, v)
- * returns its second operand when it is a NaN; act 2: GELU, sk_gelu_avx512_f32). Applied in registers after the transpose, where
+ * returns its second operand when it is a NaN; act 2: GELU, sk_gelu_avx512_f32; act 3:
+ * ReLU6, min(6, max(0, v)), NaN kept the same way). Applied in registers after the transpose, where
  * bias[i0..i0+16] is one vector: no pass over memory. */
 __attribute__((target("avx512f"))) static void
 sk_transpose_store_epi_avx512_f32(const float *src, int64_t lds, float *dst, int64_t ldd,
@@ -330,6 +331,10 @@ sk_transpose_store_epi_avx512_f32(const float *src, int64_t lds, float *dst, int
                 for (int k = 0; k < 16; k++) r[k] = _mm512_max_ps(_mm512_setzero_ps(), r[k]);
             else if (act == 2)
                 for (int k = 0; k < nj; k++) r[k] = sk_gelu_avx512_f32(r[k]);
+            else if (act == 3)  /* min(6, .) returns its second operand for a NaN, too */
+                for (int k = 0; k < 16; k++)
+                    r[k] = _mm512_min_ps(_mm512_set1_ps(6.0f),
+                                         _mm512_max_ps(_mm512_setzero_ps(), r[k]));
             float *d0 = dst + j0 * ldd + i0;
             for (int64_t k = 0; k < nj; k++) _mm512_mask_storeu_ps(d0 + k * ldd, mi, r[k]);
         }

@@ -17,6 +17,10 @@
  *     sum_{i, j, c} x[b, oh * stride_h + i * dil_h - pad_top, ow * stride_w + j * dil_w - pad_left, c]
  *                   * W[i, j, c, o]           (x is zero outside the image).
  *   Complexity O(nnz * batch * out_h * out_w + size(x)).
+ * sk_csr_conv2d_bias_act: out = act(that sum + bias[o]), the epilogue of a Conv2D layer fused
+ *   into the output store: bias has out_c entries (or is NULL), act is SK_ACT_LINEAR, SK_ACT_RELU,
+ *   SK_ACT_GELU or SK_ACT_RELU6 (sparsekeras_kernels.h). The same values as the convolution
+ *   followed by the bias add and the activation (bitwise for ReLU / ReLU6).
  * sk_csr_conv2d_grad_input: dx (batch, in_h, in_w, in_c) = the gradient of that sum w.r.t. x
  *   for dy (batch, out_h, out_w, out_c). Complexity O(nnz * batch * in_h * in_w * ...), stride
  *   > 1 costs stride_h * stride_w times more (it runs on the zero-dilated dy).
@@ -43,6 +47,9 @@ typedef struct sk_conv2d_geom {
 #define SK_CONV_DECL(TS, T, IS, I)                                                                \
     int sk_csr_conv2d_##TS##_##IS(const sk_conv2d_geom *g, const I *indptr, const I *indices,     \
                                   const T *data, const T *x, T *out, int n_threads);              \
+    int sk_csr_conv2d_bias_act_##TS##_##IS(const sk_conv2d_geom *g, const I *indptr,             \
+                                           const I *indices, const T *data, const T *bias,       \
+                                           int act, const T *x, T *out, int n_threads);          \
     int sk_csr_conv2d_grad_input_##TS##_##IS(const sk_conv2d_geom *g, const I *indptr,            \
                                              const I *indices, const T *data, const T *dy,        \
                                              T *dx, int n_threads);                               \

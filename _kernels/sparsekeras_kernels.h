@@ -34,6 +34,8 @@ extern "C" {
  * [-4, 4] (Eigen's, the one TensorFlow's Erf uses on CPU; within a few ulp of erf), float64
  * through libm's erf. Not bitwise TensorFlow's Gelu: within float rounding of it. */
 #define SK_ACT_GELU 2
+/* ReLU6, min(max(v, 0), 6) as TensorFlow's Relu6 (a NaN stays NaN). */
+#define SK_ACT_RELU6 3
 
 /* sk_csr_matmul: out (n_rows x n_out) = A (n_rows x n_cols, CSR) @ b (n_cols x n_out).
  *   Complexity O(nnz(A) * n_out + n_cols * n_out).
@@ -42,7 +44,7 @@ extern "C" {
  *   (equivalently W^T in CSR). The Dense-layer orientation. Complexity O(nnz(W) * n_rows).
  * sk_dense_csc_matmul_bias_act: the same with a Dense layer's epilogue fused into the output
  *   store, out = act(x @ W + bias): bias has n_cols entries (or is NULL: no bias), act is
- *   SK_ACT_LINEAR, SK_ACT_RELU or SK_ACT_GELU. Equal, bitwise, to the product followed by the
+ *   SK_ACT_LINEAR, SK_ACT_RELU, SK_ACT_GELU or SK_ACT_RELU6. Equal, bitwise, to the product followed by the
  *   bias add and the activation (ReLU; GELU within float rounding of TensorFlow's).
  * sk_dense_csr_matmul: out (n_rows x n_cols) = x (n_rows x n_inner) @ B (n_inner x n_cols, CSR):
  *   the transposed-kernel product (scatter formulation), e.g. a Dense layer's dX = dY @ W^T from
@@ -180,7 +182,7 @@ SK_SPGEMM_DECL(f64, i64, double, int64_t)
  *   n_rows). Bitwise identical for every n_threads.
  * sk_dense_bcsc_matmul_bias_act: the same with a Dense layer's epilogue fused into the output
  *   store, out = act(x @ W + bias): bias has n_cols entries (or is NULL: no bias), act is
- *   SK_ACT_LINEAR, SK_ACT_RELU or SK_ACT_GELU. Equal, bitwise, to the product followed by the
+ *   SK_ACT_LINEAR, SK_ACT_RELU, SK_ACT_GELU or SK_ACT_RELU6. Equal, bitwise, to the product followed by the
  *   bias add and the activation (ReLU; GELU within float rounding of TensorFlow's).
  * sk_dense_bcsc_matmul_t: out (n_rows x n_inner) = dy (n_rows x n_cols) @ W^T, W block-CSC as
  *   above: the input gradient of the block product (no transpose of W). Bitwise identical for

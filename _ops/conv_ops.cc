@@ -6,11 +6,13 @@
 //
 // Ops (namespace SparseKeras>):
 //   CsrConv2D(x, indptr, indices, values) -> y                       (N, OH, OW, out_c)
+//   CsrConv2DBiasAct(x, indptr, indices, values, bias; activation) -> act(y + bias)
 //   CsrConv2DBackpropInput(dy, indptr, indices, values, input_sizes) -> dx
 //   CsrConv2DBackpropValues(x, dy, indptr, indices) -> d_values      (nnz,)
 // Attributes: kernel_size [k_h, k_w], strides [s_h, s_w], dilations [d_h, d_w], padding
 // SAME | VALID, with TensorFlow's conv2d semantics. Gradients: sparsekeras/ops/_gradients.py.
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -172,6 +174,10 @@ absl::Status Rank4(const Tensor& t, const char* name) {
                   T* out, int nt) {                                                               \
     return sk_csr_conv2d_##TS##_##IS(g, ip, ix, d, x, out, nt);                                   \
   }                                                                                               \
+  inline int ConvBiasAct(const sk_conv2d_geom* g, const I* ip, const I* ix, const T* d,         \
+                         const T* bias, int act, const T* x, T* out, int nt) {                   \
+    return sk_csr_conv2d_bias_act_##TS##_##IS(g, ip, ix, d, bias, act, x, out, nt);               \
+  }                                                                                               \
   inline int ConvGradInput(const sk_conv2d_geom* g, const I* ip, const I* ix, const T* d,       \
                            const T* dy, T* dx, int nt) {                                          \
     return sk_csr_conv2d_grad_input_##TS##_##IS(g, ip, ix, d, dy, dx, nt);                        \
@@ -206,11 +212,14 @@ absl::Status CheckDy(const Tensor& dy, const sk_conv2d_geom& g) {
   return absl::OkStatus();
 }
 
-template <typename T, typename I>
+// conv2d(x, W) (kFused: CsrConv2DBiasAct, act(conv2d(x, W) + bias), the epilogue applied to
+// each output tile as the kernel stores it).
+template <typename T, typename I, bool kFused = false>
 class CsrConv2DOp : public OpKernel {
  public:
   explicit CsrConv2DOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ReadAttrs(ctx, &a_));
+    if constexpr (kFused) epilogue_ = std::make_unique<Epilogue>(ctx);
   }
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x = ctx->input(0);
@@ -228,17 +237,29 @@ class CsrConv2DOp : public OpKernel {
                                     absl::StrCat("x.shape ", x.shape().DebugString(), " and ",
                                                  g.out_c, " output channels (kernel.indptr)"),
                                     &out_shape));
+    const T* bias = nullptr;
+    if constexpr (kFused) {
+      OP_REQUIRES_OK(ctx, epilogue_->Bias<T>(ctx->input(4), g.out_c, &bias));
+    }
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &out));
     if (out->NumElements() == 0) return;
     ThreadLease lease(ctx, Work(g, d.nnz));
-    int rc = Conv(&g, indptr.flat<I>().data(), indices.flat<I>().data(), values.flat<T>().data(),
-                  x.flat<T>().data(), out->flat<T>().data(), lease.n());
-    OP_REQUIRES(ctx, rc == 0, Allocation("CsrConv2D"));
+    int rc;
+    if constexpr (kFused) {
+      rc = ConvBiasAct(&g, indptr.flat<I>().data(), indices.flat<I>().data(),
+                       values.flat<T>().data(), bias, epilogue_->act(), x.flat<T>().data(),
+                       out->flat<T>().data(), lease.n());
+    } else {
+      rc = Conv(&g, indptr.flat<I>().data(), indices.flat<I>().data(), values.flat<T>().data(),
+                x.flat<T>().data(), out->flat<T>().data(), lease.n());
+    }
+    OP_REQUIRES(ctx, rc == 0, Allocation(kFused ? "CsrConv2DBiasAct" : "CsrConv2D"));
   }
 
  private:
   ConvAttrs a_;
+  std::unique_ptr<Epilogue> epilogue_;
 };
 
 template <typename T, typename I>
@@ -413,6 +434,21 @@ REGISTER_OP("SparseKeras>CsrConv2D")
     .Doc("y = conv2d(x, W): x NHWC, W (k_h, k_w, in_c, out_c) sparse, given as the CSC arrays "
          "of its (k_h * k_w * in_c) x out_c reshape.");
 
+REGISTER_OP("SparseKeras>CsrConv2DBiasAct")
+    .Input("x: T")
+    .Input("indptr: Tindex")
+    .Input("indices: Tindex")
+    .Input("values: T")
+    .Input("bias: T")
+    .Output("y: T")
+    .Attr("activation: {'linear', 'relu', 'gelu', 'relu6'} = 'linear'")
+    .SK_CONV_ATTRS
+    .SetShapeFn(sparsekeras::CsrConv2DShape)
+    .Doc("y = activation(conv2d(x, W) + bias): CsrConv2D with a Conv2D layer's epilogue applied "
+         "to each output tile as it is stored. bias: out_c values, or none (shape [0]). Equal to "
+         "the convolution, then the bias add, then the activation (bitwise for relu and relu6; "
+         "gelu is exact GELU, within float rounding of tf.nn.gelu).");
+
 REGISTER_OP("SparseKeras>CsrConv2DBackpropInput")
     .Input("dy: T")
     .Input("indptr: Tindex")
@@ -441,6 +477,7 @@ namespace {
 
 #define SK_REGISTER_CONV(T, I)                                                              \
   SK_REGISTER_CPU_TI("CsrConv2D", T, I, CsrConv2DOp<T, I>);                                 \
+  SK_REGISTER_CPU_TI("CsrConv2DBiasAct", T, I, (CsrConv2DOp<T, I, true>));                  \
   SK_REGISTER_CPU_TI("CsrConv2DBackpropInput", T, I, CsrConv2DBackpropInputOp<T, I>);       \
   SK_REGISTER_CPU_TI("CsrConv2DBackpropValues", T, I, CsrConv2DBackpropValuesOp<T, I>);
 SK_REGISTER_CONV(float, int32_t)

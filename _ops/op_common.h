@@ -25,6 +25,7 @@
 
 namespace sparsekeras {
 
+using ::tensorflow::OpKernelConstruction;
 using ::tensorflow::OpKernelContext;
 using ::tensorflow::Tensor;
 
@@ -309,6 +310,39 @@ absl::Status ValidateCsr(const Tensor& indptr, const Tensor& indices, const Tens
 inline absl::Status Allocation(const char* op) {
   return absl::ResourceExhaustedError(absl::StrCat(op, ": could not allocate kernel scratch memory"));
 }
+
+// ---- the fused epilogue ------------------------------------------------------------------
+
+// The fused epilogue of the *BiasAct ops and CsrConv2DBiasAct: attr "activation" and the bias
+// input (N values or none), checked against the product's N columns (a convolution's output
+// channels).
+class Epilogue {
+ public:
+  explicit Epilogue(OpKernelConstruction* ctx) {
+    std::string activation;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("activation", &activation));
+    act_ = activation == "relu"    ? SK_ACT_RELU
+           : activation == "gelu"  ? SK_ACT_GELU
+           : activation == "relu6" ? SK_ACT_RELU6
+                                   : SK_ACT_LINEAR;
+  }
+  // The bias pointer (nullptr: none), or an error naming the bias and the columns expected.
+  template <typename T>
+  absl::Status Bias(const Tensor& bias, int64_t n, const T** out) const {
+    if (bias.dims() != 1 || (bias.dim_size(0) != 0 && bias.dim_size(0) != n)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "bias must be a vector of ", n, " entries (one per output column or channel) or "
+          "empty (no "
+          "bias); received shape ", bias.shape().DebugString()));
+    }
+    *out = bias.dim_size(0) == 0 ? nullptr : bias.flat<T>().data();
+    return absl::OkStatus();
+  }
+  int act() const { return act_; }
+
+ private:
+  int act_ = SK_ACT_LINEAR;
+};
 
 }  // namespace sparsekeras
 

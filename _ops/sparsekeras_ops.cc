@@ -299,21 +299,21 @@ REGISTER_OP("SparseKeras>DenseCscMatMulBiasAct")
     SK_DENSE_CSC_INPUTS
     .Input("bias: T")
     .Output("out: T")
-    .Attr("activation: {'linear', 'relu', 'gelu'} = 'linear'")
+    .Attr("activation: {'linear', 'relu', 'gelu', 'relu6'} = 'linear'")
     .Attr("T: {float, double}")
     .Attr("Tindex: {int32, int64}")
     .SetShapeFn(sparsekeras::DenseCscMatMulBiasActShape)
     .Doc("out = activation(x @ W + bias): DenseCscMatMul with a Dense layer's epilogue applied "
          "to each output tile before it is stored (no second pass over out). bias: N values, or "
          "none (shape [0]). Equal, bitwise, to the product, then the bias add, then the "
-         "activation (relu; gelu is exact GELU, within float rounding of tf.nn.gelu).");
+         "activation (relu, relu6; gelu is exact GELU, within float rounding of tf.nn.gelu).");
 
 REGISTER_OP("SparseKeras>DenseBcscMatMulBiasAct")
     SK_DENSE_BCSC_INPUTS
     .Input("bias: T")
     .Output("out: T")
     .Attr("block: int >= 1")
-    .Attr("activation: {'linear', 'relu', 'gelu'} = 'linear'")
+    .Attr("activation: {'linear', 'relu', 'gelu', 'relu6'} = 'linear'")
     .Attr("T: {float, double}")
     .Attr("Tindex: {int32, int64}")
     .SetShapeFn(sparsekeras::DenseBcscMatMulBiasActShape)
@@ -586,33 +586,6 @@ template <typename T>
 constexpr int64_t RowGrain(bool scatter = false) {
   return (scatter ? 2 : 1) * static_cast<int64_t>(256 / sizeof(T));
 }
-
-// The fused epilogue of the *BiasAct ops: attr "activation" and the bias input (N values or
-// none), checked against the product's N columns.
-class Epilogue {
- public:
-  explicit Epilogue(OpKernelConstruction* ctx) {
-    std::string activation;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("activation", &activation));
-    act_ = activation == "relu" ? SK_ACT_RELU
-           : activation == "gelu" ? SK_ACT_GELU : SK_ACT_LINEAR;
-  }
-  // The bias pointer (nullptr: none), or an error naming the bias and the columns expected.
-  template <typename T>
-  absl::Status Bias(const Tensor& bias, int64_t n, const T** out) const {
-    if (bias.dims() != 1 || (bias.dim_size(0) != 0 && bias.dim_size(0) != n)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "bias must be a vector of ", n, " entries (one per output column) or empty (no "
-          "bias); received shape ", bias.shape().DebugString()));
-    }
-    *out = bias.dim_size(0) == 0 ? nullptr : bias.flat<T>().data();
-    return absl::OkStatus();
-  }
-  int act() const { return act_; }
-
- private:
-  int act_ = SK_ACT_LINEAR;
-};
 
 // x @ W, W in CSC form (kFused: DenseCscMatMulBiasAct, act(x @ W + bias)).
 template <typename T, typename I, bool kFused = false>

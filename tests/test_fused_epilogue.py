@@ -54,7 +54,7 @@ def _gelu64(z):
 
 
 @pytest.mark.parametrize("with_bias", [True, False])
-@pytest.mark.parametrize("activation", ["linear", "relu", "gelu"])
+@pytest.mark.parametrize("activation", ["linear", "relu", "relu6", "gelu"])
 @pytest.mark.parametrize("block", [1, 8])
 @pytest.mark.parametrize("idt", INDEX_DTYPES)
 @pytest.mark.parametrize("vdt", VALUE_DTYPES)
@@ -78,10 +78,12 @@ def test_fused_op_and_gradients(vdt, idt, block, activation, with_bias, run):
     w64 = w.astype(np.float64)
     pre = x.astype(np.float64) @ w64 + (b.astype(np.float64) if with_bias else 0.0)
     gelu, dgelu = _gelu64(pre)
-    want = {"relu": np.maximum(pre, 0.0), "gelu": gelu}.get(activation, pre)
+    want = {"relu": np.maximum(pre, 0.0), "relu6": np.clip(pre, 0.0, 6.0),
+            "gelu": gelu}.get(activation, pre)
     assert y.dtype == vdt and y.shape == want.shape
     np.testing.assert_allclose(y, want, rtol=tol, atol=tol)
-    g = dy.astype(np.float64) * {"relu": pre > 0, "gelu": dgelu}.get(activation, 1.0)
+    g = dy.astype(np.float64) * {"relu": pre > 0, "relu6": (pre > 0) & (pre < 6),
+                                 "gelu": dgelu}.get(activation, 1.0)
     np.testing.assert_allclose(dx, g @ w64.T, rtol=tol, atol=tol)
     stored = linalg.bcsc_to_dense(ip, ix, np.ones_like(v), w.shape, block) != 0
     np.testing.assert_allclose(linalg.bcsc_to_dense(ip, ix, dv.numpy(), w.shape, block),
@@ -117,7 +119,7 @@ def test_fused_op_rejects_bad_bias(block, graph):
     wrap = tf.function if graph else (lambda f: f)
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match=rf"bias must be a vector of {w.shape[1]} entries \(one per output "
-                             r"column\) or empty \(no bias\); received shape \[5\]"):
+                             r"column or channel\) or empty \(no bias\); received shape \[5\]"):
         wrap(lambda: _fused(x, ip, ix, v, w.shape, block, tf.ones([5]), "relu"))()
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError)):
         wrap(lambda: _fused(x, ip, ix, v, w.shape, block, tf.ones([1, w.shape[1]]), "relu"))()

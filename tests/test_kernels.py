@@ -152,8 +152,8 @@ def test_bias_act_rejects_bad_arguments(fn):
     with pytest.raises(ValueError,
                        match=r"bias must have shape \(8,\).*received bias.shape=\(1, 8\)"):
         call(bias=np.zeros((1, 8), np.float32))
-    with pytest.raises(ValueError, match=r"activation must be None, 'linear', 'relu' or 'gelu' "
-                                         r"\(exact\); received activation='tanh'"):
+    with pytest.raises(ValueError, match=r"activation must be None, 'linear', 'relu', 'gelu' or "
+                                         r"'relu6' \(exact\); received activation='tanh'"):
         call(activation="tanh")
     with pytest.raises(ValueError, match="activation must be None"):
         call(activation=np.maximum)

@@ -38,6 +38,22 @@ AUTO_BLOCKS = (8, 4, 2)
 AUTO_BLOCK_MAX_FILL = 1.02
 
 
+def _fused_activation(activation):
+    """The compiled ops' name for a layer activation they fuse into their output store
+    ("linear", "relu", "relu6" or "gelu": Keras' exact GELU, `activation="gelu"`), or None
+    (not fusable: applied by TensorFlow after the product). Shared by the Dense products
+    (*BiasAct ops) and the convolutions (CsrConv2DBiasAct)."""
+    if activation is None or activation is keras.activations.linear:
+        return "linear"
+    if activation is keras.activations.relu:
+        return "relu"
+    if activation is keras.activations.relu6:
+        return "relu6"
+    if activation is keras.activations.gelu:
+        return "gelu"
+    return None
+
+
 def _dynamic_variable(value, dtype, name):
     """A non-trainable tf.Variable whose length may change (pattern caches); not saved by Keras.
 

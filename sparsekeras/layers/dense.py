@@ -22,25 +22,12 @@ from sparsekeras.layers._registry import register
 from sparsekeras.layers._base import (
     DEFAULT_SWITCH_SPARSITY, SPARSE_INPUT_SWITCH_SPARSITY, _MaskConstraint,
     _PrunableKernel, _dynamic_variable, masked_csc_product, _pop_unsupported, _resolve_block,
-    _stored_product, _stored_sparse_input_product, _structure_from_mask)
+    _fused_activation, _stored_product, _stored_sparse_input_product, _structure_from_mask)
 
 __all__ = ["SparseDense", "CompactDense"]
 
 
 _FAST_DTYPES = (tf.float32, tf.float64)
-
-
-def _fused_activation(activation):
-    """The compiled ops' name for a Dense activation they fuse into their output store
-    ("linear", "relu" or "gelu": Keras' exact GELU, `activation="gelu"`), or None (not
-    fusable: applied by TensorFlow after the product)."""
-    if activation is None or activation is keras.activations.linear:
-        return "linear"
-    if activation is keras.activations.relu:
-        return "relu"
-    if activation is keras.activations.gelu:
-        return "gelu"
-    return None
 
 
 def _epilogue(y, bias, activation):

@@ -442,8 +442,11 @@ def _padding(padding):
     return padding.upper()
 
 
+_CONV_ACTIVATIONS = ("linear", "relu", "relu6", "gelu")
+
+
 def csr_conv2d(x, indptr, indices, values, kernel_shape, strides=1, padding="valid", dilations=1,
-               name=None):
+               bias=None, activation=None, name=None):
     """2-D convolution of NHWC `x` with a sparse kernel, through the compiled kernels.
 
     Same semantics as `tf.nn.conv2d(x, kernel, strides, padding, dilations=...)` (NHWC). The
@@ -459,9 +462,14 @@ def csr_conv2d(x, indptr, indices, values, kernel_shape, strides=1, padding="val
         strides: int or pair.
         padding: "same" or "valid" (any case).
         dilations: int or pair.
+        bias: None or `(out_channels,)` values added to every output pixel.
+        activation: None / "linear", "relu", "relu6" or "gelu" (exact GELU). With a bias or an
+            activation the op applies both to each output tile as it stores it (a Conv2D
+            layer's epilogue, one pass over the output instead of three).
 
     Returns:
-        `(batch, out_h, out_w, out_channels)`; differentiable w.r.t. x and values.
+        `activation(conv2d(x, W) + bias)`, `(batch, out_h, out_w, out_channels)`;
+        differentiable w.r.t. x, values and bias.
         float16/bfloat16 compute in float32. Not XLA-compilable.
     """
     with tf.name_scope(name or "sparsekeras_csr_conv2d"):
@@ -481,12 +489,28 @@ def csr_conv2d(x, indptr, indices, values, kernel_shape, strides=1, padding="val
         if indptr.shape.rank == 1 and indptr.shape[0] is not None and indptr.shape[0] != cout + 1:
             raise ValueError(f"indptr must have out_channels + 1 = {cout + 1} entries for "
                              f"kernel_shape={tuple(kernel_shape)}; received {indptr.shape[0]}")
+        if activation is not None and activation not in _CONV_ACTIVATIONS:
+            raise ValueError(f"activation must be None or one of {_CONV_ACTIVATIONS}; received "
+                             f"activation={activation!r}")
         compute, out_dtype = _compute_dtype(x.dtype, values.dtype)
-        y = _ops.sparse_keras_csr_conv2d(_cast(x, compute), indptr, indices, _cast(values, compute),
-                                         kernel_size=[kh, kw], strides=_pair(strides, "strides"),
-                                         dilations=_pair(dilations, "dilations"),
-                                         padding=_padding(padding),
-                                         kernel_shape=[kh, kw, cin, cout])
+        attrs = dict(kernel_size=[kh, kw], strides=_pair(strides, "strides"),
+                     dilations=_pair(dilations, "dilations"), padding=_padding(padding),
+                     kernel_shape=[kh, kw, cin, cout])
+        if bias is None and activation in (None, "linear"):
+            y = _ops.sparse_keras_csr_conv2d(_cast(x, compute), indptr, indices,
+                                             _cast(values, compute), **attrs)
+            return _cast(y, out_dtype)
+        if bias is None:
+            bias = tf.zeros((0,), compute)
+        bias = tf.convert_to_tensor(bias)
+        if bias.shape.rank is not None and (bias.shape.rank != 1 or (
+                bias.shape[0] is not None and bias.shape[0] not in (0, cout))):
+            raise ValueError(f"bias must have shape ({cout},) (one entry per output channel of "
+                             f"kernel_shape={tuple(kernel_shape)}); received bias.shape "
+                             f"{bias.shape}")
+        y = _ops.sparse_keras_csr_conv2d_bias_act(
+            _cast(x, compute), indptr, indices, _cast(values, compute), _cast(bias, compute),
+            activation=activation or "linear", **attrs)
         return _cast(y, out_dtype)
 
 

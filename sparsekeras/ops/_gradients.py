@@ -288,11 +288,16 @@ def _bias_act_grad(op, grad, n_product_inputs, product_grad):
     act = act.decode() if isinstance(act, bytes) else act
     if act == "relu":
         grad = tf.raw_ops.ReluGrad(gradients=grad, features=op.outputs[0])
+    elif act == "relu6":
+        # Relu6Grad takes the op's input or its output: the same mask (0 < v < 6)
+        grad = tf.raw_ops.Relu6Grad(gradients=grad, features=op.outputs[0])
     elif act == "gelu":
         attrs = {"activation": "linear"}
         if op.type == "SparseKeras>DenseBcscMatMulBiasAct":
             attrs["block"] = op.get_attr("block")
             z = _ops.sparse_keras_dense_bcsc_mat_mul_bias_act(*op.inputs, **attrs)
+        elif op.type == "SparseKeras>CsrConv2DBiasAct":
+            z = _ops.sparse_keras_csr_conv2d_bias_act(*op.inputs, **attrs, **_conv_attrs(op))
         else:
             z = _ops.sparse_keras_dense_csc_mat_mul_bias_act(*op.inputs, **attrs)
         # d/dz [z Phi(z)] = Phi(z) + z phi(z), Phi(z) = (1 + erf(z / sqrt 2)) / 2
@@ -302,8 +307,15 @@ def _bias_act_grad(op, grad, n_product_inputs, product_grad):
     bias = op.inputs[n_product_inputs]
     d_bias = None
     if not (bias.shape.rank == 1 and bias.shape[0] == 0):
-        d_bias = tf.reduce_sum(grad, axis=0)
+        # over every axis but the channels (a Dense's batch rows, a convolution's N, H, W)
+        d_bias = tf.reduce_sum(grad, axis=tf.range(tf.rank(grad) - 1))
     return product_grad(_LeadingInputs(op, n_product_inputs), grad) + [d_bias]
+
+
+@tf.RegisterGradient("SparseKeras>CsrConv2DBiasAct")
+def _csr_conv2d_bias_act_grad(op, grad):
+    """y = act(conv2d(x, W) + bias): see `_bias_act_grad` and `_csr_conv2d_grad`."""
+    return _bias_act_grad(op, grad, 4, _csr_conv2d_grad)
 
 
 @tf.RegisterGradient("SparseKeras>DenseCscMatMulBiasAct")
