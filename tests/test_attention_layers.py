@@ -168,6 +168,49 @@ def test_compact_einsum_layer(block):
                    expected_num_non_trainable_weights=2)
 
 
+@pytest.mark.parametrize("block", [1, 8])
+@pytest.mark.parametrize("equation, output_shape, bias_axes, activation, fused", [
+    ("abc,cde->abde", (None, 4, 8), "de", None, True),     # MultiHeadAttention's projections
+    ("abcd,cde->abe", (7, 16), "e", "relu", True),
+    ("abc,cd->abd", (None, 16), "d", "gelu", True),
+    ("abc,cde->abde", (None, 2, 8), "e", "relu6", True),   # broadcast over d
+    ("abc,cde->abde", (None, 2, 8), "de", "tanh", True),    # the bias alone in the store
+    ("abc,cd->abd", (7, 16), "bd", None, False),            # over a kept axis: added after
+])
+def test_compact_einsum_fuses_its_bias(equation, output_shape, bias_axes, activation, fused,
+                                       block):
+    """A bias over the kernel's output axes only (and a fusable activation) is applied in the
+    product's output store: no add after the op, outputs and gradients as EinsumDense."""
+    rng = np.random.default_rng(5)
+    in_shape = (3, 7, 5, 4) if equation.startswith("abcd") else (3, 7, 24)
+    twin = keras.layers.EinsumDense(equation, output_shape, bias_axes=bias_axes,
+                                    activation=activation)
+    twin.build(in_shape)
+    kernel = np.asarray(twin.kernel) * (rng.random(twin.kernel.shape) < 0.3)
+    twin.kernel.assign(kernel)
+    twin.bias.assign(rng.standard_normal(twin.bias.shape).astype(np.float32) * 3)
+    layer = CompactEinsumDense.from_kernel(kernel, np.asarray(twin.bias), equation, output_shape,
+                                           in_shape, bias_axes=bias_axes, activation=activation,
+                                           block=block)
+    x = tf.constant(rng.standard_normal(in_shape).astype(np.float32))
+    graph = tf.function(lambda t: layer(t)).get_concrete_function(x).graph
+    types = [op.type for op in graph.get_operations()]
+    has_fused = any(t.endswith("MatMulBiasAct") for t in types)
+    assert has_fused == fused, types
+    if fused:
+        assert "AddV2" not in types and "Add" not in types, types
+    for run in (lambda t: layer(t), tf.function(lambda t: layer(t))):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            y, y_twin = run(x), twin(x)
+            loss, loss_twin = tf.reduce_sum(y * y), tf.reduce_sum(y_twin * y_twin)
+        np.testing.assert_allclose(y, y_twin, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(tape.gradient(loss, x), tape.gradient(loss_twin, x),
+                                   rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(tape.gradient(loss, layer.bias),
+                                   tape.gradient(loss_twin, twin.bias), rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.parametrize("make", [
     lambda: SparseEinsumDense("abc,cde->abde", (None, 3, 4), bias_axes="de"),
     lambda: SparseMultiHeadAttention(num_heads=2, key_dim=4),

@@ -23,7 +23,7 @@ from sparsekeras.layers._base import (
     _COMPUTE_MODES, DEFAULT_SWITCH_SPARSITY, NotConvertible, _PrunableKernel, _pop_unsupported,
     _structure_from_mask, build_like, copy_weights, keras_config, masked_csc_product,
     relative_paths)
-from sparsekeras.layers.dense import CompactDense
+from sparsekeras.layers.dense import CompactDense, _fast_stored_product
 
 __all__ = ["SparseEinsumDense", "CompactEinsumDense", "SparseMultiHeadAttention",
            "CompactMultiHeadAttention"]
@@ -379,12 +379,30 @@ class CompactEinsumDense(keras.layers.Layer):
             twin.bias.assign(keras.ops.convert_to_numpy(self.bias))
         return twin
 
+    def _column_bias(self, dtype):
+        """The bias as one value per column of the 2-D product (the kernel's output axes,
+        flattened), when it varies over those axes only (MultiHeadAttention's projections:
+        bias_axes over heads and head size); else None."""
+        shape = tuple(self.bias.shape)
+        if len(shape) > len(self._out_dims) or any(
+                b not in (1, o) for b, o in zip(shape[::-1], self._out_dims[::-1])):
+            return None
+        return tf.reshape(tf.broadcast_to(tf.cast(self.bias, dtype), self._out_dims), [-1])
+
     def call(self, inputs):
         x = tf.convert_to_tensor(inputs)
         x2, kept, kept_static = _to_2d(x, self._contracted, self._k)
-        y = _from_2d(self.sparse_kernel(x2), kept, kept_static, self._out_dims)
-        if self.bias is not None:
-            y = y + tf.cast(self.bias, y.dtype)
+        sk = self.sparse_kernel
+        bias = None if self.bias is None else self._column_bias(x2.dtype)
+        if self.bias is None or bias is not None:
+            # the bias (and a linear / ReLU / ReLU6 / GELU activation) in the product's store:
+            # a separate add passed over the whole output (~0.6 ms per projection in a BERT
+            # encoder at batch 8)
+            y2 = _fast_stored_product(sk, x2, sk.values, sk.indptr, sk.indices, sk.block,
+                                      self._k, self._m, bias=bias, activation=self.activation)
+            return _from_2d(y2, kept, kept_static, self._out_dims)
+        y = _from_2d(sk(x2), kept, kept_static, self._out_dims)
+        y = y + tf.cast(self.bias, y.dtype)
         if self.activation is not None:
             y = self.activation(y)
         return y

@@ -46,9 +46,9 @@ def _fast_stored_product(layer, x, values, indptr, indices, block, k, n,
     as much as the whole sparse product of a 784 x 300 layer at batch 1). Gradients are the
     op's registered ones, as through `sparsekeras.ops`. Anything else takes `_stored_product`.
     Returns activation(x @ W + bias) (bias may be None, activation a Keras activation or None):
-    on the fast path with a linear or ReLU activation the op applies both as it stores each
-    output tile (the *BiasAct ops), where separate BiasAdd and Relu ops would pass over the
-    whole output twice more."""
+    on the fast path the op applies the bias and a linear / ReLU / ReLU6 / GELU activation as
+    it stores each output tile (the *BiasAct ops), where separate BiasAdd and Relu ops would
+    pass over the whole output twice more; another activation runs after the op."""
     values_t = tf.convert_to_tensor(values)
     indptr_t, indices_t = tf.convert_to_tensor(indptr), tf.convert_to_tensor(indices)
     rank = x.shape.rank
@@ -73,7 +73,10 @@ def _fast_stored_product(layer, x, values, indptr, indices, block, k, n,
             layer.__dict__["_fast_consts"] = consts  # untracked: not a weight
     shape, empty, empty64 = consts
     act = _fused_activation(activation)
-    fuse = act is not None and (bias is not None or act != "linear")
+    post = None
+    if act is None:  # an activation the ops do not have: the bias in the store, it after
+        act, post = "linear", activation
+    fuse = bias is not None or act != "linear"
     if fuse:
         bias_t = tf.cast(bias, x.dtype) if bias is not None else tf.zeros([0], x.dtype)
     # Eager: one kernel thread for a small call (see _dispatch.eager_threads).
@@ -100,8 +103,8 @@ def _fast_stored_product(layer, x, values, indptr, indices, block, k, n,
                 y = sk_ops._ops.sparse_keras_dense_csc_mat_mul(x, indptr_t, indices_t, values_t,
                                                                shape, t_indptr, t_indices,
                                                                t_perm)
-    if not fuse:
-        y = _epilogue(y, bias, activation)
+    if post is not None:
+        y = post(y)
     if inner is not None:
         y = tf.reshape(y, [-1] + inner.as_list() + [n])
         if not eager:
