@@ -505,7 +505,7 @@ def _fold_activations(model, folded, skipped):
             continue
         producer.activation = fn
         _tree.replace_layer(parent, layer,
-                            FoldedActivation(name=layer.name, dtype=layer.dtype_policy))
+                            FoldedActivation(name=layer.name, dtype=layer.dtype_policy.name))
         folded.append((paths.get(id(producer), producer.name), path))
 
 
