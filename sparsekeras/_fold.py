@@ -18,6 +18,14 @@ nothing but the BatchNormalization (not another layer, not a model output), and 
 no activation of its own (a `Conv2D(..., activation="relu")` followed by a BatchNormalization
 computes `bn(relu(z))`, which no kernel and bias reproduce). Whatever is not folded is named,
 with the reason, in one warning.
+
+Activation folding (`strip(..., fold_activations=True)`): an activation layer (`ReLU()`,
+`ReLU(6.0)`, `Activation(fn)`) whose one input is a producer's output, under the same graph
+rules (seen through the placeholders of BatchNormalization layers folded before, so
+conv -> BN -> ReLU folds whole), becomes the producer's own `activation`: the producer
+computes act(x @ W + b), applying it as it stores its output, and the activation layer leaves
+the graph. An activation layer after a producer that cannot take it is named in a warning; one
+after anything else (an Add, a pooling, a model input) is no candidate.
 """
 import warnings
 
