@@ -352,6 +352,11 @@ def _activation_pairs(graph, layer):
     if isinstance(fn, str):
         return None, None, fn
     producer = src.producer
+    if layer.activity_regularizer is not None:
+        return None, None, "it has an activity_regularizer (a loss on its output)"
+    if producer.activity_regularizer is not None:
+        return None, None, (f"{producer.name!r} has an activity_regularizer (a loss on its "
+                            "output, which would then be the activation's)")
     if _has_activation(producer):
         return None, None, (f"{producer.name!r} applies its own "
                             f"activation={_act_name(producer.activation)!r}")

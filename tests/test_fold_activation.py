@@ -352,6 +352,10 @@ def test_unfoldable_cases_are_named():
     h = keras.layers.ReLU(max_value=4.0, name="r_clip")(h)       # other arguments
     h = keras.layers.Dense(6, name="d_lambda")(h)
     h = keras.layers.Activation(lambda t: t * 2.0, name="a_lambda")(h)  # not serializable
+    h = keras.layers.Dense(6, name="d_reg")(h)
+    h = keras.layers.ReLU(activity_regularizer="l2", name="r_reg")(h)  # a loss on its output
+    h = keras.layers.Dense(6, activity_regularizer="l2", name="d_reg2")(h)
+    h = keras.layers.ReLU(name="r_reg2")(h)                     # the producer's loss would move
     relu = keras.layers.ReLU(name="r_twice")
     h = relu(keras.layers.Dense(6, name="d_t1")(h))              # one ReLU called twice
     h = relu(keras.layers.Dense(6, name="d_t2")(h))
@@ -367,11 +371,14 @@ def test_unfoldable_cases_are_named():
                      "r_clip: ReLU(max_value=4.0",
                      "a_lambda: its activation",
                      "r_twice: called 2 times",
-                     "r_out: 'd_out''s output is also a model output"]:
+                     "r_out: 'd_out''s output is also a model output",
+                     "r_reg: it has an activity_regularizer",
+                     "r_reg2: 'd_reg2' has an activity_regularizer"]:
         assert expected in text, (expected, text)
-    assert "left 7 activation layers unfolded" in text
+    assert "left 9 activation layers unfolded" in text
     assert _layers(stripped, ACTIVATION_LAYERS) == sorted(
-        ["r_own", "r_shared", "leaky", "r_clip", "a_lambda", "r_twice", "r_out"])
+        ["r_own", "r_shared", "leaky", "r_clip", "a_lambda", "r_twice", "r_out", "r_reg",
+         "r_reg2"])
     for got, w in zip(stripped(x), want):
         _close(got, w)
 
@@ -394,3 +401,17 @@ def test_subclass_and_other_dtype_are_named():
     assert "a32: it computes in float32, 'd16' in float16" in text
     assert _layers(stripped, ACTIVATION_LAYERS) == ["a32", "mine"]
     _close(stripped(x), want)
+
+
+def test_fold_batchnorm_folds_batchnorm_only_and_placeholders_keep_their_names():
+    """The public fold_batchnorm is unchanged: the ReLUs stay. The placeholders load under
+    their registered names (saved models hold FoldedBatchNormalization)."""
+    model = _mobilenet_block()
+    x = _x((2, 8, 8, 4))
+    folded = sparsekeras.fold_batchnorm(model)
+    assert _layers(folded, ACTIVATION_LAYERS) == ["after_add", "dw_relu", "expand_relu"]
+    assert folded.get_layer("dw").activation is keras.activations.linear
+    _close(folded(x), model(x))
+    assert (keras.saving.get_registered_name(FoldedBatchNormalization)
+            == "sparsekeras>FoldedBatchNormalization")
+    assert keras.saving.get_registered_name(FoldedActivation) == "sparsekeras>FoldedActivation"
