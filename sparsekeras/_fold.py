@@ -323,7 +323,7 @@ def _activation_function(layer):
         fn = layer.activation
         try:
             back = keras.activations.get(keras.activations.serialize(fn))
-        except Exception:  # a lambda, an unregistered function: nothing the producer saves
+        except Exception:  # noqa: BLE001  (a lambda, an unregistered function: nothing to save)
             back = None
         if back is not fn:
             return (f"its activation {_act_name(fn)!r} does not serialize as itself (a "

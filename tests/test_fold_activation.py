@@ -260,6 +260,7 @@ def test_sequential_mlp_with_activation_layers(tmp_path):
     assert _layers(stripped, ACTIVATION_LAYERS) == ["on_input"]
     assert [type(la).__name__ for la in stripped.layers] == [
         "Activation", "CompactDense", "CompactDense", "CompactDense"]
+    assert type(stripped.get_layer("d1")) is CompactDense
     assert stripped.get_layer("d1").activation is keras.activations.relu
     assert stripped.get_layer("d2").activation is keras.activations.gelu
     assert stripped.get_layer("d2").bias is None  # folding needs no bias
