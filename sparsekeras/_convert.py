@@ -289,7 +289,7 @@ def _decompacted_copy_source(model):
     return model
 
 
-def strip(model, block="auto", inplace=False, fold_batchnorm=True):
+def strip(model, block="auto", inplace=False, fold_batchnorm=True, fold_activations=True):
     """A compact inference copy of `model`: every sparse layer becomes its stored form
     (`SparseDense` -> `CompactDense`, sparse convolutions -> `CompactConv2D`, and each other
     family's own), holding only its nonzeros, so memory and the saved `.keras` file scale with
@@ -305,6 +305,17 @@ def strip(model, block="auto", inplace=False, fold_batchnorm=True):
     computes as the model does at inference; training it further trains without batch
     statistics (pass `fold_batchnorm=False` to keep them).
 
+    Then, by default, each activation layer whose input is a Dense or convolution's output
+    (after BatchNorm folding: conv -> BatchNormalization -> ReLU folds whole) and nothing
+    else's is folded into that layer: `ReLU()` and `ReLU(6.0)` (as `activation="relu"` /
+    `"relu6"`) and `Activation(fn)` for a function of `keras.activations` (or a registered
+    one) become the layer's own `activation`, applied as it stores its output, and the
+    activation layer leaves the graph. The outputs are unchanged. One warning names each
+    activation layer after a Dense or convolution that cannot fold (the layer has its own
+    activation, its output feeds other layers or is a model output, it is called several
+    times, `ReLU` with other arguments, `LeakyReLU`, `PReLU`, ...) and why; an activation
+    after anything else (an `Add`, a pooling, a model input) is left as it is.
+
     Args:
         model: a Keras model holding sparse layers.
         block: how the Dense kernels are stored: "auto" (default) takes the block-CSC form
@@ -316,6 +327,8 @@ def strip(model, block="auto", inplace=False, fold_batchnorm=True):
             are then replaced by identity layers, so `model` stays the same object).
         fold_batchnorm: fold inference BatchNormalization layers into the layers before them
             (default True).
+        fold_activations: fold activation layers into the Dense / convolution before them
+            (default True; independent of `fold_batchnorm`).
 
     Returns:
         The stripped model.
@@ -323,6 +336,9 @@ def strip(model, block="auto", inplace=False, fold_batchnorm=True):
     if not isinstance(fold_batchnorm, bool):
         raise ValueError(f"`fold_batchnorm` must be True or False. "
                          f"Received: fold_batchnorm={fold_batchnorm!r}")
+    if not isinstance(fold_activations, bool):
+        raise ValueError(f"`fold_activations` must be True or False. "
+                         f"Received: fold_activations={fold_activations!r}")
 
     def make(layer):
         if hasattr(layer, "to_stored"):
@@ -331,12 +347,16 @@ def strip(model, block="auto", inplace=False, fold_batchnorm=True):
             return layer.to_keras()
         return None
 
-    if not fold_batchnorm:
+    if not (fold_batchnorm or fold_activations):
         return _replace_all(model, make, inplace, "strip")
     target = model if inplace else _tree.copy_model(model, "strip")
     if isinstance(target, keras.Model):
-        target, _, skipped = _fold.fold_in_place(target, rebuild=not inplace)
-        _fold.warn_skipped(skipped, "strip (fold_batchnorm=True)")
+        target, _, skipped = _fold.fold_in_place(target, rebuild=not inplace,
+                                                 batchnorm=fold_batchnorm,
+                                                 activations=fold_activations)
+        _fold.warn_skipped(skipped["batchnorm"], "strip (fold_batchnorm=True)")
+        _fold.warn_skipped(skipped["activation"], "strip (fold_activations=True)",
+                           kind="activation")
     return _replace_all(target, make, True, "strip")
 
 
