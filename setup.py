@@ -43,7 +43,7 @@ kernels = Extension(
 
 ops = Extension(
     OPS_EXT,
-    sources=["_ops/sparsekeras_ops.cc", "_ops/conv_ops.cc"],
+    sources=["_ops/sparsekeras_ops.cc", "_ops/conv_ops.cc", "_ops/norm_ops.cc"],
     include_dirs=["_kernels", "_ops"],
     language="c++",
     depends=["_kernels/sparsekeras_kernels.h", "_kernels/sparsekeras_conv.h", "_ops/op_common.h"],

@@ -11,6 +11,7 @@ import keras
 from sparsekeras import _fold, _saving, _tree
 from sparsekeras.layers import _registry
 from sparsekeras.layers._base import NotConvertible, _PrunableKernel
+from sparsekeras.layers.norm import FusedLayerNormalization
 
 __all__ = ["sparsify", "strip", "densify", "compact", "decompact", "coverage", "Report"]
 
@@ -289,7 +290,8 @@ def _decompacted_copy_source(model):
     return model
 
 
-def strip(model, block="auto", inplace=False, fold_batchnorm=True, fold_activations=True):
+def strip(model, block="auto", inplace=False, fold_batchnorm=True, fold_activations=True,
+          fuse_layernorm=True):
     """A compact inference copy of `model`: every sparse layer becomes its stored form
     (`SparseDense` -> `CompactDense`, sparse convolutions -> `CompactConv2D`, and each other
     family's own), holding only its nonzeros, so memory and the saved `.keras` file scale with
@@ -329,6 +331,11 @@ def strip(model, block="auto", inplace=False, fold_batchnorm=True, fold_activati
             (default True).
         fold_activations: fold activation layers into the Dense / convolution before them
             (default True; independent of `fold_batchnorm`).
+        fuse_layernorm: replace each `keras.layers.LayerNormalization` (nested ones too) by
+            `sparsekeras.layers.FusedLayerNormalization`: the same configuration, weights and
+            outputs (within float rounding), computed by one compiled op instead of ten
+            TensorFlow ops over the last axis (default True; `densify` puts the Keras layer
+            back). A LayerNormalization subclass is left as it is.
 
     Returns:
         The stripped model.
@@ -339,12 +346,17 @@ def strip(model, block="auto", inplace=False, fold_batchnorm=True, fold_activati
     if not isinstance(fold_activations, bool):
         raise ValueError(f"`fold_activations` must be True or False. "
                          f"Received: fold_activations={fold_activations!r}")
+    if not isinstance(fuse_layernorm, bool):
+        raise ValueError(f"`fuse_layernorm` must be True or False. "
+                         f"Received: fuse_layernorm={fuse_layernorm!r}")
 
     def make(layer):
         if hasattr(layer, "to_stored"):
             return layer.to_stored(block=block)
         if _is_sparse(layer) and hasattr(layer, "to_keras"):
             return layer.to_keras()
+        if fuse_layernorm and type(layer) is keras.layers.LayerNormalization:
+            return FusedLayerNormalization.from_keras(layer)
         return None
 
     if not (fold_batchnorm or fold_activations):
@@ -366,7 +378,8 @@ def densify(model, inplace=False):
     sparsekeras (TFLite / LiteRT, ONNX, TensorFlow Serving). Nested layers are reached.
     Stored forms (`CompactDense`, ...) become their Keras twins too."""
     def make(layer):
-        if hasattr(layer, "to_keras") and (_is_sparse(layer) or hasattr(layer, "to_dense_kernel")):
+        if hasattr(layer, "to_keras") and (_is_sparse(layer) or hasattr(layer, "to_dense_kernel")
+                                           or isinstance(layer, FusedLayerNormalization)):
             return layer.to_keras()
         return None
 

@@ -11,7 +11,7 @@ EXPECTED_TOP = ["linalg", "ops", "layers", "schedules", "callbacks", "regularize
 EXPECTED_OPS = ["CSRTensor", "matmul", "csr_csr_matmul", "dense_csc_matmul", "dense_bcsc_matmul",
                 "bcsc_expand", "dense_csr_matmul", "sddmm",
                 "transpose", "transpose_structure", "to_csr", "conv2d", "csr_conv2d",
-                "conv_kernel_structure"]
+                "conv_kernel_structure", "layer_norm"]
 EXPECTED_DATA = ["from_token_ids", "from_scipy", "token_ids_to_scipy"]
 EXPECTED_LINALG = ["matmul", "sddmm", "to_csr", "to_dense", "canonicalize", "transpose", "validate",
                    "bcsc_from_dense", "bcsc_to_dense", "block_fill"]

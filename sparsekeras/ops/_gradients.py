@@ -328,3 +328,24 @@ def _dense_csc_matmul_bias_act_grad(op, grad):
 def _dense_bcsc_matmul_bias_act_grad(op, grad):
     """out = act(x @ W + bias), W block-CSC: see `_bias_act_grad` and `_dense_bcsc_matmul_grad`."""
     return _bias_act_grad(op, grad, 5, _dense_bcsc_matmul_grad)
+
+
+@tf.RegisterGradient("SparseKeras>LayerNorm")
+def _layer_norm_grad(op, grad):
+    """y = xhat * gamma + beta, xhat = (x - mean) * rstd over the last axis (H values):
+    dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = grad * gamma; d_gamma and d_beta
+    sum over every other axis (None for an empty gamma / beta). Recomputes mean and rstd."""
+    x, gamma, beta = op.inputs
+    eps = op.get_attr("epsilon")
+    mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
+    rstd = tf.math.rsqrt(var + tf.cast(eps, x.dtype))
+    xhat = (x - mean) * rstd
+    has_gamma = not (gamma.shape.rank == 1 and gamma.shape[0] == 0)
+    has_beta = not (beta.shape.rank == 1 and beta.shape[0] == 0)
+    g = grad * gamma if has_gamma else grad
+    dx = rstd * (g - tf.reduce_mean(g, axis=-1, keepdims=True)
+                 - xhat * tf.reduce_mean(g * xhat, axis=-1, keepdims=True))
+    lead = tf.range(tf.rank(x) - 1)
+    d_gamma = tf.reduce_sum(grad * xhat, axis=lead) if has_gamma else None
+    d_beta = tf.reduce_sum(grad, axis=lead) if has_beta else None
+    return [dx, d_gamma, d_beta]
