@@ -90,6 +90,8 @@ def test_bert_sparsify_prune_strip_reload(build, tmp_path):
              for layer in stripped._flatten_layers(include_self=False, recursive=True)}
     assert "CompactDense" in kinds, kinds   # the FFN runs through the sparse kernels
     assert not kinds & {"SparseDense", "Dense", "EinsumDense"}, kinds
+    # the encoders' LayerNormalization layers (inside TransformerEncoder) run the fused op
+    assert "FusedLayerNormalization" in kinds and "LayerNormalization" not in kinds, kinds
     stripped.save(tmp_path / "stripped.keras")
     sparse.save(tmp_path / "pruned.keras")
     np.save(tmp_path / "tokens.npy", x["token_ids"])

@@ -28,8 +28,8 @@ from sparsekeras import _dispatch
 from sparsekeras import ops as sk_ops
 from sparsekeras.ops._gradients import take as _take
 from sparsekeras.layers._base import (
-    _COMPUTE_MODES, _fused_activation, _PrunableKernel, _dynamic_variable, _pop_unsupported, _structure_from_mask,
-    MaskTarget, Prunable, refresh_on_assign)
+    _COMPUTE_MODES, _fused_activation, _PrunableKernel, _dynamic_variable, _pop_unsupported,
+    _structure_from_mask, MaskTarget, Prunable, refresh_on_assign)
 from sparsekeras.layers._registry import register
 
 __all__ = ["SparseConv2D", "SparseConv1D", "SparseDepthwiseConv2D", "SparseSeparableConv2D",
