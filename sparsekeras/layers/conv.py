@@ -899,12 +899,13 @@ class CompactConv2D(keras.layers.Layer):
         return self.activation(y) if self.activation is not None else y
 
     def _dense_conv(self, x, epilogue=False):
-        if epilogue:
-            return self._epilogue(self._dense_conv(x))
         """tf.nn.conv2d with the dense kernel scattered from the stored values in this call
         (O(kernel size), against the convolution's O(positions x kernel size); the values
         get their gradient through the scatter). No dense copy is kept: memory stays
-        proportional to the nonzeros, and trained values are never stale."""
+        proportional to the nonzeros, and trained values are never stale. With `epilogue`,
+        the layer's output (`_epilogue`)."""
+        if epilogue:
+            return self._epilogue(self._dense_conv(x))
         k = int(np.prod(self.kernel_size)) * self.in_channels
         indptr = tf.convert_to_tensor(self.indptr)
         cols = tf.repeat(tf.range(self.filters, dtype=tf.int32), indptr[1:] - indptr[:-1])
