@@ -205,6 +205,8 @@ def test_strip_fuses_layernorm_and_densify_restores(tmp_path):
                                    atol=1e-5)
         print("ok")
     """)
+    # cwd: the temporary folder, so that the child imports the installed package, not the
+    # source tree it would find first from the checkout's root
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=300)
+                         timeout=300, cwd=tmp_path)
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-3000:]
