@@ -575,7 +575,8 @@ def layer_norm(x, gamma=None, beta=None, epsilon=1e-3, name=None):
 
     Args:
         x: a float tensor of rank >= 1 (float16 / bfloat16 compute in float32).
-        gamma, beta: None, or `(H,)` values for x's last dimension H.
+        gamma: None, or `(H,)` scales for x's last dimension H.
+        beta: None, or `(H,)` offsets.
         epsilon: a number >= 0 added to the variance.
 
     Returns:
