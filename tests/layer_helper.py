@@ -141,3 +141,36 @@ def assert_loads_without_sparsekeras(model, inputs, expected, tmp_path, imports=
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "loaded without sparsekeras" in proc.stdout
+
+
+def randomize_batchnorms(model, seed=0, gamma_scale=1.0):
+    """Give every BatchNormalization of `model` statistics and affine weights far from the
+    identity (gamma drawn with `gamma_scale`), so that a wrong fold shows. Returns `model`."""
+    rng = np.random.default_rng(seed)
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(size=n))
+            layer.moving_variance.assign(rng.uniform(0.2, 3.0, size=n))
+            if layer.gamma is not None:
+                layer.gamma.assign(rng.normal(scale=gamma_scale, size=n))
+            if layer.beta is not None:
+                layer.beta.assign(rng.normal(size=n))
+    return model
+
+
+def assert_matches_twin(layer, twin, x, weights=(), rtol=1e-5, atol=1e-5):
+    """`layer` and its Keras `twin` agree on `x`, eagerly and under tf.function: the outputs,
+    the gradient of sum(y * y) w.r.t. x, and w.r.t. each (layer weight, twin weight) pair of
+    `weights` (rtol 1e-4; atol 1e-4 for x, 1e-3 for the weights)."""
+    for run in (lambda t: layer(t), tf.function(lambda t: layer(t))):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(x)
+            y, y_twin = run(x), twin(x)
+            loss, loss_twin = tf.reduce_sum(y * y), tf.reduce_sum(y_twin * y_twin)
+        np.testing.assert_allclose(y, y_twin, rtol=rtol, atol=atol)
+        np.testing.assert_allclose(tape.gradient(loss, x), tape.gradient(loss_twin, x),
+                                   rtol=1e-4, atol=1e-4)
+        for mine, theirs in weights:
+            np.testing.assert_allclose(tape.gradient(loss, mine),
+                                       tape.gradient(loss_twin, theirs), rtol=1e-4, atol=1e-3)

@@ -13,6 +13,7 @@ from sparsekeras import _kernels
 from sparsekeras.layers.conv import CompactConv2D
 from sparsekeras.ops._lib import load
 
+from layer_helper import assert_matches_twin
 from reference import INDEX_DTYPES, VALUE_DTYPES
 
 _ops = load()
@@ -198,17 +199,7 @@ def test_compact_conv2d_fuses_its_epilogue(activation, use_bias):
         assert not types & {"BiasAdd", "AddV2", "Relu", "Relu6", "Erf"}, types
     else:
         assert "Tanh" in types
-    for run in (lambda t: layer(t), tf.function(lambda t: layer(t))):
-        with tf.GradientTape(persistent=True) as tape:
-            tape.watch(x)
-            y, y_twin = run(x), twin(x)
-            loss, loss_twin = tf.reduce_sum(y * y), tf.reduce_sum(y_twin * y_twin)
-        np.testing.assert_allclose(y, y_twin, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(tape.gradient(loss, x), tape.gradient(loss_twin, x),
-                                   rtol=1e-4, atol=1e-4)
-        if use_bias:
-            np.testing.assert_allclose(tape.gradient(loss, layer.bias),
-                                       tape.gradient(loss_twin, twin.bias), rtol=1e-4, atol=1e-3)
+    assert_matches_twin(layer, twin, x, weights=[(layer.bias, twin.bias)] if use_bias else [])
 
 
 def test_compact_depthwise_dense_path_keeps_its_epilogue():

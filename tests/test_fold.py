@@ -11,26 +11,13 @@ import sparsekeras
 from sparsekeras._fold import FoldedBatchNormalization
 from sparsekeras.layers import CompactConv2D, CompactDense, SparseConv2D, SparseDense
 
+from layer_helper import randomize_batchnorms
+
 RTOL = 1e-5
 
 
 def _np(x):
     return np.asarray(keras.ops.convert_to_numpy(x))
-
-
-def _randomize_bns(model, seed=0):
-    """Statistics and affine weights far from the identity, so a wrong fold shows."""
-    rng = np.random.default_rng(seed)
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(rng.normal(size=n))
-            layer.moving_variance.assign(rng.uniform(0.2, 3.0, size=n))
-            if layer.gamma is not None:
-                layer.gamma.assign(rng.normal(size=n))
-            if layer.beta is not None:
-                layer.beta.assign(rng.normal(size=n))
-    return model
 
 
 def _close(got, want):
@@ -68,7 +55,7 @@ def _quiet_fold(model, **kwargs):
 ], ids=["dense", "dense-nobias-rank3", "conv2d", "conv2d-nobias", "grouped", "conv1d",
         "depthwise-nobias", "separable", "transpose"])
 def test_keras_producer_folds(make, shape):
-    model = _randomize_bns(keras.Sequential([
+    model = randomize_batchnorms(keras.Sequential([
         keras.Input(shape[1:]), make(), keras.layers.BatchNormalization(name="bn"),
         keras.layers.ReLU()]))
     x = _x(shape)
@@ -95,7 +82,7 @@ def test_functional_mobilenet_block_folds_and_reloads(tmp_path):
     h = keras.layers.BatchNormalization(name="project_bn")(h)
     h = keras.layers.Add(name="add")([inp, h])  # named: an automatic name depends on test order
     out = keras.layers.Concatenate()([h, keras.layers.BatchNormalization(name="bn_in")(h)])
-    model = _randomize_bns(keras.Model(inp, out))
+    model = randomize_batchnorms(keras.Model(inp, out))
     x = _x((3, 8, 8, 4))
     want = model(x)
     with pytest.warns(UserWarning, match=r"bn_in: its input comes from 'add' \(Add\)"):
@@ -109,7 +96,7 @@ def test_functional_mobilenet_block_folds_and_reloads(tmp_path):
 
 
 def test_activation_inside_the_conv_is_not_folded():
-    model = _randomize_bns(keras.Sequential([
+    model = randomize_batchnorms(keras.Sequential([
         keras.Input((6, 6, 3)),
         keras.layers.Conv2D(4, 3, activation="relu", name="c"),
         keras.layers.BatchNormalization(name="bn")]))
@@ -124,7 +111,7 @@ def test_producer_with_two_consumers_is_not_folded():
     inp = keras.Input((5,))
     h = keras.layers.Dense(6, name="d")(inp)
     a = keras.layers.BatchNormalization(name="bn")(h)
-    model = _randomize_bns(keras.Model(inp, keras.layers.Add()([a, h])))
+    model = randomize_batchnorms(keras.Model(inp, keras.layers.Add()([a, h])))
     with pytest.warns(UserWarning, match=r"'d''s output feeds 2 layers"):
         folded, report = sparsekeras.fold_batchnorm(model, return_report=True)
     assert report["folded"] == [] and _bns(folded) == ["bn"]
@@ -135,7 +122,7 @@ def test_producer_with_two_consumers_is_not_folded():
 def test_producer_output_also_a_model_output_is_not_folded():
     inp = keras.Input((5,))
     h = keras.layers.Dense(6, name="d")(inp)
-    model = _randomize_bns(keras.Model(inp, [h, keras.layers.BatchNormalization(name="bn")(h)]))
+    model = randomize_batchnorms(keras.Model(inp, [h, keras.layers.BatchNormalization(name="bn")(h)]))
     with pytest.warns(UserWarning, match="also a model output"):
         _, report = sparsekeras.fold_batchnorm(model, return_report=True)
     assert report["folded"] == []
@@ -150,7 +137,7 @@ def test_shared_producer_training_call_and_other_axis_are_not_folded():
     h = keras.layers.BatchNormalization(name="bn_train")(h, training=True)
     h = keras.layers.Dense(5, name="d3")(h)
     out = keras.layers.BatchNormalization(axis=1, name="bn_axis1")(h)
-    model = _randomize_bns(keras.Model(inp, out))
+    model = randomize_batchnorms(keras.Model(inp, out))
     with pytest.warns(UserWarning) as record:
         folded, report = sparsekeras.fold_batchnorm(model, return_report=True)
     text = " ".join(str(w.message) for w in record)
@@ -164,7 +151,7 @@ def test_sparse_layers_keep_their_pattern_and_strip_folds_by_default():
     """SparseConv2D and SparseDense with 90% masks: the folded kernels are zero exactly where
     the masks are, strip's stored forms hold as many values as the masks keep, outputs equal."""
     rng = np.random.default_rng(5)
-    dense = _randomize_bns(keras.Sequential([
+    dense = randomize_batchnorms(keras.Sequential([
         keras.Input((8, 8, 3)),
         keras.layers.Conv2D(16, 3, use_bias=False, name="c"),
         keras.layers.BatchNormalization(name="bn_c"),
@@ -209,7 +196,7 @@ def test_sparse_depthwise_and_separable_fold_through_strip():
     """SparseDepthwiseConv2D (stored as a CompactConv2D) and SparseSeparableConv2D (its pointwise
     part) with BatchNorm after them, pruned: strip folds both, outputs equal."""
     rng = np.random.default_rng(7)
-    dense = _randomize_bns(keras.Sequential([
+    dense = randomize_batchnorms(keras.Sequential([
         keras.Input((7, 7, 4)),
         keras.layers.DepthwiseConv2D(3, depth_multiplier=2, use_bias=False, name="dw"),
         keras.layers.BatchNormalization(name="bn_dw"),
@@ -233,7 +220,7 @@ def test_stored_forms_fold_on_their_values(block):
     """A model stripped without folding, folded afterwards: CompactDense (CSC and (1, 4)
     blocks) and CompactConv2D scale their stored values; the structure is unchanged."""
     rng = np.random.default_rng(2)
-    dense = _randomize_bns(keras.Sequential([
+    dense = randomize_batchnorms(keras.Sequential([
         keras.Input((6, 6, 2)),
         keras.layers.Conv2D(8, 3, name="c"),
         keras.layers.BatchNormalization(name="bn_c"),
@@ -257,7 +244,7 @@ def test_stored_forms_fold_on_their_values(block):
 
 
 def test_compacted_sparse_dense_folds():
-    dense = _randomize_bns(keras.Sequential([
+    dense = randomize_batchnorms(keras.Sequential([
         keras.Input((10,)), keras.layers.Dense(8, name="d"),
         keras.layers.BatchNormalization(name="bn")]))
     sparse = sparsekeras.sparsify(dense)
@@ -282,7 +269,7 @@ def test_nested_models_fold_and_strip_in_place_keeps_the_object(tmp_path):
     h = inner_seq(inp)
     h = inner_fn(h)
     h = keras.layers.BatchNormalization(name="after_nested")(h)  # follows a model: not folded
-    model = _randomize_bns(keras.Model(inp, h))
+    model = randomize_batchnorms(keras.Model(inp, h))
     x = _x((2, 6, 6, 4))
     want = model(x)
     with pytest.warns(UserWarning, match="after_nested: its input comes from the nested model"):
@@ -312,7 +299,7 @@ def test_user_subclass_is_not_folded():
         def call(self, x):
             return super().call(x) * 2.0
 
-    model = _randomize_bns(keras.Sequential([keras.Input((5, 5, 2)), MyConv(3, 1, name="mine"),
+    model = randomize_batchnorms(keras.Sequential([keras.Input((5, 5, 2)), MyConv(3, 1, name="mine"),
                                              keras.layers.BatchNormalization(name="bn")]))
     with pytest.warns(UserWarning, match=r"bn: its input comes from 'mine' \(MyConv\), a user"):
         folded, report = sparsekeras.fold_batchnorm(model, inplace=True, return_report=True)

@@ -15,6 +15,8 @@ from sparsekeras import _fold
 from sparsekeras._fold import FoldedActivation, FoldedBatchNormalization
 from sparsekeras.layers import CompactConv2D, CompactDense
 
+from layer_helper import randomize_batchnorms
+
 RTOL = 1e-5
 ACTIVATION_LAYERS = (keras.layers.ReLU, keras.layers.Activation, keras.layers.LeakyReLU,
                      FoldedActivation)
@@ -34,20 +36,6 @@ def _close(got, want):
     assert got.shape == want.shape
     scale = max(float(np.abs(want).max()), 1e-6)
     assert float(np.abs(got - want).max()) <= RTOL * scale, float(np.abs(got - want).max()) / scale
-
-
-def _randomize_bns(model, seed=0):
-    """BatchNorm statistics far from the identity, so the activations' inputs straddle 0 and 6
-    (a wrong fold order, act(bn(z)) against bn(act(z)), shows)."""
-    rng = np.random.default_rng(seed)
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(rng.normal(size=n))
-            layer.moving_variance.assign(rng.uniform(0.2, 3.0, size=n))
-            layer.gamma.assign(rng.normal(scale=3.0, size=n))
-            layer.beta.assign(rng.normal(size=n))
-    return model
 
 
 def _prune(sparse, keep=0.4, seed=3):
@@ -155,7 +143,7 @@ def _mobilenet_block():
     h = keras.layers.BatchNormalization(name="project_bn")(h)
     h = keras.layers.Add(name="add")([inp, h])
     h = keras.layers.ReLU(6.0, name="after_add")(h)
-    return _randomize_bns(keras.Model(inp, h))
+    return randomize_batchnorms(keras.Model(inp, h), gamma_scale=3.0)
 
 
 def test_mobilenet_block_folds_through_strip_and_reloads(tmp_path):
@@ -207,7 +195,8 @@ def test_fold_activations_alone():
     h = keras.layers.Flatten()(h)
     h = keras.layers.Dense(6, name="d")(h)
     h = keras.layers.Activation("tanh", name="t")(h)
-    sparse = _prune(sparsekeras.sparsify(_randomize_bns(keras.Model(inp, h))))
+    model = randomize_batchnorms(keras.Model(inp, h), gamma_scale=3.0)
+    sparse = _prune(sparsekeras.sparsify(model))
     x = _x((2, 6, 6, 3))
     want = sparse(x)
     stripped = _quiet_strip(sparse, fold_batchnorm=False)
@@ -230,7 +219,8 @@ def test_resnet_block():
     h = keras.layers.ReLU(name="relu_out")(h)
     h = keras.layers.GlobalAveragePooling2D(name="pool")(h)
     h = keras.layers.Activation("relu", name="after_pool")(h)
-    sparse = _prune(sparsekeras.sparsify(_randomize_bns(keras.Model(inp, h))))
+    model = randomize_batchnorms(keras.Model(inp, h), gamma_scale=3.0)
+    sparse = _prune(sparsekeras.sparsify(model))
     x = _x((2, 7, 7, 6))
     want = sparse(x)
     stripped = _quiet_strip(sparse)
@@ -284,7 +274,7 @@ def test_nested_models_fold_and_in_place_keeps_placeholders(tmp_path):
     h = keras.layers.ReLU(name="after_nested")(h)  # follows a model: no candidate
     h = keras.layers.Conv2D(3, 1, name="head")(h)
     h = keras.layers.Activation("sigmoid", name="head_act")(h)
-    model = _randomize_bns(keras.Model(inp, h))
+    model = randomize_batchnorms(keras.Model(inp, h), gamma_scale=3.0)
     sparse = _prune(sparsekeras.sparsify(model))
     x = _x((2, 6, 6, 4))
     want = sparse(x)
@@ -331,7 +321,8 @@ def test_batchnorm_output_feeding_two_layers_warns():
     h = keras.layers.Conv2D(3, 3, padding="same", name="c")(inp)
     h = keras.layers.BatchNormalization(name="bn")(h)
     r = keras.layers.ReLU(name="r")(h)
-    model = _randomize_bns(keras.Model(inp, keras.layers.Add(name="add")([r, h])))
+    model = randomize_batchnorms(keras.Model(inp, keras.layers.Add(name="add")([r, h])),
+                                 gamma_scale=3.0)
     x = _x((2, 5, 5, 3))
     stripped, text = _strip_warning(model)
     assert "r: 'bn''s output feeds 2 layers" in text
