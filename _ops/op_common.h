@@ -332,8 +332,7 @@ class Epilogue {
     if (bias.dims() != 1 || (bias.dim_size(0) != 0 && bias.dim_size(0) != n)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "bias must be a vector of ", n, " entries (one per output column or channel) or "
-          "empty (no "
-          "bias); received shape ", bias.shape().DebugString()));
+          "empty (no bias); received shape ", bias.shape().DebugString()));
     }
     *out = bias.dim_size(0) == 0 ? nullptr : bias.flat<T>().data();
     return absl::OkStatus();

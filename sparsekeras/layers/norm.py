@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from sparsekeras import ops as sk_ops
+from sparsekeras.layers._base import build_like, copy_weights
 
 __all__ = ["FusedLayerNormalization"]
 
@@ -46,19 +47,16 @@ class FusedLayerNormalization(keras.layers.LayerNormalization):
     @classmethod
     def from_keras(cls, layer):
         """A built FusedLayerNormalization with `layer`'s configuration and weights."""
-        fused = cls.from_config(layer.get_config())
-        _copy_built(layer, fused)
-        return fused
+        return _twin(cls, layer)
 
     def to_keras(self):
         """The `keras.layers.LayerNormalization` with this configuration and these weights."""
-        plain = keras.layers.LayerNormalization.from_config(self.get_config())
-        _copy_built(self, plain)
-        return plain
+        return _twin(keras.layers.LayerNormalization, self)
 
 
-def _copy_built(src, dst):
-    if src.built:
-        dst.build(src.get_build_config()["input_shape"])
-        for a, b in zip(src.weights, dst.weights):
-            b.assign(keras.ops.convert_to_numpy(a))
+def _twin(cls, layer):
+    """A `cls` with `layer`'s configuration, built as it is, holding its weights (by path)."""
+    twin = build_like(cls.from_config(layer.get_config()), layer)
+    if layer.built:
+        copy_weights(layer, twin)
+    return twin

@@ -278,12 +278,13 @@ class _LeadingInputs:
         self.get_attr = op.get_attr
 
 
-def _bias_act_grad(op, grad, n_product_inputs, product_grad):
+def _bias_act_grad(op, grad, n_product_inputs, product_grad, linear):
     """Gradients of out = act(product + bias): g = grad masked where a ReLU output is not
-    positive (TensorFlow's ReluGrad on the op's output), or, for GELU, grad * GELU'(z) with the
-    pre-activation z = product + bias recomputed by the same op with no activation (GELU is not
-    invertible from its output); d_bias = column sums of g (None for an empty bias), then the
-    product's own gradients of g."""
+    positive (TensorFlow's ReluGrad on the op's output; Relu6Grad likewise), or, for GELU,
+    grad * GELU'(z) with the pre-activation z = product + bias recomputed by `linear(op)` (the
+    same op with no activation: GELU is not invertible from its output); d_bias = sums of g
+    over every axis but the last (None for an empty bias), then the product's own gradients
+    of g."""
     act = op.get_attr("activation")
     act = act.decode() if isinstance(act, bytes) else act
     if act == "relu":
@@ -292,14 +293,7 @@ def _bias_act_grad(op, grad, n_product_inputs, product_grad):
         # Relu6Grad takes the op's input or its output: the same mask (0 < v < 6)
         grad = tf.raw_ops.Relu6Grad(gradients=grad, features=op.outputs[0])
     elif act == "gelu":
-        attrs = {"activation": "linear"}
-        if op.type == "SparseKeras>DenseBcscMatMulBiasAct":
-            attrs["block"] = op.get_attr("block")
-            z = _ops.sparse_keras_dense_bcsc_mat_mul_bias_act(*op.inputs, **attrs)
-        elif op.type == "SparseKeras>CsrConv2DBiasAct":
-            z = _ops.sparse_keras_csr_conv2d_bias_act(*op.inputs, **attrs, **_conv_attrs(op))
-        else:
-            z = _ops.sparse_keras_dense_csc_mat_mul_bias_act(*op.inputs, **attrs)
+        z = linear(op)
         # d/dz [z Phi(z)] = Phi(z) + z phi(z), Phi(z) = (1 + erf(z / sqrt 2)) / 2
         phi = tf.exp(-0.5 * z * z) * tf.constant(0.3989422804014327, z.dtype)
         cdf = 0.5 * (1.0 + tf.math.erf(z * tf.constant(0.7071067811865476, z.dtype)))
@@ -315,19 +309,24 @@ def _bias_act_grad(op, grad, n_product_inputs, product_grad):
 @tf.RegisterGradient("SparseKeras>CsrConv2DBiasAct")
 def _csr_conv2d_bias_act_grad(op, grad):
     """y = act(conv2d(x, W) + bias): see `_bias_act_grad` and `_csr_conv2d_grad`."""
-    return _bias_act_grad(op, grad, 4, _csr_conv2d_grad)
+    return _bias_act_grad(op, grad, 4, _csr_conv2d_grad, lambda op: (
+        _ops.sparse_keras_csr_conv2d_bias_act(*op.inputs, activation="linear",
+                                              **_conv_attrs(op))))
 
 
 @tf.RegisterGradient("SparseKeras>DenseCscMatMulBiasAct")
 def _dense_csc_matmul_bias_act_grad(op, grad):
     """out = act(x @ W + bias), W in CSC: see `_bias_act_grad` and `_dense_csc_matmul_grad`."""
-    return _bias_act_grad(op, grad, 8, _dense_csc_matmul_grad)
+    return _bias_act_grad(op, grad, 8, _dense_csc_matmul_grad, lambda op: (
+        _ops.sparse_keras_dense_csc_mat_mul_bias_act(*op.inputs, activation="linear")))
 
 
 @tf.RegisterGradient("SparseKeras>DenseBcscMatMulBiasAct")
 def _dense_bcsc_matmul_bias_act_grad(op, grad):
     """out = act(x @ W + bias), W block-CSC: see `_bias_act_grad` and `_dense_bcsc_matmul_grad`."""
-    return _bias_act_grad(op, grad, 5, _dense_bcsc_matmul_grad)
+    return _bias_act_grad(op, grad, 5, _dense_bcsc_matmul_grad, lambda op: (
+        _ops.sparse_keras_dense_bcsc_mat_mul_bias_act(*op.inputs, activation="linear",
+                                                      block=op.get_attr("block"))))
 
 
 @tf.RegisterGradient("SparseKeras>LayerNorm")
