@@ -122,7 +122,8 @@ def test_producer_with_two_consumers_is_not_folded():
 def test_producer_output_also_a_model_output_is_not_folded():
     inp = keras.Input((5,))
     h = keras.layers.Dense(6, name="d")(inp)
-    model = randomize_batchnorms(keras.Model(inp, [h, keras.layers.BatchNormalization(name="bn")(h)]))
+    model = randomize_batchnorms(
+        keras.Model(inp, [h, keras.layers.BatchNormalization(name="bn")(h)]))
     with pytest.warns(UserWarning, match="also a model output"):
         _, report = sparsekeras.fold_batchnorm(model, return_report=True)
     assert report["folded"] == []
@@ -299,8 +300,9 @@ def test_user_subclass_is_not_folded():
         def call(self, x):
             return super().call(x) * 2.0
 
-    model = randomize_batchnorms(keras.Sequential([keras.Input((5, 5, 2)), MyConv(3, 1, name="mine"),
-                                             keras.layers.BatchNormalization(name="bn")]))
+    model = randomize_batchnorms(keras.Sequential([
+        keras.Input((5, 5, 2)), MyConv(3, 1, name="mine"),
+        keras.layers.BatchNormalization(name="bn")]))
     with pytest.warns(UserWarning, match=r"bn: its input comes from 'mine' \(MyConv\), a user"):
         folded, report = sparsekeras.fold_batchnorm(model, inplace=True, return_report=True)
     assert folded is model and report["folded"] == []
