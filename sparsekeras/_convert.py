@@ -9,7 +9,7 @@ import numpy as np
 import keras
 
 from sparsekeras import _fold, _saving, _tree
-from sparsekeras.layers import _registry
+from sparsekeras.layers import _base, _registry
 from sparsekeras.layers._base import NotConvertible, _PrunableKernel
 from sparsekeras.layers.norm import FusedLayerNormalization
 
@@ -415,11 +415,22 @@ def _strategy_scope(model):
 
 def _retrace(model):
     """New traced train step, and test/predict steps traced on their next use: the old ones
-    read the variables the layers trained before. Safe in the middle of `fit`."""
+    read the variables the layers trained before (or made compute choices their masks no
+    longer make, see `_PrunableKernel._switch`). Safe in the middle of `fit`."""
     if hasattr(model, "make_train_function"):
+        for layer in model._flatten_layers(include_self=False):
+            layer.__dict__.pop("_traced", None)
+            _base._stale_layers.discard(layer)
         model.make_train_function(force=True)
         model.test_function = None
         model.predict_function = None
+
+
+def _retrace_if_stale(model):
+    """Retrace `model`'s steps if a layer's mask changed its compute choice since they were
+    traced (the pruning callbacks call this after changing masks)."""
+    if any(layer in _base._stale_layers for layer in model._flatten_layers(include_self=False)):
+        _retrace(model)
 
 
 def _built_optimizer(model):

@@ -17,6 +17,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from sparsekeras import _compact, _convert, _dst
+from sparsekeras.layers import _base
 from sparsekeras.layers._base import _PrunableKernel
 from sparsekeras.layers.embedding import _TableTarget
 
@@ -358,7 +359,8 @@ class _DynamicSparsity(keras.callbacks.Callback):
         was_compacted = self._decompact(self._targets)
         for i, (t, d) in enumerate(zip(self._targets, self.layer_densities())):
             mask = self._random_mask(tuple(t.mask.shape), d, _dst.rng(self.seed, 0, 0, i))
-            t.set_mask(mask)
+            with _base.retrace_after():  # retraced below if a compute choice changed
+                t.set_mask(mask)
             kernel = _kernel_of(t)
             if self.rescale_init and 0 < d < 1 and not isinstance(t, _TableTarget):
                 # Sparsity-aware initialization (Evci et al. 2022, "Gradient flow in sparse
@@ -369,6 +371,7 @@ class _DynamicSparsity(keras.callbacks.Callback):
             zero_optimizer_state(self._optimizer(), kernel, np.flatnonzero(~mask))
         if was_compacted:
             _convert._retrace(self.model)
+        _convert._retrace_if_stale(self.model)
 
     # ---- updates ------------------------------------------------------------------------
 
@@ -410,7 +413,8 @@ class _DynamicSparsity(keras.callbacks.Callback):
                 flat = np.array(weights).reshape(-1)
                 flat[grown] = 0
                 kernel.assign(flat.reshape(weights.shape))
-                t.set_mask(new_mask)
+                with _base.retrace_after():  # retraced below if a compute choice changed
+                    t.set_mask(new_mask)
                 # A layer trained masked (not compacted) has optimizer state at its pruned
                 # entries (their gradient is not zero): a grown weight's state starts at zero.
                 zero_optimizer_state(optimizer, kernel, np.concatenate([dropped, grown]))
@@ -420,6 +424,7 @@ class _DynamicSparsity(keras.callbacks.Callback):
         compacted = self._compact_all()
         if decompacted and not compacted:
             _convert._retrace(self.model)
+        _convert._retrace_if_stale(self.model)
         self._moved_since_epoch += moved
         self.updates.append(dict(step=step, fraction=fraction, moved=moved,
                                  sparsity=self.overall_sparsity(), layers=per_layer,

@@ -13,6 +13,7 @@ from tensorflow.core.framework import summary_pb2
 
 from sparsekeras import _masks
 from sparsekeras import _compact, _convert, _groups
+from sparsekeras.layers import _base
 from sparsekeras.layers._base import _WeightMaskConstraint
 
 __all__ = ["GradualPruning", "ActivationSparsity", "prunable_layers", "prunable_targets",
@@ -301,9 +302,17 @@ class GradualPruning(keras.callbacks.Callback):
         """Prune every layer to `sparsity` now (masks only shrink: pruned weights stay pruned).
 
         A compacted layer whose mask would change is decompacted first (its optimizer state
-        scattered back). Returns whether a layer was decompacted (the traced step is stale)."""
-        if self.coupled:
-            return self._prune_coupled(sparsity)
+        scattered back). Returns whether a layer was decompacted (the traced step is stale).
+        A mask that changes a layer's compute choice (see `SparseDense.switch_sparsity`)
+        retraces the model's steps here."""
+        with _base.retrace_after():
+            stale = (self._prune_coupled(sparsity) if self.coupled
+                     else self._prune_layers(sparsity))
+        if not stale and self.model is not None:
+            _convert._retrace_if_stale(self.model)
+        return stale
+
+    def _prune_layers(self, sparsity):
         # A layer of a subclassed model is built by its first call (the first step).
         layers = [t for t in self._targets() if t.built]
         # A layer may present its kernel in another shape for scoring (a depthwise kernel as

@@ -2,6 +2,7 @@
 that the layers follow it (eagerly and inside tf.function, with a static or a dynamic batch),
 and that either path gives the Keras twin's outputs and gradients."""
 import json
+import warnings
 
 import keras
 import numpy as np
@@ -496,3 +497,85 @@ def test_stripped_depthwise_layer_keeps_its_multiplier():
     x = RNG.standard_normal((2, 8, 8, 4)).astype(np.float32)
     np.testing.assert_allclose(np.asarray(stripped(x)), np.asarray(sparse(x)), rtol=1e-4,
                                atol=1e-4)
+
+
+# ---- the choice made while tracing -----------------------------------------------------------
+
+def _graph_ops(fn, *args):
+    graph = fn.get_concrete_function(*args).graph
+    ops = {op.type for op in graph.get_operations()}
+    for f in graph.as_graph_def().library.function:
+        ops |= {node.op for node in f.node_def}
+    return ops
+
+
+@pytest.mark.parametrize("sparsity, sparse", [(0.5, False), (0.95, True)])
+def test_static_rows_are_chosen_while_tracing(model_with_rows, sparsity, sparse):
+    """A static row count (or a mask below switch_sparsity, whatever the rows) is decided when
+    the function is traced: no tf.cond in the graph, only the chosen product."""
+    model_with_rows(1, 10 ** 6)
+    layer = _pruned_dense(sparsity=sparsity)
+    x = tf.constant(RNG.standard_normal((16, 48)), tf.float32)
+    ops = _graph_ops(tf.function(lambda x: layer(x)), x)
+    assert not ops & {"If", "StatelessIf"}, sorted(ops)
+    assert ("SparseKeras>DenseCscMatMul" in ops) == sparse and ("MatMul" in ops) != sparse
+    dynamic = tf.function(lambda x: layer(x), input_signature=[tf.TensorSpec([None, 48])])
+    ops = _graph_ops(dynamic, x)  # rows known at run time only: a cond once the mask is sparse
+    assert bool(ops & {"If", "StatelessIf"}) == sparse, sorted(ops)
+    want = x.numpy() @ (layer.kernel.numpy() * layer.mask.numpy()) + layer.bias.numpy()
+    for fn in (tf.function(lambda x: layer(x)), dynamic):
+        np.testing.assert_allclose(fn(x).numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_mask_change_after_tracing_warns_and_keeps_the_results(model_with_rows):
+    model_with_rows(1, 10 ** 6)
+    layer = _pruned_dense(sparsity=0.5)
+    runs = _counting(layer)
+    fn = tf.function(lambda x: layer(x))
+    x = tf.constant(RNG.standard_normal((16, 48)), tf.float32)
+    fn(x)  # traced dense (the mask is below switch_sparsity)
+    assert {k: int(v.numpy()) for k, v in runs.items()} == {"sparse": 0, "dense": 1}
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        layer.set_mask(layer.mask.numpy() * (RNG.random((48, 40)) >= 0.9))  # now sparse
+    stale = [str(w.message) for w in record if "traced before" in str(w.message)]
+    assert len(stale) == 1 and f"SparseDense '{layer.name}'" in stale[0], stale
+    want = x.numpy() @ (layer.kernel.numpy() * layer.mask.numpy()) + layer.bias.numpy()
+    np.testing.assert_allclose(fn(x).numpy(), want, rtol=1e-4, atol=1e-4)
+    assert int(runs["dense"].numpy()) == 2  # the traced function keeps its choice
+    np.testing.assert_allclose(layer(x).numpy(), want, rtol=1e-4, atol=1e-4)  # eager: sparse
+    assert int(runs["sparse"].numpy()) == 1
+
+
+def test_a_stale_layer_warns_once(model_with_rows):
+    model_with_rows(1, 10 ** 6)
+    layer = _pruned_dense(sparsity=0.5)
+    tf.function(lambda x: layer(x))(tf.ones((4, 48)))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        for sparsity in (0.92, 0.95, 0.97):
+            layer.set_mask(RNG.random((48, 40)) >= sparsity)
+    assert len([w for w in record if "traced before" in str(w.message)]) == 1
+
+
+@pytest.mark.parametrize("static_batch", [True, False])
+def test_pruning_callback_retraces_when_the_choice_changes(model_with_rows, static_batch):
+    """GradualPruning crosses switch_sparsity during fit: the step traced dense is traced
+    again (no warning, which the test configuration turns into an error) and computes sparse."""
+    from sparsekeras.callbacks import GradualPruning
+    from sparsekeras.schedules import PolynomialDecay
+    model_with_rows(1, 10 ** 6)
+    model = keras.Sequential([keras.Input((48,)), SparseDense(40, name="h"), SparseDense(3)])
+    runs = _counting(model.get_layer("h"))
+    model.compile("adam", "mse")
+    x, y = RNG.random((64, 48)), RNG.random((64, 3))
+    if static_batch:
+        x, y = tf.data.Dataset.from_tensor_slices((x, y)).batch(16, drop_remainder=True), None
+    model.fit(x, y, batch_size=None if static_batch else 16, epochs=3, verbose=0, shuffle=False,
+              callbacks=[GradualPruning(PolynomialDecay(0.0, 0.9, 0, 4, frequency=1),
+                                         compact=False)])
+    assert model.get_layer("h").sparsity == pytest.approx(0.9, abs=0.01)
+    assert int(runs["dense"].numpy()) >= 1 and int(runs["sparse"].numpy()) >= 6, runs
+    before = int(runs["sparse"].numpy())
+    model.predict(RNG.random((16, 48)), verbose=0)
+    assert int(runs["sparse"].numpy()) == before + 1

@@ -5,6 +5,10 @@ mask, and the stored-form products that compact layers compute with.
 Layer families live beside this module (`dense`, `conv`, ...) and import from it; it imports
 none of them.
 """
+import contextlib
+import warnings
+import weakref
+
 import numpy as np
 import keras
 import tensorflow as tf
@@ -217,6 +221,49 @@ class _MaskConstraint(keras.constraints.Constraint):
         return {}
 
 
+# Layers whose compute choice, made while a function was traced (see _PrunableKernel._switch),
+# differs from what their mask now chooses. `_convert._retrace` (the pruning callbacks call it
+# after their mask changes) traces the model's steps again and empties it.
+_stale_layers = weakref.WeakSet()
+_RETRACING = [0]  # > 0 inside `retrace_after()`: the caller retraces, no warning
+
+
+def _symbolic():
+    """Inside Keras' symbolic call (building a Functional model): nothing is traced to keep."""
+    try:
+        from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+    except ImportError:  # pragma: no cover (a Keras without the module)
+        return False
+    return in_symbolic_scope()
+
+
+def _note_stale(layer):
+    if layer in _stale_layers:
+        return
+    _stale_layers.add(layer)
+    if not _RETRACING[0]:
+        now = "sparse" if layer._choice() else "dense"
+        warnings.warn(
+            f"{type(layer).__name__} {layer.name!r}: its new mask ({layer._mask_sparsity:.1%} "
+            f"sparse) makes it compute {now} (for some batch sizes), but a function traced "
+            "before (Keras' fit/evaluate/predict step, or your tf.function) chose the other "
+            "path and keeps it until traced again: same results, maybe slower. The pruning "
+            "callbacks retrace for you; after changing masks yourself, call "
+            "`model.make_train_function(force=True)` and set `model.test_function` and "
+            "`model.predict_function` to None (or compile the model again).", stacklevel=3)
+
+
+@contextlib.contextmanager
+def retrace_after():
+    """Mask changes inside this block do not warn about traced choices going stale: the
+    caller retraces the model afterwards (`_convert._retrace_if_stale`)."""
+    _RETRACING[0] += 1
+    try:
+        yield
+    finally:
+        _RETRACING[0] -= 1
+
+
 class _PrunableKernel:
     """Mask, cached sparse structure and dense/sparse switch shared by the prunable layers
     (SparseDense, SparseConv2D, SparseDepthwiseConv2D).
@@ -307,6 +354,8 @@ class _PrunableKernel:
         self._positions.assign(s["positions"])
         self._sparse_on.assign(self._mask_sparsity >= self.switch_sparsity)
         self._refresh_more(m)
+        if self.__dict__.get("_traced") and self._stale_trace():
+            _note_stale(self)
 
     def _refresh_more(self, mask):
         """Structure a subclass caches besides the CSC one, from the boolean mask."""
@@ -320,6 +369,21 @@ class _PrunableKernel:
 
     _CACHE_ATTRS = ("_csc_indptr", "_csc_indices", "_positions")
 
+    def _choice(self, rows=None):
+        """Whether a call of `rows` rows (None: any) computes sparse, from the layer's Python
+        state (the mask's sparsity against switch_sparsity, then the cost model's rows)."""
+        if not self._mask_sparsity >= self.switch_sparsity:
+            return False
+        if rows is None:
+            return True
+        lo, hi = self._sparse_rows_py
+        return lo <= rows <= hi
+
+    def _stale_trace(self):
+        """Whether a choice made while tracing (see _switch) differs from today's."""
+        traced = self.__dict__.get("_traced") or {}
+        return any(self._choice(rows) != choice for rows, choice in traced.items())
+
     def _switch(self, sparse_fn, dense_fn, rows=None):
         if self.compute == "sparse":
             return sparse_fn()
@@ -330,14 +394,28 @@ class _PrunableKernel:
         # sparse product faster, and computes sparse only there (and from switch_sparsity on).
         sparse_rows = getattr(self, "_sparse_rows", None) if rows is not None else None
         if tf.executing_eagerly():  # decided in Python: no variable reads, no cond
-            on = self._mask_sparsity >= self.switch_sparsity
-            if on and sparse_rows is not None:
-                lo, hi = self._sparse_rows_py
-                on = lo <= int(rows) <= hi
-            if not on:
+            if not self._choice(rows if sparse_rows is not None else None):
                 return dense_fn()
             with _dispatch.layer_eager_threads(self, rows):  # one thread for small calls
                 return sparse_fn()
+        # Traced: where the choice is known now (the mask below switch_sparsity, or a static
+        # row count), it is made here, as in eager mode. The traced step then has no tf.cond,
+        # and TensorFlow's graph optimizer can fuse the dense product with the bias and the
+        # activation that follow it (it does not look into a cond's branches): the MLP
+        # 784-300-100-10's training step while pruning went from 0.92-0.95x the dense model's
+        # to par (docs/performance.md, session 14). The choice is kept in `_traced`; a mask
+        # change that would choose otherwise marks the layer (`_apply_structure`), and the
+        # pruning callbacks retrace the model's steps (`_convert._retrace_if_stale`).
+        if sparse_rows is None or isinstance(rows, (int, np.integer)):
+            choice = self._choice(None if sparse_rows is None else int(rows))
+            if not _symbolic():
+                self.__dict__.setdefault("_traced", {})[
+                    None if sparse_rows is None else int(rows)] = choice
+            return sparse_fn() if choice else dense_fn()
+        if not self._mask_sparsity >= self.switch_sparsity:
+            if not _symbolic():
+                self.__dict__.setdefault("_traced", {})[None] = False
+            return dense_fn()
         # The cached structure is read once here, outside the tf.cond, and the branches see
         # those reads in place of the variables. Read inside the sparse branch, the int32
         # arrays its gradient needs become the cond's intermediate outputs, which tf.cond's

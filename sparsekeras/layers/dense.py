@@ -492,8 +492,8 @@ class SparseDense(_PrunableKernel, keras.layers.Dense):
                                         bias=self.bias, activation=self.activation)
         y = self._switch(lambda: self._sparse_matmul(x), lambda: self._dense_matmul(x),
                          rows=_dispatch.rows_of(x))
-        if self.bias is not None:
-            y = y + tf.cast(self.bias, y.dtype)
+        if self.bias is not None:  # BiasAdd, as Keras' Dense: fused with a dense MatMul
+            y = tf.nn.bias_add(y, tf.cast(self.bias, y.dtype))
         if self.activation is not None:
             y = self.activation(y)
         return y
