@@ -527,6 +527,28 @@ def test_static_rows_are_chosen_while_tracing(model_with_rows, sparsity, sparse)
         np.testing.assert_allclose(fn(x).numpy(), want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("interval, sparse", [((1, _dispatch.MAX_ROWS), True),
+                                              ((_dispatch.MAX_ROWS, 0), False)])
+def test_rows_known_at_run_time_need_no_cond_when_the_interval_decides(model_with_rows,
+                                                                      interval, sparse):
+    model_with_rows(*interval)
+    layer = _pruned_dense(sparsity=0.95)
+    runs = _counting(layer)
+    x = tf.constant(RNG.standard_normal((16, 48)), tf.float32)
+    fn = tf.function(lambda x: layer(x), input_signature=[tf.TensorSpec([None, 48])])
+    ops = _graph_ops(fn, x)
+    assert not ops & {"If", "StatelessIf"}, sorted(ops)
+    want = x.numpy() @ (layer.kernel.numpy() * layer.mask.numpy()) + layer.bias.numpy()
+    np.testing.assert_allclose(fn(x).numpy(), want, rtol=1e-4, atol=1e-4)
+    assert int(runs["sparse" if sparse else "dense"].numpy()) == 1
+    # a mask that makes the interval partial marks the traced choice stale
+    model_with_rows(8, 100)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        layer.set_mask(layer.mask.numpy())
+    assert any("traced before" in str(w.message) for w in record)
+
+
 def test_a_mask_change_after_tracing_warns_and_keeps_the_results(model_with_rows):
     model_with_rows(1, 10 ** 6)
     layer = _pruned_dense(sparsity=0.5)
