@@ -237,7 +237,12 @@ def worker(name, run, quick, repeats, budget=2.0):
         m.compile(optimizer=keras.optimizers.Adam(1e-3),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         m.train_on_batch(xt, yt)
-    reps_train = repeats or (5 if quick else 15)
+    t0 = time.perf_counter()
+    trainable["dense"].train_on_batch(xt, yt)
+    # as many steps as the inference cells' time budget allows (at least 15): a small model's
+    # step takes ~2 ms, and over 15 steps its ratio ranged 0.90-1.06 across three runs
+    reps_train = repeats or (5 if quick else _repeats_for(time.perf_counter() - t0, budget,
+                                                           lo=15))
     med = interleaved({k: (lambda m=m: m.train_on_batch(xt, yt)) for k, m in trainable.items()},
                       reps_train)
     cells["train pruning"] = {k: v * 1e3 for k, v in med.items()}
