@@ -20,9 +20,11 @@ Variants:
                  ONNX Runtime and LiteRT run `sparsekeras.densify` of it exported: the zeros are
                  stored and computed as numbers there (they have no sparse kernels that engage).
     shrink50     50% of the prunable channels removed (units, filters, heads, FFN units): with
-                 `sparsekeras.shrink` when the tree has it, else a stand-in built directly at
-                 half width (labelled "shrink50 (stand-in)" everywhere: same shapes a shrink
-                 would give at 50%, not produced by shrink).
+                 `sparsekeras.shrink(model, fold_batchnorm=True)` when the tree has it (the
+                 deployment path of docs/deploying.md: channels removed, BatchNorm folded; the
+                 converters of the other engines fold it in the dense model too), else a
+                 stand-in built directly at half width (labelled "shrink50 (stand-in)"
+                 everywhere: same shapes a shrink would give at 50%, not produced by shrink).
 Engines, 2 threads each: TensorFlow (the model called in a tf.function, 2 intra-op threads,
 sparsekeras 2 threads), ONNX Runtime (CPUExecutionProvider, intra_op_num_threads=2) and LiteRT
 (ai_edge_litert Interpreter, num_threads=2, its default XNNPACK delegate). Exports go through
@@ -208,7 +210,8 @@ def shrink50(build, dense):
 def _real_shrink(dense):
     """Channel-prune `dense` 50% by magnitude with GradualPruning(granularity="channel",
     coupled=True) (and granularity="head" where it has attention) in a fit of two steps with
-    the learning rate at 0 (a one-step schedule), then `sparsekeras.shrink`."""
+    the learning rate at 0 (a one-step schedule), then `sparsekeras.shrink` with the
+    BatchNormalization layers folded."""
     from sparsekeras.callbacks import GradualPruning
     from sparsekeras.schedules import ConstantSparsity
 
@@ -231,7 +234,7 @@ def _real_shrink(dense):
             sparse.fit(x, y, batch_size=2, epochs=1, verbose=0, callbacks=[cb])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        small, report = sparsekeras.shrink(sparse, return_report=True)
+        small, report = sparsekeras.shrink(sparse, fold_batchnorm=True, return_report=True)
     log(f"  shrink: parameters {report.params_before} -> {report.params_after}")
     return small
 
