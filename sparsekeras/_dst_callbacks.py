@@ -210,7 +210,11 @@ class _DynamicSparsity(keras.callbacks.Callback):
         if self.log_dir is not None and self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
         step = int(self.model.optimizer.iterations.numpy())
-        if step == 0:
+        # Masks are drawn at the first step; a resumed fit keeps the (sparse) masks it loaded.
+        # A model trained dense before (every mask all ones, optimizer past step 0) gets its
+        # masks now too: skipping them would train it dense, silently.
+        if step == 0 or (self.sparsity > 0 and all(
+                bool(np.all(keras.ops.convert_to_numpy(t.mask) != 0)) for t in self._targets)):
             self.init_masks()
         self._compact_all()
         self._last_step = step - 1

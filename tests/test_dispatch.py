@@ -601,3 +601,27 @@ def test_pruning_callback_retraces_when_the_choice_changes(model_with_rows, stat
     before = int(runs["sparse"].numpy())
     model.predict(RNG.random((16, 48)), verbose=0)
     assert int(runs["sparse"].numpy()) == before + 1
+
+
+@pytest.mark.parametrize("callback", ["SET", "RigL"])
+def test_dst_masks_after_a_traced_fit_retrace_without_a_warning(model_with_rows, callback):
+    """A dense fit traces the step with the dense path; SET / RigL (not compacting) then give
+    the layers 90% masks at the start of their fit (the optimizer is past step 0, but every
+    mask is all ones) and update them: the step is retraced (no warning, which the test
+    configuration turns into an error) and computes sparse."""
+    model_with_rows(1, 10 ** 6)
+    model = keras.Sequential([keras.Input((48,)), SparseDense(40, name="h"), SparseDense(3)])
+    runs = _counting(model.get_layer("h"))
+    model.compile("adam", "mse")
+    x, y = RNG.random((64, 48)), RNG.random((64, 3))
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert int(runs["sparse"].numpy()) == 0 and int(runs["dense"].numpy()) == 4
+    kwargs = dict(data=(x, y), batch_size=16) if callback == "RigL" else {}
+    cb = getattr(sparsekeras.callbacks, callback)(sparsity=0.9, distribution="uniform",
+                                                  update_every=2, compact=False, seed=0,
+                                                  **kwargs)
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[cb])
+    assert model.get_layer("h").sparsity == pytest.approx(0.9, abs=0.02)
+    # 8 training steps sparse; RigL also calls the layer for its dense gradient at updates
+    assert int(runs["sparse"].numpy()) == 8, runs
+    assert int(runs["dense"].numpy()) == 4 if callback == "SET" else int(runs["dense"].numpy()) > 4
