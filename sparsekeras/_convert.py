@@ -9,7 +9,7 @@ import numpy as np
 import keras
 
 from sparsekeras import _fold, _saving, _tree
-from sparsekeras.layers import _base, _registry
+from sparsekeras.layers import _registry
 from sparsekeras.layers._base import NotConvertible, _PrunableKernel
 from sparsekeras.layers.norm import FusedLayerNormalization
 
@@ -419,8 +419,8 @@ def _retrace(model):
     longer make, see `_PrunableKernel._switch`). Safe in the middle of `fit`."""
     if hasattr(model, "make_train_function"):
         for layer in model._flatten_layers(include_self=False):
-            layer.__dict__.pop("_traced", None)
-            _base._stale_layers.discard(layer)
+            layer.__dict__.pop("_traced", None)  # see _PrunableKernel._switch
+            layer.__dict__.pop("_stale_warned", None)
         model.make_train_function(force=True)
         model.test_function = None
         model.predict_function = None
@@ -429,7 +429,8 @@ def _retrace(model):
 def _retrace_if_stale(model):
     """Retrace `model`'s steps if a layer's mask changed its compute choice since they were
     traced (the pruning callbacks call this after changing masks)."""
-    if any(layer in _base._stale_layers for layer in model._flatten_layers(include_self=False)):
+    if any(isinstance(layer, _PrunableKernel) and layer._stale_trace()
+           for layer in model._flatten_layers(include_self=False)):
         _retrace(model)
 
 

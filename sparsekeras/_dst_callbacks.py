@@ -213,8 +213,7 @@ class _DynamicSparsity(keras.callbacks.Callback):
         # Masks are drawn at the first step; a resumed fit keeps the (sparse) masks it loaded.
         # A model trained dense before (every mask all ones, optimizer past step 0) gets its
         # masks now too: skipping them would train it dense, silently.
-        if step == 0 or (self.sparsity > 0 and all(
-                bool(np.all(keras.ops.convert_to_numpy(t.mask) != 0)) for t in self._targets)):
+        if step == 0 or (self.sparsity > 0 and self.overall_sparsity() == 0.0):
             self.init_masks()
         self._compact_all()
         self._last_step = step - 1

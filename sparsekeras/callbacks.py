@@ -308,7 +308,7 @@ class GradualPruning(keras.callbacks.Callback):
         with _base.retrace_after():
             stale = (self._prune_coupled(sparsity) if self.coupled
                      else self._prune_layers(sparsity))
-        if not stale and self.model is not None:
+        if not stale:
             _convert._retrace_if_stale(self.model)
         return stale
 

@@ -527,6 +527,15 @@ def test_static_rows_are_chosen_while_tracing(model_with_rows, sparsity, sparse)
         np.testing.assert_allclose(fn(x).numpy(), want, rtol=1e-4, atol=1e-4)
 
 
+def _stale_warnings(masks, layer):
+    """The "traced before" warnings of setting each mask of `masks` on `layer` in turn."""
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        for mask in masks:
+            layer.set_mask(mask)
+    return [str(w.message) for w in record if "traced before" in str(w.message)]
+
+
 @pytest.mark.parametrize("interval, sparse", [((1, _dispatch.MAX_ROWS), True),
                                               ((_dispatch.MAX_ROWS, 0), False)])
 def test_rows_known_at_run_time_need_no_cond_when_the_interval_decides(model_with_rows,
@@ -543,10 +552,7 @@ def test_rows_known_at_run_time_need_no_cond_when_the_interval_decides(model_wit
     assert int(runs["sparse" if sparse else "dense"].numpy()) == 1
     # a mask that makes the interval partial marks the traced choice stale
     model_with_rows(8, 100)
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        layer.set_mask(layer.mask.numpy())
-    assert any("traced before" in str(w.message) for w in record)
+    assert _stale_warnings([layer.mask.numpy()], layer)
 
 
 def test_a_mask_change_after_tracing_warns_and_keeps_the_results(model_with_rows):
@@ -557,10 +563,7 @@ def test_a_mask_change_after_tracing_warns_and_keeps_the_results(model_with_rows
     x = tf.constant(RNG.standard_normal((16, 48)), tf.float32)
     fn(x)  # traced dense (the mask is below switch_sparsity)
     assert {k: int(v.numpy()) for k, v in runs.items()} == {"sparse": 0, "dense": 1}
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        layer.set_mask(layer.mask.numpy() * (RNG.random((48, 40)) >= 0.9))  # now sparse
-    stale = [str(w.message) for w in record if "traced before" in str(w.message)]
+    stale = _stale_warnings([layer.mask.numpy() * (RNG.random((48, 40)) >= 0.9)], layer)  # sparse
     assert len(stale) == 1 and f"SparseDense '{layer.name}'" in stale[0], stale
     want = x.numpy() @ (layer.kernel.numpy() * layer.mask.numpy()) + layer.bias.numpy()
     np.testing.assert_allclose(fn(x).numpy(), want, rtol=1e-4, atol=1e-4)
@@ -573,11 +576,8 @@ def test_a_stale_layer_warns_once(model_with_rows):
     model_with_rows(1, 10 ** 6)
     layer = _pruned_dense(sparsity=0.5)
     tf.function(lambda x: layer(x))(tf.ones((4, 48)))
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        for sparsity in (0.92, 0.95, 0.97):
-            layer.set_mask(RNG.random((48, 40)) >= sparsity)
-    assert len([w for w in record if "traced before" in str(w.message)]) == 1
+    masks = [RNG.random((48, 40)) >= sparsity for sparsity in (0.92, 0.95, 0.97)]
+    assert len(_stale_warnings(masks, layer)) == 1
 
 
 @pytest.mark.parametrize("static_batch", [True, False])

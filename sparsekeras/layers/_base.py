@@ -7,7 +7,6 @@ none of them.
 """
 import contextlib
 import warnings
-import weakref
 
 import numpy as np
 import keras
@@ -221,10 +220,6 @@ class _MaskConstraint(keras.constraints.Constraint):
         return {}
 
 
-# Layers whose compute choice, made while a function was traced (see _PrunableKernel._switch),
-# differs from what their mask now chooses. `_convert._retrace` (the pruning callbacks call it
-# after their mask changes) traces the model's steps again and empties it.
-_stale_layers = weakref.WeakSet()
 _RETRACING = [0]  # > 0 inside `retrace_after()`: the caller retraces, no warning
 
 
@@ -237,20 +232,21 @@ def _symbolic():
     return in_symbolic_scope()
 
 
-def _note_stale(layer):
-    if layer in _stale_layers:
+def _warn_stale(layer):
+    """Once per layer until its model is retraced (`_convert._retrace`), outside
+    `retrace_after()`: a traced function keeps a choice the layer's new mask does not make."""
+    if _RETRACING[0] or layer.__dict__.get("_stale_warned"):
         return
-    _stale_layers.add(layer)
-    if not _RETRACING[0]:
-        now = "sparse" if layer._choice() else "dense"
-        warnings.warn(
-            f"{type(layer).__name__} {layer.name!r}: its new mask ({layer._mask_sparsity:.1%} "
-            f"sparse) makes it compute {now} (for some batch sizes), but a function traced "
-            "before (Keras' fit/evaluate/predict step, or your tf.function) chose the other "
-            "path and keeps it until traced again: same results, maybe slower. The pruning "
-            "callbacks retrace for you; after changing masks yourself, call "
-            "`model.make_train_function(force=True)` and set `model.test_function` and "
-            "`model.predict_function` to None (or compile the model again).", stacklevel=3)
+    layer.__dict__["_stale_warned"] = True
+    now = "sparse" if layer._choice() else "dense"
+    warnings.warn(
+        f"{type(layer).__name__} {layer.name!r}: its new mask ({layer._mask_sparsity:.1%} "
+        f"sparse) makes it compute {now} (for some batch sizes), but a function traced "
+        "before (Keras' fit/evaluate/predict step, or your tf.function) chose the other "
+        "path and keeps it until traced again: same results, maybe slower. The pruning "
+        "callbacks retrace for you; after changing masks yourself, call "
+        "`model.make_train_function(force=True)` and set `model.test_function` and "
+        "`model.predict_function` to None (or compile the model again).", stacklevel=3)
 
 
 @contextlib.contextmanager
@@ -354,8 +350,8 @@ class _PrunableKernel:
         self._positions.assign(s["positions"])
         self._sparse_on.assign(self._mask_sparsity >= self.switch_sparsity)
         self._refresh_more(m)
-        if self.__dict__.get("_traced") and self._stale_trace():
-            _note_stale(self)
+        if self._stale_trace():
+            _warn_stale(self)
 
     def _refresh_more(self, mask):
         """Structure a subclass caches besides the CSC one, from the boolean mask."""
@@ -390,7 +386,9 @@ class _PrunableKernel:
         return True if lo <= 1 and hi >= _dispatch.MAX_ROWS else None
 
     def _stale_trace(self):
-        """Whether a choice made while tracing (see _switch) differs from today's."""
+        """Whether a choice made while tracing (see _switch) differs from today's. `_traced`
+        maps a static row count (None: the rows do not matter, "any": rows known at run time
+        only) to the choice made for it."""
         traced = self.__dict__.get("_traced") or {}
         return any((self._choice_any_rows() if rows == "any" else self._choice(rows)) != choice
                    for rows, choice in traced.items())
@@ -411,23 +409,21 @@ class _PrunableKernel:
                 return sparse_fn()
         # Traced: where the choice is known now (a static row count; or the mask below
         # switch_sparsity, or the sparse product faster at any rows), it is made here, as in
-        # eager mode. The traced step then has no tf.cond,
-        # and TensorFlow's graph optimizer can fuse the dense product with the bias and the
-        # activation that follow it (it does not look into a cond's branches): the MLP
-        # 784-300-100-10's training step while pruning went from 0.94-0.96x the dense model's
-        # to 0.97-0.99x (docs/performance.md, session 14). The choice is kept in `_traced`; a mask
-        # change that would choose otherwise marks the layer (`_apply_structure`), and the
-        # pruning callbacks retrace the model's steps (`_convert._retrace_if_stale`).
+        # eager mode. The traced step then has no tf.cond, and TensorFlow's graph optimizer can
+        # fuse the dense product with the bias and the activation that follow it (it does not
+        # look into a cond's branches): the MLP 784-300-100-10's training step while pruning
+        # went from 0.94-0.96x the dense model's to 0.97-0.99x (docs/performance.md, session
+        # 14). The choice is kept in `_traced`; a mask change that would choose otherwise warns
+        # (`_apply_structure`) unless a pruning callback made it, which then retraces the
+        # model's steps (`_convert._retrace_if_stale`).
         if sparse_rows is None or isinstance(rows, (int, np.integer)):
-            choice = self._choice(None if sparse_rows is None else int(rows))
-            if not _symbolic():
-                self.__dict__.setdefault("_traced", {})[
-                    None if sparse_rows is None else int(rows)] = choice
-            return sparse_fn() if choice else dense_fn()
-        choice = self._choice_any_rows()
+            key = None if sparse_rows is None else int(rows)
+            choice = self._choice(key)
+        else:
+            key, choice = "any", self._choice_any_rows()
         if choice is not None:
             if not _symbolic():
-                self.__dict__.setdefault("_traced", {})["any"] = choice
+                self.__dict__.setdefault("_traced", {})[key] = choice
             return sparse_fn() if choice else dense_fn()
         # The cached structure is read once here, outside the tf.cond, and the branches see
         # those reads in place of the variables. Read inside the sparse branch, the int32
