@@ -27,10 +27,14 @@ position). Layers act on layouts:
 
 Anything else bounds the groups it touches: they are *fixed* (never pruned), with the reason:
 LayerNormalization (its statistics span the channels), the model's inputs and outputs,
-any layer or operation not listed above (by name). An activation that
-does not map 0 to 0 (sigmoid, softplus) fixes its group too: a removed channel must be one
-whose value is exactly zero, so that removing it changes no output. Elementwise keras.ops
-activations (`keras.ops.relu(x)` in a traced call) act as activation layers.
+any layer or operation not listed above (by name). A removed channel must be one whose value
+is exactly zero, so that removing it changes no output. After an activation that does not map
+0 to 0 (sigmoid, softplus) or `x + c`, a pruned channel holds a constant instead: the layout
+carries that `offset`, through followers and merges, until a product with a zero channel
+clears it (a squeeze-excite gate times its block's channels, hard-swish's x * relu6(x + 3) / 6)
+or a layer reads it as values (a kernel's input rows, attention), which fixes its groups.
+Elementwise keras.ops activations (`keras.ops.relu(x)` in a traced call) act as activation
+layers, and keras.ops arithmetic with a number (`x * 0.5`, `x + 3.0`) as activations too.
 
 A custom layer of known call is read through a `LayerAdapter` registered for its exact class
 (`register_adapter`): keras_hub's `TransformerEncoder` has one (its feedforward units and its
@@ -65,6 +69,9 @@ _ACTIVATION_LAYERS = (L.Activation, L.ReLU, L.LeakyReLU, L.ELU)
 # keras.ops operations between two tensors (`x + y` in a Functional model) that act entry by
 # entry, as the merge layers do.
 _OPS_MERGES = ("Add", "Subtract", "Multiply", "Maximum", "Minimum")
+# keras.ops operations between a tensor and a number (`x + 3.0`, `x * (1 / 6)`, as Keras'
+# MobileNetV3 writes hard-sigmoid): entry by entry, like an activation.
+_OPS_SCALAR = _OPS_MERGES + ("Divide", "TrueDivide")
 _MERGES = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
 _CONVS = (L.Conv1D, L.Conv2D, L.Conv3D)
 _SEPARABLE = (L.SeparableConv1D, L.SeparableConv2D)
@@ -119,9 +126,21 @@ class Layout:
     """The channel structure of a tensor's last axis: `segments` (groups, in order), the whole
     repeated `repeat` times (index r * C + offset + c, C the segments' total size)."""
 
-    def __init__(self, segments, repeat=1):
+    def __init__(self, segments, repeat=1, offset=None):
         self.segments = tuple(segments)
         self.repeat = int(repeat)
+        # Why this tensor's channels are a nonzero constant, not zero, once pruned (an
+        # activation or `x + c` that moves 0 away from 0), or None. Such channels may still be
+        # removed where nothing reads them as values: a product with a zero channel (an SE
+        # gate, hard-swish) is zero again. A layer that reads them fixes their groups.
+        self.offset = offset
+
+    def with_offset(self, offset):
+        """This layout, its pruned channels holding a nonzero constant (`offset`: why) or zero
+        (None)."""
+        if offset == self.offset:
+            return self
+        return Layout(self.segments, self.repeat, offset)
 
     @property
     def width(self):
@@ -264,6 +283,13 @@ class _Walker:
         elif old is not layout:
             self.unite(old, layout, f"{layer.name}: a shared layer called on different channels")
 
+    def read(self, layout, who):
+        """`who` reads `layout`'s channels as values (a kernel's input rows, attention): a
+        channel that holds a nonzero constant once pruned cannot go (its group is fixed)."""
+        if layout is not None and layout.offset:
+            self.fix(layout, f"{layout.offset}, and {who} reads it")
+        return layout
+
     def unsupported(self, name, reason):
         if (name, reason) not in self.a.unsupported:
             self.a.unsupported.append((name, reason))
@@ -319,7 +345,16 @@ class _Walker:
                 and type(op).__module__.startswith("keras.src.ops.")
                 and len(inputs) == 2 == len(keras.tree.flatten(node.arguments.args))
                 and not node.arguments.kwargs):
-            kind = L.Add  # x + y, x * y ... on two tensors: elementwise, like the merge layers
+            # x + y, x * y ... on two tensors: elementwise, like the merge layers
+            kind = L.Multiply if type(op).__name__ == "Multiply" else L.Add
+        if (kind is None and type(op).__name__ in _OPS_SCALAR
+                and type(op).__module__.startswith("keras.src.ops.") and len(inputs) == 1
+                and len(node.arguments.args) == 2 and not node.arguments.kwargs
+                and all(a is inputs[0] or _is_number(a) for a in node.arguments.args)):
+            # x + 3.0, x * 0.5: entry by entry (the number stays where it was)
+            args = node.arguments.args
+            return [self._zero_check(
+                op, lambda z: op(*[z if a is inputs[0] else a for a in args]), lays[0])]
         if (kind is None and type(op).__name__ == "GetItem"
                 and type(op).__module__ == "keras.src.ops.numpy" and len(inputs) == 1
                 and _keeps_last_axis(node.arguments.args, len(inputs[0].shape))):
@@ -330,8 +365,7 @@ class _Walker:
                 and not node.arguments.kwargs):
             # keras.ops.relu(x), keras.ops.tanh(x)... (a subclassed model's call, traced): an
             # activation, entry by entry
-            self._zero_check(op, lambda z: op(z), lays[0])
-            return [lays[0]]
+            return [self._zero_check(op, lambda z: op(z), lays[0])]
         if kind is None:
             return opaque(f"{type(op).__name__} is not followed (not a Keras layer the "
                           "channel analysis knows)")
@@ -345,26 +379,23 @@ class _Walker:
             grouped = _is(kind, _CONVS) and getattr(op, "groups", 1) != 1
             if grouped and x.repeat != 1:
                 return opaque(f"grouped convolution (groups={op.groups}) on a reshaped input")
-            self.bind(op, "producer", "in", x)
+            self.bind(op, "producer", "in", self.read(x, name))
             out = self._producer(op, op.units if _is(kind, (L.Dense,)) else op.filters)
             if grouped:
                 self.a.blocks.append((op, x, op.groups))
                 self.a.blocks.append((op, out, op.groups))
-            self._activation(op, getattr(op, "activation", None), out)
-            return [out]
+            return [self._activation(op, getattr(op, "activation", None), out)]
         if _is(kind, _SEPARABLE):
             # The depthwise part has no bias: a zero input channel stays zero up to the
             # pointwise kernel, whose rows (channel * depth_multiplier + j) read it.
-            self.bind(op, "producer", "in", x)
+            self.bind(op, "producer", "in", self.read(x, name))
             out = self._producer(op, op.filters)
-            self._activation(op, op.activation, out)
-            return [out]
+            return [self._activation(op, op.activation, out)]
         if _is(kind, _DEPTHWISE):
             if op.depth_multiplier != 1:
                 return opaque(f"depth_multiplier={op.depth_multiplier} (1 only)")
             self.bind(op, "follower", "in", x)
-            self._activation(op, op.activation, x)
-            return [x]
+            return [self._activation(op, op.activation, x)]
         if _is(kind, (L.BatchNormalization,)):
             axis = op.axis if isinstance(op.axis, int) else (op.axis[0] if len(op.axis) == 1
                                                              else None)
@@ -384,8 +415,7 @@ class _Walker:
         if _is(kind, _ACTIVATION_LAYERS):
             if _is(kind, (L.Activation,)) and not _elementwise(op.activation):
                 return opaque(f"activation {_act_name(op.activation)!r} is not elementwise")
-            self._zero_check(op, lambda z: op(z), x)
-            return [x]
+            return [self._zero_check(op, lambda z: op(z), x)]
         if _is(kind, (L.Flatten, L.Reshape)):
             width = x.width
             new = outputs[0].shape[-1]
@@ -402,16 +432,20 @@ class _Walker:
                 return opaque("broadcasts its inputs' last axes")
             for other in lays[1:]:
                 self.unite(lays[0], other, f"{name}: inputs of different channel structure")
-            return [lays[0]]
+            offsets = [lay.offset for lay in lays]
+            if _is(kind, (L.Multiply,)) and None in offsets:
+                return [lays[0].with_offset(None)]  # times a channel that is zero: zero
+            return [lays[0].with_offset(next((o for o in offsets if o), None))]
         if _is(kind, (L.Concatenate,)):
             rank = len(inputs[0].shape)
+            offset = next((lay.offset for lay in lays if lay.offset), None)
             if op.axis % rank == rank - 1:
                 if any(lay.repeat != 1 for lay in lays):
                     return opaque("concatenates flattened tensors")
-                return [Layout([g for lay in lays for g in lay.segments])]
+                return [Layout([g for lay in lays for g in lay.segments], offset=offset)]
             for other in lays[1:]:
                 self.unite(lays[0], other, f"{name}: inputs of different channel structure")
-            return [lays[0]]
+            return [lays[0].with_offset(offset)]
         if _is(kind, (L.MultiHeadAttention,)):
             return self._mha(op, node, inputs, lays, outputs, opaque)
         return opaque(f"{kind.__name__} is not followed by the channel analysis")
@@ -425,21 +459,29 @@ class _Walker:
         return out
 
     def _activation(self, op, fn, layout):
+        """The layout of `layout` after `op`'s activation `fn`."""
         if fn is None:
-            return
+            return layout
         if not _elementwise(fn):
             # Bounds its own units only (reported where they hold pruned zeros): a softmax
             # classifier is the usual case, and a model output anyway.
             self.fix(layout, f"{op.name}: activation {_act_name(fn)!r} is not elementwise")
-            return
-        self._zero_check(op, fn, layout)
+            return layout
+        return self._zero_check(op, fn, layout)
 
     def _zero_check(self, op, fn, layout):
+        """`layout` after the elementwise `fn`: with an offset if `fn` moves 0 away from 0
+        (the layer that reads it, if any, fixes its groups: `read`)."""
+        if layout.offset:
+            return layout
         z = np.zeros((1, 4), np.float32)
         value = np.asarray(keras.ops.convert_to_numpy(fn(z)))
         if np.any(value != 0):
-            self.fix(layout, f"{op.name}: its activation maps 0 to {float(value.flat[0]):g}, "
-                             "so a pruned channel is not zero")
+            what = "its activation maps" if isinstance(op, keras.layers.Layer) else "maps"
+            return layout.with_offset(f"{getattr(op, 'name', type(op).__name__)}: {what} 0 to "
+                                      f"{float(value.flat[0]):g}, so a pruned channel is not "
+                                      "zero")
+        return layout
 
     def _mha(self, op, node, inputs, lays, outputs, opaque):
         try:
@@ -460,7 +502,7 @@ class _Walker:
         if out_shape and len(tuple(out_shape)) != 1:
             return opaque(f"output_shape={out_shape} (one axis only)")
         for role, t in named.items():
-            self.bind(op, "mha", role, by_id[id(t)])
+            self.bind(op, "mha", role, self.read(by_id[id(t)], op.name))
         for t, lay in zip(inputs, lays):  # masks: not channels
             if all(t is not x for x in named.values()):
                 self.fix(lay, f"{op.name}: an attention mask input")
@@ -575,8 +617,8 @@ class _TransformerEncoderAdapter(LayerAdapter):
         w.a.kinds[id(mha)] = "mha"
         w.bind(ff1, "producer", "in", res)
         units = w._producer(ff1, ff1.units)
-        w._activation(ff1, ff1.activation, units)
-        w.bind(ff2, "producer", "in", units)
+        w.bind(ff2, "producer", "in", w.read(w._activation(ff1, ff1.activation, units),
+                                             ff2.name))
         w.fix(w._producer(ff2, ff2.units), residual)
         w.bind(op, "adapter", "encoder", res)  # marks the outer layer for shrink's rebuild
         for inner in (mha, ff1, ff2):
@@ -696,6 +738,10 @@ def _keeps_last_axis(args, rank):
     if Ellipsis in key or len(key) == rank:  # the last entry indexes the last axis
         return key[-1] == slice(None)
     return len(key) < rank
+
+
+def _is_number(a):
+    return isinstance(a, (int, float, np.number)) and not isinstance(a, bool)
 
 
 def _act_name(fn):

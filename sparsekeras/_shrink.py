@@ -316,9 +316,14 @@ class _Rebuilder:
         for old, new in self.pairs:
             rules = _slices(self.analysis, self.keep, old)
             mine = _weight_paths(new)
+            # A weight created without a name is named from a process-wide counter
+            # ('variable_54'), so its twin in the rebuilt layer has another name: such weights
+            # are matched by their position in the layer's weights (same class, same config).
+            by_position = dict(zip(map(id, old.weights), new.weights)) \
+                if len(old.weights) == len(new.weights) else {}
             for path, var in _weight_paths(old).items():
                 value = _take(_groups._np(var), rules.get(path))
-                target = mine.get(path)
+                target = mine.get(path, by_position.get(id(var)))
                 if target is None or tuple(target.shape) != value.shape:
                     raise ValueError(
                         f"shrink: weight {path!r} of layer {old.name!r} "
@@ -351,8 +356,10 @@ def shrink(model, fold_batchnorm=False, return_report=False, verbose=False):
     Left whole, with the reason in the report: the model's inputs and outputs, the channels a
     LayerNormalization normalizes over (a Transformer's residual width), channels that pass
     through a layer the analysis does not follow (named in a warning), channels that would
-    leave a grouped convolution's blocks unequal, an activation that does not map 0 to 0, and
-    channels whose kernel is zero but whose bias is not (a constant, not a zero).
+    leave a grouped convolution's blocks unequal, channels that a layer reads after an
+    activation (or `x + c`) that does not map 0 to 0 (a squeeze-excite gate's sigmoid is fine:
+    it multiplies channels that are zero), and channels whose kernel is zero but whose bias is
+    not (a constant, not a zero).
 
     Args:
         model: a built Sequential, Functional or (traceable) subclassed model (nested models

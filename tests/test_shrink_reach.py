@@ -356,3 +356,134 @@ def test_indexing_other_axes_keeps_the_channels():
     x = np.random.default_rng(4).random((3, 5, 4), dtype=np.float32)
     for got, want in zip(small(x), model(x)):
         np.testing.assert_allclose(_np(got), _np(want), rtol=1e-4, atol=1e-5)
+
+
+# ---- channels that hold a constant once pruned, multiplied by zero again ----------------------
+
+def _se_hardswish_net():
+    """MobileNetV3 / EfficientNet's block, as keras.applications writes it: a 1x1 expansion,
+    a depthwise convolution, a squeeze-excite gate (sigmoid: a pruned channel's gate is 0.5,
+    not 0, times a zero channel) and hard-swish from keras.ops with numbers
+    (x * relu6(x + 3) * (1 / 6)), then a 1x1 projection."""
+    i = keras.Input((6, 6, 4))
+    e = keras.layers.Conv2D(16, 1, activation="relu", name="expand")(i)
+    d = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(e)
+    d = keras.layers.BatchNormalization(name="dw_bn")(d)
+    gate = keras.layers.GlobalAveragePooling2D(keepdims=True)(d)
+    gate = keras.layers.Conv2D(8, 1, activation="relu", name="se_reduce")(gate)
+    gate = keras.layers.Conv2D(16, 1, activation="sigmoid", name="se_expand")(gate)
+    d = keras.layers.Multiply(name="se_mul")([d, gate])
+    d = d * (keras.layers.ReLU(6.0)(d + 3.0) * (1.0 / 6.0))  # hard-swish
+    p = keras.layers.Conv2D(8, 1, name="project")(d)
+    pooled = keras.layers.GlobalAveragePooling2D()(p)
+    return keras.Model(i, keras.layers.Dense(3, name="out")(pooled))
+
+
+def test_squeeze_excite_and_hard_swish_channels_pruned_in_fit_and_shrunk():
+    keras.utils.set_random_seed(28)
+    rng = np.random.default_rng(28)
+    x, y = rng.random((48, 6, 6, 4), dtype=np.float32), rng.integers(0, 3, 48)
+    model = sparsekeras.sparsify(_se_hardswish_net())
+    model.compile(keras.optimizers.Adam(0.01), _classifier_loss())
+    _, messages = _recorded(model.fit, x, y, batch_size=16, epochs=2, verbose=0, callbacks=[
+        GradualPruning(PolynomialDecay(0.0, 0.5, 0, 3, frequency=1), granularity="channel",
+                       coupled=True)])
+    assert not [m for m in messages if "not pruned" in m or "maps 0" in m], messages
+    # expand, dw, dw_bn, se_expand (and the gate's product, hard-swish) are one group of 16
+    for name in ("expand", "se_expand", "se_reduce", "project"):
+        layer = model.get_layer(name)
+        cut = ~_np(layer.mask).reshape(-1, layer.mask.shape[-1]).any(axis=0)
+        assert int(cut.sum()) == layer.mask.shape[-1] // 2, name
+    small, report = sparsekeras.shrink(model, return_report=True)
+    assert not report.unsupported, report
+    assert all(r["status"] == "shrunk" for r in report.rows), report
+    assert [small.get_layer(n).filters for n in ("expand", "se_reduce", "se_expand",
+                                                 "project")] == [8, 4, 8, 4]
+    assert tuple(small.get_layer("dw").kernel.shape) == (3, 3, 8, 1)
+    assert small.get_layer("dw_bn").gamma.shape == (8,)
+    np.testing.assert_allclose(_np(small(x[:8])), _np(model(x[:8])), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["read_by_dense", "plus_number", "added", "gate_times_gate"])
+def test_a_channel_holding_a_constant_is_kept_where_a_layer_reads_it(case):
+    """A pruned channel that holds a nonzero constant (after a sigmoid or `x + 1`) stays
+    when a kernel reads it, also through an Add or a product of two such channels; the
+    reason names where the constant comes from."""
+    keras.utils.set_random_seed(29)
+    i = keras.Input((8,))
+    a = keras.layers.Dense(6, activation="relu", name="a")(i)
+    source = "b: its activation maps 0 to 0.5"
+    if case == "plus_number":
+        h = keras.layers.Dense(6, name="b")(a) + 1.0
+        source = "maps 0 to 1,"  # (the op is named add, add_1, ... in the process)
+    else:
+        h = keras.layers.Dense(6, activation="sigmoid", name="b")(a)
+        if case == "added":
+            h = keras.layers.Add()([h, keras.layers.Dense(6, name="b2")(a)])
+        elif case == "gate_times_gate":
+            h = keras.layers.Multiply()([h, keras.layers.Dense(6, activation="sigmoid",
+                                                              name="b2")(a)])
+    model = keras.Model(i, keras.layers.Dense(2, name="out")(
+        keras.layers.Dense(5, activation="relu", name="c")(h)))
+    for layer in model.layers:
+        if layer.name in ("b", "b2"):
+            k = _np(layer.kernel)
+            k[:, :2] = 0
+            layer.kernel.assign(k)
+            layer.bias.assign(np.zeros(6, np.float32))
+    (small, report), messages = _recorded(sparsekeras.shrink, model, return_report=True)
+    rows = {r["layers"][0]: r for r in report.rows}
+    assert rows["b"]["status"] == "kept whole", report
+    assert source in rows["b"]["reason"], rows["b"]
+    assert "c reads it" in rows["b"]["reason"], rows["b"]
+    assert small.get_layer("b").units == 6
+    x = np.random.default_rng(29).random((8, 8), dtype=np.float32)
+    np.testing.assert_allclose(_np(small(x)), _np(model(x)), rtol=1e-4, atol=1e-5)
+
+
+# ---- a custom layer whose weight has no name ---------------------------------------------------
+
+@keras.saving.register_keras_serializable(package="test_shrink_reach")
+class _LayerScale(keras.layers.Layer):
+    """ConvNeXt's LayerScale (keras.applications.convnext): a per-channel scale added without
+    a name, so Keras names it from a process-wide counter ('variable_54')."""
+
+    def __init__(self, dim, **kwargs):
+        super().__init__(**kwargs)
+        self.dim = dim
+
+    def build(self, input_shape):
+        self.gamma = self.add_weight(shape=(self.dim,), initializer="ones")
+
+    def call(self, x):
+        return x * self.gamma
+
+    def get_config(self):
+        return dict(super().get_config(), dim=self.dim)
+
+
+def test_unnamed_weight_of_a_custom_layer_is_copied_by_position():
+    """ConvNeXt's block: the residual width is bounded by LayerNormalization (LayerScale is
+    not followed, and says so), the feedforward units shrink; LayerScale's weight, named
+    'variable_N' in the model and 'variable_M' in its rebuilt twin, is copied."""
+    keras.utils.set_random_seed(30)
+    i = keras.Input((4, 8))
+    h = keras.layers.LayerNormalization(name="ln")(i)
+    h = keras.layers.Dense(16, activation="gelu", name="ff1")(h)
+    h = keras.layers.Dense(8, name="ff2")(h)
+    scale = _LayerScale(8, name="scale")
+    h = keras.layers.Add()([i, scale(h)])
+    model = keras.Model(i, h)
+    scale.gamma.assign(np.linspace(0.5, 2.0, 8).astype(np.float32))
+    ff1 = model.get_layer("ff1")
+    k = _np(ff1.kernel)
+    k[:, ::2] = 0
+    ff1.kernel.assign(k)
+    ff1.bias.assign(np.zeros(16, np.float32))
+    (small, report), messages = _recorded(sparsekeras.shrink, model, return_report=True)
+    assert any("scale" in m and "LayerScale is not followed" in m for m in messages), messages
+    assert small.get_layer("ff1").units == 8
+    np.testing.assert_array_equal(_np(small.get_layer("scale").gamma), _np(scale.gamma))
+    assert small.get_layer("scale").gamma.path != scale.gamma.path  # the case at hand
+    x = np.random.default_rng(30).random((5, 4, 8), dtype=np.float32)
+    np.testing.assert_allclose(_np(small(x)), _np(model(x)), rtol=1e-4, atol=1e-5)
