@@ -674,10 +674,61 @@ class _TransformerEncoderAdapter(LayerAdapter):
         return call
 
 
+class _TransformerDecoderAdapter(_TransformerEncoderAdapter):
+    """keras_hub's `TransformerDecoder` without cross-attention (GPT-2 and the other
+    decoder-only backbones): its feedforward units are one group, and `shrink` rebuilds the
+    decoder from its config with a smaller `intermediate_dim`. Its heads stay, and the report
+    says why: its call (causal mask, key/value caches for generation) is not written out. A
+    decoder with cross-attention (an encoder-decoder model) is not followed, by name."""
+
+    HEADS = ("a TransformerDecoder's heads are not removed (its causal, cached self-attention "
+             "is not written out), so they stay")
+    MASKS = {"decoder_padding_mask", "decoder_attention_mask", "use_causal_mask", "training"}
+
+    def visit(self, w, op, node, inputs, lays, outputs, opaque):
+        names = ("_self_attention_layer", "_feedforward_intermediate_dense",
+                 "_feedforward_output_dense")
+        if not op.built or not all(hasattr(op, n) for n in names):
+            return opaque("a TransformerDecoder without the inner layers "
+                          f"{', '.join(names)} (another keras_hub version)")
+        if getattr(op, "_cross_attention_layer", None) is not None:
+            return opaque("a TransformerDecoder with cross-attention is not followed")
+        extra = set(node.arguments.kwargs) - self.MASKS
+        if extra or len(keras.tree.flatten(node.arguments.args)) != 1:
+            return opaque(f"called with {sorted(extra) or 'several positional arguments'}")
+        mha = op._self_attention_layer
+        ff1, ff2 = op._feedforward_intermediate_dense, op._feedforward_output_dense
+        x = node.arguments.args[0]
+        residual = f"{op.name}: LayerNormalization over the hidden width (residual)"
+        for t, lay in zip(inputs, lays):
+            w.fix(lay, residual if t is x else f"{op.name}: an attention mask input")
+        res = w.fresh(outputs[0], residual)
+        for role in ("query", "key", "value"):
+            w.bind(mha, "mha", role, res)
+        w.bind(mha, "mha", "heads", Layout([w.new(mha.num_heads, kind="head",
+                                                  fixed=f"{op.name}: {self.HEADS}")]))
+        w.fix(w._producer(mha, int(outputs[0].shape[-1])), residual)
+        w.a.kinds[id(mha)] = "mha"
+        w.bind(ff1, "producer", "in", res)
+        units = w._producer(ff1, ff1.units)
+        w.bind(ff2, "producer", "in", w.read(w._activation(ff1, ff1.activation, units),
+                                             ff2.name))
+        w.fix(w._producer(ff2, ff2.units), residual)
+        w.bind(op, "adapter", "encoder", res)  # marks the outer layer for shrink's rebuild
+        for inner in (mha, ff1, ff2):
+            w.a.owners[id(inner)] = op
+        return [res]
+
+    def inline(self, layer, width, make):
+        return None  # heads stay: the config's smaller intermediate_dim says it all
+
+
 # Exact classes (module.qualname) read through an adapter: a subclass may call differently.
 _ADAPTERS = {
     "keras_hub.src.layers.modeling.transformer_encoder.TransformerEncoder":
         _TransformerEncoderAdapter(),
+    "keras_hub.src.layers.modeling.transformer_decoder.TransformerDecoder":
+        _TransformerDecoderAdapter(),
 }
 
 

@@ -289,7 +289,16 @@ class _Rebuilder:
         config = _new_config(self.analysis, self.keep, layer) or layer.get_config()
         if name is not None:
             config = dict(config, name=name)
-        new = type(layer).from_config(config)
+        try:
+            new = type(layer).from_config(config)
+        except Exception as e:  # noqa: BLE001  (the layer's own config: say which, and why)
+            raise ValueError(
+                f"shrink rebuilds every layer from its config, and layer {layer.name!r} "
+                f"({type(layer).__module__}.{type(layer).__name__}) cannot be rebuilt from "
+                f"its own get_config() ({type(e).__name__}: {e}); a Functional model holding "
+                "it could not be loaded back either. Prune it without shrinking "
+                "(granularity='unstructured' or 'block', then sparsekeras.strip), or give "
+                "the layer a get_config() that its from_config() accepts.") from e
         self.pairs.append((layer, new))
         return new
 

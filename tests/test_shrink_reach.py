@@ -487,3 +487,93 @@ def test_unnamed_weight_of_a_custom_layer_is_copied_by_position():
     assert small.get_layer("scale").gamma.path != scale.gamma.path  # the case at hand
     x = np.random.default_rng(30).random((5, 4, 8), dtype=np.float32)
     np.testing.assert_allclose(_np(small(x)), _np(model(x)), rtol=1e-4, atol=1e-5)
+
+
+# ---- keras_hub's TransformerDecoder (GPT-2) ----------------------------------------------------
+
+def test_keras_hub_gpt2_ffn_units_pruned_in_fit_and_shrunk_heads_said_to_stay(tmp_path):
+    """A GPT2Backbone from config under a Dense head: each decoder's feedforward units are a
+    group, pruned in fit and removed (the decoder rebuilt with a smaller intermediate_dim);
+    its heads stay, and GradualPruning(granularity="head") says why instead of nothing."""
+    keras_hub = pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(31)
+    backbone = keras_hub.models.GPT2Backbone(vocabulary_size=VOCAB, num_layers=2,
+                                             num_heads=HEADS, hidden_dim=HIDDEN,
+                                             intermediate_dim=FF, max_sequence_length=SEQ)
+    inputs = {k: keras.Input((SEQ,), dtype="int32", name=k)
+              for k in ("token_ids", "padding_mask")}
+    model = sparsekeras.sparsify(keras.Model(
+        inputs, keras.layers.Dense(2, name="cls")(backbone(inputs)[:, -1, :])))
+    model.compile(keras.optimizers.Adam(1e-3), _classifier_loss())
+    tokens = _tokens(32)
+    x = {k: tokens[k] for k in ("token_ids", "padding_mask")}
+    _, messages = _recorded(model.fit, x, np.arange(32) % 2, batch_size=8, epochs=1,
+                            verbose=0, callbacks=[
+                                GradualPruning(ConstantSparsity(0.5, 0, frequency=2),
+                                               granularity="channel", coupled=True),
+                                GradualPruning(ConstantSparsity(0.5, 0, frequency=2),
+                                               granularity="head")])
+    (heads,) = [m for m in messages if "heads are not pruned" in m]
+    assert "transformer_layer_1/self_attention" in heads and "not written out" in heads
+    (kept,) = [m for m in messages if "channels are not pruned" in m]
+    assert "feedforward_intermediate_dense" not in kept
+    (small, report), _ = _recorded(sparsekeras.shrink, model, return_report=True)
+    rows = {(r["kind"], r["layers"][0]): r for r in report.rows}
+    for i in (0, 1):
+        ff = rows[("channel", f"transformer_layer_{i}/feedforward_intermediate_dense")]
+        assert (ff["status"], ff["size"], ff["kept"]) == ("shrunk", FF, FF // 2), ff
+        assert ("head", f"transformer_layer_{i}/self_attention") not in rows  # nothing cut
+    _no_sparsekeras_class(small)
+    decoders = [layer for layer in small._flatten_layers(recursive=True)
+                if type(layer).__name__ == "TransformerDecoder"]
+    assert [d.intermediate_dim for d in decoders] == [FF // 2, FF // 2]
+    per_unit = HIDDEN + 1 + HIDDEN  # intermediate column and bias, output row
+    assert report.params_after == report.params_before - 2 * (FF // 2) * per_unit
+    xt = {k: v for k, v in _tokens(6, seed=1).items() if k != "segment_ids"}
+    np.testing.assert_allclose(_np(small(xt)), _np(model(xt)), rtol=1e-4, atol=1e-5)
+    assert_loads_without_sparsekeras(small, xt, _np(model(xt)), tmp_path, imports=["keras_hub"],
+                                     rtol=1e-4, atol=1e-5)
+
+
+# ---- a layer that its own config does not rebuild ----------------------------------------------
+
+@keras.saving.register_keras_serializable(package="test_shrink_reach")
+class _BadConfig(keras.layers.Layer):
+    """keras_hub's ViTPatchingAndEmbedding in small: get_config() writes a derived value that
+    __init__ does not take."""
+
+    def call(self, x):
+        return x * 2.0
+
+    def get_config(self):
+        return dict(super().get_config(), derived=3)
+
+
+@keras.saving.register_keras_serializable(package="test_shrink_reach")
+class _Block(keras.Model):
+    """A Functional model that saves as its own config, as keras_hub's backbones do: Keras
+    copies and loads it whole, never through its inner layers' configs."""
+
+    def __init__(self, width=8, **kwargs):
+        i = keras.Input((6,))
+        h = keras.layers.Dense(width, activation="relu", name="a")(i)
+        super().__init__(i, _BadConfig(name="bad")(h), **kwargs)
+        self.width = width
+
+    def get_config(self):
+        return {"width": self.width, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def test_layer_not_rebuilt_by_its_config_is_a_clear_error():
+    i = keras.Input((6,))
+    block = _Block(name="block")
+    model = keras.Model(i, keras.layers.Dense(2, name="out")(block(i)))
+    a = block.get_layer("a")
+    a.kernel.assign(np.concatenate([_np(a.kernel)[:, :4], np.zeros((6, 4), np.float32)], 1))
+    with pytest.raises(ValueError, match=r"(?s)layer 'bad' \(.*_BadConfig\) cannot be rebuilt from "
+                                         r"its own get_config\(\).*derived.*unstructured"):
+        _recorded(sparsekeras.shrink, model)
