@@ -683,7 +683,8 @@ class _TransformerDecoderAdapter(_TransformerEncoderAdapter):
 
     HEADS = ("a TransformerDecoder's heads are not removed (its causal, cached self-attention "
              "is not written out), so they stay")
-    MASKS = {"decoder_padding_mask", "decoder_attention_mask", "use_causal_mask", "training"}
+    MASKS = frozenset({"decoder_padding_mask", "decoder_attention_mask", "use_causal_mask",
+                       "training"})
 
     def visit(self, w, op, node, inputs, lays, outputs, opaque):
         names = ("_self_attention_layer", "_feedforward_intermediate_dense",

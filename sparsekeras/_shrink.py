@@ -291,7 +291,7 @@ class _Rebuilder:
             config = dict(config, name=name)
         try:
             new = type(layer).from_config(config)
-        except Exception as e:  # noqa: BLE001  (the layer's own config: say which, and why)
+        except Exception as e:  # (the layer's own config: say which, and why)
             raise ValueError(
                 f"shrink rebuilds every layer from its config, and layer {layer.name!r} "
                 f"({type(layer).__module__}.{type(layer).__name__}) cannot be rebuilt from "

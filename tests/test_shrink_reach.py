@@ -431,7 +431,7 @@ def test_a_channel_holding_a_constant_is_kept_where_a_layer_reads_it(case):
             k[:, :2] = 0
             layer.kernel.assign(k)
             layer.bias.assign(np.zeros(6, np.float32))
-    (small, report), messages = _recorded(sparsekeras.shrink, model, return_report=True)
+    (small, report), _ = _recorded(sparsekeras.shrink, model, return_report=True)
     rows = {r["layers"][0]: r for r in report.rows}
     assert rows["b"]["status"] == "kept whole", report
     assert source in rows["b"]["reason"], rows["b"]
@@ -480,7 +480,7 @@ def test_unnamed_weight_of_a_custom_layer_is_copied_by_position():
     k[:, ::2] = 0
     ff1.kernel.assign(k)
     ff1.bias.assign(np.zeros(16, np.float32))
-    (small, report), messages = _recorded(sparsekeras.shrink, model, return_report=True)
+    small, messages = _recorded(sparsekeras.shrink, model)
     assert any("scale" in m and "LayerScale is not followed" in m for m in messages), messages
     assert small.get_layer("ff1").units == 8
     np.testing.assert_array_equal(_np(small.get_layer("scale").gamma), _np(scale.gamma))
