@@ -588,19 +588,38 @@ class _TransformerEncoderAdapter(LayerAdapter):
                                           layer._feedforward_intermediate_dense,
                                           layer._feedforward_output_dense)}
 
-    def visit(self, w, op, node, inputs, lays, outputs, opaque):
-        names = ("_self_attention_layer", "_feedforward_intermediate_dense",
-                 "_feedforward_output_dense")
-        if not op.built or not all(hasattr(op, n) for n in names):
-            return opaque("a TransformerEncoder without the inner layers "
-                          f"{', '.join(names)} (another keras_hub version)")
-        extra = set(node.arguments.kwargs) - {"padding_mask", "attention_mask", "training"}
+    NAMES = ("_self_attention_layer", "_feedforward_intermediate_dense",
+             "_feedforward_output_dense")
+    MASKS = frozenset({"padding_mask", "attention_mask", "training"})
+
+    def _not_followed(self, op, node):
+        """Why the block `op` called at `node` is not read (None: it is)."""
+        if not op.built or not all(hasattr(op, n) for n in self.NAMES):
+            return (f"a {type(op).__name__} without the inner layers "
+                    f"{', '.join(self.NAMES)} (another keras_hub version)")
+        extra = set(node.arguments.kwargs) - self.MASKS
         if extra or len(keras.tree.flatten(node.arguments.args)) != 1:
-            return opaque(f"called with {sorted(extra) or 'several positional arguments'}")
+            return f"called with {sorted(extra) or 'several positional arguments'}"
+        return None
+
+    def visit(self, w, op, node, inputs, lays, outputs, opaque):
+        reason = self._not_followed(op, node)
+        if reason is not None:
+            return opaque(reason)
+        if getattr(op._self_attention_layer, "_gate_dense", None) is not None:
+            return opaque("its attention has use_gate=True")
+        explicit = any(node.arguments.kwargs.get(k) is not None
+                       for k in ("padding_mask", "attention_mask"))
+        return self._block(w, op, node, inputs, lays, outputs,
+                           None if explicit else f"{op.name}: {self.IMPLICIT}")
+
+    @staticmethod
+    def _block(w, op, node, inputs, lays, outputs, heads_fixed):
+        """Bind a keras_hub Transformer block's inner layers: the hidden width (the input and
+        the output, residual) fixed by its LayerNormalizations, the heads a group (fixed with
+        the reason `heads_fixed`, or None), the feedforward units a group."""
         mha = op._self_attention_layer
         ff1, ff2 = op._feedforward_intermediate_dense, op._feedforward_output_dense
-        if getattr(mha, "_gate_dense", None) is not None:
-            return opaque("its attention has use_gate=True")
         x = node.arguments.args[0]
         residual = f"{op.name}: LayerNormalization over the hidden width (residual)"
         for t, lay in zip(inputs, lays):
@@ -608,11 +627,8 @@ class _TransformerEncoderAdapter(LayerAdapter):
         res = w.fresh(outputs[0], residual)
         for role in ("query", "key", "value"):
             w.bind(mha, "mha", role, res)
-        explicit = any(node.arguments.kwargs.get(k) is not None
-                       for k in ("padding_mask", "attention_mask"))
-        heads = w.new(mha.num_heads, kind="head",
-                      fixed=None if explicit else f"{op.name}: {self.IMPLICIT}")
-        w.bind(mha, "mha", "heads", Layout([heads]))
+        w.bind(mha, "mha", "heads", Layout([w.new(mha.num_heads, kind="head",
+                                                  fixed=heads_fixed)]))
         w.fix(w._producer(mha, int(outputs[0].shape[-1])), residual)
         w.a.kinds[id(mha)] = "mha"
         w.bind(ff1, "producer", "in", res)
@@ -687,38 +703,12 @@ class _TransformerDecoderAdapter(_TransformerEncoderAdapter):
                        "training"})
 
     def visit(self, w, op, node, inputs, lays, outputs, opaque):
-        names = ("_self_attention_layer", "_feedforward_intermediate_dense",
-                 "_feedforward_output_dense")
-        if not op.built or not all(hasattr(op, n) for n in names):
-            return opaque("a TransformerDecoder without the inner layers "
-                          f"{', '.join(names)} (another keras_hub version)")
+        reason = self._not_followed(op, node)
+        if reason is not None:
+            return opaque(reason)
         if getattr(op, "_cross_attention_layer", None) is not None:
             return opaque("a TransformerDecoder with cross-attention is not followed")
-        extra = set(node.arguments.kwargs) - self.MASKS
-        if extra or len(keras.tree.flatten(node.arguments.args)) != 1:
-            return opaque(f"called with {sorted(extra) or 'several positional arguments'}")
-        mha = op._self_attention_layer
-        ff1, ff2 = op._feedforward_intermediate_dense, op._feedforward_output_dense
-        x = node.arguments.args[0]
-        residual = f"{op.name}: LayerNormalization over the hidden width (residual)"
-        for t, lay in zip(inputs, lays):
-            w.fix(lay, residual if t is x else f"{op.name}: an attention mask input")
-        res = w.fresh(outputs[0], residual)
-        for role in ("query", "key", "value"):
-            w.bind(mha, "mha", role, res)
-        w.bind(mha, "mha", "heads", Layout([w.new(mha.num_heads, kind="head",
-                                                  fixed=f"{op.name}: {self.HEADS}")]))
-        w.fix(w._producer(mha, int(outputs[0].shape[-1])), residual)
-        w.a.kinds[id(mha)] = "mha"
-        w.bind(ff1, "producer", "in", res)
-        units = w._producer(ff1, ff1.units)
-        w.bind(ff2, "producer", "in", w.read(w._activation(ff1, ff1.activation, units),
-                                             ff2.name))
-        w.fix(w._producer(ff2, ff2.units), residual)
-        w.bind(op, "adapter", "encoder", res)  # marks the outer layer for shrink's rebuild
-        for inner in (mha, ff1, ff2):
-            w.a.owners[id(inner)] = op
-        return [res]
+        return self._block(w, op, node, inputs, lays, outputs, f"{op.name}: {self.HEADS}")
 
     def inline(self, layer, width, make):
         return None  # heads stay: the config's smaller intermediate_dim says it all
