@@ -17,8 +17,9 @@ import sparsekeras
 from sparsekeras import callbacks, schedules
 from sparsekeras.layers import (CompactConv1D, CompactConv2D, CompactSeparableConv1D,
                                 CompactSeparableConv2D, SparseConv1D, SparseConv2D,
-                                SparseConv2DTranspose, SparseConv3D, SparseSeparableConv1D,
-                                SparseSeparableConv2D)
+                                SparseConv1DTranspose, SparseConv2DTranspose, SparseConv3D,
+                                SparseConv3DTranspose, SparseDepthwiseConv1D,
+                                SparseSeparableConv1D, SparseSeparableConv2D)
 from sparsekeras.layers._registry import lookup
 
 from layer_helper import _np, assert_config_has_init_parameters, run_layer_test
@@ -58,12 +59,21 @@ CASES = {
                                                        padding="same"), (2, 5, 4, 4)),
     "conv3d": (keras.layers.Conv3D, dict(filters=3, kernel_size=2, padding="same"),
                (2, 4, 5, 3, 2)),
+    "transpose1d": (keras.layers.Conv1DTranspose, dict(filters=3, kernel_size=3, strides=2,
+                                                       padding="same"), (2, 5, 4)),
+    "transpose3d": (keras.layers.Conv3DTranspose, dict(filters=2, kernel_size=2, strides=2),
+                    (2, 3, 2, 3, 3)),
+    "depthwise1d": (keras.layers.DepthwiseConv1D, dict(kernel_size=3, padding="same",
+                                                       depth_multiplier=2), (2, 7, 3)),
 }
 SPARSE_OF = {keras.layers.Conv1D: SparseConv1D, keras.layers.Conv2D: SparseConv2D,
              keras.layers.SeparableConv2D: SparseSeparableConv2D,
              keras.layers.SeparableConv1D: SparseSeparableConv1D,
              keras.layers.Conv2DTranspose: SparseConv2DTranspose,
-             keras.layers.Conv3D: SparseConv3D}
+             keras.layers.Conv3D: SparseConv3D,
+             keras.layers.Conv1DTranspose: SparseConv1DTranspose,
+             keras.layers.Conv3DTranspose: SparseConv3DTranspose,
+             keras.layers.DepthwiseConv1D: SparseDepthwiseConv1D}
 WITH_SWITCH = (SparseConv1D, SparseConv2D, SparseSeparableConv2D, SparseSeparableConv1D)
 
 
@@ -182,6 +192,12 @@ def _random_masks(layer, x):
     (SparseConv2DTranspose, dict(filters=3, kernel_size=3, strides=2, padding="same"),
      (2, 4, 4, 2), (2, 8, 8, 3), 2, 1),
     (SparseConv3D, dict(filters=3, kernel_size=2), (2, 3, 4, 3, 2), (2, 2, 3, 2, 3), 2, 1),
+    (SparseConv1DTranspose, dict(filters=3, kernel_size=3, strides=2), (2, 4, 2), (2, 9, 3),
+     2, 1),
+    (SparseConv3DTranspose, dict(filters=2, kernel_size=2, strides=2, padding="same"),
+     (2, 2, 3, 2, 3), (2, 4, 6, 4, 2), 2, 1),
+    (SparseDepthwiseConv1D, dict(kernel_size=3, depth_multiplier=2), (2, 7, 3), (2, 5, 6),
+     2, 1),
 ])
 def test_layer_helper(cls, kwargs, in_shape, out_shape, n_train, n_fixed):
     run_layer_test(cls, kwargs, in_shape, out_shape, expected_num_trainable_weights=n_train,
@@ -287,7 +303,10 @@ def test_keras_round_trip_in_a_fresh_process(tmp_path):
     b = SparseSeparableConv2D(6, 3, padding="same", depth_multiplier=2, switch_sparsity=0.5,
                               name="sep2d")(b)
     b = SparseConv2DTranspose(3, 3, strides=2, padding="same", name="up")(b)
+    a = SparseDepthwiseConv1D(3, padding="same", name="dw1d")(a)
+    a = SparseConv1DTranspose(3, 3, strides=2, name="up1d")(a)
     c = SparseConv3D(2, 2, padding="same", name="c3d")(vol)
+    c = SparseConv3DTranspose(2, 2, strides=2, name="up3d")(c)
     model = keras.Model([seq, img, vol], [a, b, c])
     for i, layer in enumerate(model.layers):
         if hasattr(layer, "pruning_targets"):
@@ -309,7 +328,7 @@ def test_keras_round_trip_in_a_fresh_process(tmp_path):
         assert type(m.get_layer("sep2d")).__name__ == "SparseSeparableConv2D"
         assert m.get_layer("sep2d").sparse_parts == {"depthwise": True, "pointwise": True}
         assert m.get_layer("grouped").uses_sparse_kernels
-        for name in ("c1d", "sep1d", "grouped", "sep2d", "up", "c3d"):
+        for name in ("c1d", "sep1d", "grouped", "sep2d", "up", "c3d", "dw1d", "up1d", "up3d"):
             layer = m.get_layer(name)
             for t in layer.pruning_targets():
                 kernel = keras.ops.convert_to_numpy(t.kernel)

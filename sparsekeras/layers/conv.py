@@ -12,7 +12,8 @@
 - `SparseSeparableConv2D`, `SparseSeparableConv1D`: both kernels (depthwise and pointwise)
   prunable (`Prunable` protocol, two masks); each part convolves sparse from the switch point.
   Stored forms `CompactSeparableConv2D`, `CompactSeparableConv1D`.
-- `SparseConv2DTranspose`, `SparseConv3D`: masked dense compute (`Prunable` protocol).
+- `SparseConv2DTranspose`, `SparseConv3D`, `SparseConv1DTranspose`, `SparseConv3DTranspose`,
+  `SparseDepthwiseConv1D`: masked dense compute (`Prunable` protocol).
 - `CompactConv2D`, `CompactConv1D`: the inference forms: the kernel only as CSC arrays of its
   `(k_h * k_w * in_channels, out_channels)` reshape. `sparsekeras.strip` produces them.
 
@@ -33,7 +34,8 @@ from sparsekeras.layers._base import (
 from sparsekeras.layers._registry import register
 
 __all__ = ["SparseConv2D", "SparseConv1D", "SparseDepthwiseConv2D", "SparseSeparableConv2D",
-           "SparseSeparableConv1D", "SparseConv2DTranspose", "SparseConv3D", "CompactConv2D",
+           "SparseSeparableConv1D", "SparseConv2DTranspose", "SparseConv3D",
+           "SparseConv1DTranspose", "SparseConv3DTranspose", "SparseDepthwiseConv1D", "CompactConv2D",
            "CompactConv1D", "CompactSeparableConv2D", "CompactSeparableConv1D",
            "DEFAULT_CONV_SWITCH_SPARSITY",
            "DEFAULT_GROUPED_CONV_SWITCH_SPARSITY"]
@@ -713,8 +715,22 @@ class SparseSeparableConv1D(_SparseSeparable, keras.layers.SeparableConv1D):
         self._init_sparse_options(switch_sparsity, compute, prunable)
 
 
+class _TransposedKernel:
+    """The transposed convolutions' kernel `(*taps, filters, in_channels)`, pruned through its
+    one mask and scored with its last two axes swapped, `(*taps, in_channels, filters)`, so
+    that "channel" granularity prunes whole output filters as for a convolution."""
+
+    def get_prunable_weights(self):
+        return [self.kernel]
+
+    def pruning_targets(self):
+        """The kernel, scored with its last two axes swapped."""
+        return [_ViewedTarget(self, t.kernel, t.mask, t.label, *_transpose_view(len(t.mask.shape)))
+                for t in super().pruning_targets()]
+
+
 @keras.saving.register_keras_serializable(package="sparsekeras")
-class SparseConv2DTranspose(_MaskedConv, keras.layers.Conv2DTranspose):
+class SparseConv2DTranspose(_TransposedKernel, _MaskedConv, keras.layers.Conv2DTranspose):
     """`keras.layers.Conv2DTranspose` with a pruning mask (masked dense compute).
 
     Same arguments and behaviour as `Conv2DTranspose` (channels_last), plus `prunable`. The
@@ -748,13 +764,79 @@ class SparseConv2DTranspose(_MaskedConv, keras.layers.Conv2DTranspose):
                          **kwargs)
         self._init_prunable(prunable)
 
+
+
+@keras.saving.register_keras_serializable(package="sparsekeras")
+class SparseConv1DTranspose(_TransposedKernel, _MaskedConv, keras.layers.Conv1DTranspose):
+    """`keras.layers.Conv1DTranspose` with a pruning mask (masked dense compute).
+
+    Same arguments and behaviour as `Conv1DTranspose` (channels_last), plus `prunable`. The
+    mask has the kernel's shape `(k, filters, in_channels)`, scored with its last two axes
+    swapped (see `SparseConv2DTranspose`). No stored form: `sparsekeras.strip` gives the Keras
+    `Conv1DTranspose` holding the pruned weights as zeros.
+
+    Input `(batch, steps, channels)`; output `(batch, new_steps, filters)`.
+
+    Example:
+        >>> layer = sparsekeras.layers.SparseConv1DTranspose(8, 3, strides=2, padding="same")
+        >>> y = layer(tf.ones((4, 10, 6)))                               # (4, 20, 8)
+    """
+
+    def __init__(self, *args, prunable=True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_prunable(prunable)
+
+
+@keras.saving.register_keras_serializable(package="sparsekeras")
+class SparseConv3DTranspose(_TransposedKernel, _MaskedConv, keras.layers.Conv3DTranspose):
+    """`keras.layers.Conv3DTranspose` with a pruning mask (masked dense compute).
+
+    Same arguments and behaviour as `Conv3DTranspose` (channels_last), plus `prunable`. The
+    mask has the kernel's shape `(k_d, k_h, k_w, filters, in_channels)`, scored with its last
+    two axes swapped (see `SparseConv2DTranspose`). No stored form: `sparsekeras.strip` gives
+    the Keras `Conv3DTranspose` holding the pruned weights as zeros.
+
+    Input `(batch, depth, height, width, channels)`; output `(batch, new_depth, new_height,
+    new_width, filters)`.
+
+    Example:
+        >>> layer = sparsekeras.layers.SparseConv3DTranspose(4, 2, strides=2)
+        >>> y = layer(tf.ones((2, 3, 3, 3, 5)))                          # (2, 6, 6, 6, 4)
+    """
+
+    def __init__(self, *args, prunable=True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_prunable(prunable)
+
+
+@keras.saving.register_keras_serializable(package="sparsekeras")
+class SparseDepthwiseConv1D(_MaskedConv, keras.layers.DepthwiseConv1D):
+    """`keras.layers.DepthwiseConv1D` with a pruning mask (masked dense compute).
+
+    Same arguments and behaviour as `DepthwiseConv1D` (channels_last), plus `prunable`. The
+    mask has the kernel's shape `(k, channels, depth_multiplier)`; GradualPruning scores it as
+    `(k, 1, channels * depth_multiplier)`, so "channel" granularity prunes whole depthwise
+    filters (as for `SparseDepthwiseConv2D`). No stored form: `sparsekeras.strip` gives the
+    Keras `DepthwiseConv1D` holding the pruned weights as zeros.
+
+    Input `(batch, steps, channels)`; output `(batch, new_steps, channels * depth_multiplier)`.
+
+    Example:
+        >>> layer = sparsekeras.layers.SparseDepthwiseConv1D(3, padding="same")
+        >>> y = layer(tf.ones((4, 10, 6)))                               # (4, 10, 6)
+    """
+
+    def __init__(self, *args, prunable=True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_prunable(prunable)
+
     def get_prunable_weights(self):
         return [self.kernel]
 
     def pruning_targets(self):
-        """The kernel, scored as `(k_h, k_w, in_channels, filters)` (its axes swapped), so
-        that "channel" granularity prunes whole output filters as for a convolution."""
-        return [_ViewedTarget(self, t.kernel, t.mask, t.label, *_transpose_view(len(t.mask.shape)))
+        """The kernel, scored as `(k, 1, channels * depth_multiplier)`."""
+        return [_ViewedTarget(self, t.kernel, t.mask, t.label,
+                              *_depthwise_view(tuple(t.mask.shape)))
                 for t in super().pruning_targets()]
 
 
@@ -1381,6 +1463,9 @@ SparseSeparableConv2D._keras_class = keras.layers.SeparableConv2D
 SparseSeparableConv1D._keras_class = keras.layers.SeparableConv1D
 SparseConv2DTranspose._keras_class = keras.layers.Conv2DTranspose
 SparseConv3D._keras_class = keras.layers.Conv3D
+SparseConv1DTranspose._keras_class = keras.layers.Conv1DTranspose
+SparseConv3DTranspose._keras_class = keras.layers.Conv3DTranspose
+SparseDepthwiseConv1D._keras_class = keras.layers.DepthwiseConv1D
 SparseConv2D._stored_class = CompactConv2D
 SparseDepthwiseConv2D._stored_class = CompactConv2D
 SparseConv1D._stored_class = CompactConv1D
@@ -1391,6 +1476,9 @@ for _keras, _sparse in ((keras.layers.Conv2D, SparseConv2D), (keras.layers.Conv1
                         (keras.layers.SeparableConv2D, SparseSeparableConv2D),
                         (keras.layers.SeparableConv1D, SparseSeparableConv1D),
                         (keras.layers.Conv2DTranspose, SparseConv2DTranspose),
-                        (keras.layers.Conv3D, SparseConv3D)):
+                        (keras.layers.Conv3D, SparseConv3D),
+                        (keras.layers.Conv1DTranspose, SparseConv1DTranspose),
+                        (keras.layers.Conv3DTranspose, SparseConv3DTranspose),
+                        (keras.layers.DepthwiseConv1D, SparseDepthwiseConv1D)):
     register(_keras, _sparse, check=_conv_check)
 del _keras, _sparse
