@@ -35,7 +35,8 @@ from sparsekeras.layers._registry import register
 
 __all__ = ["SparseConv2D", "SparseConv1D", "SparseDepthwiseConv2D", "SparseSeparableConv2D",
            "SparseSeparableConv1D", "SparseConv2DTranspose", "SparseConv3D",
-           "SparseConv1DTranspose", "SparseConv3DTranspose", "SparseDepthwiseConv1D", "CompactConv2D",
+           "SparseConv1DTranspose", "SparseConv3DTranspose", "SparseDepthwiseConv1D",
+           "CompactConv2D",
            "CompactConv1D", "CompactSeparableConv2D", "CompactSeparableConv1D",
            "DEFAULT_CONV_SWITCH_SPARSITY",
            "DEFAULT_GROUPED_CONV_SWITCH_SPARSITY"]
