@@ -33,6 +33,9 @@ failed TensorFlow's while-loop gradient (AssertionError in `fit`).
 
 No stored form: `sparsekeras.strip` (and `densify`) give the Keras twin (`to_keras()`), holding
 the pruned weights as zeros.
+
+`SparseConvLSTM1D/2D/3D`: Keras' convolutional LSTMs with their cell's kernel and recurrent
+kernel prunable, computed by Keras' own loop over the zeros (masked dense compute).
 """
 import keras
 import tensorflow as tf
@@ -43,7 +46,8 @@ from sparsekeras.layers._base import (DEFAULT_SWITCH_SPARSITY, NotConvertible, P
                                       convert_from_keras)
 from sparsekeras.layers._registry import register
 
-__all__ = ["SparseLSTM", "SparseGRU", "SparseSimpleRNN"]
+__all__ = ["SparseLSTM", "SparseGRU", "SparseSimpleRNN", "SparseConvLSTM1D", "SparseConvLSTM2D",
+           "SparseConvLSTM3D"]
 
 
 class _PrunableRNN(Prunable):
@@ -299,6 +303,68 @@ class SparseSimpleRNN(_PrunableRNN, keras.layers.SimpleRNN):
         return output, [output]
 
 
+class _MaskedConvLSTM(Prunable):
+    """`Prunable` for Keras' convolutional LSTMs: the cell's `kernel` (`(*kernel_size,
+    input_channels, 4 * filters)`) and `recurrent_kernel` (`(*kernel_size, filters,
+    4 * filters)`) are prunable, computed by Keras' own loop over the zeros (masked dense
+    compute: there is no sparse convolution inside the recurrence)."""
+
+    def __init__(self, *args, prunable=True, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.data_format != "channels_last":
+            raise ValueError(f"{type(self).__name__} takes data_format='channels_last' only. "
+                             f"Received: data_format={self.data_format!r}")
+        self.prunable = bool(prunable)
+
+    def get_prunable_weights(self):
+        return [self.cell.kernel, self.cell.recurrent_kernel]
+
+    def get_config(self):
+        return dict(super().get_config(), prunable=self.prunable)
+
+
+@keras.saving.register_keras_serializable(package="sparsekeras")
+class SparseConvLSTM1D(_MaskedConvLSTM, keras.layers.ConvLSTM1D):
+    """`keras.layers.ConvLSTM1D` with prunable `kernel` and `recurrent_kernel` (masked dense
+    compute). Same arguments and behaviour as `ConvLSTM1D` (channels_last), plus `prunable`.
+    No stored form: `sparsekeras.strip` gives the Keras `ConvLSTM1D` holding the zeros.
+
+    Example:
+        >>> layer = sparsekeras.layers.SparseConvLSTM1D(4, 3, padding="same")
+        >>> y = layer(np.ones((2, 5, 10, 3), "float32"))         # (2, 10, 4)
+    """
+
+
+@keras.saving.register_keras_serializable(package="sparsekeras")
+class SparseConvLSTM2D(_MaskedConvLSTM, keras.layers.ConvLSTM2D):
+    """`keras.layers.ConvLSTM2D` with prunable `kernel` and `recurrent_kernel` (masked dense
+    compute). Same arguments and behaviour as `ConvLSTM2D` (channels_last), plus `prunable`.
+    No stored form: `sparsekeras.strip` gives the Keras `ConvLSTM2D` holding the zeros.
+
+    Example:
+        >>> layer = sparsekeras.layers.SparseConvLSTM2D(4, 3, padding="same")
+        >>> y = layer(np.ones((2, 5, 8, 8, 3), "float32"))       # (2, 8, 8, 4)
+    """
+
+
+@keras.saving.register_keras_serializable(package="sparsekeras")
+class SparseConvLSTM3D(_MaskedConvLSTM, keras.layers.ConvLSTM3D):
+    """`keras.layers.ConvLSTM3D` with prunable `kernel` and `recurrent_kernel` (masked dense
+    compute). Same arguments and behaviour as `ConvLSTM3D` (channels_last), plus `prunable`.
+    No stored form: `sparsekeras.strip` gives the Keras `ConvLSTM3D` holding the zeros.
+
+    Example:
+        >>> layer = sparsekeras.layers.SparseConvLSTM3D(2, 2, padding="same")
+        >>> y = layer(np.ones((2, 3, 4, 4, 4, 2), "float32"))    # (2, 4, 4, 4, 2)
+    """
+
+
+def _conv_lstm_check(layer):
+    if layer.data_format != "channels_last":
+        return f"data_format={layer.data_format!r}: channels_last only"
+    return _rnn_check(layer)
+
+
 def _rnn_check(layer):
     """None if the Keras recurrent layer converts, else why not."""
     cell = getattr(layer, "cell", None)
@@ -314,4 +380,9 @@ SparseSimpleRNN._keras_class = keras.layers.SimpleRNN
 for _keras, _sparse in ((keras.layers.LSTM, SparseLSTM), (keras.layers.GRU, SparseGRU),
                         (keras.layers.SimpleRNN, SparseSimpleRNN)):
     register(_keras, _sparse, check=_rnn_check)
+for _keras, _sparse in ((keras.layers.ConvLSTM1D, SparseConvLSTM1D),
+                        (keras.layers.ConvLSTM2D, SparseConvLSTM2D),
+                        (keras.layers.ConvLSTM3D, SparseConvLSTM3D)):
+    _sparse._keras_class = _keras
+    register(_keras, _sparse, check=_conv_lstm_check)
 del _keras, _sparse
