@@ -184,6 +184,7 @@ def sparsify(model, layer_names=None, switch_sparsity=None, compute="auto", inpl
         options["switch_sparsity"] = switch_sparsity
 
     rows, replaced, errors = [], set(), []
+    holders = _tree.holders_of(target)
     for parent, layer, path in list(_tree.walk(target)):
         if any(path.startswith(p + "/") for p in replaced):
             continue  # inside a layer that was just replaced as a whole
@@ -216,7 +217,7 @@ def sparsify(model, layer_names=None, switch_sparsity=None, compute="auto", inpl
             except NotConvertible as e:
                 reason = str(e)
             else:
-                _tree.replace_layer(parent, layer, new)
+                _tree.replace_layer(parent, layer, new, holders)
                 replaced.add(path)
                 row.update(status="converted", to=type(new).__name__,
                            params=_weight_params(new))
@@ -274,12 +275,13 @@ def _replace_all(model, make, inplace, what):
     layer's sublayers are not visited)."""
     target = model if inplace else _tree.copy_model(model, what)
     replaced = []
+    holders = _tree.holders_of(target)
     for parent, layer, path in list(_tree.walk(target)):
         if any(path.startswith(p + "/") for p in replaced):
             continue
         new = make(layer)
         if new is not None:
-            _tree.replace_layer(parent, layer, new)
+            _tree.replace_layer(parent, layer, new, holders)
             replaced.append(path)
     _after_structure_change(target)
     _saving.mark(target)

@@ -95,6 +95,7 @@ def records(owner):
 
 def _apply(owner, entries, custom_objects=None):
     """Put the recorded sparse layers back at their paths under `owner` (built)."""
+    holders = _tree.holders_of(owner)
     for entry in entries:
         steps = entry["path"]
         parent = owner
@@ -105,7 +106,7 @@ def _apply(owner, entries, custom_objects=None):
         if type(old).__name__ == spec.get("class_name") and _own_module(old):
             continue  # already sparse (its parent made it so)
         new = keras.saving.deserialize_keras_object(spec, custom_objects=custom_objects)
-        _tree.replace_layer(parent, old, new)
+        _tree.replace_layer(parent, old, new, holders)
 
 
 class _Sparsified:

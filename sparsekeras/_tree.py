@@ -10,7 +10,7 @@ import keras
 
 from sparsekeras._compact import replace_in_list
 
-__all__ = ["walk", "replace_layer", "copy_model"]
+__all__ = ["walk", "replace_layer", "holders_of", "copy_model"]
 
 
 def children(layer):
@@ -98,10 +98,52 @@ def _replace_in_container(value, old, new):
     return value, False
 
 
-def replace_layer(parent, old, new):
+def replace_layer(parent, old, new, holders=None):
     """Put `new` where `old` is in `parent` (attributes, containers in attributes, tracking
-    lists, and the graph when parent is a Functional or Sequential model). Raises if `old`
-    is not found."""
+    lists, and the graph when parent is a Functional or Sequential model), and in every other
+    layer `holders` (from `holders_of`) names as holding it: a layer shared between blocks,
+    such as a tied embedding that a backbone looks up and a task's head calls again, would
+    otherwise stay in the model beside its replacement (its weights tracked, trained by
+    nothing). Raises if `old` is not found."""
+    found = _replace_in(parent, old, new)
+    for other in (holders or {}).get(id(old), ()):
+        if other is not parent:
+            found |= _replace_in(other, old, new)
+    if not found:
+        raise ValueError(f"cannot find layer {old.name!r} inside {parent.name!r} to replace it")
+
+
+def _items(value):
+    if isinstance(value, dict):
+        return list(value.values())
+    if hasattr(value, "_storage"):
+        return list(value._storage)
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def holders_of(root):
+    """{id(layer): [the layers and models under `root` (root too) that hold it in an
+    attribute, a container in an attribute or their graph]}, for `replace_layer`."""
+    out = {}
+    for holder in [root] + [layer for _, layer, _ in walk(root)]:
+        values = [v for k, v in vars(holder).items()
+                  if k not in ("_inbound_nodes", "_outbound_nodes")]
+        functional = getattr(holder, "_functional", None)
+        if functional is not None and _is_graph(functional):
+            values.append(functional._operations)
+        for value in values:
+            for item in _items(value):
+                if isinstance(item, keras.layers.Layer) and item is not holder:
+                    held = out.setdefault(id(item), [])
+                    if not any(h is holder for h in held):
+                        held.append(holder)
+    return out
+
+
+def _replace_in(parent, old, new):
+    """Put `new` where `old` is in `parent`; whether it was there."""
     found = False
     if _is_graph(parent):
         found |= _rewire_graph(parent, old, new)
@@ -126,8 +168,7 @@ def replace_layer(parent, old, new):
         if ids is not None and id(old) in ids:
             ids.discard(id(old))
             ids.add(id(new))
-    if not found:
-        raise ValueError(f"cannot find layer {old.name!r} inside {parent.name!r} to replace it")
+    return found
 
 
 def copy_model(model, what="sparsify"):

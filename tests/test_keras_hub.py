@@ -113,3 +113,63 @@ def test_bert_sparsify_prune_strip_reload(build, tmp_path):
     for line in result.stdout.strip().splitlines():
         name, cls, err = line.split()
         assert cls == type(model).__name__ and float(err) <= 1e-5, line
+
+
+def _tied_models():
+    """keras_hub models whose token embedding is held twice: GPT-2's causal LM looks tokens up
+    in the backbone and calls the same layer again (reverse=True) as its head, in the task's
+    own graph; RoBERTa's backbone keeps its token embedding as an attribute beside the
+    TokenAndPositionEmbedding that calls it."""
+    gpt2 = keras_hub.models.GPT2CausalLM(
+        backbone=keras_hub.models.GPT2Backbone(vocabulary_size=VOCAB, num_layers=1,
+                                               num_heads=2, hidden_dim=32, intermediate_dim=64,
+                                               max_sequence_length=SEQ),
+        preprocessor=None)
+    roberta = keras_hub.models.RobertaTextClassifier(
+        backbone=keras_hub.models.RobertaBackbone(vocabulary_size=VOCAB, num_layers=1,
+                                                  num_heads=2, hidden_dim=32,
+                                                  intermediate_dim=64, max_sequence_length=SEQ),
+        num_classes=3, preprocessor=None)
+    return {"gpt2_causal_lm": (gpt2, lambda rng: rng.integers(0, VOCAB, (16, SEQ))),
+            "roberta_classifier": (roberta, lambda rng: rng.integers(0, 3, 16))}
+
+
+@pytest.mark.parametrize("name", ["gpt2_causal_lm", "roberta_classifier"])
+def test_a_layer_held_twice_is_replaced_everywhere(name, tmp_path):
+    """sparsify replaces a shared layer wherever it is held, so the dense original does not stay
+    in the model beside its sparse replacement (its weights tracked, saved, and trained by
+    nothing: Keras warned "Gradients do not exist" at every step); the same after a reload."""
+    import warnings
+
+    keras.utils.set_random_seed(5)
+    model, labels = _tied_models()[name]
+    rng = np.random.default_rng(5)
+    x = {"token_ids": rng.integers(0, VOCAB, (16, SEQ)).astype("int32"),
+         "padding_mask": np.ones((16, SEQ), "int32")}
+    want = _out(model, x)
+    sparse = sparsekeras.sparsify(model)
+
+    def kinds(m):
+        return [type(layer).__name__ for layer in m._flatten_layers(recursive=True)]
+
+    assert "ReversibleEmbedding" not in kinds(sparse), kinds(sparse)
+    assert len(sparse.trainable_weights) == len(model.trainable_weights)
+    np.testing.assert_allclose(_out(sparse, x), want, rtol=1e-5, atol=1e-5)
+    sparse.compile(optimizer=keras.optimizers.Adam(1e-3),
+                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        sparse.fit(x, labels(rng), batch_size=8, epochs=1, verbose=0, callbacks=[
+            GradualPruning(sparsekeras.schedules.ConstantSparsity(0.5, 0, frequency=1))])
+    assert not [str(w.message) for w in record if "Gradients do not exist" in str(w.message)]
+    table = [t for t in prunable_targets(sparse) if "token_embedding" in t.name]
+    assert table and 0.45 <= table[0].sparsity <= 0.55, [(t.name, t.sparsity) for t in table]
+    sparse.save(tmp_path / "m.keras")
+    with warnings.catch_warnings():
+        # keras_hub's tasks compile themselves when made: Keras says it skips the saved
+        # optimizer's variables (the dense task alike)
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        loaded = keras.saving.load_model(tmp_path / "m.keras", compile=False)
+    assert "ReversibleEmbedding" not in kinds(loaded), kinds(loaded)
+    assert len(loaded.trainable_weights) == len(model.trainable_weights)
+    np.testing.assert_allclose(_out(loaded, x), _out(sparse, x), rtol=1e-5, atol=1e-5)
