@@ -592,11 +592,18 @@ class _TransformerEncoderAdapter(LayerAdapter):
              "_feedforward_output_dense")
     MASKS = frozenset({"padding_mask", "attention_mask", "training"})
 
-    def _not_followed(self, op, node):
-        """Why the block `op` called at `node` is not read (None: it is)."""
+    def _missing(self, op):
+        """Why the block `op` has not the inner layers the analysis reads (None: it has)."""
         if not op.built or not all(hasattr(op, n) for n in self.NAMES):
             return (f"a {type(op).__name__} without the inner layers "
                     f"{', '.join(self.NAMES)} (another keras_hub version)")
+        return None
+
+    def _not_followed(self, op, node):
+        """Why the block `op` called at `node` is not read (None: it is)."""
+        missing = self._missing(op)
+        if missing is not None:
+            return missing
         extra = set(node.arguments.kwargs) - self.MASKS
         if extra or len(keras.tree.flatten(node.arguments.args)) != 1:
             return f"called with {sorted(extra) or 'several positional arguments'}"
@@ -610,20 +617,22 @@ class _TransformerEncoderAdapter(LayerAdapter):
             return opaque("its attention has use_gate=True")
         explicit = any(node.arguments.kwargs.get(k) is not None
                        for k in ("padding_mask", "attention_mask"))
-        return self._block(w, op, node, inputs, lays, outputs,
+        return self._block(w, op, node.arguments.args[0], inputs, lays, outputs,
                            None if explicit else f"{op.name}: {self.IMPLICIT}")
 
     @staticmethod
-    def _block(w, op, node, inputs, lays, outputs, heads_fixed):
-        """Bind a keras_hub Transformer block's inner layers: the hidden width (the input and
-        the output, residual) fixed by its LayerNormalizations, the heads a group (fixed with
-        the reason `heads_fixed`, or None), the feedforward units a group."""
+    def _block(w, op, x, inputs, lays, outputs, heads_fixed, others=None):
+        """Bind a keras_hub Transformer block's inner layers: the hidden width (its input
+        sequence `x` and the output, residual) fixed by its LayerNormalizations, the heads a
+        group (fixed with the reason `heads_fixed`, or None), the feedforward units a group.
+        Its other inputs are fixed, as attention masks or with the reason `others` gives
+        ({id(tensor): reason})."""
         mha = op._self_attention_layer
         ff1, ff2 = op._feedforward_intermediate_dense, op._feedforward_output_dense
-        x = node.arguments.args[0]
         residual = f"{op.name}: LayerNormalization over the hidden width (residual)"
         for t, lay in zip(inputs, lays):
-            w.fix(lay, residual if t is x else f"{op.name}: an attention mask input")
+            w.fix(lay, residual if t is x else (others or {}).get(
+                id(t), f"{op.name}: an attention mask input"))
         res = w.fresh(outputs[0], residual)
         for role in ("query", "key", "value"):
             w.bind(mha, "mha", role, res)
@@ -691,24 +700,58 @@ class _TransformerEncoderAdapter(LayerAdapter):
 
 
 class _TransformerDecoderAdapter(_TransformerEncoderAdapter):
-    """keras_hub's `TransformerDecoder` without cross-attention (GPT-2 and the other
-    decoder-only backbones): its feedforward units are one group, and `shrink` rebuilds the
-    decoder from its config with a smaller `intermediate_dim`. Its heads stay, and the report
-    says why: its call (causal mask, key/value caches for generation) is not written out. A
-    decoder with cross-attention (an encoder-decoder model) is not followed, by name."""
+    """keras_hub's `TransformerDecoder` (GPT-2 and the other decoder-only backbones; BART's
+    decoder, with cross-attention): its feedforward units are one group, and `shrink`
+    rebuilds the decoder from its config with a smaller `intermediate_dim`. Its heads (and
+    its cross-attention's) stay, and the report says why: its call (causal mask, key/value
+    caches for generation) is not written out. The encoder's sequence it attends to is the
+    encoder's hidden width, which stays too."""
 
     HEADS = ("a TransformerDecoder's heads are not removed (its causal, cached self-attention "
              "is not written out), so they stay")
-    MASKS = frozenset({"decoder_padding_mask", "decoder_attention_mask", "use_causal_mask",
-                       "training"})
+    ARGS = frozenset({"decoder_sequence", "encoder_sequence", "decoder_padding_mask",
+                      "decoder_attention_mask", "encoder_padding_mask",
+                      "encoder_attention_mask", "use_causal_mask", "training"})
+
+    def inner(self, layer):
+        out = super().inner(layer)
+        cross = getattr(layer, "_cross_attention_layer", None)
+        if cross is not None:
+            out[cross.name] = cross
+        return out
 
     def visit(self, w, op, node, inputs, lays, outputs, opaque):
-        reason = self._not_followed(op, node)
-        if reason is not None:
-            return opaque(reason)
-        if getattr(op, "_cross_attention_layer", None) is not None:
-            return opaque("a TransformerDecoder with cross-attention is not followed")
-        return self._block(w, op, node, inputs, lays, outputs, f"{op.name}: {self.HEADS}")
+        missing = self._missing(op)
+        if missing is not None:
+            return opaque(missing)
+        try:
+            args = inspect.signature(op.call).bind(*node.arguments.args,
+                                                   **node.arguments.kwargs).arguments
+        except TypeError:
+            return opaque("call arguments not understood")
+        extra = sorted(k for k, v in args.items() if k not in self.ARGS and v is not None)
+        if extra:
+            return opaque(f"called with {extra}")
+        x, enc = args.get("decoder_sequence"), args.get("encoder_sequence")
+        cross = getattr(op, "_cross_attention_layer", None)
+        by_id = {id(t): lay for t, lay in zip(inputs, lays)}
+        if id(x) not in by_id or (cross is not None) != (enc is not None) or (
+                enc is not None and id(enc) not in by_id):
+            return opaque("its decoder / encoder sequences not found among its inputs")
+        heads = f"{op.name}: {self.HEADS}"
+        memory = f"{op.name}: the encoder's sequence its cross-attention reads"
+        out = self._block(w, op, x, inputs, lays, outputs, heads,
+                          {id(enc): memory} if enc is not None else None)
+        if cross is not None:
+            w.bind(cross, "mha", "query", out[0])
+            for role in ("key", "value"):
+                w.bind(cross, "mha", role, by_id[id(enc)])
+            w.bind(cross, "mha", "heads", Layout([w.new(cross.num_heads, kind="head",
+                                                        fixed=heads)]))
+            w.fix(w._producer(cross, int(outputs[0].shape[-1])), memory)
+            w.a.kinds[id(cross)] = "mha"
+            w.a.owners[id(cross)] = op
+        return out
 
     def inline(self, layer, width, make):
         return None  # heads stay: the config's smaller intermediate_dim says it all

@@ -577,3 +577,40 @@ def test_layer_not_rebuilt_by_its_config_is_a_clear_error():
     with pytest.raises(ValueError, match=r"(?s)layer 'bad' \(.*_BadConfig\) cannot be rebuilt from "
                                          r"its own get_config\(\).*derived.*unstructured"):
         _recorded(sparsekeras.shrink, model)
+
+
+def test_keras_hub_bart_decoder_with_cross_attention_ffn_units_shrunk():
+    """BART's TransformerDecoder attends to the encoder's sequence (cross-attention): its
+    feedforward units are pruned and removed as the encoder's are; its heads, its
+    cross-attention and the encoder's sequence stay, and the fit's warning names them."""
+    keras_hub = pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(32)
+    backbone = keras_hub.models.BartBackbone(vocabulary_size=VOCAB, num_layers=1,
+                                             num_heads=HEADS, hidden_dim=HIDDEN,
+                                             intermediate_dim=FF, max_sequence_length=SEQ)
+    names = ("encoder_token_ids", "encoder_padding_mask", "decoder_token_ids",
+             "decoder_padding_mask")
+    inputs = {k: keras.Input((SEQ,), dtype="int32", name=k) for k in names}
+    hidden = backbone(inputs)["decoder_sequence_output"][:, 0, :]
+    model = sparsekeras.sparsify(keras.Model(inputs, keras.layers.Dense(2, name="cls")(hidden)))
+    model.compile(keras.optimizers.Adam(1e-3), _classifier_loss())
+    tokens = _tokens(16)
+    x = {"encoder_token_ids": tokens["token_ids"], "encoder_padding_mask": tokens["padding_mask"],
+         "decoder_token_ids": tokens["token_ids"][:, ::-1].copy(),
+         "decoder_padding_mask": np.ones((16, SEQ), "int32")}
+    _, messages = _recorded(model.fit, x, np.arange(16) % 2, batch_size=8, epochs=1, verbose=0,
+                            callbacks=[GradualPruning(ConstantSparsity(0.5, 0, frequency=2),
+                                                      granularity="channel", coupled=True)])
+    (kept,) = [m for m in messages if "channels are not pruned" in m]
+    assert "transformer_decoder_layer_0/feedforward_output_dense" in kept
+    assert "feedforward_intermediate_dense" not in kept
+    (small, report), _ = _recorded(sparsekeras.shrink, model, return_report=True)
+    rows = {(r["kind"], r["layers"][0]): r for r in report.rows}
+    for block in ("transformer_encoder_layer_0", "transformer_decoder_layer_0"):
+        ff = rows[("channel", f"{block}/feedforward_intermediate_dense")]
+        assert (ff["status"], ff["size"], ff["kept"]) == ("shrunk", FF, FF // 2), ff
+    assert not any("transformer_decoder_layer_0" in name for name, _ in report.unsupported)
+    decoder = small.get_layer(backbone.name).get_layer("transformer_decoder_layer_0")
+    assert decoder.intermediate_dim == FF // 2
+    _no_sparsekeras_class(small)
+    np.testing.assert_allclose(_np(small(x)), _np(model(x)), rtol=1e-4, atol=1e-5)
