@@ -10,9 +10,9 @@ tensor a *layout* for its last axis: a sequence of segments, each the channels o
 repeated `repeat` times (a Flatten after a convolution repeats the C channels once per spatial
 position). Layers act on layouts:
 
-- producers (Dense, Conv1D/2D/3D, SeparableConv1D/2D, Embedding, MultiHeadAttention's
-  output projection) start a new group of their units; their input rows are indexed by the
-  input's layout;
+- producers (Dense, Conv1D/2D/3D and their transposes, SeparableConv1D/2D, Embedding,
+  MultiHeadAttention's output projection) start a new group of their units; their input rows
+  are indexed by the input's layout;
 - followers (BatchNormalization, DepthwiseConv with depth_multiplier=1) keep the layout and
   have per-channel weights indexed by it;
 - activations, Dropout, pooling, padding, cropping and upsampling keep it;
@@ -74,6 +74,9 @@ _OPS_MERGES = ("Add", "Subtract", "Multiply", "Maximum", "Minimum")
 _OPS_SCALAR = _OPS_MERGES + ("Divide", "TrueDivide")
 _MERGES = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
 _CONVS = (L.Conv1D, L.Conv2D, L.Conv3D)
+# Transposed convolutions: kernel (*taps, filters, in_channels), the output axis before the
+# input axis.
+_TRANSPOSES = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
 _SEPARABLE = (L.SeparableConv1D, L.SeparableConv2D)
 _DEPTHWISE = tuple(c for c in (getattr(L, "DepthwiseConv1D", None), L.DepthwiseConv2D) if c)
 
@@ -375,7 +378,7 @@ class _Walker:
         if not many and len(lays) != 1:
             return opaque(f"called on {len(lays)} tensors")
         x = lays[0] if lays else None
-        if _is(kind, (L.Dense,) + _CONVS):
+        if _is(kind, (L.Dense,) + _CONVS + _TRANSPOSES):
             grouped = _is(kind, _CONVS) and getattr(op, "groups", 1) != 1
             if grouped and x.repeat != 1:
                 return opaque(f"grouped convolution (groups={op.groups}) on a reshaped input")
@@ -942,8 +945,20 @@ def _np(v):
     return np.asarray(keras.ops.convert_to_numpy(v))
 
 
+def _out_axis(layer):
+    """The axis of `layer`'s produced kernel (`_produced`) that indexes its output units."""
+    return -2 if isinstance(layer, _TRANSPOSES) else -1
+
+
+def _columns(layer, array):
+    """`array` (the layer's produced kernel or its mask) as (fan-in, output units)."""
+    a = np.moveaxis(np.asarray(array), _out_axis(layer), -1)
+    return a.reshape(-1, a.shape[-1])
+
+
 def _produced(layer):
-    """(kernel, bias) whose last axis is `layer`'s output units (None where absent)."""
+    """(kernel, bias) of `layer`'s output units (None where absent): the units are the
+    kernel's axis `_out_axis(layer)`."""
     if isinstance(layer, keras.layers.MultiHeadAttention):
         dense = layer._output_dense
         return dense.kernel, dense.bias
@@ -972,8 +987,7 @@ def dead_channels(analysis, group):
         kind = analysis.kinds[id(layer)]
         if role == "out":
             kernel, bias = (_np(v) for v in _produced(layer))
-            cols = kernel.reshape(-1, kernel.shape[-1])
-            zero = ~np.any(cols != 0, axis=0)
+            zero = ~np.any(_columns(layer, kernel) != 0, axis=0)
             if bias is not None:
                 zero &= bias.reshape(-1) == 0
             dead &= zero[pos].all(axis=0)
@@ -1030,7 +1044,7 @@ def channel_scores(analysis, group):
     for layer, role, pos in analysis.members(group):
         kind = analysis.kinds[id(layer)]
         if role == "out":
-            score += _rms_columns(_np(_produced(layer)[0]))[pos].sum(axis=0)
+            score += _rms_columns(_columns(layer, _np(_produced(layer)[0])))[pos].sum(axis=0)
         elif role == "in" and kind == "follower" and not isinstance(
                 layer, keras.layers.BatchNormalization):
             score += _rms_columns(_np(layer.kernel), axis=-2)[pos].sum(axis=0)
@@ -1060,7 +1074,8 @@ def _mask_of(layer):
         layer = layer._output_dense
     if hasattr(layer, "set_mask") and hasattr(layer, "mask"):
         return layer
-    if hasattr(layer, "pruning_targets") and isinstance(layer, (L.Embedding,) + _SEPARABLE):
+    if hasattr(layer, "pruning_targets") and isinstance(layer, (L.Embedding,) + _SEPARABLE
+                                                         + _TRANSPOSES):
         weight = _produced(layer)[0]
         for target in layer.pruning_targets():
             if target.kernel is weight:
@@ -1180,8 +1195,7 @@ def prune_plan(analysis, sparsity, granularity, scope="layer", floor=0.0):
             sizes.append(g.size)
             gone = np.zeros(g.size, bool)
             for layer, pos in producers:
-                m = _np(_mask_of(layer).mask)
-                col = ~np.any(m.reshape(-1, m.shape[-1]) != 0, axis=0)
+                col = ~np.any(_columns(layer, _np(_mask_of(layer).mask)) != 0, axis=0)
                 gone |= col[pos].any(axis=0)
             forced.append(gone)
     pruned = _select(scores, sizes, forced, sparsity, scope, floor, blocks)
@@ -1204,11 +1218,12 @@ def prune_plan(analysis, sparsity, granularity, scope="layer", floor=0.0):
             axis_keep[pos[:, cut].reshape(-1)] = False
             if role == "out":
                 owner = _mask_of(layer)
-                width = int(owner.mask.shape[-1])
+                axis = _out_axis(layer)
+                width = int(owner.mask.shape[axis])
                 k = np.ones(width, bool)
                 k[:axis_keep.size] = axis_keep
                 m = current(owner)
-                m &= k
+                m &= k if axis == -1 else k[:, None]
                 bias = _produced(layer)[1]
                 if bias is not None:
                     holds.append((bias, k))

@@ -222,6 +222,9 @@ def _slices(analysis, keep, layer):
         rules["depthwise_kernel"] = {-2: inp}
         rules["pointwise_kernel"] = {-2: rows, -1: out}
         rules["bias"] = {0: out}
+    elif isinstance(layer, (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)):
+        rules["kernel"] = {-2: out, -1: inp}  # (*taps, filters, in_channels)
+        rules["bias"] = {0: out}
     elif isinstance(layer, (L.Conv1D, L.Conv2D, L.Conv3D)) and layer.groups > 1:
         rules["kernel"] = ("grouped", layer.groups, inp, out)
         rules["bias"] = {0: out}

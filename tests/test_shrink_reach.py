@@ -614,3 +614,45 @@ def test_keras_hub_bart_decoder_with_cross_attention_ffn_units_shrunk():
     assert decoder.intermediate_dim == FF // 2
     _no_sparsekeras_class(small)
     np.testing.assert_allclose(_np(small(x)), _np(model(x)), rtol=1e-4, atol=1e-5)
+
+
+# ---- transposed convolutions -------------------------------------------------------------------
+
+def test_transposed_convolutions_pruned_in_fit_and_shrunk():
+    """Conv1D/2D/3DTranspose produce their filters like a convolution, from a kernel whose
+    output axis comes before the input axis: coupled pruning zeroes whole filters there (and
+    the BatchNormalization after), shrink removes them and the input rows of what reads them."""
+    keras.utils.set_random_seed(33)
+    L = keras.layers
+    img, seq, vol = keras.Input((8, 8, 3)), keras.Input((10, 4)), keras.Input((3, 3, 3, 2))
+    h = L.Conv2D(8, 3, padding="same", activation="relu", name="enc")(img)
+    h = L.Conv2DTranspose(6, 3, strides=2, padding="same", activation="relu",
+                          name="up")(L.MaxPooling2D()(h))
+    h = L.Conv2D(4, 1, name="head")(L.BatchNormalization(name="bn")(h))
+    s = L.Conv1DTranspose(6, 3, strides=2, activation="relu", name="up1d")(seq)
+    v = L.Conv3DTranspose(4, 2, strides=2, activation="relu", name="up3d")(vol)
+    pooled = L.Concatenate()([L.GlobalAveragePooling2D()(h), L.GlobalAveragePooling1D()(s),
+                              L.GlobalAveragePooling3D()(v)])
+    model = sparsekeras.sparsify(keras.Model([img, seq, vol], L.Dense(3, name="out")(pooled)))
+    rng = np.random.default_rng(33)
+    x = [rng.random((32, 8, 8, 3), dtype=np.float32), rng.random((32, 10, 4), dtype=np.float32),
+         rng.random((32, 3, 3, 3, 2), dtype=np.float32)]
+    model.compile(keras.optimizers.Adam(0.01), _classifier_loss())
+    _, messages = _recorded(model.fit, x, rng.integers(0, 3, 32), batch_size=8, epochs=2,
+                            verbose=0, callbacks=[
+                                GradualPruning(PolynomialDecay(0.0, 0.5, 0, 3, frequency=1),
+                                               granularity="channel", coupled=True)])
+    assert not [m for m in messages if "not pruned" in m], messages
+    up = model.get_layer("up")
+    kernel = _np(up.kernel)  # (3, 3, filters, in_channels)
+    cut = ~kernel.reshape(9, 6, 8).transpose(1, 0, 2).reshape(6, -1).any(axis=1)
+    assert int(cut.sum()) == 3 and np.all(_np(up.bias)[cut] == 0)
+    assert np.all(_np(model.get_layer("bn").beta)[cut] == 0)
+    small, report = sparsekeras.shrink(model, return_report=True)
+    assert not report.unsupported and all(r["status"] == "shrunk" for r in report.rows), report
+    assert [small.get_layer(n).filters for n in ("enc", "up", "head", "up1d", "up3d")] == [
+        4, 3, 2, 3, 2]
+    assert tuple(small.get_layer("up").kernel.shape) == (3, 3, 3, 4)
+    assert tuple(small.get_layer("up1d").kernel.shape) == (3, 3, 4)
+    assert tuple(small.get_layer("out").kernel.shape) == (2 + 3 + 2, 3)
+    np.testing.assert_allclose(_np(small(x)), _np(model(x)), rtol=1e-4, atol=1e-5)
