@@ -325,21 +325,22 @@ class _MaskedConvLSTM(Prunable):
 
 @keras.saving.register_keras_serializable(package="sparsekeras")
 class SparseConvLSTM1D(_MaskedConvLSTM, keras.layers.ConvLSTM1D):
-    """`keras.layers.ConvLSTM1D` with prunable `kernel` and `recurrent_kernel` (masked dense
-    compute). Same arguments and behaviour as `ConvLSTM1D` (channels_last), plus `prunable`.
-    No stored form: `sparsekeras.strip` gives the Keras `ConvLSTM1D` holding the zeros.
+    """`keras.layers.ConvLSTM1D` with prunable kernels, as `SparseConvLSTM2D` is for
+    `ConvLSTM2D`: input `(batch, time, steps, channels)`.
 
     Example:
-        >>> layer = sparsekeras.layers.SparseConvLSTM1D(4, 3, padding="same")
-        >>> y = layer(np.ones((2, 5, 10, 3), "float32"))         # (2, 10, 4)
+        >>> y = sparsekeras.layers.SparseConvLSTM1D(4, 3)(np.ones((2, 5, 10, 3), "float32"))
     """
 
 
 @keras.saving.register_keras_serializable(package="sparsekeras")
 class SparseConvLSTM2D(_MaskedConvLSTM, keras.layers.ConvLSTM2D):
     """`keras.layers.ConvLSTM2D` with prunable `kernel` and `recurrent_kernel` (masked dense
-    compute). Same arguments and behaviour as `ConvLSTM2D` (channels_last), plus `prunable`.
-    No stored form: `sparsekeras.strip` gives the Keras `ConvLSTM2D` holding the zeros.
+    compute: Keras' own loop runs over the zeros). Same arguments and behaviour as
+    `ConvLSTM2D` (channels_last), plus `prunable`. Masks: the shapes of the cell's kernel,
+    `(*kernel_size, channels, 4 * filters)`, and recurrent kernel, `(*kernel_size, filters,
+    4 * filters)`. No stored form: `sparsekeras.strip` gives the Keras `ConvLSTM2D` holding
+    the zeros.
 
     Example:
         >>> layer = sparsekeras.layers.SparseConvLSTM2D(4, 3, padding="same")
@@ -349,14 +350,8 @@ class SparseConvLSTM2D(_MaskedConvLSTM, keras.layers.ConvLSTM2D):
 
 @keras.saving.register_keras_serializable(package="sparsekeras")
 class SparseConvLSTM3D(_MaskedConvLSTM, keras.layers.ConvLSTM3D):
-    """`keras.layers.ConvLSTM3D` with prunable `kernel` and `recurrent_kernel` (masked dense
-    compute). Same arguments and behaviour as `ConvLSTM3D` (channels_last), plus `prunable`.
-    No stored form: `sparsekeras.strip` gives the Keras `ConvLSTM3D` holding the zeros.
-
-    Example:
-        >>> layer = sparsekeras.layers.SparseConvLSTM3D(2, 2, padding="same")
-        >>> y = layer(np.ones((2, 3, 4, 4, 4, 2), "float32"))    # (2, 4, 4, 4, 2)
-    """
+    """`keras.layers.ConvLSTM3D` with prunable kernels, as `SparseConvLSTM2D` is for
+    `ConvLSTM2D`: input `(batch, time, depth, height, width, channels)`."""
 
 
 def _conv_lstm_check(layer):
