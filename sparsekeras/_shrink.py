@@ -344,6 +344,21 @@ class _Rebuilder:
                 target.assign(value)
 
 
+def _model_classes(model):
+    """["name (Class)"] of `model` and the models nested in it that are instances of their own
+    Functional subclass (keras_hub's tasks and backbones, a user's class), which `shrink`
+    rebuilds as plain Functional models."""
+    from sparsekeras import _tree
+
+    out = []
+    for layer in [model] + [layer for _, layer, _ in _tree.walk(model)]:
+        if isinstance(layer, keras.Model) and not any(
+                c.__name__ in ("Functional", "Sequential") and c.__module__.startswith("keras.")
+                for c in type(layer).__mro__[:2]):
+            out.append(f"{layer.name!r} ({type(layer).__name__})")
+    return out
+
+
 # ---- public -------------------------------------------------------------------------------------
 
 def shrink(model, fold_batchnorm=False, return_report=False, verbose=False):
@@ -363,7 +378,9 @@ def shrink(model, fold_batchnorm=False, return_report=False, verbose=False):
     `sparsekeras._groups.LayerAdapter` for other layers of known call). A subclassed model is
     traced: its `call` run on symbolic inputs of the shape it was built with gives a Functional
     graph over its layers (checked to compute what the model computes), and the shrunk model
-    is that graph, Functional.
+    is that graph, Functional. So is a model of its own Functional subclass (keras_hub's tasks
+    and backbones): the shrunk copy is a plain Functional model without the class's methods
+    (a task's `generate()`), and a warning names each such model.
 
     Left whole, with the reason in the report: the model's inputs and outputs, the channels a
     LayerNormalization normalizes over (a Transformer's residual width), channels that pass
@@ -435,6 +452,13 @@ def shrink(model, fold_batchnorm=False, return_report=False, verbose=False):
                           f"{listed}{more}." + (f" Also {note}." if note else ""), stacklevel=2)
         else:
             warnings.warn(f"shrink: {note}.", stacklevel=2)
+    classed = _model_classes(plain)
+    if classed:
+        warnings.warn(
+            "shrink returns plain Keras models: " + ", ".join(classed) + " come back as "
+            "Functional models, without their classes' own methods and arguments (a keras_hub "
+            "task's generate() and preprocessor, a backbone's token_embedding). Use the pruned "
+            "model (or strip it) where you need those.", stacklevel=2)
     whole = [r for r in rows if r["status"] == "kept whole" and "model output" not in r["reason"]]
     if whole:
         listed = "; ".join(f"{', '.join(r['layers'])}: {r['zero']} zero {r['kind']}s kept "
