@@ -637,12 +637,8 @@ class _TransformerEncoderAdapter(LayerAdapter):
             w.fix(lay, residual if t is x else (others or {}).get(
                 id(t), f"{op.name}: an attention mask input"))
         res = w.fresh(outputs[0], residual)
-        for role in ("query", "key", "value"):
-            w.bind(mha, "mha", role, res)
-        w.bind(mha, "mha", "heads", Layout([w.new(mha.num_heads, kind="head",
-                                                  fixed=heads_fixed)]))
-        w.fix(w._producer(mha, int(outputs[0].shape[-1])), residual)
-        w.a.kinds[id(mha)] = "mha"
+        _TransformerEncoderAdapter._attention(w, mha, res, res, heads_fixed,
+                                              int(outputs[0].shape[-1]), residual)
         w.bind(ff1, "producer", "in", res)
         units = w._producer(ff1, ff1.units)
         w.bind(ff2, "producer", "in", w.read(w._activation(ff1, ff1.activation, units),
@@ -652,6 +648,19 @@ class _TransformerEncoderAdapter(LayerAdapter):
         for inner in (mha, ff1, ff2):
             w.a.owners[id(inner)] = op
         return [res]
+
+    @staticmethod
+    def _attention(w, mha, query, memory, heads_fixed, width, out_fixed):
+        """Bind an attention layer inside a block: its query read from `query`, keys and
+        values from `memory`, its heads a group (fixed with `heads_fixed`, or None), its
+        `width` outputs fixed with the reason `out_fixed`."""
+        w.bind(mha, "mha", "query", query)
+        for role in ("key", "value"):
+            w.bind(mha, "mha", role, memory)
+        w.bind(mha, "mha", "heads", Layout([w.new(mha.num_heads, kind="head",
+                                                  fixed=heads_fixed)]))
+        w.fix(w._producer(mha, width), out_fixed)
+        w.a.kinds[id(mha)] = "mha"
 
     def config(self, layer, config, width):
         units = width(layer._feedforward_intermediate_dense, "out")
@@ -746,13 +755,8 @@ class _TransformerDecoderAdapter(_TransformerEncoderAdapter):
         out = self._block(w, op, x, inputs, lays, outputs, heads,
                           {id(enc): memory} if enc is not None else None)
         if cross is not None:
-            w.bind(cross, "mha", "query", out[0])
-            for role in ("key", "value"):
-                w.bind(cross, "mha", role, by_id[id(enc)])
-            w.bind(cross, "mha", "heads", Layout([w.new(cross.num_heads, kind="head",
-                                                        fixed=heads)]))
-            w.fix(w._producer(cross, int(outputs[0].shape[-1])), memory)
-            w.a.kinds[id(cross)] = "mha"
+            self._attention(w, cross, out[0], by_id[id(enc)], heads,
+                            int(outputs[0].shape[-1]), memory)
             w.a.owners[id(cross)] = op
         return out
 

@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 import keras
 
-from sparsekeras import _groups
+from sparsekeras import _groups, _tree
 from sparsekeras.layers._base import relative_paths
 
 __all__ = ["shrink", "ShrinkReport"]
@@ -348,8 +348,6 @@ def _model_classes(model):
     """["name (Class)"] of `model` and the models nested in it that are instances of their own
     Functional subclass (keras_hub's tasks and backbones, a user's class), which `shrink`
     rebuilds as plain Functional models."""
-    from sparsekeras import _tree
-
     out = []
     for layer in [model] + [layer for _, layer, _ in _tree.walk(model)]:
         if isinstance(layer, keras.Model) and not any(

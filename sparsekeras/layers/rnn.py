@@ -45,6 +45,7 @@ from sparsekeras import ops as sk_ops
 from sparsekeras.layers._base import (DEFAULT_SWITCH_SPARSITY, NotConvertible, Prunable,
                                       convert_from_keras)
 from sparsekeras.layers._registry import register
+from sparsekeras.layers.conv import _channels_last_only, _conv_check
 
 __all__ = ["SparseLSTM", "SparseGRU", "SparseSimpleRNN", "SparseConvLSTM1D", "SparseConvLSTM2D",
            "SparseConvLSTM3D"]
@@ -311,9 +312,7 @@ class _MaskedConvLSTM(Prunable):
 
     def __init__(self, *args, prunable=True, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.data_format != "channels_last":
-            raise ValueError(f"{type(self).__name__} takes data_format='channels_last' only. "
-                             f"Received: data_format={self.data_format!r}")
+        _channels_last_only(type(self).__name__, self.data_format)
         self.prunable = bool(prunable)
 
     def get_prunable_weights(self):
@@ -355,9 +354,7 @@ class SparseConvLSTM3D(_MaskedConvLSTM, keras.layers.ConvLSTM3D):
 
 
 def _conv_lstm_check(layer):
-    if layer.data_format != "channels_last":
-        return f"data_format={layer.data_format!r}: channels_last only"
-    return _rnn_check(layer)
+    return _conv_check(layer) or _rnn_check(layer)
 
 
 def _rnn_check(layer):
