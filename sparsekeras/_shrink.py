@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 import keras
 
-from sparsekeras import _groups, _tree
+from sparsekeras import _groups, _saving, _tree
 from sparsekeras.layers._base import relative_paths
 
 __all__ = ["shrink", "ShrinkReport"]
@@ -348,13 +348,9 @@ def _model_classes(model):
     """["name (Class)"] of `model` and the models nested in it that are instances of their own
     Functional subclass (keras_hub's tasks and backbones, a user's class), which `shrink`
     rebuilds as plain Functional models."""
-    out = []
-    for layer in [model] + [layer for _, layer, _ in _tree.walk(model)]:
-        if isinstance(layer, keras.Model) and not any(
-                c.__name__ in ("Functional", "Sequential") and c.__module__.startswith("keras.")
-                for c in type(layer).__mro__[:2]):
-            out.append(f"{layer.name!r} ({type(layer).__name__})")
-    return out
+    return [f"{layer.name!r} ({type(layer).__name__})"
+            for layer in [model] + [layer for _, layer, _ in _tree.walk(model)]
+            if isinstance(layer, keras.Model) and not _saving._config_built(layer)]
 
 
 # ---- public -------------------------------------------------------------------------------------

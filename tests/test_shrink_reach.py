@@ -570,6 +570,33 @@ class _Block(keras.Model):
         return cls(**config)
 
 
+@keras.saving.register_keras_serializable(package="test_shrink_reach")
+class _OwnBlock(keras.Model):
+    """A user's Functional subclass (Keras puts Functional right after it in the MRO)."""
+
+    def __init__(self, **kwargs):
+        i = keras.Input((6,))
+        h = keras.layers.Dense(8, activation="relu", name="a")(i)
+        super().__init__(i, keras.layers.Dense(4, name="b")(h), **kwargs)
+
+    def extra(self):
+        return "a method the shrunk copy does not have"
+
+
+def test_a_users_functional_subclass_is_named_as_coming_back_plain():
+    i = keras.Input((6,))
+    model = keras.Model(i, keras.layers.Dense(2, name="out")(_OwnBlock(name="own")(i)))
+    a = model.get_layer("own").get_layer("a")
+    a.kernel.assign(np.concatenate([_np(a.kernel)[:, :4], np.zeros((6, 4), np.float32)], 1))
+    a.bias.assign(np.zeros(8, np.float32))
+    small, messages = _recorded(sparsekeras.shrink, model)
+    assert any("'own' (_OwnBlock)" in m and "plain Keras models" in m for m in messages), messages
+    assert type(small.get_layer("own")) is not _OwnBlock
+    assert small.get_layer("own").get_layer("a").units == 4
+    x = np.random.default_rng(34).random((4, 6), dtype=np.float32)
+    np.testing.assert_allclose(_np(small(x)), _np(model(x)), rtol=1e-4, atol=1e-5)
+
+
 def test_layer_not_rebuilt_by_its_config_is_a_clear_error():
     i = keras.Input((6,))
     block = _Block(name="block")
